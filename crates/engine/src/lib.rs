@@ -1,0 +1,4 @@
+//! Backup engine: live copy-before-write backups into VMA archives
+//!
+//! Not implemented yet.
+

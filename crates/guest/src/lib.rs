@@ -1,0 +1,4 @@
+//! VM runtime: QEMU command line, process lifecycle, shutdown
+//!
+//! Not implemented yet.
+

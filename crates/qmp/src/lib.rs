@@ -1,0 +1,5 @@
+//! QEMU Machine Protocol and guest agent clients
+//!
+//! Not implemented yet.
+
+#![forbid(unsafe_code)]

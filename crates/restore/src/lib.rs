@@ -1,0 +1,4 @@
+//! Restore of VMA archives to storage
+//!
+//! Not implemented yet.
+

@@ -1,0 +1,5 @@
+//! VMA archive format: streaming writer, validating reader, cluster index
+//!
+//! Not implemented yet.
+
+#![forbid(unsafe_code)]
