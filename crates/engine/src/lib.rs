@@ -1,4 +1,3 @@
 //! Backup engine: live copy-before-write backups into VMA archives
 //!
 //! Not implemented yet.
-

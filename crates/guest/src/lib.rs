@@ -1,4 +1,3 @@
 //! VM runtime: QEMU command line, process lifecycle, shutdown
 //!
 //! Not implemented yet.
-

@@ -1,4 +1,3 @@
 //! Restore of VMA archives to storage
 //!
 //! Not implemented yet.
-

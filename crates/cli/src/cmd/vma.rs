@@ -8,5 +8,5 @@ pub struct Args {}
 
 /// Run `vmdump vma`.
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+    anyhow::bail!("vmdump vma is not implemented yet")
 }
