@@ -97,11 +97,10 @@ fn yes() -> bool {
 
 /// `guest-info`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct AgentInfo {
     /// Agent version, e.g. `7.2.22`.
     pub version: String,
-    /// Commands the agent knows.
+    /// Commands the agent knows (the wire name is `supported_commands`, with an underscore).
     pub supported_commands: Vec<CommandInfo>,
 }
 
