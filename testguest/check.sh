@@ -22,6 +22,10 @@ if [ "$recover" = 1 ]; then
   set +e; e2fsck -fy "$img" >"$tmp/fsck.log" 2>&1; rc=$?; set -e
   [ "$rc" -le 1 ] || { cat "$tmp/fsck.log" >&2; echo "check: e2fsck -fy exit $rc" >&2; exit 1; }
 fi
+if dumpe2fs -h "$img" 2>/dev/null | grep -q '^Filesystem features:.*needs_recovery'; then
+  echo "check: $img: the ext4 journal needs recovery (crash-consistent image); use --recover" >&2
+  exit 1
+fi
 if ! e2fsck -fn "$img" >"$tmp/fsck.log" 2>&1; then
   cat "$tmp/fsck.log" >&2
   echo "check: e2fsck -fn reports problems in $img" >&2

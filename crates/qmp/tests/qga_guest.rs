@@ -70,7 +70,7 @@ async fn freeze_blocks_guest_writes_until_thaw_and_paused_vm_resyncs() {
             "/bin/sh",
             &[
                 "-c",
-                "sleep 1; echo probe > /mnt/probe; echo vmdump-probe: written > /dev/console",
+                "sleep 2; echo probe > /mnt/probe; echo vmdump-probe: written > /dev/console",
             ],
         )
         .await
@@ -82,6 +82,11 @@ async fn freeze_blocks_guest_writes_until_thaw_and_paused_vm_resyncs() {
         "one ext4 filesystem"
     );
     println!("freeze took {:?}", frozen_at.elapsed());
+    assert!(
+        frozen_at.elapsed() < Duration::from_millis(1800),
+        "freeze took {:?}: the probe may have written before it",
+        frozen_at.elapsed()
+    );
     assert_eq!(
         ga.fsfreeze_status().await.expect("status"),
         FreezeStatus::Frozen
