@@ -16,6 +16,11 @@ inputs=(build.sh init writer shutdown vm.conf)
 hash=$(cd "$here" && cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 outputs=(vmlinuz initrd.gz data.raw vm.conf kernel-version)
 
+# One build at a time (several checkouts' setup may run at once).
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
+
 cached=1
 [ "${1:-}" = --force ] && cached=0
 [ "$(cat "$out/build.hash" 2>/dev/null)" = "$hash" ] || cached=0
@@ -47,8 +52,10 @@ if [ -z "$kpkg" ]; then
 fi
 [ -n "$kpkg" ] || { echo "testguest: cannot resolve the linux-image-6.1.0-N-amd64 package" >&2; exit 1; }
 echo "testguest: kernel package $kpkg"
-(cd "$work" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-deb=$(ls "$work"/linux-image-*.deb)
+# apt warns that _apt cannot write into our temp dir when run as root; that is harmless.
+(cd "$work" && apt-get download -q "$kpkg" 2>&1) | grep -v '^W: Download is performed unsandboxed' || true
+deb=$(ls "$work"/linux-image-*.deb 2>/dev/null || true)
+[ -n "$deb" ] || { echo "testguest: apt-get download $kpkg failed" >&2; exit 1; }
 dpkg-deb -x "$deb" "$work/kernel"
 kver=$(ls "$work/kernel/lib/modules")
 moddir="$work/kernel/lib/modules/$kver"

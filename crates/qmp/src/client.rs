@@ -113,6 +113,31 @@ impl Client {
         })
     }
 
+    /// Connects like [`Client::connect_with_timeout`], retrying while the socket does not
+    /// exist yet or refuses connections (QEMU still starting), for at most `wait`.
+    pub async fn connect_retry(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+        wait: Duration,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match Self::connect_with_timeout(path, timeout).await {
+                Err(Error::Connect { source, .. })
+                    if tokio::time::Instant::now() < deadline
+                        && matches!(
+                            source.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                        ) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The greeting QEMU sent (its version).
     pub fn greeting(&self) -> &Greeting {
         &self.inner.greeting

@@ -182,6 +182,27 @@ mod tests {
     }
 
     #[test]
+    fn every_split_point_gives_the_same_frames() {
+        let stream: &[u8] =
+            b"{\"QMP\": {}}\r\n{\"return\": {}, \"id\": 1}\r\n\xff{\"return\": 5}\n{\"event\": \"STOP\"}\n";
+        let mut whole = Decoder::default();
+        whole.feed(stream);
+        let expected = frames(&mut whole);
+        assert_eq!(expected.len(), 5);
+        for a in 0..stream.len() {
+            for b in a..stream.len() {
+                let mut d = Decoder::default();
+                let mut got = Vec::new();
+                for part in [&stream[..a], &stream[a..b], &stream[b..]] {
+                    d.feed(part);
+                    got.extend(frames(&mut d));
+                }
+                assert_eq!(got, expected, "split at {a}/{b}");
+            }
+        }
+    }
+
+    #[test]
     fn encode_is_one_line() {
         let v = serde_json::json!({"execute": "x", "arguments": {"s": "a\nb"}});
         let bytes = encode(&v);

@@ -85,6 +85,12 @@ impl Event {
         Some((self.data_str("id")?, self.data_str("status")?))
     }
 
+    /// The `data.error` message of a `BLOCK_JOB_COMPLETED` that failed (e.g. after a target
+    /// I/O error); `None` for a successful completion.
+    pub fn job_error(&self) -> Option<&str> {
+        self.data_str("error")
+    }
+
     /// Deserialises `data` into a caller type.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(self.data.clone()).map_err(|e| Error::Protocol {

@@ -150,6 +150,36 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects and synchronises, retrying until `wait` has passed while the socket is missing
+    /// or the agent does not answer yet (guest still booting). Other errors return at once.
+    pub async fn connect_retry(
+        path: impl AsRef<Path>,
+        timeouts: Timeouts,
+        wait: Duration,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let err = match Self::connect_with(path, timeouts).await {
+                Ok(client) => return Ok(client),
+                Err(e) => e,
+            };
+            let retry = match &err {
+                Error::Timeout { .. } | Error::Closed { .. } => true,
+                Error::Connect { source, .. } => matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ),
+                _ => false,
+            };
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, "guest agent not ready yet");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects without talking to the agent; the first request synchronises first. Useful for
     /// a VM that may be paused.
     pub async fn open(path: impl AsRef<Path>, timeouts: Timeouts) -> Result<Self> {

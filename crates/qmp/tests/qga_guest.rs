@@ -15,17 +15,9 @@ const T: Duration = Duration::from_secs(30);
 /// Connects to the agent once it answers (the guest boots for several seconds).
 async fn agent(qemu: &common::Qemu, timeouts: Timeouts) -> qga::Client {
     qemu.wait_ready();
-    let start = Instant::now();
-    loop {
-        match qga::Client::connect_with(&qemu.qga, timeouts).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < T => {
-                eprintln!("agent not ready yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("agent never answered: {e}"),
-        }
-    }
+    qga::Client::connect_retry(&qemu.qga, timeouts, T)
+        .await
+        .expect("agent answers after boot")
 }
 
 fn short() -> Timeouts {
