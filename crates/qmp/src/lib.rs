@@ -69,3 +69,17 @@ pub use cmd::transaction::{Action, CompletionMode};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, Events};
 pub use greeting::{Greeting, Version};
+
+#[cfg(test)]
+mod tests {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_can_cross_tasks() {
+        send_sync::<crate::Client>();
+        send_sync::<crate::qga::Client>();
+        send::<crate::Events>();
+        send_sync::<crate::Error>();
+    }
+}

@@ -26,7 +26,9 @@ pub struct NbdExport {
     pub description: Option<String>,
     /// Allow writes (needed for TRIM on a snapshot-access export).
     pub writable: bool,
-    /// Dirty bitmaps offered as `qemu:dirty-bitmap:<name>` meta contexts.
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:<name>` meta contexts. A read-only export
+    /// only accepts disabled bitmaps in 7.2 ("Enabled bitmap ... incompatible with readonly
+    /// export"); through snapshot-access use the `{node, name}` form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bitmaps: Vec<BitmapSource>,
     /// Offer `qemu:allocation-depth`.
