@@ -1,3 +1,22 @@
-//! Backup engine: live copy-before-write backups into VMA archives
+//! Backup engine: live copy-before-write backups into VMA archives.
 //!
-//! Not implemented yet.
+//! (Design note filled in below as the pieces land.)
+
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod cluster;
+mod error;
+pub mod freeze;
+pub mod job;
+pub mod live;
+pub mod log;
+pub mod name;
+pub mod notes;
+pub mod options;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod target;
+
+pub use error::{Error, Result};

@@ -1,0 +1,417 @@
+//! Turns NBD writes (any offset, any length, any order) into whole 64 KiB clusters, each
+//! exactly once.
+//!
+//! QEMU's backup job sends 64 KiB-aligned requests of up to 1 MiB, so nearly every piece maps
+//! straight onto whole clusters and is passed on without buffering. Unaligned pieces are still
+//! handled: they are collected in a per-cluster buffer until the cluster is covered. A piece
+//! that touches a cluster already emitted, or bytes of a partial cluster already filled, is
+//! dropped for those bytes: the first copy is the point-in-time data (copy-before-write sends
+//! the old contents before the guest's write lands), so it must win.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Cluster size of VMA and of QEMU's backup job with an NBD target.
+pub const CLUSTER_SIZE: u64 = 65536;
+
+/// A complete cluster ready for the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Cluster number within the device.
+    pub num: u64,
+    /// Its bytes (`len` of them, short only for the last cluster), or `None` when QEMU said it
+    /// is all zero.
+    pub data: Option<Vec<u8>>,
+    /// Bytes of the device this cluster covers.
+    pub len: usize,
+}
+
+/// A piece of data that does not fit the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfRange {
+    /// Start of the piece.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The device size.
+    pub size: u64,
+}
+
+impl std::fmt::Display for OutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "write of {} bytes at offset {:#x} goes past the end of the disk ({} bytes)",
+            self.len, self.offset, self.size
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Partial {
+    buf: Vec<u8>,
+    /// Filled byte ranges, sorted and merged.
+    filled: Vec<Range<usize>>,
+    /// Whether any byte came from a data write (else the cluster is all zero).
+    has_data: bool,
+}
+
+impl Partial {
+    fn new(len: usize) -> Self {
+        Self {
+            buf: vec![0; len],
+            filled: Vec::new(),
+            has_data: false,
+        }
+    }
+
+    /// The parts of `r` not yet filled.
+    fn gaps(&self, r: Range<usize>) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = r.start;
+        for f in &self.filled {
+            if f.end <= start {
+                continue;
+            }
+            if f.start >= r.end {
+                break;
+            }
+            if f.start > start {
+                out.push(start..f.start);
+            }
+            start = start.max(f.end);
+            if start >= r.end {
+                break;
+            }
+        }
+        if start < r.end {
+            out.push(start..r.end);
+        }
+        out
+    }
+
+    fn mark(&mut self, r: Range<usize>) {
+        self.filled.push(r);
+        self.filled.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.filled.len());
+        for r in self.filled.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.filled = merged;
+    }
+
+    fn is_full(&self) -> bool {
+        matches!(self.filled.as_slice(), [r] if r.start == 0 && r.end == self.buf.len())
+    }
+}
+
+/// Collects the writes for one device.
+#[derive(Debug)]
+pub struct Assembler {
+    size: u64,
+    clusters: u64,
+    done: Vec<u64>,
+    done_count: u64,
+    partial: HashMap<u64, Partial>,
+    duplicate_bytes: u64,
+}
+
+impl Assembler {
+    /// An assembler for a device of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        let clusters = size.div_ceil(CLUSTER_SIZE);
+        Self {
+            size,
+            clusters,
+            done: vec![0; clusters.div_ceil(64) as usize],
+            done_count: 0,
+            partial: HashMap::new(),
+            duplicate_bytes: 0,
+        }
+    }
+
+    /// Number of clusters of the device.
+    pub fn clusters(&self) -> u64 {
+        self.clusters
+    }
+
+    /// Whether every cluster has been emitted.
+    pub fn is_complete(&self) -> bool {
+        self.done_count == self.clusters
+    }
+
+    /// The first cluster not emitted yet.
+    pub fn first_missing(&self) -> Option<u64> {
+        (0..self.clusters).find(|&n| !self.is_done(n))
+    }
+
+    /// Bytes dropped because their cluster (or those bytes) had already arrived.
+    pub fn duplicate_bytes(&self) -> u64 {
+        self.duplicate_bytes
+    }
+
+    fn is_done(&self, n: u64) -> bool {
+        self.done[(n / 64) as usize] & (1 << (n % 64)) != 0
+    }
+
+    fn set_done(&mut self, n: u64) {
+        self.done[(n / 64) as usize] |= 1 << (n % 64);
+        self.done_count += 1;
+    }
+
+    fn cluster_len(&self, n: u64) -> usize {
+        (self.size - n * CLUSTER_SIZE).min(CLUSTER_SIZE) as usize
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), OutOfRange> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Accepts `data` at `offset`; calls `emit` for every cluster it completes.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        mut emit: impl FnMut(Cluster),
+    ) -> Result<(), OutOfRange> {
+        self.check(offset, data.len() as u64)?;
+        self.each_piece(offset, data.len() as u64, |this, n, within, range| {
+            let piece = &data[range];
+            this.put(n, within, Some(piece), &mut emit);
+        });
+        Ok(())
+    }
+
+    /// Accepts `len` zero bytes at `offset` (NBD WRITE_ZEROES).
+    pub fn write_zeroes(
+        &mut self,
+        offset: u64,
+        len: u64,
+        mut emit: impl FnMut(Cluster),
+    ) -> Result<(), OutOfRange> {
+        self.check(offset, len)?;
+        self.each_piece(offset, len, |this, n, within, _| {
+            this.put(n, within, None, &mut emit);
+        });
+        Ok(())
+    }
+
+    /// Splits `[offset, offset+len)` at cluster boundaries: (cluster, range within the
+    /// cluster, range within the piece).
+    fn each_piece(
+        &mut self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&mut Self, u64, Range<usize>, Range<usize>),
+    ) {
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let n = pos / CLUSTER_SIZE;
+            let cstart = n * CLUSTER_SIZE;
+            let cend = (cstart + CLUSTER_SIZE).min(self.size);
+            let piece_end = end.min(cend);
+            let within = (pos - cstart) as usize..(piece_end - cstart) as usize;
+            let src = (pos - offset) as usize..(piece_end - offset) as usize;
+            f(self, n, within, src);
+            pos = piece_end;
+        }
+    }
+
+    fn put(
+        &mut self,
+        n: u64,
+        within: Range<usize>,
+        data: Option<&[u8]>,
+        emit: &mut impl FnMut(Cluster),
+    ) {
+        if self.is_done(n) {
+            self.duplicate_bytes += within.len() as u64;
+            return;
+        }
+        let len = self.cluster_len(n);
+        if within.start == 0 && within.end == len && !self.partial.contains_key(&n) {
+            self.set_done(n);
+            emit(Cluster {
+                num: n,
+                data: data.map(<[u8]>::to_vec),
+                len,
+            });
+            return;
+        }
+        let part = self.partial.entry(n).or_insert_with(|| Partial::new(len));
+        let mut dup = within.len() as u64;
+        for gap in part.gaps(within.clone()) {
+            dup -= gap.len() as u64;
+            if let Some(d) = data {
+                let from = gap.start - within.start..gap.end - within.start;
+                part.buf[gap.clone()].copy_from_slice(&d[from]);
+                part.has_data = true;
+            }
+            part.mark(gap);
+        }
+        self.duplicate_bytes += dup;
+        if part.is_full() {
+            let part = self
+                .partial
+                .remove(&n)
+                .expect("the partial cluster was just looked up");
+            self.set_done(n);
+            emit(Cluster {
+                num: n,
+                data: part.has_data.then_some(part.buf),
+                len,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(a: &mut Assembler, ops: &[(u64, Option<Vec<u8>>, u64)]) -> Vec<Cluster> {
+        let mut out = Vec::new();
+        for (off, data, len) in ops {
+            match data {
+                Some(d) => a.write(*off, d, |c| out.push(c)).expect("in range"),
+                None => a
+                    .write_zeroes(*off, *len, |c| out.push(c))
+                    .expect("in range"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn aligned_megabyte_splits_into_clusters() {
+        let mut a = Assembler::new(4 << 20);
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i / 65536) as u8 + 1).collect();
+        let out = collect(&mut a, &[(1 << 20, Some(data), 0)]);
+        assert_eq!(out.len(), 16);
+        assert_eq!(out[0].num, 16);
+        assert_eq!(out[15].num, 31);
+        assert!(out[3].data.as_ref().expect("data").iter().all(|&b| b == 4));
+        assert!(!a.is_complete());
+        assert_eq!(a.first_missing(), Some(0));
+    }
+
+    #[test]
+    fn zeroes_and_short_last_cluster() {
+        let size = 3 * CLUSTER_SIZE + 4096 + 512;
+        let mut a = Assembler::new(size);
+        let out = collect(
+            &mut a,
+            &[
+                (3 * CLUSTER_SIZE, Some(vec![7; 4608]), 0),
+                (0, None, 3 * CLUSTER_SIZE),
+            ],
+        );
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[0].len, 4608);
+        assert_eq!(out[0].num, 3);
+        assert!(out[1..].iter().all(|c| c.data.is_none() && c.len == 65536));
+        assert!(a.is_complete());
+        assert_eq!(a.first_missing(), None);
+    }
+
+    #[test]
+    fn unaligned_pieces_assemble_and_first_copy_wins() {
+        let mut a = Assembler::new(2 * CLUSTER_SIZE);
+        let mut out = Vec::new();
+        // 100..70000 spans both clusters partially.
+        a.write(100, &vec![1; 69900], |c| out.push(c)).expect("ok");
+        assert!(out.is_empty());
+        // Overlapping rewrite of 0..200 with 2: only 0..100 is new.
+        a.write(0, &[2; 200], |c| out.push(c)).expect("ok");
+        assert_eq!(out.len(), 1);
+        let c0 = out[0].data.as_ref().expect("data");
+        assert!(c0[..100].iter().all(|&b| b == 2));
+        assert!(c0[100..].iter().all(|&b| b == 1));
+        assert_eq!(a.duplicate_bytes(), 100);
+        // Rest of cluster 1 as zeroes.
+        a.write_zeroes(70000, 2 * CLUSTER_SIZE - 70000, |c| out.push(c))
+            .expect("ok");
+        assert_eq!(out.len(), 2);
+        let c1 = out[1].data.as_ref().expect("data");
+        assert!(c1[..70000 - 65536].iter().all(|&b| b == 1));
+        assert!(c1[70000 - 65536..].iter().all(|&b| b == 0));
+        // A whole-cluster rewrite after completion is dropped.
+        a.write(0, &vec![9; 65536], |c| out.push(c)).expect("ok");
+        assert_eq!(out.len(), 2);
+        assert!(a.is_complete());
+    }
+
+    #[test]
+    fn partial_zero_only_cluster_is_zero() {
+        let mut a = Assembler::new(CLUSTER_SIZE);
+        let mut out = Vec::new();
+        a.write_zeroes(0, 512, |c| out.push(c)).expect("ok");
+        a.write_zeroes(512, CLUSTER_SIZE - 512, |c| out.push(c))
+            .expect("ok");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data, None);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let mut a = Assembler::new(CLUSTER_SIZE);
+        let e = a
+            .write(65000, &[0; 1000], |_| {})
+            .expect_err("past the end");
+        assert!(e.to_string().contains("past the end"), "{e}");
+        assert!(a.write_zeroes(u64::MAX, 2, |_| {}).is_err());
+    }
+
+    #[test]
+    fn random_pieces_reassemble_exactly() {
+        // Deterministic pseudo-random split of a disk into pieces, delivered in shuffled
+        // order; the result must equal the source with every cluster once.
+        let size = 7 * CLUSTER_SIZE + 1234;
+        let src: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let mut seed = 0x1234_5678_u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cuts = vec![0u64, size];
+        for _ in 0..40 {
+            cuts.push(rnd() % size);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut pieces: Vec<(u64, u64)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+        for i in (1..pieces.len()).rev() {
+            let j = (rnd() % (i as u64 + 1)) as usize;
+            pieces.swap(i, j);
+        }
+        let mut a = Assembler::new(size);
+        let mut out = vec![None; a.clusters() as usize];
+        for (s, e) in pieces {
+            a.write(s, &src[s as usize..e as usize], |c| {
+                let n = c.num as usize;
+                assert!(out[n].is_none(), "cluster {n} twice");
+                out[n] = Some(c);
+            })
+            .expect("in range");
+        }
+        assert!(a.is_complete());
+        let mut rebuilt = Vec::new();
+        for c in out.into_iter().map(|c| c.expect("every cluster")) {
+            rebuilt.extend_from_slice(&c.data.expect("data"));
+        }
+        assert_eq!(rebuilt, src);
+    }
+}

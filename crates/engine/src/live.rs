@@ -1,0 +1,337 @@
+//! One push backup of a QEMU process's disks into one archive file: target, jobs,
+//! freeze/thaw, transfer, commit or abort. [`crate::backup`] wraps this with configuration,
+//! names and logs; tests call it directly on a QEMU they started.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vmdump_qmp::Client;
+
+use crate::archive::VmaWriter;
+use crate::error::{Error, Result};
+use crate::job::{self, Poll, SourceDisk};
+use crate::log::TaskLog;
+use crate::options::Compression;
+use crate::output::Output;
+use crate::pipeline::{error_chain, Shared, WriterThread, CHANNEL_CLUSTERS};
+use crate::progress::{ProgressLines, Transfer};
+use crate::target::{Export, Target};
+
+/// How often the jobs are polled.
+const POLL: Duration = Duration::from_millis(200);
+/// How long QEMU may take to close the NBD connections after `blockdev-del`.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Knobs of one push backup.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Rate limit in bytes per second (0 = none).
+    pub speed: u64,
+    /// QEMU copy workers per job.
+    pub max_workers: Option<u32>,
+    /// Archive compression.
+    pub compress: Compression,
+    /// zstd worker threads.
+    pub zstd_threads: u32,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Guest agent socket: freeze/thaw around the job start.
+    pub agent: Option<PathBuf>,
+    /// Set from outside (signal handler) to abort the backup.
+    pub interrupt: Arc<AtomicBool>,
+    /// Directory for the target socket.
+    pub socket_dir: PathBuf,
+    /// vmid (progress reports).
+    pub vmid: u32,
+}
+
+impl LiveOptions {
+    /// Defaults: no limit, no compression, no agent, socket in the system temp dir.
+    pub fn new(vmid: u32) -> Self {
+        Self {
+            speed: 0,
+            max_workers: None,
+            compress: Compression::None,
+            zstd_threads: 1,
+            zstd_level: 1,
+            agent: None,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            socket_dir: std::env::temp_dir(),
+            vmid,
+        }
+    }
+}
+
+/// Result of a successful transfer.
+#[derive(Debug, Clone)]
+pub struct LiveOutcome {
+    /// Final counters.
+    pub transfer: Transfer,
+    /// The archive uuid (lower-case text).
+    pub uuid: String,
+    /// The disks backed up.
+    pub disks: Vec<SourceDisk>,
+}
+
+/// Backs up `keys` (config keys like `scsi0`) of the QEMU behind `qmp` into `dat` (created
+/// new; deleted again on failure). `configs` are stored in the archive header.
+pub async fn run(
+    qmp: &Client,
+    keys: &[String],
+    configs: &[(String, Vec<u8>)],
+    dat: &Path,
+    opts: &LiveOptions,
+    log: &TaskLog<'_>,
+) -> Result<LiveOutcome> {
+    let res = run_inner(qmp, keys, configs, dat, opts, log).await;
+    if res.is_err() {
+        if let Err(e) = std::fs::remove_file(dat) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log.warn(&format!("could not remove '{}': {e}", dat.display()));
+            }
+        }
+    }
+    res
+}
+
+async fn run_inner(
+    qmp: &Client,
+    keys: &[String],
+    configs: &[(String, Vec<u8>)],
+    dat: &Path,
+    opts: &LiveOptions,
+    log: &TaskLog<'_>,
+) -> Result<LiveOutcome> {
+    for what in job::clean_stale(qmp).await? {
+        log.warn(&format!("removed stale {what} left by an earlier backup"));
+    }
+    let disks = job::resolve_disks(qmp, keys).await?;
+
+    // Archive side.
+    let uuid = uuid::Uuid::new_v4();
+    let output = Output::create(dat, opts.compress, opts.zstd_threads, opts.zstd_level)
+        .map_err(|e| Error::file("create archive", dat, e))?;
+    let mut writer = VmaWriter::new(output, *uuid.as_bytes());
+    for (name, data) in configs {
+        writer.add_config(name, data).map_err(|e| Error::Archive {
+            detail: error_chain(&e),
+        })?;
+    }
+    let mut exports = Vec::new();
+    for d in &disks {
+        let dev = writer
+            .register_device(&d.drive, d.size)
+            .map_err(|e| Error::Archive {
+                detail: error_chain(&e),
+            })?;
+        exports.push(Arc::new(Export::new(&d.drive, dev, d.size)));
+    }
+    let names = disks.iter().map(|d| d.drive.clone()).collect();
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
+    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names).map_err(|e| {
+        Error::Archive {
+            detail: format!("cannot start the writer thread: {e}"),
+        }
+    })?;
+    let socket = opts
+        .socket_dir
+        .join(format!("vmdump-{}-{}.nbd", opts.vmid, std::process::id()));
+    let target = match Target::start(&socket, exports, tx, Arc::clone(&shared)) {
+        Ok(t) => t,
+        Err(e) => {
+            writer.join();
+            return Err(Error::Nbd {
+                detail: format!("cannot listen on '{}': {e}", socket.display()),
+            });
+        }
+    };
+
+    let res = transfer(qmp, &disks, &target, &shared, opts, log, &uuid).await;
+    let transfer = match res {
+        Ok(t) => t,
+        Err(e) => {
+            target.shutdown().await;
+            if let Some(out) = writer.join() {
+                out.abort();
+            }
+            return Err(e);
+        }
+    };
+
+    // Every export saw DISC: all data is in the channel. Check completeness, then let the
+    // writer finish.
+    let mut incomplete = None;
+    for e in target.exports() {
+        if let Some(n) = e.first_missing() {
+            incomplete = Some((e.name.clone(), n));
+            break;
+        }
+    }
+    target.shutdown().await;
+    let output = writer.join();
+    if let Some((device, n)) = incomplete {
+        if let Some(out) = output {
+            out.abort();
+        }
+        return Err(Error::Device {
+            device,
+            detail: format!("cluster {n} never arrived from QEMU"),
+        });
+    }
+    let Some(output) = output else {
+        return Err(Error::Archive {
+            detail: shared.error().unwrap_or_else(|| "writer failed".into()),
+        });
+    };
+    tokio::task::spawn_blocking(move || output.finish())
+        .await
+        .map_err(|e| Error::Archive {
+            detail: format!("finishing task: {e}"),
+        })?
+        .map_err(|e| Error::Archive {
+            detail: format!("finishing '{}': {e}", dat.display()),
+        })?;
+    Ok(LiveOutcome {
+        transfer,
+        uuid: uuid.to_string(),
+        disks,
+    })
+}
+
+/// Targets, freeze, jobs, thaw, wait, commit; on failure cancel everything in QEMU.
+async fn transfer(
+    qmp: &Client,
+    disks: &[SourceDisk],
+    target: &Target,
+    shared: &Shared,
+    opts: &LiveOptions,
+    log: &TaskLog<'_>,
+    uuid: &uuid::Uuid,
+) -> Result<Transfer> {
+    job::add_targets(qmp, disks, target.socket()).await?;
+
+    let agent = match &opts.agent {
+        Some(path) => crate::freeze::freeze(path, log).await,
+        None => None,
+    };
+    log.info("starting backup via QMP command");
+    let started = job::start_jobs(qmp, disks, opts.speed, opts.max_workers).await;
+    if let Some(agent) = agent {
+        crate::freeze::thaw(&agent, log).await;
+    }
+    if let Err(e) = started {
+        job::remove_targets(qmp, disks).await;
+        return Err(e);
+    }
+    log.info(&format!("started backup task '{uuid}'"));
+
+    let total: u64 = disks.iter().map(|d| d.size).sum();
+    let start = Instant::now();
+    match wait(qmp, disks, target, shared, opts, log, total, start).await {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            log.error(&e.to_string());
+            log.info("aborting backup job");
+            if let Err(ce) = job::abort(qmp, disks).await {
+                log.warn(&format!("cleanup after failure: {ce}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn wait(
+    qmp: &Client,
+    disks: &[SourceDisk],
+    target: &Target,
+    shared: &Shared,
+    opts: &LiveOptions,
+    log: &TaskLog<'_>,
+    total: u64,
+    start: Instant,
+) -> Result<Transfer> {
+    let mut lines = ProgressLines::new();
+    let mut last_update = Instant::now();
+    let mut finalized = false;
+    let snapshot = |elapsed| Transfer {
+        vmid: opts.vmid,
+        transferred: shared.transferred(),
+        zero: shared.zero(),
+        total,
+        elapsed,
+    };
+    loop {
+        if opts.interrupt.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        if shared.failed() {
+            return Err(Error::Archive {
+                detail: shared.error().unwrap_or_default(),
+            });
+        }
+        let state = match job::poll(qmp, disks).await {
+            Ok(s) => s,
+            Err(Error::Qmp { source, .. }) if source.kind() == vmdump_qmp::ErrorKind::Closed => {
+                return Err(Error::Qemu {
+                    detail: "QEMU exited during the backup".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if last_update.elapsed() >= Duration::from_secs(1) {
+            last_update = Instant::now();
+            let t = snapshot(start.elapsed());
+            log.progress().update(&t);
+            if let Some(line) = lines.tick(&t) {
+                log.line(crate::progress::Level::Info, &line, true);
+            }
+        }
+        match state {
+            Poll::Running => {}
+            Poll::Pending if !finalized => {
+                job::finalize(qmp, disks).await?;
+                finalized = true;
+            }
+            Poll::Pending => {}
+            Poll::Failed(msg) => {
+                return Err(Error::Job {
+                    job: disks
+                        .iter()
+                        .map(SourceDisk::job)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    detail: shared
+                        .error()
+                        .map_or(msg.clone(), |e| format!("{msg} ({e})")),
+                })
+            }
+            Poll::Concluded => break,
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    job::dismiss(qmp, disks).await?;
+    // Closing the target nodes makes QEMU send FLUSH + DISC: the commit point.
+    job::remove_targets(qmp, disks).await;
+    let elapsed = start.elapsed();
+    if !target.wait_closed(CLOSE_WAIT).await {
+        return Err(Error::Nbd {
+            detail: "QEMU did not close the NBD connections".into(),
+        });
+    }
+    if shared.failed() {
+        return Err(Error::Archive {
+            detail: shared.error().unwrap_or_default(),
+        });
+    }
+    let t = snapshot(elapsed);
+    log.progress().update(&t);
+    if let Some(line) = lines.finish(&t) {
+        log.line(crate::progress::Level::Info, &line, true);
+    }
+    Ok(t)
+}

@@ -1,0 +1,222 @@
+//! Push backups of paused QEMUs (real QEMU 7.2, KVM or TCG, guest never runs): consistency
+//! under guest-path writes during a throttled job, on raw and qcow2, multi-disk point in time,
+//! sizes that are not cluster multiples, the dissect.archive oracle, and compression.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::{dissect_devices, image_sha256, run, Disk, Qemu, Rng};
+use vmdump_engine::live::{self, LiveOptions};
+use vmdump_engine::log::TaskLog;
+use vmdump_engine::options::Compression;
+use vmdump_engine::progress::{Level, Progress};
+
+const MIB: u64 = 1 << 20;
+
+/// Collects log lines for assertions.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl Progress for Lines {
+    fn log(&self, level: Level, line: &str, _progress: bool) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("{}: {line}", level.prefix()));
+    }
+}
+
+/// A raw disk with data, zero areas and a hole, and a qcow2 disk whose size is not a multiple
+/// of 64 KiB, both with deterministic content from `seed`.
+fn make_disks(dir: &Path, seed: u64) -> Result<()> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let raw = dir.join("a.raw");
+    let f = std::fs::File::create(&raw)?;
+    f.set_len(40 * MIB)?;
+    drop(f);
+    let q = dir.join("b.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg((24 * MIB + 12288).to_string()))?;
+    for (img, fmt, size) in [(&raw, "raw", 40 * MIB), (&q, "qcow2", 24 * MIB)] {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", fmt]);
+        for _ in 0..12 {
+            let off = rng.below(size / 65536) * 65536 + rng.below(16) * 512;
+            let len = (1 + rng.below(512)) * 512 * 4;
+            let len = len.min(size - off);
+            let pat = 1 + rng.below(250);
+            cmd.arg("-c").arg(format!("write -P {pat} {off} {len}"));
+        }
+        cmd.arg(img);
+        run(&mut cmd)?;
+    }
+    Ok(())
+}
+
+async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    make_disks(dir, seed)?;
+    let raw = dir.join("a.raw");
+    let q = dir.join("b.qcow2");
+    let want_a = image_sha256(&raw, "raw", dir)?;
+    let want_b = image_sha256(&q, "qcow2", dir)?;
+
+    let qemu = Qemu::paused(
+        dir,
+        &[
+            Disk {
+                key: "virtio0",
+                path: &raw,
+                format: "raw",
+            },
+            Disk {
+                key: "virtio1",
+                path: &q,
+                format: "qcow2",
+            },
+        ],
+    )
+    .await?;
+
+    let mut opts = LiveOptions::new(100);
+    // 64 MiB at 16 MiB/s: about 4 s, so the writes below hit copied and uncopied regions.
+    opts.speed = 16 * MIB;
+    opts.compress = compress;
+    opts.socket_dir = dir.to_path_buf();
+    let dat = dir.join("out.dat");
+    let lines = Lines::default();
+    let keys = vec!["virtio0".to_string(), "virtio1".to_string()];
+    let configs = vec![("qemu-server.conf".to_string(), b"memory: 256\n".to_vec())];
+
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let writes = {
+        let qmp = qemu.qmp.clone();
+        let done = Arc::clone(&writer_done);
+        async move {
+            // Wait for the jobs, then write to both disks at once (one point in time means
+            // none of these may show up in the archive), then keep writing while it runs.
+            loop {
+                let jobs = qmp.query_jobs().await?;
+                if jobs.iter().filter(|j| j.id.starts_with("vmdump-")).count() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut rng = Rng(seed | 1);
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) && n < 60 {
+                for (key, size) in [("virtio0", 40 * MIB), ("virtio1", 24 * MIB)] {
+                    let off = rng.below(size / 512) * 512;
+                    let len = ((1 + rng.below(128)) * 512).min(size - off);
+                    let pat = 1 + rng.below(250) as u8;
+                    let cmd = format!(
+                        "qemu-io -d {key}/virtio-backend \"write -P {pat:#04x} {off} {len}\""
+                    );
+                    qmp.human_monitor_command(&cmd).await?;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            anyhow::Ok(n)
+        }
+    };
+    let log = TaskLog::new(&lines);
+    let backup = async {
+        let r = live::run(&qemu.qmp, &keys, &configs, &dat, &opts, &log).await;
+        writer_done.store(true, Ordering::Relaxed);
+        r
+    };
+    let (outcome, n_writes) = tokio::join!(backup, writes);
+    let outcome = outcome?;
+    let n_writes = n_writes?;
+    assert!(
+        n_writes >= 5,
+        "only {n_writes} write rounds during the backup"
+    );
+    assert_eq!(outcome.transfer.transferred, 64 * MIB + 12288);
+    assert!(outcome.transfer.zero > 0);
+
+    // Nothing of ours is left in QEMU.
+    assert!(qemu.qmp.query_jobs().await?.is_empty());
+    let nodes = qemu.qmp.query_named_block_nodes().await?;
+    assert!(
+        nodes.iter().all(|n| !n.node_name.starts_with("vmdump-")),
+        "{:?}",
+        nodes.iter().map(|n| &n.node_name).collect::<Vec<_>>()
+    );
+    qemu.quit().await?;
+
+    // The guest writes landed on the disks...
+    assert_ne!(
+        image_sha256(&raw, "raw", dir)?,
+        want_a,
+        "writes did not reach virtio0"
+    );
+    assert_ne!(
+        image_sha256(&q, "qcow2", dir)?,
+        want_b,
+        "writes did not reach virtio1"
+    );
+
+    // ...but the archive holds the disks as they were when the jobs started.
+    let plain = match compress {
+        Compression::None => dat.clone(),
+        Compression::Zstd => {
+            let p = dir.join("plain.vma");
+            run(Command::new("zstd")
+                .args(["-q", "-d", "-o"])
+                .arg(&p)
+                .arg(&dat))?;
+            p
+        }
+        Compression::Gzip => {
+            let p = dir.join("plain.vma");
+            let out = Command::new("gzip").arg("-dc").arg(&dat).output()?;
+            assert!(out.status.success());
+            std::fs::write(&p, out.stdout)?;
+            p
+        }
+        Compression::Lzo => {
+            let p = dir.join("plain.vma");
+            run(Command::new("lzop").args(["-d", "-o"]).arg(&p).arg(&dat))?;
+            p
+        }
+    };
+    let devs = dissect_devices(&plain)?;
+    assert_eq!(
+        devs,
+        vec![
+            ("drive-virtio0".to_string(), 40 * MIB, want_a),
+            ("drive-virtio1".to_string(), 24 * MIB + 12288, want_b),
+        ]
+    );
+    let text = lines.0.lock().expect("lock").join("\n");
+    assert!(text.contains("starting backup via QMP command"), "{text}");
+    assert!(text.contains("started backup task '"), "{text}");
+    assert!(text.contains("100% (64.0 MiB of 64.0 MiB)"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_vm_consistent_under_writes_raw_and_qcow2() -> Result<()> {
+    for seed in [1, 2, 3] {
+        consistency_round(seed, Compression::None).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_vm_consistent_compressed() -> Result<()> {
+    consistency_round(11, Compression::Zstd).await?;
+    consistency_round(12, Compression::Lzo).await?;
+    consistency_round(13, Compression::Gzip).await
+}
