@@ -1,0 +1,336 @@
+//! The archive header: fixed part, blob buffer, config table and device table.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+
+/// One stored config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Stored name (without NUL), e.g. `qemu-server.conf`.
+    pub name: String,
+    /// Raw contents.
+    pub data: Vec<u8>,
+}
+
+/// One device of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Device id, 1..=254.
+    pub id: u8,
+    /// Name, e.g. `drive-scsi0`.
+    pub name: String,
+    /// Size in bytes (> 0).
+    pub size: u64,
+}
+
+impl Device {
+    /// Number of clusters the device spans.
+    pub fn cluster_count(&self) -> u64 {
+        cluster_count(self.size)
+    }
+    /// True for the RAM-state stream.
+    pub fn is_vmstate(&self) -> bool {
+        self.name == VMSTATE_NAME
+    }
+}
+
+/// A parsed, validated archive header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Archive uuid (repeated in every extent).
+    pub uuid: [u8; 16],
+    /// Creation time, Unix seconds.
+    pub ctime: i64,
+    /// Total header length in bytes; the first extent starts here.
+    pub header_size: u32,
+    /// Offset of the blob buffer from the header start.
+    pub blob_buffer_offset: u32,
+    /// Used length of the blob buffer.
+    pub blob_buffer_size: u32,
+    /// Config files in slot order.
+    pub configs: Vec<Config>,
+    /// Devices in id order.
+    pub devices: Vec<Device>,
+    dev_index: Vec<u8>,
+}
+
+impl Header {
+    /// Device with this id, if it exists.
+    pub fn device(&self, id: u8) -> Option<&Device> {
+        match self.dev_index.get(usize::from(id)) {
+            Some(&i) if i != u8::MAX => self.devices.get(usize::from(i)),
+            _ => None,
+        }
+    }
+
+    /// First config with this name.
+    pub fn config(&self, name: &str) -> Option<&Config> {
+        self.configs.iter().find(|c| c.name == name)
+    }
+
+    /// Uuid as lower-case text.
+    pub fn uuid_string(&self) -> String {
+        uuid_to_string(&self.uuid)
+    }
+
+    /// Length of the whole header, read from its first 12288 bytes, after checking the
+    /// magic and bounds. Lets a streaming reader know how much more to read.
+    pub fn size_from_prefix(prefix: &[u8]) -> Result<usize> {
+        if prefix.len() < HEADER_FIXED_SIZE {
+            return Err(Error::TruncatedHeader {
+                got: prefix.len() as u64,
+                expected: HEADER_FIXED_SIZE as u64,
+            });
+        }
+        if prefix[..4] != MAGIC {
+            let mut found = [0u8; 4];
+            found.copy_from_slice(&prefix[..4]);
+            return Err(Error::BadMagic { found });
+        }
+        let size = be_u32(prefix, H_HEADER_SIZE) as usize;
+        if size <= HEADER_FIXED_SIZE {
+            return Err(Error::BadHeader {
+                reason: format!("header_size {size} must be larger than {HEADER_FIXED_SIZE}"),
+            });
+        }
+        if size > MAX_READER_HEADER_SIZE {
+            return Err(Error::BadHeader {
+                reason: format!("header_size {size} exceeds the limit of {MAX_READER_HEADER_SIZE}"),
+            });
+        }
+        Ok(size)
+    }
+
+    /// Parse and validate a complete header (`buf.len()` must equal header_size).
+    #[allow(clippy::needless_range_loop)]
+    pub fn parse(buf: &[u8]) -> Result<Header> {
+        let header_size = Self::size_from_prefix(buf)?;
+        if buf.len() != header_size {
+            return Err(Error::TruncatedHeader {
+                got: buf.len() as u64,
+                expected: header_size as u64,
+            });
+        }
+        let mut stored = [0u8; 16];
+        stored.copy_from_slice(&buf[H_MD5..H_MD5 + 16]);
+        let computed = header_md5(buf);
+        if stored != computed {
+            return Err(Error::HeaderChecksum {
+                stored: hex(&stored),
+                computed: hex(&computed),
+            });
+        }
+        let version = be_u32(buf, H_VERSION);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion { version });
+        }
+        let blob_off = be_u32(buf, H_BLOB_OFFSET);
+        let blob_size = be_u32(buf, H_BLOB_SIZE);
+        if (blob_off as usize) < HEADER_FIXED_SIZE
+            || u64::from(blob_off) + u64::from(blob_size) > header_size as u64
+        {
+            return Err(Error::BadHeader {
+                reason: format!(
+                    "blob buffer (offset {blob_off}, size {blob_size}) outside header of {header_size} bytes"
+                ),
+            });
+        }
+        let blobs = BlobIndex::new(&buf[blob_off as usize..(blob_off + blob_size) as usize]);
+
+        let mut configs = Vec::new();
+        for i in 0..MAX_CONFIGS {
+            let np = be_u32(buf, H_CONFIG_NAMES + 4 * i);
+            let dp = be_u32(buf, H_CONFIG_DATA + 4 * i);
+            if np == 0 || dp == 0 {
+                continue;
+            }
+            let (Some(name), Some(data)) = (blobs.string(np), blobs.blob(dp)) else {
+                return Err(Error::BadHeader {
+                    reason: format!("config slot {i} has invalid data pointers ({np}, {dp})"),
+                });
+            };
+            configs.push(Config {
+                name,
+                data: data.to_vec(),
+            });
+        }
+
+        let mut devices = Vec::new();
+        let mut dev_index = vec![u8::MAX; 256];
+        for id in 1..=MAX_DEVICES {
+            let at = H_DEV_INFO + DEV_INFO_SIZE * id;
+            let np = be_u32(buf, at);
+            let size = be_u64(buf, at + 8);
+            if size == 0 || np == 0 {
+                continue;
+            }
+            let Some(name) = blobs.string(np) else {
+                tracing::warn!(dev_id = id, "ignoring device with an unresolvable name");
+                continue;
+            };
+            dev_index[id] = devices.len() as u8;
+            devices.push(Device {
+                id: id as u8,
+                name,
+                size,
+            });
+        }
+
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&buf[H_UUID..H_UUID + 16]);
+        Ok(Header {
+            uuid,
+            ctime: be_u64(buf, H_CTIME) as i64,
+            header_size: header_size as u32,
+            blob_buffer_offset: blob_off,
+            blob_buffer_size: blob_size,
+            configs,
+            devices,
+            dev_index,
+        })
+    }
+}
+
+/// MD5 of a header with its md5 field taken as zero.
+pub(crate) fn header_md5(buf: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    h.update(&buf[..H_MD5]);
+    h.update([0u8; 16]);
+    h.update(&buf[H_MD5 + 16..]);
+    h.finalize().into()
+}
+
+/// Blobs of a blob buffer, indexed by offset, as the Proxmox reader walks them.
+struct BlobIndex<'a> {
+    buf: &'a [u8],
+    blobs: HashMap<u32, (usize, usize)>,
+}
+
+impl<'a> BlobIndex<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        let mut blobs = HashMap::new();
+        let mut pos = 1usize;
+        while pos + 2 <= buf.len() {
+            let len = usize::from(u16::from_le_bytes([buf[pos], buf[pos + 1]]));
+            if pos + 2 + len > buf.len() {
+                break;
+            }
+            blobs.insert(pos as u32, (pos + 2, len));
+            pos += 2 + len;
+        }
+        BlobIndex { buf, blobs }
+    }
+
+    fn blob(&self, ptr: u32) -> Option<&'a [u8]> {
+        let &(start, len) = self.blobs.get(&ptr)?;
+        Some(&self.buf[start..start + len])
+    }
+
+    fn string(&self, ptr: u32) -> Option<String> {
+        let b = self.blob(ptr)?;
+        let (&last, body) = b.split_last()?;
+        if last != 0 {
+            return None;
+        }
+        Some(String::from_utf8_lossy(body).into_owned())
+    }
+}
+
+/// The growing blob table of a writer, grown exactly as Proxmox's writer grows it
+/// (so that `header_size` and every blob offset match byte for byte).
+#[derive(Debug, Clone)]
+pub(crate) struct BlobTable {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pos: usize,
+}
+
+impl BlobTable {
+    pub(crate) fn new() -> Self {
+        BlobTable {
+            buf: Vec::new(),
+            pos: 1,
+        }
+    }
+
+    /// Table size after appending blobs of these lengths (without doing it).
+    pub(crate) fn projected_size(&self, lens: impl IntoIterator<Item = usize>) -> usize {
+        let (mut size, mut pos) = (self.buf.len(), self.pos);
+        for len in lens {
+            size = Self::grow(size, pos, len);
+            pos += len + 2;
+        }
+        size
+    }
+
+    fn grow(size: usize, pos: usize, len: usize) -> usize {
+        let mut new = size;
+        if size == 0 || size < pos + len + 2 {
+            new = size + (len + 2).div_ceil(512) * 512;
+        }
+        // Proxmox's first allocation overruns by one byte when len + 2 is a multiple
+        // of 512; we add one more sector instead of corrupting memory.
+        if new < pos + len + 2 {
+            new += 512;
+        }
+        new
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<u32> {
+        if data.len() > MAX_BLOB_LEN {
+            return Err(Error::Limit {
+                what: "blob length",
+                limit: MAX_BLOB_LEN as u64,
+                got: data.len() as u64,
+            });
+        }
+        let new = Self::grow(self.buf.len(), self.pos, data.len());
+        self.buf.resize(new, 0);
+        let at = self.pos;
+        self.buf[at..at + 2].copy_from_slice(&(data.len() as u16).to_le_bytes());
+        self.buf[at + 2..at + 2 + data.len()].copy_from_slice(data);
+        self.pos += data.len() + 2;
+        Ok(at as u32)
+    }
+
+    pub(crate) fn push_str(&mut self, s: &str) -> Result<u32> {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.push(&v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_growth_follows_proxmox() {
+        let mut t = BlobTable::new();
+        assert_eq!(t.push(&[1; 7]).unwrap(), 1); // S=512, P=10
+        assert_eq!((t.buf.len(), t.pos), (512, 10));
+        assert_eq!(t.push(&[2; 600]).unwrap(), 10); // S < 612 -> S += 1024
+        assert_eq!((t.buf.len(), t.pos), (1536, 612));
+        assert_eq!(t.buf[10..12], [0x58, 0x02]); // 600 little-endian
+        assert_eq!(t.projected_size([100, 1000]), 1536 + 1024);
+    }
+
+    #[test]
+    fn first_blob_edge_case_stays_in_bounds() {
+        let mut t = BlobTable::new();
+        t.push(&[1; 510]).unwrap();
+        assert!(t.buf.len() >= t.pos);
+        assert_eq!(t.buf.len(), 1024);
+    }
+
+    #[test]
+    fn blob_index_skips_overrun() {
+        let buf = [0u8, 3, 0, b'a', b'b', 0, 9, 0, 1];
+        let idx = BlobIndex::new(&buf);
+        assert_eq!(idx.string(1).as_deref(), Some("ab"));
+        assert!(idx.blob(6).is_none());
+    }
+}

@@ -1,0 +1,355 @@
+//! Round trips, tolerance of non-Proxmox layouts, every corruption class, and the index.
+
+mod common;
+use common::*;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use vmdump_vma::{Error, ErrorKind, Index, Reader};
+
+fn sample() -> (Vec<Vec<u8>>, Vec<u8>) {
+    let imgs = vec![
+        mixed_image(1, 540_672),
+        mixed_image(2, 5 * CS),
+        mixed_image(3, 4097),
+    ];
+    let a = write_images(
+        &["drive-efidisk0", "drive-scsi0", "drive-scsi1"],
+        &imgs,
+        &[
+            ("qemu-server.conf", b"memory: 512\n"),
+            ("qemu-server.fw", b"[OPTIONS]\n"),
+        ],
+        11,
+    );
+    (imgs, a)
+}
+
+#[test]
+fn round_trip_three_devices_shuffled() {
+    let (imgs, a) = sample();
+    let (h, got) = read_all(&a).unwrap();
+    assert_eq!(h.uuid, [0x42; 16]);
+    assert_eq!(h.ctime, 1_700_000_000);
+    assert_eq!(h.configs.len(), 2);
+    assert_eq!(h.config("qemu-server.fw").unwrap().data, b"[OPTIONS]\n");
+    for (i, img) in imgs.iter().enumerate() {
+        assert_eq!(sha256(&got[i]), sha256(img), "device {i}");
+    }
+}
+
+#[test]
+fn round_trip_through_a_pipe_reader() {
+    // A reader that hands out at most 1000 bytes per call, like a pipe.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1000).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let (imgs, a) = sample();
+    let r = Reader::new(Trickle(&a)).unwrap();
+    let mut img = vec![0u8; imgs[0].len()];
+    let stats = r
+        .for_each_cluster(|_, c| {
+            if c.dev_id == 1 {
+                let s = c.cluster as usize * CS;
+                let e = (s + CS).min(img.len());
+                c.expand_into(&mut img[s..e]);
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    assert_eq!(sha256(&img), sha256(&imgs[0]));
+    assert_eq!(stats.bytes_read, a.len() as u64);
+    assert_eq!(stats.devices[1].clusters, 9);
+}
+
+#[test]
+fn index_reads_any_offset() {
+    let (imgs, a) = sample();
+    let mut cur = Cursor::new(&a);
+    let idx = Index::build(&mut cur).unwrap();
+    assert_eq!(idx.header().devices.len(), 3);
+    for (k, img) in imgs.iter().enumerate() {
+        let dev = idx.header().devices[k].id;
+        let mut r = idx.device_reader(Cursor::new(&a), dev).unwrap();
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(sha256(&all), sha256(img));
+        let cases = [
+            (0u64, 10usize),
+            (4095, 3),
+            (65530, 20),
+            (img.len() as u64 - 7, 7),
+        ];
+        for &(off, len) in cases.iter().filter(|(o, l)| *o as usize + l <= img.len()) {
+            r.seek(SeekFrom::Start(off)).unwrap();
+            let mut b = vec![0u8; len];
+            r.read_exact(&mut b).unwrap();
+            assert_eq!(&b[..], &img[off as usize..off as usize + len]);
+        }
+    }
+}
+
+#[test]
+fn hand_built_59_slot_extents_and_other_padding() {
+    // 2 devices; all 59 slots used; configs in reverse blob order; names before configs;
+    // padding (used/512+1)*512; one extent per device plus a mixed one.
+    let d1 = mixed_image(7, 70 * CS);
+    let d2 = pseudo_random(8, 3 * CS + 100);
+    let mut hand = Hand::new(vec![
+        ("drive-a".into(), d1.len() as u64),
+        ("drive-b".into(), d2.len() as u64),
+    ]);
+    hand.configs.push(("second.conf".into(), b"2".to_vec()));
+    let cl = |img: &[u8], c: usize| {
+        let mut v = vec![0u8; CS];
+        let s = c * CS;
+        let e = (s + CS).min(img.len());
+        v[..e - s].copy_from_slice(&img[s..e]);
+        v
+    };
+    let slot = |dev, img: &[u8], c: usize| {
+        let data = cl(img, c);
+        Slot {
+            dev,
+            cluster: c as u32,
+            mask: mask_of(&data),
+            data,
+        }
+    };
+    hand.extents
+        .push((0..59).map(|c| slot(1, &d1, c)).collect());
+    hand.extents.push((0..4).map(|c| slot(2, &d2, c)).collect());
+    hand.extents
+        .push((59..70).rev().map(|c| slot(1, &d1, c)).collect());
+    // a slot with dev_id 0 in the middle is skipped
+    let a = hand.build();
+    let (h, imgs) = read_all(&a).unwrap();
+    assert_eq!(h.configs[0].name, "qemu-server.conf");
+    assert_eq!(h.configs[1].name, "second.conf");
+    assert_eq!(sha256(&imgs[0]), sha256(&d1));
+    assert_eq!(sha256(&imgs[1]), sha256(&d2));
+    let idx = Index::build(&mut Cursor::new(&a)).unwrap();
+    assert_eq!(idx.extent_count(), 3);
+}
+
+fn expect_err(a: &[u8]) -> Error {
+    match read_all(a) {
+        Ok(_) => panic!("corrupt archive was accepted"),
+        Err(e) => e,
+    }
+}
+
+fn header_size(a: &[u8]) -> usize {
+    u32::from_be_bytes(a[56..60].try_into().unwrap()) as usize
+}
+
+#[test]
+fn corrupt_header_md5() {
+    let (_, mut a) = sample();
+    a[12288 + 5] ^= 1;
+    let e = expect_err(&a);
+    assert!(matches!(e, Error::HeaderChecksum { .. }), "{e}");
+    assert!(e.to_string().starts_with("vma header checksum mismatch"));
+    let (_, mut a) = sample();
+    a[0] = b'X';
+    assert!(matches!(expect_err(&a), Error::BadMagic { .. }));
+    let (_, mut a) = sample();
+    a[7] = 2;
+    reseal_header(&mut a);
+    assert!(matches!(
+        expect_err(&a),
+        Error::UnsupportedVersion { version: 2 }
+    ));
+}
+
+#[test]
+fn corrupt_extent_md5() {
+    let (_, mut a) = sample();
+    let hs = header_size(&a);
+    a[hs + 45] ^= 0x10;
+    let e = expect_err(&a);
+    assert_eq!(
+        e.to_string(),
+        format!("extent 0 at offset {hs}: header checksum mismatch")
+    );
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+}
+
+#[test]
+fn corrupt_extent_uuid() {
+    let (_, mut a) = sample();
+    let hs = header_size(&a);
+    a[hs + 8] = 0x43;
+    reseal_extent(&mut a[hs..hs + 512]);
+    let e = expect_err(&a);
+    assert!(matches!(e, Error::ExtentUuid { index: 0, .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("does not match archive uuid 42424242-"),
+        "{e}"
+    );
+}
+
+#[test]
+fn corrupt_extent_reserved() {
+    let (_, mut a) = sample();
+    let hs = header_size(&a);
+    a[hs + 5] = 1;
+    reseal_extent(&mut a[hs..hs + 512]);
+    let e = expect_err(&a);
+    assert_eq!(
+        e.to_string(),
+        format!("extent 0 at offset {hs}: reserved field is 0x0001, expected 0")
+    );
+}
+
+#[test]
+fn corrupt_block_count() {
+    let (_, mut a) = sample();
+    let hs = header_size(&a);
+    let bc = u16::from_be_bytes([a[hs + 6], a[hs + 7]]);
+    a[hs + 6..hs + 8].copy_from_slice(&(bc - 1).to_be_bytes());
+    reseal_extent(&mut a[hs..hs + 512]);
+    let e = expect_err(&a);
+    assert!(
+        e.to_string().contains(&format!(
+            "block_count is {} but the slot masks add up to {bc} blocks",
+            bc - 1
+        )),
+        "{e}"
+    );
+}
+
+fn one_dev_hand(slots: Vec<Vec<(u32, u16)>>) -> Vec<u8> {
+    let mut hand = Hand::new(vec![("drive-scsi0".into(), 3 * CS as u64 + 10)]);
+    for ext in slots {
+        hand.extents.push(
+            ext.into_iter()
+                .map(|(c, m)| Slot {
+                    dev: 1,
+                    cluster: c,
+                    mask: m,
+                    data: vec![0x5A; CS],
+                })
+                .collect(),
+        );
+    }
+    hand.build()
+}
+
+#[test]
+fn missing_cluster_is_detected() {
+    let a = one_dev_hand(vec![vec![(0, 0xFFFF), (1, 0)], vec![(3, 1)]]);
+    let e = expect_err(&a);
+    assert_eq!(
+        e.to_string(),
+        "device 1 (drive-scsi0): missing cluster 2 (1 of 4 clusters missing)"
+    );
+}
+
+#[test]
+fn duplicate_cluster_is_detected() {
+    let a = one_dev_hand(vec![
+        vec![(0, 0xFFFF), (1, 0), (2, 0)],
+        vec![(3, 1), (1, 3)],
+    ]);
+    let hs = header_size(&a);
+    let second = hs + 512 + 16 * BS;
+    let e = expect_err(&a);
+    assert_eq!(
+        e.to_string(),
+        format!("device 1 (drive-scsi0): duplicate cluster 1 in extent 1 at offset {second}")
+    );
+}
+
+#[test]
+fn out_of_range_cluster_is_detected() {
+    let a = one_dev_hand(vec![vec![(0, 0), (1, 0), (2, 0), (4, 0)]]);
+    let e = expect_err(&a);
+    assert!(
+        e.to_string().starts_with(
+            "device 1 (drive-scsi0): cluster 4 is out of range (device has 4 clusters) in extent 0"
+        ),
+        "{e}"
+    );
+    // a block past the device end inside the last cluster: only 10 bytes in cluster 3
+    let a = one_dev_hand(vec![vec![(0, 0), (1, 0), (2, 0), (3, 0x0003)]]);
+    let e = expect_err(&a);
+    assert!(
+        matches!(
+            e,
+            Error::BlockPastEnd {
+                cluster: 3,
+                block: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // unknown device id
+    let mut hand = Hand::new(vec![("d".into(), 4096)]);
+    hand.extents.push(vec![Slot {
+        dev: 9,
+        cluster: 0,
+        mask: 0,
+        data: vec![],
+    }]);
+    let e = expect_err(&hand.build());
+    assert!(e.to_string().contains("unknown device id 9"), "{e}");
+}
+
+#[test]
+fn truncated_archives_are_detected() {
+    let a = write_images(
+        &["drive-scsi0"],
+        &[mixed_image(4, 100 * CS)],
+        &[("a", b"b")],
+        3,
+    );
+    let hs = header_size(&a);
+    // inside the header
+    let e = expect_err(&a[..hs - 1]);
+    assert!(matches!(e, Error::TruncatedHeader { .. }), "{e}");
+    // inside an extent header
+    let e = expect_err(&a[..hs + 100]);
+    assert!(e.to_string().contains("truncated archive: extent 0"), "{e}");
+    // inside extent data
+    let e = expect_err(&a[..a.len() - 1]);
+    assert!(matches!(e, Error::TruncatedExtent { .. }), "{e}");
+    // exactly at an extent boundary: clean EOF, but clusters are missing
+    let first_len = 512 + BS * u16::from_be_bytes([a[hs + 6], a[hs + 7]]) as usize;
+    let e = expect_err(&a[..hs + first_len]);
+    assert!(matches!(e, Error::MissingCluster { .. }), "{e}");
+    // index sees truncation too
+    let e = Index::build(&mut Cursor::new(&a[..a.len() - 4096])).unwrap_err();
+    assert!(matches!(e, Error::TruncatedExtent { .. }), "{e}");
+}
+
+#[test]
+fn hostile_header_sizes_are_bounded() {
+    let (_, mut a) = sample();
+    a[56..60].copy_from_slice(&u32::MAX.to_be_bytes());
+    let e = expect_err(&a);
+    assert!(e.to_string().contains("exceeds the limit"), "{e}");
+    let (_, mut a) = sample();
+    a[56..60].copy_from_slice(&12288u32.to_be_bytes());
+    assert!(matches!(expect_err(&a), Error::BadHeader { .. }));
+    // huge device size: streaming reader does not allocate per announced cluster
+    let mut hand = Hand::new(vec![("huge".into(), 1 << 48)]);
+    hand.extents.push(vec![Slot {
+        dev: 1,
+        cluster: u32::MAX,
+        mask: 0,
+        data: vec![],
+    }]);
+    let built = hand.build();
+    let r = Reader::new(&built[..]).unwrap();
+    let e = r.for_each_cluster(|_, _| Ok::<_, Error>(())).unwrap_err();
+    assert!(e.to_string().contains("missing cluster 0"), "{e}");
+    let e = Index::build(&mut Cursor::new(hand.build())).unwrap_err();
+    assert!(e.to_string().contains("more than an archive"), "{e}");
+}
