@@ -1,0 +1,1 @@
+//! NBD client (in progress).
