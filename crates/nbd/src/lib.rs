@@ -44,6 +44,7 @@ pub mod export;
 pub mod proto;
 pub mod server;
 
+pub use client::{Client, ClientOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use export::Export;
 pub use server::{Server, ServerHandle, ServerOptions};
