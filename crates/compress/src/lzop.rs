@@ -1,0 +1,365 @@
+//! The lzop file container around LZO1X blocks, as lzop 1.04 writes and reads it.
+
+use std::io::{self, Read, Write};
+
+use crate::lzo;
+
+/// lzop file magic.
+pub const LZOP_MAGIC: [u8; 9] = [0x89, b'L', b'Z', b'O', 0x00, 0x0D, 0x0A, 0x1A, 0x0A];
+/// Uncompressed bytes per block (lzop's default).
+pub const LZOP_BLOCK_SIZE: usize = 256 * 1024;
+/// Largest block lzop accepts; bounds our allocation on hostile input.
+const MAX_BLOCK: usize = 64 * 1024 * 1024;
+
+const F_ADLER32_D: u32 = 0x0000_0001;
+const F_ADLER32_C: u32 = 0x0000_0002;
+const F_H_EXTRA_FIELD: u32 = 0x0000_0040;
+const F_CRC32_D: u32 = 0x0000_0100;
+const F_CRC32_C: u32 = 0x0000_0200;
+const F_MULTIPART: u32 = 0x0000_0400;
+const F_H_FILTER: u32 = 0x0000_0800;
+const F_H_CRC32: u32 = 0x0000_1000;
+const F_OS_UNIX: u32 = 0x0300_0000;
+
+fn adler32(init: u32, data: &[u8]) -> u32 {
+    const MOD: u32 = 65521;
+    let (mut a, mut b) = (init & 0xffff, init >> 16);
+    for chunk in data.chunks(5552) {
+        for &x in chunk {
+            a += u32::from(x);
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Streaming lzop encoder: LZO1X blocks of 256 KiB with an Adler-32 of each block's
+/// uncompressed data, exactly the checksums lzop writes by default.
+pub struct LzopWriter<W: Write> {
+    inner: Option<W>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    comp: lzo::Compressor,
+    header_done: bool,
+}
+
+impl<W: Write> LzopWriter<W> {
+    /// New encoder writing to `inner`.
+    pub fn new(inner: W) -> Self {
+        LzopWriter {
+            inner: Some(inner),
+            buf: Vec::with_capacity(LZOP_BLOCK_SIZE),
+            out: Vec::with_capacity(LZOP_BLOCK_SIZE + LZOP_BLOCK_SIZE / 16 + 64 + 3),
+            comp: lzo::Compressor::new(),
+            header_done: false,
+        }
+    }
+
+    fn inner(&mut self) -> io::Result<&mut W> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("lzop writer already finished"))
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if self.header_done {
+            return Ok(());
+        }
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut h = Vec::with_capacity(64);
+        h.extend_from_slice(&0x1040u16.to_be_bytes()); // version
+        h.extend_from_slice(&0x20a0u16.to_be_bytes()); // LZO library version
+        h.extend_from_slice(&0x0940u16.to_be_bytes()); // version needed to extract
+        h.push(1); // method: LZO1X-1
+        h.push(5); // level
+        h.extend_from_slice(&(F_OS_UNIX | F_ADLER32_D).to_be_bytes());
+        h.extend_from_slice(&0o100644u32.to_be_bytes()); // mode
+        h.extend_from_slice(&(mtime as u32).to_be_bytes());
+        h.extend_from_slice(&((mtime >> 32) as u32).to_be_bytes());
+        h.push(0); // no name
+        let sum = adler32(1, &h);
+        let w = self.inner()?;
+        w.write_all(&LZOP_MAGIC)?;
+        w.write_all(&h)?;
+        w.write_all(&sum.to_be_bytes())?;
+        self.header_done = true;
+        Ok(())
+    }
+
+    fn block(&mut self) -> io::Result<()> {
+        self.header()?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.out.clear();
+        self.out.extend_from_slice(&[0; 12]);
+        self.comp.compress(&self.buf, &mut self.out);
+        let dlen = self.buf.len() as u32;
+        let clen = (self.out.len() - 12) as u32;
+        let sum = adler32(1, &self.buf);
+        self.out[0..4].copy_from_slice(&dlen.to_be_bytes());
+        self.out[8..12].copy_from_slice(&sum.to_be_bytes());
+        if clen < dlen {
+            self.out[4..8].copy_from_slice(&clen.to_be_bytes());
+            let Self { inner, out, .. } = self;
+            inner
+                .as_mut()
+                .ok_or_else(|| io::Error::other("lzop writer already finished"))?
+                .write_all(out)?;
+        } else {
+            // Incompressible: stored as is, which lzop marks by equal lengths.
+            self.out.truncate(12);
+            self.out[4..8].copy_from_slice(&dlen.to_be_bytes());
+            let Self {
+                inner, out, buf, ..
+            } = self;
+            let w = inner
+                .as_mut()
+                .ok_or_else(|| io::Error::other("lzop writer already finished"))?;
+            w.write_all(out)?;
+            w.write_all(buf)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Write the last block and the end marker; returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.block()?;
+        let mut w = self
+            .inner
+            .take()
+            .ok_or_else(|| io::Error::other("lzop writer already finished"))?;
+        w.write_all(&[0, 0, 0, 0])?;
+        w.flush()?;
+        Ok(w)
+    }
+}
+
+impl<W: Write> Write for LzopWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(LZOP_BLOCK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == LZOP_BLOCK_SIZE {
+            self.block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner()?.flush()
+    }
+}
+
+/// Streaming lzop decoder: checks the header checksum and every block checksum lzop
+/// may have written (Adler-32 or CRC-32, of compressed and uncompressed data).
+pub struct LzopReader<R: Read> {
+    inner: R,
+    flags: u32,
+    buf: Vec<u8>,
+    cbuf: Vec<u8>,
+    pos: usize,
+    header_done: bool,
+    eof: bool,
+    block: u64,
+}
+
+impl<R: Read> LzopReader<R> {
+    /// New decoder reading from `inner` (which starts with the lzop magic).
+    pub fn new(inner: R) -> Self {
+        LzopReader {
+            inner,
+            flags: 0,
+            buf: Vec::new(),
+            cbuf: Vec::new(),
+            pos: 0,
+            header_done: false,
+            eof: false,
+            block: 0,
+        }
+    }
+
+    fn u8(&mut self, sum: &mut Vec<u8>) -> io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.inner.read_exact(&mut b)?;
+        sum.push(b[0]);
+        Ok(b[0])
+    }
+    fn u16(&mut self, sum: &mut Vec<u8>) -> io::Result<u16> {
+        let mut b = [0u8; 2];
+        self.inner.read_exact(&mut b)?;
+        sum.extend_from_slice(&b);
+        Ok(u16::from_be_bytes(b))
+    }
+    fn u32(&mut self, sum: &mut Vec<u8>) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.inner.read_exact(&mut b)?;
+        sum.extend_from_slice(&b);
+        Ok(u32::from_be_bytes(b))
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        let mut magic = [0u8; 9];
+        self.inner.read_exact(&mut magic)?;
+        if magic != LZOP_MAGIC {
+            return Err(bad("not an lzop stream (bad magic)".into()));
+        }
+        let mut h = Vec::new();
+        let version = self.u16(&mut h)?;
+        if version < 0x0940 {
+            return Err(bad(format!(
+                "lzop format version {version:#06x} is too old"
+            )));
+        }
+        let _lib = self.u16(&mut h)?;
+        let _needed = self.u16(&mut h)?;
+        let method = self.u8(&mut h)?;
+        if !(1..=3).contains(&method) {
+            return Err(bad(format!("unsupported lzop method {method}")));
+        }
+        let _level = self.u8(&mut h)?;
+        let flags = self.u32(&mut h)?;
+        if flags & (F_H_FILTER | F_MULTIPART) != 0 {
+            return Err(bad(format!("unsupported lzop flags {flags:#010x}")));
+        }
+        let _mode = self.u32(&mut h)?;
+        let _mtime_lo = self.u32(&mut h)?;
+        let _mtime_hi = self.u32(&mut h)?;
+        let name_len = self.u8(&mut h)?;
+        let mut name = vec![0u8; usize::from(name_len)];
+        self.inner.read_exact(&mut name)?;
+        h.extend_from_slice(&name);
+        let want = if flags & F_H_CRC32 != 0 {
+            crc32(&h)
+        } else {
+            adler32(1, &h)
+        };
+        let got = self.u32(&mut Vec::new())?;
+        if got != want {
+            return Err(bad("lzop header checksum mismatch".into()));
+        }
+        if flags & F_H_EXTRA_FIELD != 0 {
+            let len = self.u32(&mut Vec::new())? as usize;
+            if len > MAX_BLOCK {
+                return Err(bad("lzop extra field too large".into()));
+            }
+            let mut extra = vec![0u8; len];
+            self.inner.read_exact(&mut extra)?;
+            let _sum = self.u32(&mut Vec::new())?;
+        }
+        self.flags = flags;
+        self.header_done = true;
+        Ok(())
+    }
+
+    fn next_block(&mut self) -> io::Result<()> {
+        let mut scratch = Vec::new();
+        let dlen = self.u32(&mut scratch)? as usize;
+        if dlen == 0 {
+            self.eof = true;
+            return Ok(());
+        }
+        if dlen > MAX_BLOCK {
+            return Err(bad(format!(
+                "lzop block {}: size {dlen} too large",
+                self.block
+            )));
+        }
+        let clen = self.u32(&mut scratch)? as usize;
+        if clen > dlen {
+            return Err(bad(format!(
+                "lzop block {}: compressed size {clen} exceeds {dlen}",
+                self.block
+            )));
+        }
+        let f = self.flags;
+        let d_adler = (f & F_ADLER32_D != 0)
+            .then(|| self.u32(&mut scratch))
+            .transpose()?;
+        let d_crc = (f & F_CRC32_D != 0)
+            .then(|| self.u32(&mut scratch))
+            .transpose()?;
+        let packed = clen < dlen;
+        let c_adler = (packed && f & F_ADLER32_C != 0)
+            .then(|| self.u32(&mut scratch))
+            .transpose()?;
+        let c_crc = (packed && f & F_CRC32_C != 0)
+            .then(|| self.u32(&mut scratch))
+            .transpose()?;
+        self.cbuf.resize(clen, 0);
+        self.inner.read_exact(&mut self.cbuf)?;
+        let block = self.block;
+        if c_adler.is_some_and(|s| s != adler32(1, &self.cbuf))
+            || c_crc.is_some_and(|s| s != crc32(&self.cbuf))
+        {
+            return Err(bad(format!(
+                "lzop block {block}: compressed data checksum mismatch"
+            )));
+        }
+        self.buf.clear();
+        if packed {
+            lzo::decompress(&self.cbuf, &mut self.buf, dlen)
+                .map_err(|e| bad(format!("lzop block {block}: {e}")))?;
+            if self.buf.len() != dlen {
+                return Err(bad(format!(
+                    "lzop block {block}: decompressed {} bytes, expected {dlen}",
+                    self.buf.len()
+                )));
+            }
+        } else {
+            std::mem::swap(&mut self.buf, &mut self.cbuf);
+        }
+        if d_adler.is_some_and(|s| s != adler32(1, &self.buf))
+            || d_crc.is_some_and(|s| s != crc32(&self.buf))
+        {
+            return Err(bad(format!("lzop block {block}: data checksum mismatch")));
+        }
+        self.pos = 0;
+        self.block += 1;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for LzopReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.header_done {
+            self.header()?;
+        }
+        while self.pos == self.buf.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            self.next_block()?;
+            if self.eof {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adler_known_value() {
+        assert_eq!(adler32(1, b"Wikipedia"), 0x11E6_0398);
+    }
+}
