@@ -41,6 +41,7 @@
 pub mod client;
 mod error;
 pub mod export;
+pub mod image;
 pub mod proto;
 pub mod server;
 
