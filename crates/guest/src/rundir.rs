@@ -1,0 +1,130 @@
+//! The per-VM run directory: sockets, pid file, serial log.
+//!
+//! `<run base>/<vmid>/` (run base default `/run/vmdump`, `$VMDUMP_RUN_DIR` overrides it):
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `qmp.sock` | QMP monitor for long-lived clients (the backup engine) |
+//! | `ctl.sock` | a second QMP monitor for short control connections (`vmdump vm status`, ...) |
+//! | `qga.sock` | guest agent channel (only with `agent: 1`) |
+//! | `qemu.pid` | QEMU's pid (`-pidfile`) |
+//! | `serial.log` | the guest's first serial port |
+//!
+//! QEMU serves one client per monitor, so a backup holding `qmp.sock` does not block status
+//! queries on `ctl.sock`. Events are delivered on both.
+
+use std::path::{Path, PathBuf};
+
+use tracing::debug;
+
+use crate::error::{Error, Result};
+use crate::process;
+
+/// Default base of run directories.
+pub const DEFAULT_RUN_BASE: &str = "/run/vmdump";
+/// Environment variable overriding the run base.
+pub const RUN_BASE_ENV: &str = "VMDUMP_RUN_DIR";
+
+/// One VM's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    vmid: u32,
+    dir: PathBuf,
+}
+
+/// The files QEMU creates in a run directory (everything but the serial log).
+const RUNTIME_FILES: [&str; 4] = ["qmp.sock", "ctl.sock", "qga.sock", "qemu.pid"];
+
+impl RunDir {
+    /// `<base>/<vmid>`.
+    pub fn new(base: &Path, vmid: u32) -> Self {
+        RunDir {
+            vmid,
+            dir: base.join(vmid.to_string()),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// QMP socket for long-lived clients.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// QMP socket for short control connections.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+
+    /// Guest agent socket.
+    pub fn qga_socket(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
+
+    /// QEMU pid file.
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+
+    /// Serial console log.
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    /// Create the directory (mode 0700 for a fresh one).
+    pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| self.io(&self.dir, source))
+    }
+
+    /// The pid of a live QEMU that belongs to this run directory, if any. A pid file whose
+    /// process is gone (or is another program now) is stale.
+    pub fn live_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pidfile()).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        process::is_ours(pid, &self.pidfile()).then_some(pid)
+    }
+
+    /// Remove sockets and the pid file (the serial log stays for post-mortems) and the
+    /// directory if it is then empty. Only call when no QEMU of this VM runs.
+    pub fn clean(&self) -> Result<()> {
+        for f in RUNTIME_FILES {
+            let p = self.dir.join(f);
+            match std::fs::remove_file(&p) {
+                Ok(()) => debug!(path = %p.display(), "removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(self.io(&p, source)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the whole directory including the serial log.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(self.io(&self.dir, source)),
+        }
+    }
+
+    /// Whether any runtime file (socket, pid file) is left.
+    pub fn has_leftovers(&self) -> bool {
+        RUNTIME_FILES.iter().any(|f| self.dir.join(f).exists())
+    }
+
+    fn io(&self, path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            vmid: self.vmid,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! VM lifecycle: start, status, suspend/resume, shutdown, stop, list.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tracing::{info, warn};
+use vmdump_config::{ConfigRoot, QemuConfig};
+use vmdump_qmp::{qga, Client, RunState};
+
+use crate::accel::Accel;
+use crate::cmdline::{self, BuildInput, LaunchPlan};
+use crate::error::{Error, Result};
+use crate::process;
+use crate::rundir::{RunDir, DEFAULT_RUN_BASE, RUN_BASE_ENV};
+
+/// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
+pub const QEMU_ENV: &str = "VMDUMP_QEMU";
+
+/// How long QEMU may take to daemonize.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for control-socket connections and commands.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Grace periods of the hard stop: after `quit`, after SIGTERM, after SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start a VM.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Start with `-S` (CPUs stopped, state `prelaunch`).
+    pub paused: bool,
+    /// Force an accelerator (otherwise see [`Accel::choose`]).
+    pub accel: Option<Accel>,
+    /// Start even if the config has a `lock:`.
+    pub skiplock: bool,
+}
+
+/// A VM's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// No QEMU runs.
+    Stopped,
+    /// QEMU runs and answered `query-status`.
+    Running {
+        /// QEMU's pid.
+        pid: u32,
+        /// The run state QEMU reported.
+        status: RunState,
+    },
+    /// QEMU's process lives but its control monitor did not answer.
+    Unresponsive {
+        /// QEMU's pid.
+        pid: u32,
+    },
+}
+
+impl State {
+    /// `running` or `stopped`, as `qm status` prints it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            _ => "running",
+        }
+    }
+
+    /// QEMU's run state name (`running`, `paused`, `prelaunch`, ...), if known.
+    pub fn qmp_status(&self) -> Option<&'static str> {
+        match self {
+            State::Running { status, .. } => Some(run_state_name(status)),
+            State::Unresponsive { .. } => Some("unknown"),
+            State::Stopped => None,
+        }
+    }
+
+    /// The pid, if running.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            State::Running { pid, .. } | State::Unresponsive { pid } => Some(*pid),
+            State::Stopped => None,
+        }
+    }
+}
+
+/// The name QEMU uses for a run state.
+pub fn run_state_name(s: &RunState) -> &'static str {
+    match s {
+        RunState::Prelaunch => "prelaunch",
+        RunState::Running => "running",
+        RunState::Paused => "paused",
+        RunState::Shutdown => "shutdown",
+        RunState::IoError => "io-error",
+        RunState::Inmigrate => "inmigrate",
+        RunState::Suspended => "suspended",
+        RunState::InternalError => "internal-error",
+        RunState::GuestPanicked => "guest-panicked",
+        _ => "other",
+    }
+}
+
+/// A started VM.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// QEMU's pid.
+    pub pid: u32,
+    /// The command line and disk nodes it was started with.
+    pub plan: LaunchPlan,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Nothing ran.
+    AlreadyStopped,
+    /// The guest powered off after the ACPI power button.
+    Acpi,
+    /// The guest powered off after the agent's `guest-shutdown`.
+    Agent,
+    /// The guest did not power off in time (or was paused) and QEMU was stopped hard.
+    Forced,
+}
+
+/// One row of [`Runtime::list`].
+#[derive(Debug, Clone)]
+pub struct VmSummary {
+    /// The VMID.
+    pub vmid: u32,
+    /// `name:` (or the config error text).
+    pub name: String,
+    /// `memory` in MiB, if the config is valid.
+    pub memory_mib: Option<u64>,
+    /// The state.
+    pub state: State,
+}
+
+/// Runs VMs from the configs under a [`ConfigRoot`].
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: ConfigRoot,
+    run_base: PathBuf,
+    qemu: PathBuf,
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p)
+    }
+}
+
+impl Runtime {
+    /// A runtime for `root`; run directories under `$VMDUMP_RUN_DIR` or `/run/vmdump`; QEMU
+    /// from `$VMDUMP_QEMU` or `qemu-system-x86_64`.
+    pub fn new(root: ConfigRoot) -> Self {
+        let run_base = std::env::var_os(RUN_BASE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_BASE));
+        let qemu = std::env::var_os(QEMU_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        Runtime {
+            root,
+            run_base: absolute(run_base),
+            qemu,
+        }
+    }
+
+    /// Use another run base directory.
+    pub fn with_run_base(mut self, base: impl Into<PathBuf>) -> Self {
+        self.run_base = absolute(base.into());
+        self
+    }
+
+    /// Use another QEMU binary.
+    pub fn with_qemu(mut self, qemu: impl Into<PathBuf>) -> Self {
+        self.qemu = qemu.into();
+        self
+    }
+
+    /// The configuration root.
+    pub fn root(&self) -> &ConfigRoot {
+        &self.root
+    }
+
+    /// The run base directory.
+    pub fn run_base(&self) -> &Path {
+        &self.run_base
+    }
+
+    /// A VM's run directory.
+    pub fn run_dir(&self, vmid: u32) -> RunDir {
+        RunDir::new(&self.run_base, vmid)
+    }
+
+    fn config(&self, vmid: u32) -> Result<QemuConfig> {
+        self.root
+            .qemu_config(vmid)
+            .map_err(|source| Error::Config { vmid, source })
+    }
+
+    /// Build the command line (and disk node table) without starting anything.
+    pub fn plan(&self, vmid: u32, opts: &StartOptions) -> Result<LaunchPlan> {
+        let cfg = self.config(vmid)?;
+        self.plan_for(vmid, &cfg, opts)
+    }
+
+    fn plan_for(&self, vmid: u32, cfg: &QemuConfig, opts: &StartOptions) -> Result<LaunchPlan> {
+        let storage = self
+            .root
+            .storage()
+            .map_err(|source| Error::Config { vmid, source })?;
+        let kvm_enabled = cfg
+            .get("kvm")
+            .and_then(vmdump_config::parse_bool)
+            .unwrap_or(true);
+        let run = self.run_dir(vmid);
+        cmdline::build(
+            cfg,
+            &storage,
+            &BuildInput {
+                vmid,
+                run: &run,
+                accel: Accel::choose(opts.accel, kvm_enabled),
+                paused: opts.paused,
+                daemonize: true,
+            },
+        )
+    }
+
+    /// Start the VM. QEMU daemonizes (it outlives this process); its pid is in the run
+    /// directory. Stale run directories (dead pid) are cleaned first.
+    pub async fn start(&self, vmid: u32, opts: &StartOptions) -> Result<Started> {
+        let cfg = self.config(vmid)?;
+        if let (Some(lock), false) = (cfg.lock(), opts.skiplock) {
+            return Err(Error::Locked {
+                vmid,
+                lock: lock.to_string(),
+            });
+        }
+        let run = self.run_dir(vmid);
+        if let Some(pid) = run.live_pid() {
+            return Err(Error::AlreadyRunning { vmid, pid });
+        }
+        if run.has_leftovers() {
+            info!(
+                "VM {vmid}: removing stale run files in {}",
+                run.path().display()
+            );
+        }
+        run.clean()?;
+        let plan = self.plan_for(vmid, &cfg, opts)?;
+        run.create()?;
+        info!(vmid, accel = %plan.accel, paused = opts.paused, "starting QEMU");
+        let mut cmd = tokio::process::Command::new(&self.qemu);
+        cmd.args(&plan.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let out = cmd.output();
+        let out = match tokio::time::timeout(LAUNCH_TIMEOUT, out).await {
+            Ok(r) => r.map_err(|source| Error::Spawn {
+                vmid,
+                program: self.qemu.display().to_string(),
+                source,
+            })?,
+            Err(_) => {
+                self.kill_stray(&run).await;
+                return Err(Error::Launch {
+                    vmid,
+                    status: format!("no answer within {LAUNCH_TIMEOUT:?}"),
+                    stderr: String::new(),
+                });
+            }
+        };
+        if !out.status.success() {
+            self.kill_stray(&run).await;
+            run.clean()?;
+            return Err(Error::Launch {
+                vmid,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let Some(pid) = run.live_pid() else {
+            run.clean()?;
+            return Err(Error::Launch {
+                vmid,
+                status: "exited right after start".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        };
+        // The control monitor must answer; otherwise the start failed.
+        match self.control(vmid).await {
+            Ok(c) => {
+                let st = c.query_status().await.map_err(|source| Error::Qmp {
+                    vmid,
+                    step: "query-status".into(),
+                    source,
+                })?;
+                info!(vmid, pid, status = run_state_name(&st.status), "VM started");
+            }
+            Err(e) => {
+                self.hard_stop(vmid, pid, None, TERM_GRACE).await?;
+                return Err(e);
+            }
+        }
+        Ok(Started { pid, plan })
+    }
+
+    /// Kill a QEMU that may have been left by a failed launch.
+    async fn kill_stray(&self, run: &RunDir) {
+        if let Some(pid) = run.live_pid() {
+            process::signal(pid, Signal::KILL);
+            process::wait_exit(pid, TERM_GRACE).await;
+        }
+    }
+
+    /// Connect to the VM's QMP monitor for long-lived use (`qmp.sock`; the backup engine).
+    pub async fn connect(&self, vmid: u32) -> Result<Client> {
+        self.connect_socket(
+            vmid,
+            &self.run_dir(vmid).qmp_socket(),
+            vmdump_qmp::DEFAULT_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Connect to the VM's control monitor (`ctl.sock`) for a short exchange.
+    pub async fn control(&self, vmid: u32) -> Result<Client> {
+        self.connect_socket(vmid, &self.run_dir(vmid).control_socket(), CONTROL_TIMEOUT)
+            .await
+    }
+
+    async fn connect_socket(&self, vmid: u32, path: &Path, timeout: Duration) -> Result<Client> {
+        if self.run_dir(vmid).live_pid().is_none() {
+            return Err(Error::NotRunning { vmid });
+        }
+        Client::connect_retry(path, timeout, Duration::from_secs(5))
+            .await
+            .map_err(|source| Error::Qmp {
+                vmid,
+                step: format!("connect to {}", path.display()),
+                source,
+            })
+    }
+
+    /// The VM's state. A stale run directory (dead QEMU) is cleaned.
+    pub async fn status(&self, vmid: u32) -> Result<State> {
+        let run = self.run_dir(vmid);
+        let Some(pid) = run.live_pid() else {
+            if run.has_leftovers() {
+                info!("VM {vmid}: QEMU is gone, removing stale run files");
+                run.clean()?;
+            }
+            return Ok(State::Stopped);
+        };
+        let client = match self.control(vmid).await {
+            Ok(c) => c,
+            Err(Error::NotRunning { .. }) => return Ok(State::Stopped),
+            Err(e) => {
+                warn!("{e}");
+                return Ok(State::Unresponsive { pid });
+            }
+        };
+        match client.query_status().await {
+            Ok(s) => Ok(State::Running {
+                pid,
+                status: s.status,
+            }),
+            Err(e) => {
+                warn!("VM {vmid}: query-status: {e}");
+                if process::is_alive(pid) {
+                    Ok(State::Unresponsive { pid })
+                } else {
+                    Ok(State::Stopped)
+                }
+            }
+        }
+    }
+
+    async fn qmp_step<T>(
+        vmid: u32,
+        step: &str,
+        fut: impl std::future::Future<Output = vmdump_qmp::Result<T>>,
+    ) -> Result<T> {
+        fut.await.map_err(|source| Error::Qmp {
+            vmid,
+            step: step.to_string(),
+            source,
+        })
+    }
+
+    /// Pause the guest (QMP `stop`).
+    pub async fn suspend(&self, vmid: u32) -> Result<()> {
+        let c = self.control(vmid).await?;
+        Self::qmp_step(vmid, "stop", c.stop()).await
+    }
+
+    /// Resume the guest (QMP `cont`; also leaves `prelaunch`).
+    pub async fn resume(&self, vmid: u32) -> Result<()> {
+        let c = self.control(vmid).await?;
+        Self::qmp_step(vmid, "cont", c.cont()).await
+    }
+
+    /// Clean shutdown: ACPI power button and wait up to `timeout`; then, with `agent: 1`, the
+    /// agent's `guest-shutdown` and wait up to `timeout` again; then a hard stop (`quit`,
+    /// SIGTERM, SIGKILL). A paused or never-started guest cannot react, so it is stopped hard
+    /// at once. The run directory is cleaned.
+    pub async fn shutdown(&self, vmid: u32, timeout: Duration) -> Result<ShutdownOutcome> {
+        let run = self.run_dir(vmid);
+        let Some(pid) = run.live_pid() else {
+            run.clean()?;
+            return Ok(ShutdownOutcome::AlreadyStopped);
+        };
+        let ctl = match self.control(vmid).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("{e}; stopping QEMU hard");
+                None
+            }
+        };
+        let status = match &ctl {
+            Some(c) => c.query_status().await.ok().map(|s| s.status),
+            None => None,
+        };
+        if let (Some(c), Some(RunState::Running)) = (&ctl, &status) {
+            info!("VM {vmid}: ACPI power button");
+            Self::qmp_step(vmid, "system_powerdown", c.system_powerdown()).await?;
+            if process::wait_exit(pid, timeout).await {
+                run.clean()?;
+                return Ok(ShutdownOutcome::Acpi);
+            }
+            let agent = self
+                .config(vmid)
+                .ok()
+                .and_then(|c| c.agent().ok())
+                .is_some_and(|a| a.enabled);
+            if agent {
+                info!("VM {vmid}: no power-off after {timeout:?}, asking the guest agent");
+                if self.agent_shutdown(vmid).await && process::wait_exit(pid, timeout).await {
+                    run.clean()?;
+                    return Ok(ShutdownOutcome::Agent);
+                }
+            }
+            warn!("VM {vmid}: guest did not power off within the timeout, stopping QEMU");
+        } else if let Some(s) = &status {
+            info!(
+                "VM {vmid}: guest is {}, cannot shut down cleanly; stopping QEMU",
+                run_state_name(s)
+            );
+        }
+        self.hard_stop(vmid, pid, ctl.as_ref(), TERM_GRACE).await?;
+        Ok(ShutdownOutcome::Forced)
+    }
+
+    async fn agent_shutdown(&self, vmid: u32) -> bool {
+        let path = self.run_dir(vmid).qga_socket();
+        let timeouts = qga::Timeouts {
+            command: Duration::from_secs(3),
+            sync: Duration::from_secs(3),
+            ..Default::default()
+        };
+        match qga::Client::connect_with(&path, timeouts).await {
+            Ok(agent) => match agent.shutdown(qga::ShutdownMode::Powerdown).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("VM {vmid}: guest-shutdown: {e}");
+                    false
+                }
+            },
+            Err(e) => {
+                warn!("VM {vmid}: guest agent not answering: {e}");
+                false
+            }
+        }
+    }
+
+    /// Hard stop: QMP `quit` (waiting up to `timeout`), then SIGTERM, then SIGKILL. Returns
+    /// whether QEMU had been running. The run directory is cleaned.
+    pub async fn stop(&self, vmid: u32, timeout: Duration) -> Result<bool> {
+        let run = self.run_dir(vmid);
+        let Some(pid) = run.live_pid() else {
+            run.clean()?;
+            return Ok(false);
+        };
+        let ctl = self.control(vmid).await.ok();
+        self.hard_stop(vmid, pid, ctl.as_ref(), timeout).await?;
+        Ok(true)
+    }
+
+    async fn hard_stop(
+        &self,
+        vmid: u32,
+        pid: u32,
+        ctl: Option<&Client>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let run = self.run_dir(vmid);
+        let mut gone = false;
+        if let Some(c) = ctl {
+            if let Err(e) = c.quit().await {
+                // `quit` may race with QEMU closing the socket; the pid decides.
+                tracing::debug!("VM {vmid}: quit: {e}");
+            }
+            gone = process::wait_exit(pid, timeout).await;
+        }
+        if !gone {
+            warn!("VM {vmid}: sending SIGTERM to QEMU (pid {pid})");
+            process::signal(pid, Signal::TERM);
+            gone = process::wait_exit(pid, TERM_GRACE).await;
+        }
+        if !gone {
+            warn!("VM {vmid}: sending SIGKILL to QEMU (pid {pid})");
+            process::signal(pid, Signal::KILL);
+            gone = process::wait_exit(pid, TERM_GRACE).await;
+        }
+        if !gone {
+            return Err(Error::Timeout {
+                vmid,
+                pid,
+                after: timeout + TERM_GRACE * 2,
+            });
+        }
+        run.clean()?;
+        info!("VM {vmid}: stopped");
+        Ok(())
+    }
+
+    /// Every VM config under `qemu-server/` with its state.
+    pub async fn list(&self) -> Result<Vec<VmSummary>> {
+        let vmids = self
+            .root
+            .qemu_vmids()
+            .map_err(|source| Error::Config { vmid: 0, source })?;
+        let mut out = Vec::new();
+        for vmid in vmids {
+            let (name, memory_mib) = match self.root.qemu_config(vmid) {
+                Ok(c) => (c.name().unwrap_or("").to_string(), c.memory_mib().ok()),
+                Err(e) => (format!("<{e}>"), None),
+            };
+            out.push(VmSummary {
+                vmid,
+                name,
+                memory_mib,
+                state: self.status(vmid).await?,
+            });
+        }
+        Ok(out)
+    }
+}
