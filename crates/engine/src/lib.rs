@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod cluster;
 mod error;
 pub mod freeze;
@@ -17,6 +18,8 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod stopped;
 pub mod target;
 
+pub use backup::{backup_vm, BackupJob, BackupReport};
 pub use error::{Error, Result};

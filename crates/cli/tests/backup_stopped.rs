@@ -1,0 +1,249 @@
+//! `vmdump backup` of VMs that are not running (QEMU started paused for the backup, real QEMU
+//! 7.2): names, the stored config with `#qmdump#map` lines, the log, compression, sparse
+//! disks, vzdump.conf defaults, several guests with one failing.
+
+mod backup_common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Result;
+use backup_common::*;
+
+fn setup_vm(env: &Env) -> Result<(String, String)> {
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::File::create(&a)?.set_len(32 * MIB)?;
+    write_random(&a, 3 * MIB, 5 * MIB + 4096, 7)?;
+    let b = env.image(100, "vm-100-disk-1.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&b)
+        .arg((16 * MIB + 4096).to_string()))?;
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1M 3M",
+            "-c",
+            "write -P 0x11 16M 4096",
+        ])
+        .arg(&b))?;
+    env.write_config(
+        100,
+        "boot: order=virtio0\ncores: 1\nmemory: 256\nname: stopped-vm\nlock: \nvirtio0: local:100/vm-100-disk-0.raw,size=32M\nvirtio1: local:100/vm-100-disk-1.qcow2,size=16388K\nunused0: local:100/vm-100-disk-9.raw\n"
+            .replace("lock: \n", "")
+            .as_str(),
+    )?;
+    Ok((sha256_file(&a)?, image_sha256(&b, "qcow2", &env.base)?))
+}
+
+#[test]
+fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let (ha, hb) = setup_vm(&env)?;
+    for compress in ["zstd", "0", "lzo", "gzip"] {
+        let out = env.vmdump_backup(&[
+            "100",
+            "--compress",
+            compress,
+            "--notes-template",
+            "{{guestname}} ({{vmid}})",
+            "--protected",
+        ])?;
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "INFO: starting new backup job: vmdump backup 100",
+            "INFO: Starting Backup of VM 100 (qemu)",
+            "INFO: status = stopped",
+            "INFO: VM Name: stopped-vm",
+            "INFO: include disk 'virtio0' 'local:100/vm-100-disk-0.raw' 32M",
+            "INFO: backup mode: snapshot",
+            "INFO: starting kvm to execute backup task",
+            "INFO: starting backup via QMP command",
+            "INFO: stopping kvm after backup task",
+            "INFO: backup is sparse: ",
+            "INFO: transferred 48.00 MiB in ",
+            "INFO: archive file size: ",
+            "INFO: adding notes to backup",
+            "INFO: marking backup as protected",
+            "INFO: Finished Backup of VM 100 (00:00:",
+            "INFO: Backup job finished successfully",
+        ] {
+            assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+        }
+        assert!(stdout.contains("100% (48.0 MiB of 48.0 MiB)"), "{stdout}");
+
+        let files = env.dump_files();
+        let ext = match compress {
+            "zstd" => ".vma.zst",
+            "lzo" => ".vma.lzo",
+            "gzip" => ".vma.gz",
+            _ => ".vma",
+        };
+        let archive = files
+            .iter()
+            .find(|f| f.ends_with(ext))
+            .unwrap_or_else(|| panic!("no {ext} in {files:?}"))
+            .clone();
+        // vzdump-qemu-100-YYYY_MM_DD-HH_MM_SS.vma[.ext]
+        let stem = archive.strip_suffix(ext).expect("suffix");
+        assert!(stem.starts_with("vzdump-qemu-100-"), "{archive}");
+        let ts = &stem["vzdump-qemu-100-".len()..];
+        assert_eq!(ts.len(), 19, "{ts}");
+        assert!(files.contains(&format!("{stem}.log")), "{files:?}");
+        assert!(files.contains(&format!("{archive}.notes")), "{files:?}");
+        assert!(files.contains(&format!("{archive}.protected")), "{files:?}");
+        assert!(!files.iter().any(|f| f.ends_with(".dat")), "{files:?}");
+        let notes = std::fs::read_to_string(env.dump().join(format!("{archive}.notes")))?;
+        assert_eq!(notes, "stopped-vm (100)");
+        let log = std::fs::read_to_string(env.dump().join(format!("{stem}.log")))?;
+        assert!(
+            log.contains(" INFO: Starting Backup of VM 100 (qemu)"),
+            "{log}"
+        );
+        assert!(log.contains(" INFO: transferred 48.00 MiB"), "{log}");
+
+        let plain = plain_vma(&env.dump().join(&archive), tmp.path())?;
+        assert_eq!(
+            dissect_devices(&plain)?,
+            vec![
+                ("drive-virtio0".into(), 32 * MIB, ha.clone()),
+                ("drive-virtio1".into(), 16 * MIB + 4096, hb.clone()),
+            ]
+        );
+        let cfg = dissect_config(&plain)?;
+        assert!(cfg.contains("name: stopped-vm\n"), "{cfg}");
+        assert!(!cfg.contains("unused0"), "{cfg}");
+        assert!(cfg.ends_with(
+            "#qmdump#map:virtio0:drive-virtio0:local:raw:\n#qmdump#map:virtio1:drive-virtio1:local:qcow2:\n"
+        ), "{cfg}");
+        // Next round gets a new time stamp in its name.
+        for f in env.dump_files() {
+            std::fs::remove_file(env.dump().join(f))?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    Ok(())
+}
+
+#[test]
+fn vzdump_conf_defaults_and_failed_guest_does_not_stop_others() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_vm(&env)?;
+    let dumpdir = tmp.path().join("elsewhere");
+    std::fs::write(
+        env.root.join("vzdump.conf"),
+        format!("compress: zstd\ndumpdir: {}\n", dumpdir.display()),
+    )?;
+    // 101 has a disk that does not exist: it fails, 100 still runs.
+    env.write_config(
+        101,
+        "memory: 128\nvirtio0: local:101/vm-101-disk-0.raw,size=1M\n",
+    )?;
+    let out = env.vmdump_backup(&["101", "100"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ERROR: Backup of VM 101 failed - "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("INFO: Finished Backup of VM 100"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("TASK ERROR: job errors"), "{stdout}");
+    let files: Vec<String> = std::fs::read_dir(&dumpdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("vzdump-qemu-100-") && f.ends_with(".vma.zst")),
+        "{files:?}"
+    );
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.starts_with("vzdump-qemu-101-") && f.contains(".vma")),
+        "{files:?}"
+    );
+    // The failed guest's log is kept for diagnosis.
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("vzdump-qemu-101-") && f.ends_with(".log")),
+        "{files:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sparse_64g_disk_backs_up_in_time_proportional_to_data() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let q = env.image(100, "vm-100-disk-0.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("64G"))?;
+    // 100 MiB of data spread over the disk.
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "qcow2"]);
+    for i in 0..25u64 {
+        io.arg("-c")
+            .arg(format!("write -P {} {} 4M", i + 1, i * 2621 * MIB));
+    }
+    run(io.arg(&q))?;
+    env.write_config(
+        100,
+        "memory: 256\nscsi0: local:100/vm-100-disk-0.qcow2,size=64G\n",
+    )?;
+    let t = Instant::now();
+    let out = env.vmdump_backup(&["100", "--compress", "zstd"])?;
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("64 GiB sparse disk with 100 MiB data: {secs:.1} s");
+    assert!(secs < 60.0, "took {secs:.1} s");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("INFO: backup is sparse: 63.90 GiB (99%) total zero data"),
+        "{stdout}"
+    );
+    let archive = env
+        .dump_files()
+        .into_iter()
+        .find(|f| f.ends_with(".vma.zst"))
+        .expect("archive");
+    let size = std::fs::metadata(env.dump().join(archive))?.len();
+    assert!(size < 120 * MIB, "archive {size} bytes");
+    Ok(())
+}
+
+#[test]
+fn bad_options_are_clear_errors() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_vm(&env)?;
+    let out = env.vmdump_backup(&["100", "--compress", "bzip2"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("option 'compress': 'bzip2' is not one of"),
+        "{}",
+        text(&out)
+    );
+    let out = env.vmdump_backup(&["100", "--all"])?;
+    assert!(!out.status.success());
+    let out = env.vmdump_backup(&["100", "--performance", "max-workers=0"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max-workers"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.dump_files().is_empty());
+    Ok(())
+}
