@@ -1,12 +1,170 @@
 //! `vmdump vm`: start, stop and inspect VMs from their Proxmox-style configs.
+//!
+//! QEMU is daemonized, so `vmdump vm start 100` returns once the VM runs and a later
+//! `vmdump vm status 100` (any process) finds it through its run directory.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use vmdump_config::ConfigRoot;
+use vmdump_guest::{Accel, Runtime, ShutdownOutcome, StartOptions, State};
 
 /// Arguments of `vmdump vm`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+    /// Configuration root (storage.cfg, qemu-server/<vmid>.conf, ...).
+    #[arg(long, global = true, env = "VMDUMP_ROOT", default_value = vmdump_config::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Base of the per-VM run directories (sockets, pid file, serial log).
+    #[arg(long, global = true, env = "VMDUMP_RUN_DIR", default_value = vmdump_guest::DEFAULT_RUN_BASE)]
+    run_dir: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// Start a VM (QEMU keeps running after this command returns).
+    Start {
+        /// The VM.
+        vmid: u32,
+        /// Start with the CPUs stopped (`prelaunch`); `vmdump vm resume` runs it.
+        #[arg(long)]
+        paused: bool,
+        /// Accelerator: kvm or tcg (default: $VMDUMP_ACCEL, else KVM on bare metal, TCG when
+        /// /dev/kvm is unusable or the host is itself a VM).
+        #[arg(long, value_parser = parse_accel)]
+        accel: Option<Accel>,
+        /// Start even if the config is locked.
+        #[arg(long)]
+        skiplock: bool,
+    },
+    /// Shut a VM down cleanly: ACPI power button, then the guest agent, then a hard stop.
+    Shutdown {
+        /// The VM.
+        vmid: u32,
+        /// Seconds to wait for each clean step before escalating.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop a VM hard (QMP quit, then SIGTERM, then SIGKILL).
+    Stop {
+        /// The VM.
+        vmid: u32,
+        /// Seconds to wait for QEMU to quit before signals.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Pause a running VM.
+    Suspend {
+        /// The VM.
+        vmid: u32,
+    },
+    /// Resume a paused (or prelaunch) VM.
+    Resume {
+        /// The VM.
+        vmid: u32,
+    },
+    /// Print a VM's state (`status: running|stopped`, QEMU's run state, pid).
+    Status {
+        /// The VM.
+        vmid: u32,
+    },
+    /// List all VM configs with their state.
+    List,
+}
+
+fn parse_accel(s: &str) -> Result<Accel, String> {
+    Accel::parse(s).ok_or_else(|| format!("'{s}' is not kvm or tcg"))
+}
 
 /// Run `vmdump vm`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("vmdump vm is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
+    let root = ConfigRoot::from_env(Some(&args.root));
+    let vms = Runtime::new(root).with_run_base(&args.run_dir);
+    match args.action {
+        Action::Start {
+            vmid,
+            paused,
+            accel,
+            skiplock,
+        } => {
+            let opts = StartOptions {
+                paused,
+                accel,
+                skiplock,
+            };
+            let started = vms.start(vmid, &opts).await?;
+            println!(
+                "VM {vmid} started (pid {}, {}{})",
+                started.pid,
+                started.plan.accel,
+                if paused { ", paused" } else { "" }
+            );
+        }
+        Action::Shutdown { vmid, timeout } => {
+            let outcome = vms.shutdown(vmid, Duration::from_secs(timeout)).await?;
+            let what = match outcome {
+                ShutdownOutcome::AlreadyStopped => "was not running",
+                ShutdownOutcome::Acpi => "shut down (ACPI)",
+                ShutdownOutcome::Agent => "shut down (guest agent)",
+                ShutdownOutcome::Forced => "stopped hard after the shutdown timeout",
+            };
+            println!("VM {vmid} {what}");
+        }
+        Action::Stop { vmid, timeout } => {
+            let was = vms.stop(vmid, Duration::from_secs(timeout)).await?;
+            println!(
+                "VM {vmid} {}",
+                if was { "stopped" } else { "was not running" }
+            );
+        }
+        Action::Suspend { vmid } => vms.suspend(vmid).await?,
+        Action::Resume { vmid } => vms.resume(vmid).await?,
+        Action::Status { vmid } => {
+            // A missing config is an error even if nothing runs.
+            vms.root()
+                .qemu_config(vmid)
+                .with_context(|| format!("VM {vmid}"))?;
+            let state = vms.status(vmid).await?;
+            println!("status: {}", state.as_str());
+            if let Some(q) = state.qmp_status() {
+                println!("qmpstatus: {q}");
+            }
+            if let Some(pid) = state.pid() {
+                println!("pid: {pid}");
+            }
+        }
+        Action::List => {
+            println!(
+                "{:>10} {:<20} {:<10} {:>10} {:>10}",
+                "VMID", "NAME", "STATUS", "MEM(MB)", "PID"
+            );
+            for vm in vms.list().await? {
+                let status = match &vm.state {
+                    State::Running { .. } => vm.state.qmp_status().unwrap_or("running"),
+                    other => other.as_str(),
+                };
+                println!(
+                    "{:>10} {:<20} {:<10} {:>10} {:>10}",
+                    vm.vmid,
+                    vm.name,
+                    status,
+                    vm.memory_mib.map(|m| m.to_string()).unwrap_or_default(),
+                    vm.state.pid().map(|p| p.to_string()).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
