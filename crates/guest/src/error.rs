@@ -50,6 +50,12 @@ pub enum Error {
         /// The QEMU pid.
         pid: u32,
     },
+    /// Another vmdump process holds the VM's lifecycle lock.
+    #[error("VM {vmid} is busy: another vmdump process is starting or stopping it")]
+    Busy {
+        /// The VMID.
+        vmid: u32,
+    },
     /// An operation that needs a running QEMU found none.
     #[error("VM {vmid} is not running")]
     NotRunning {
@@ -130,9 +136,10 @@ impl Error {
             Error::Config { .. } | Error::Unsupported { .. } | Error::MissingImage { .. } => {
                 ErrorKind::Config
             }
-            Error::Locked { .. } | Error::AlreadyRunning { .. } | Error::NotRunning { .. } => {
-                ErrorKind::State
-            }
+            Error::Locked { .. }
+            | Error::AlreadyRunning { .. }
+            | Error::NotRunning { .. }
+            | Error::Busy { .. } => ErrorKind::State,
             _ => ErrorKind::Runtime,
         }
     }

@@ -48,7 +48,7 @@ mod runtime;
 pub use accel::Accel;
 pub use cmdline::{node_names, qom_path, DiskNode, LaunchPlan};
 pub use error::{Error, ErrorKind, Result};
-pub use rundir::{RunDir, DEFAULT_RUN_BASE, RUN_BASE_ENV};
+pub use rundir::{RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV};
 pub use runtime::{
     run_state_name, Runtime, ShutdownOutcome, StartOptions, Started, State, VmSummary, QEMU_ENV,
 };

@@ -128,3 +128,61 @@ impl RunDir {
         }
     }
 }
+
+/// An exclusive per-VM lock (`<run base>/<vmid>.lock`, `flock`), held while a lifecycle
+/// operation changes the VM's state so two vmdump processes never start or clean up the same
+/// VM at once. Released on drop (and by the kernel if the process dies).
+#[derive(Debug)]
+pub struct VmLock {
+    _file: std::fs::File,
+}
+
+impl VmLock {
+    fn path(base: &Path, vmid: u32) -> PathBuf {
+        base.join(format!("{vmid}.lock"))
+    }
+
+    fn open(base: &Path, vmid: u32) -> Result<std::fs::File> {
+        let path = Self::path(base, vmid);
+        std::fs::create_dir_all(base).map_err(|source| Error::Io {
+            vmid,
+            path: base.to_path_buf(),
+            source,
+        })?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io { vmid, path, source })
+    }
+
+    /// Take the lock without waiting; `None` if another process holds it.
+    pub fn try_acquire(base: &Path, vmid: u32) -> Result<Option<Self>> {
+        use rustix::fs::{flock, FlockOperation};
+        let file = Self::open(base, vmid)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(VmLock { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::Io {
+                vmid,
+                path: Self::path(base, vmid),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Take the lock, waiting up to `timeout`.
+    pub async fn acquire(base: &Path, vmid: u32, timeout: std::time::Duration) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = Self::try_acquire(base, vmid)? {
+                return Ok(l);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Busy { vmid });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

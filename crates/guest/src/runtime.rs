@@ -12,7 +12,7 @@ use crate::accel::Accel;
 use crate::cmdline::{self, BuildInput, LaunchPlan};
 use crate::error::{Error, Result};
 use crate::process;
-use crate::rundir::{RunDir, DEFAULT_RUN_BASE, RUN_BASE_ENV};
+use crate::rundir::{RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
 pub const QEMU_ENV: &str = "VMDUMP_QEMU";
@@ -21,6 +21,8 @@ pub const QEMU_ENV: &str = "VMDUMP_QEMU";
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for control-socket connections and commands.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a lifecycle operation waits for another one on the same VM.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Grace periods of the hard stop: after `quit`, after SIGTERM, after SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
@@ -239,6 +241,7 @@ impl Runtime {
                 lock: lock.to_string(),
             });
         }
+        let _lock = self.lock(vmid).await?;
         let run = self.run_dir(vmid);
         if let Some(pid) = run.live_pid() {
             return Err(Error::AlreadyRunning { vmid, pid });
@@ -310,6 +313,10 @@ impl Runtime {
         Ok(Started { pid, plan })
     }
 
+    async fn lock(&self, vmid: u32) -> Result<VmLock> {
+        VmLock::acquire(&self.run_base, vmid, LOCK_TIMEOUT).await
+    }
+
     /// Kill a QEMU that may have been left by a failed launch.
     async fn kill_stray(&self, run: &RunDir) {
         if let Some(pid) = run.live_pid() {
@@ -351,9 +358,14 @@ impl Runtime {
     pub async fn status(&self, vmid: u32) -> Result<State> {
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
+            // Only clean up when no other process is in the middle of starting this VM.
             if run.has_leftovers() {
-                info!("VM {vmid}: QEMU is gone, removing stale run files");
-                run.clean()?;
+                if let Some(_lock) = VmLock::try_acquire(&self.run_base, vmid)? {
+                    if run.live_pid().is_none() {
+                        info!("VM {vmid}: QEMU is gone, removing stale run files");
+                        run.clean()?;
+                    }
+                }
             }
             return Ok(State::Stopped);
         };
@@ -410,6 +422,7 @@ impl Runtime {
     /// SIGTERM, SIGKILL). A paused or never-started guest cannot react, so it is stopped hard
     /// at once. The run directory is cleaned.
     pub async fn shutdown(&self, vmid: u32, timeout: Duration) -> Result<ShutdownOutcome> {
+        let _lock = self.lock(vmid).await?;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             run.clean()?;
@@ -481,6 +494,7 @@ impl Runtime {
     /// Hard stop: QMP `quit` (waiting up to `timeout`), then SIGTERM, then SIGKILL. Returns
     /// whether QEMU had been running. The run directory is cleaned.
     pub async fn stop(&self, vmid: u32, timeout: Duration) -> Result<bool> {
+        let _lock = self.lock(vmid).await?;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             run.clean()?;

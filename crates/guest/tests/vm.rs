@@ -577,3 +577,26 @@ async fn list_shows_configs_with_state() {
     assert!(env.rt.stop(212, Duration::from_secs(10)).await.unwrap());
     env.assert_clean(212, Some(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_launch_one_qemu() {
+    let mut env = Env::new();
+    env.config(214, "memory: 64\n");
+    let opts = StartOptions {
+        paused: true,
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(env.rt.start(214, &opts), env.rt.start(214, &opts));
+    let (ok, err) = match (a, b) {
+        (Ok(s), Err(e)) | (Err(e), Ok(s)) => (s, e),
+        other => panic!("expected one start to win: {other:?}"),
+    };
+    assert!(
+        matches!(err, Error::AlreadyRunning { pid, .. } if pid == ok.pid),
+        "{err}"
+    );
+    // The winner is untouched by the loser's failure.
+    assert_eq!(env.rt.status(214).await.unwrap().pid(), Some(ok.pid));
+    assert!(env.rt.stop(214, Duration::from_secs(10)).await.unwrap());
+    env.assert_clean(214, Some(ok.pid));
+}
