@@ -600,3 +600,40 @@ async fn concurrent_starts_launch_one_qemu() {
     assert!(env.rt.stop(214, Duration::from_secs(10)).await.unwrap());
     env.assert_clean(214, Some(ok.pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_qemu_is_reported_unresponsive_and_killed() {
+    let mut env = Env::new();
+    env.config(215, "memory: 64\n");
+    let pid = env
+        .rt
+        .start(
+            215,
+            &StartOptions {
+                paused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .pid;
+    // QEMU stops answering anything (its monitor included).
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        env.rt.status(215).await.unwrap(),
+        State::Unresponsive { pid }
+    );
+    let t = Instant::now();
+    assert!(env.rt.stop(215, Duration::from_secs(1)).await.unwrap());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(env.rt.status(215).await.unwrap(), State::Stopped);
+    env.assert_clean(215, Some(pid));
+}
