@@ -637,3 +637,122 @@ async fn frozen_qemu_is_reported_unresponsive_and_killed() {
     assert_eq!(env.rt.status(215).await.unwrap(), State::Stopped);
     env.assert_clean(215, Some(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i440fx_ide_units_lsi_controllers_and_cdrom() {
+    let mut env = Env::new();
+    for n in 0..6 {
+        env.image(216, n, "raw", 1 << 20);
+    }
+    let iso = env.store().join("template/iso");
+    std::fs::create_dir_all(&iso).unwrap();
+    std::fs::write(iso.join("tools.iso"), vec![0u8; 2048 * 16]).unwrap();
+    env.config(
+        216,
+        "memory: 64\nsockets: 2\ncores: 2\nvcpus: 3\n\
+         ide0: local:216/vm-216-disk-0.raw\n\
+         ide1: local:216/vm-216-disk-1.raw\n\
+         ide2: local:iso/tools.iso,media=cdrom\n\
+         ide3: local:216/vm-216-disk-2.raw,cache=unsafe\n\
+         scsi0: local:216/vm-216-disk-3.raw\n\
+         scsi7: local:216/vm-216-disk-4.raw,ro=1\n\
+         sata5: local:216/vm-216-disk-5.raw,discard=on\n",
+    );
+    let started = env
+        .rt
+        .start(
+            216,
+            &StartOptions {
+                paused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let args = started.plan.args.join(" ");
+    assert!(
+        args.contains("-smp 3,sockets=2,cores=2,maxcpus=4"),
+        "{args}"
+    );
+    assert!(
+        args.contains("ide-hd,drive=drive-ide1,id=ide1,bus=ide.0,unit=1"),
+        "{args}"
+    );
+    assert!(
+        args.contains("ide-cd,drive=drive-ide2,id=ide2,bus=ide.1,unit=0"),
+        "{args}"
+    );
+    assert!(args.contains("lsi53c895a,id=scsihw1"), "{args}");
+    assert!(
+        args.contains("scsi-hd,drive=drive-scsi7,id=scsi7,bus=scsihw1.0,scsi-id=0"),
+        "{args}"
+    );
+    let cd = started
+        .plan
+        .disks
+        .iter()
+        .find(|d| d.key.to_string() == "ide2")
+        .unwrap();
+    assert!(cd.cdrom && cd.read_only);
+    let qmp = env.rt.connect(216).await.unwrap();
+    let blocks = qmp.query_block().await.unwrap();
+    for d in &started.plan.disks {
+        let b = blocks
+            .iter()
+            .find(|b| b.qdev == d.block_qdev())
+            .unwrap_or_else(|| panic!("{}", d.key));
+        let ins = b.inserted.as_ref().unwrap();
+        assert_eq!(ins.node_name, d.node_name);
+        assert_eq!(ins.ro, d.read_only, "{}", d.key);
+    }
+    let cpus = qmp.execute("query-cpus-fast", None).await.unwrap();
+    assert_eq!(cpus.as_array().unwrap().len(), 3);
+    drop(qmp);
+    assert!(env.rt.stop(216, Duration::from_secs(10)).await.unwrap());
+    env.assert_clean(216, Some(started.pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ovmf_uses_efidisk0_as_the_variable_store() {
+    let mut env = Env::new();
+    let dir = env.store().join("images/217");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        dir.join("vm-217-disk-0.raw"),
+    )
+    .unwrap();
+    env.config(
+        217,
+        "bios: ovmf\nmachine: q35\nmemory: 128\n\
+         efidisk0: local:217/vm-217-disk-0.raw,efitype=4m,pre-enrolled-keys=0,size=528K\n",
+    );
+    let started = env
+        .rt
+        .start(
+            217,
+            &StartOptions {
+                paused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let args = started.plan.args.join(" ");
+    assert!(
+        args.contains(",pflash0=pflash-code,pflash1=drive-efidisk0"),
+        "{args}"
+    );
+    let qmp = env.rt.connect(217).await.unwrap();
+    let nodes = qmp.query_named_block_nodes().await.unwrap();
+    let efi = nodes
+        .iter()
+        .find(|n| n.node_name == "drive-efidisk0")
+        .expect("efidisk node");
+    assert_eq!(efi.image.as_ref().unwrap().virtual_size, 540672);
+    // The backup can read it while the VM runs: the node is writable and in use by pflash1.
+    assert!(!efi.ro);
+    drop(qmp);
+    assert!(env.rt.stop(217, Duration::from_secs(10)).await.unwrap());
+    env.assert_clean(217, Some(started.pid));
+}
