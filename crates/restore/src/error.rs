@@ -1,0 +1,163 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Broad category of an [`Error`], for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The archive is damaged, truncated or inconsistent with its config.
+    Corrupt,
+    /// Reading the archive or writing a target failed (disk full, permissions, tool failure).
+    Io,
+    /// The request conflicts with the current state (VM exists, VM running, bad storage).
+    Refused,
+    /// The restore was interrupted (signal).
+    Interrupted,
+}
+
+/// Everything that can go wrong during a restore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The archive stream is not a valid VMA archive.
+    #[error("archive")]
+    Archive(#[source] vmdump_vma::Error),
+    /// Reading the (possibly compressed) archive input failed.
+    #[error("read archive input{}", .what.as_deref().map(|w| format!(" ({w})")).unwrap_or_default())]
+    Input {
+        /// What was being read (decompressor name, file).
+        what: Option<String>,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decompressor failed.
+    #[error("decompressor '{tool}' failed: {detail}")]
+    Decompress {
+        /// The tool or codec.
+        tool: String,
+        /// Exit status or message.
+        detail: String,
+    },
+    /// The archive has no `qemu-server.conf`.
+    #[error("archive contains no qemu-server.conf (not a VM backup?)")]
+    NoConfig,
+    /// The archived config or a local config could not be parsed or written.
+    #[error("config")]
+    Config(#[source] vmdump_config::Error),
+    /// A device of the archive has no `#qmdump#map` line, or a map line names no device.
+    #[error("{0}")]
+    Mapping(String),
+    /// The target storage cannot be used.
+    #[error("storage '{storage}': {msg}")]
+    Storage {
+        /// Storage id.
+        storage: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A VM config already exists and `force` was not given.
+    #[error("unable to restore VM {vmid} - config file already exists (use --force to overwrite)")]
+    Exists {
+        /// The VM id.
+        vmid: u32,
+    },
+    /// The VM to overwrite is running.
+    #[error("unable to restore VM {vmid} - VM is running")]
+    Running {
+        /// The VM id.
+        vmid: u32,
+    },
+    /// The VM to overwrite is protected.
+    #[error("unable to restore VM {vmid} - VM is protected (protection: 1)")]
+    Protected {
+        /// The VM id.
+        vmid: u32,
+    },
+    /// Creating, writing or removing a volume failed.
+    #[error("{what} '{}'", path.display())]
+    Volume {
+        /// What was done (`create volume`, `write to`, ...).
+        what: &'static str,
+        /// The volume's path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a device's data failed at an offset.
+    #[error("write device '{device}' at offset {offset}")]
+    Write {
+        /// Archive device name.
+        device: String,
+        /// Byte offset in the device.
+        offset: u64,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
+    #[error("{tool} failed: {detail}")]
+    Tool {
+        /// The command.
+        tool: String,
+        /// Exit status and stderr.
+        detail: String,
+    },
+    /// Another restore or command holds the VM's lock.
+    #[error("VM {vmid} is locked by another restore")]
+    Locked {
+        /// The VM id.
+        vmid: u32,
+    },
+    /// The restore was interrupted by a signal.
+    #[error("interrupted by signal")]
+    Interrupted,
+    /// A worker thread panicked (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Archive(e) => match e.kind() {
+                vmdump_vma::ErrorKind::Io => ErrorKind::Io,
+                _ => ErrorKind::Corrupt,
+            },
+            Error::NoConfig | Error::Mapping(_) => ErrorKind::Corrupt,
+            Error::Input { .. }
+            | Error::Decompress { .. }
+            | Error::Volume { .. }
+            | Error::Write { .. }
+            | Error::Tool { .. }
+            | Error::Internal(_) => ErrorKind::Io,
+            Error::Config(_)
+            | Error::Storage { .. }
+            | Error::Exists { .. }
+            | Error::Running { .. }
+            | Error::Protected { .. }
+            | Error::Locked { .. } => ErrorKind::Refused,
+            Error::Interrupted => ErrorKind::Interrupted,
+        }
+    }
+}
+
+impl From<vmdump_vma::Error> for Error {
+    fn from(e: vmdump_vma::Error) -> Self {
+        // An i/o error below the VMA reader is usually the decompressor or the input; keep
+        // it as an archive error so the offset stays in the message.
+        Error::Archive(e)
+    }
+}
+
+impl From<vmdump_config::Error> for Error {
+    fn from(e: vmdump_config::Error) -> Self {
+        Error::Config(e)
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

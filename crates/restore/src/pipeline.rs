@@ -1,0 +1,369 @@
+//! The data path: one parser thread (the caller's) reads and validates extents and hands
+//! each disk's non-zero blocks, batched per extent, to that disk's writer thread over a
+//! bounded channel. Batch buffers go back to the parser for reuse, so memory stays at
+//! `QUEUE_DEPTH + 2` extent-sized buffers per disk whatever the archive size.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::time::Instant;
+
+use vmdump_vma::{Reader, BLOCK_SIZE, CLUSTER_SIZE};
+
+use crate::disk::DiskTarget;
+use crate::error::{Error, Result};
+
+/// Batches waiting in a disk's queue.
+const QUEUE_DEPTH: usize = 4;
+/// Buffers per disk: the queue, one being written, one being filled.
+const MAX_BUFFERS: usize = QUEUE_DEPTH + 2;
+
+/// One device to restore and where its data goes.
+pub struct Sink {
+    /// Archive device id.
+    pub dev_id: u8,
+    /// Archive device name (for messages).
+    pub name: String,
+    /// Device size in bytes.
+    pub size: u64,
+    /// The target.
+    pub target: Box<dyn DiskTarget>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("dev_id", &self.dev_id)
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-device figures of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Archive device name.
+    pub name: String,
+    /// Device bytes covered by the archive's clusters (the device size when complete).
+    pub bytes: u64,
+    /// Bytes actually written (non-zero 4 KiB blocks).
+    pub written: u64,
+    /// Bytes in clusters that were entirely zero.
+    pub sparse: u64,
+}
+
+/// Figures of a whole restore.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Per device, in archive order.
+    pub devices: Vec<DeviceStats>,
+    /// Archive (decompressed) bytes read.
+    pub archive_bytes: u64,
+    /// Seconds the data phase took.
+    pub seconds: f64,
+}
+
+impl Stats {
+    /// Device bytes restored.
+    pub fn total(&self) -> u64 {
+        self.devices.iter().map(|d| d.bytes).sum()
+    }
+    /// Bytes written.
+    pub fn written(&self) -> u64 {
+        self.devices.iter().map(|d| d.written).sum()
+    }
+    /// Bytes in all-zero clusters.
+    pub fn sparse(&self) -> u64 {
+        self.devices.iter().map(|d| d.sparse).sum()
+    }
+}
+
+/// A progress report: fraction of all clusters restored so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Whole percent done (0..=100).
+    pub percent: u32,
+    /// Device bytes processed.
+    pub bytes: u64,
+    /// Seconds since the data phase started.
+    pub seconds: f64,
+}
+
+/// A disk's writes gathered from one extent: `(device offset, buffer start, length)` runs.
+struct Batch {
+    buf: Vec<u8>,
+    runs: Vec<(u64, usize, usize)>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            buf: Vec::with_capacity(vmdump_vma::MAX_EXTENT_SIZE),
+            runs: Vec::with_capacity(64),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.runs.clear();
+    }
+
+    fn push(&mut self, offset: u64, data: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(data);
+        if let Some(last) = self.runs.last_mut() {
+            if last.0 + last.2 as u64 == offset && last.1 + last.2 == start {
+                last.2 += data.len();
+                return;
+            }
+        }
+        self.runs.push((offset, start, data.len()));
+    }
+}
+
+struct Lane {
+    tx: Option<SyncSender<Batch>>,
+    free: Receiver<Batch>,
+    allocated: usize,
+    current: Option<Batch>,
+    size: u64,
+    stats: DeviceStats,
+}
+
+impl Lane {
+    fn batch(&mut self) -> Option<&mut Batch> {
+        if self.current.is_none() {
+            let b = match self.free.try_recv() {
+                Ok(b) => b,
+                Err(TryRecvError::Empty) if self.allocated < MAX_BUFFERS => {
+                    self.allocated += 1;
+                    Batch::new()
+                }
+                // All buffers in flight: wait for the writer to give one back.
+                Err(TryRecvError::Empty) => self.free.recv().ok()?,
+                Err(TryRecvError::Disconnected) => return None,
+            };
+            self.current = Some(b);
+        }
+        self.current.as_mut()
+    }
+
+    /// Send the current batch; false if the writer is gone (it failed).
+    fn flush(&mut self) -> bool {
+        match self.current.take() {
+            Some(b) if !b.runs.is_empty() => match &self.tx {
+                Some(tx) => tx.send(b).is_ok(),
+                None => false,
+            },
+            other => {
+                self.current = other;
+                true
+            }
+        }
+    }
+}
+
+/// Run the data phase: read every extent of `reader`, write each sink's data, check that the
+/// archive is complete, and make the targets durable. On any error (corrupt archive, write
+/// failure, `interrupt` set) the writers are stopped and the first cause is returned.
+pub fn run<R: Read>(
+    reader: Reader<R>,
+    sinks: Vec<Sink>,
+    interrupt: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Stats> {
+    let start = Instant::now();
+    let total_clusters: u64 = sinks
+        .iter()
+        .map(|s| vmdump_vma::cluster_count(s.size))
+        .sum();
+    let abort = AtomicBool::new(false);
+    let mut route = [usize::MAX; 256];
+    for (i, s) in sinks.iter().enumerate() {
+        route[usize::from(s.dev_id)] = i;
+    }
+
+    std::thread::scope(|scope| {
+        let mut lanes = Vec::with_capacity(sinks.len());
+        let mut handles = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            let (tx, rx) = sync_channel::<Batch>(QUEUE_DEPTH);
+            let (free_tx, free_rx) = sync_channel::<Batch>(MAX_BUFFERS);
+            lanes.push(Lane {
+                tx: Some(tx),
+                free: free_rx,
+                allocated: 0,
+                current: None,
+                size: sink.size,
+                stats: DeviceStats {
+                    name: sink.name.clone(),
+                    ..Default::default()
+                },
+            });
+            let abort = &abort;
+            let handle = std::thread::Builder::new()
+                .name(format!("restore-{}", sink.name))
+                .spawn_scoped(scope, move || write_lane(sink, rx, free_tx, abort))
+                .map_err(|e| Error::Internal(format!("spawn writer thread: {e}")));
+            handles.push(handle);
+        }
+
+        let parsed = parse(
+            reader,
+            &mut lanes,
+            &route,
+            total_clusters,
+            interrupt,
+            start,
+            progress,
+        );
+        if parsed.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        let mut device_stats = Vec::with_capacity(lanes.len());
+        for lane in &mut lanes {
+            lane.tx = None;
+            device_stats.push(std::mem::take(&mut lane.stats));
+        }
+        drop(lanes);
+        // A writer failure is the root cause of a parser "writer gone" stop: report it first.
+        let mut writer_error = None;
+        for h in handles {
+            let r = match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Internal("writer thread panicked".into()))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                abort.store(true, Ordering::Relaxed);
+                writer_error.get_or_insert(e);
+            }
+        }
+        match (parsed, writer_error) {
+            (Err(Error::Internal(_)), Some(w)) => Err(w),
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(w)) => Err(w),
+            (Ok(archive_bytes), None) => Ok(Stats {
+                devices: device_stats,
+                archive_bytes,
+                seconds: start.elapsed().as_secs_f64(),
+            }),
+        }
+    })
+}
+
+/// The parser loop; returns the archive bytes read.
+fn parse<R: Read>(
+    mut reader: Reader<R>,
+    lanes: &mut [Lane],
+    route: &[usize; 256],
+    total_clusters: u64,
+    interrupt: &AtomicBool,
+    start: Instant,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<u64> {
+    let mut done_clusters = 0u64;
+    let mut done_bytes = 0u64;
+    let mut last_percent = None;
+    loop {
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let Some(ext) = reader.next_extent()? else {
+            break;
+        };
+        for c in ext.clusters() {
+            let Some(lane) = lanes.get_mut(route[usize::from(c.dev_id)]) else {
+                continue; // vmstate or a skipped device
+            };
+            let base = c.device_offset();
+            let clen = (lane.size - base).min(CLUSTER_SIZE as u64);
+            lane.stats.bytes += clen;
+            done_clusters += 1;
+            done_bytes += clen;
+            let mut wrote = 0u64;
+            if c.mask != 0 {
+                let size = lane.size;
+                let batch = lane
+                    .batch()
+                    .ok_or_else(|| Error::Internal("writer gone".into()))?;
+                for (i, block) in c.blocks() {
+                    let off = base + (i * BLOCK_SIZE) as u64;
+                    if off >= size {
+                        break;
+                    }
+                    if vmdump_vma::is_zero(block) {
+                        continue;
+                    }
+                    let len = (size - off).min(BLOCK_SIZE as u64) as usize;
+                    batch.push(off, &block[..len]);
+                    wrote += len as u64;
+                }
+            }
+            lane.stats.written += wrote;
+            if wrote == 0 {
+                lane.stats.sparse += clen;
+            }
+        }
+        for lane in lanes.iter_mut() {
+            if !lane.flush() {
+                return Err(Error::Internal("writer gone".into()));
+            }
+        }
+        let percent = (done_clusters * 100)
+            .checked_div(total_clusters)
+            .unwrap_or(100)
+            .min(100) as u32;
+        if last_percent != Some(percent) {
+            last_percent = Some(percent);
+            progress(Progress {
+                percent,
+                bytes: done_bytes,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    let archive_bytes = reader.offset();
+    // Completeness: every cluster of every device exactly once.
+    let devices: Vec<u8> = route
+        .iter()
+        .enumerate()
+        .filter(|(_, &r)| r != usize::MAX)
+        .map(|(id, _)| id as u8)
+        .collect();
+    reader.finish_for(|id| devices.contains(&id))?;
+    Ok(archive_bytes)
+}
+
+fn write_lane(
+    sink: Sink,
+    rx: Receiver<Batch>,
+    free: SyncSender<Batch>,
+    abort: &AtomicBool,
+) -> Result<()> {
+    let Sink {
+        name, mut target, ..
+    } = sink;
+    for mut batch in rx {
+        if abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for &(offset, start, len) in &batch.runs {
+            target
+                .write_at(&batch.buf[start..start + len], offset)
+                .map_err(|source| Error::Write {
+                    device: name.clone(),
+                    offset,
+                    source,
+                })?;
+        }
+        batch.clear();
+        let _ = free.try_send(batch);
+    }
+    if abort.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    target.finish()
+}

@@ -1,0 +1,316 @@
+//! Creating and removing image volumes on dir and btrfs storage.
+//!
+//! Raw volumes are sparse files of the device's size (they read as zeros, so zero blocks are
+//! never written). qcow2 and vmdk volumes are created with `qemu-img create` (qcow2 with
+//! the storage's `preallocation`, Proxmox's default `metadata`); a fresh image reads as zeros
+//! too. On btrfs a raw volume `vm-<vmid>-disk-<N>.raw` is the file `disk.raw` inside the
+//! directory (a subvolume on a real btrfs) `vm-<vmid>-disk-<N>`.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind as IoKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmdump_config::{StorageConfig, StorageType, VolumeId};
+
+use crate::error::{Error, Result};
+
+/// A volume created by this restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The volume id (`local:101/vm-101-disk-0.raw`).
+    pub volid: VolumeId,
+    /// The image file.
+    pub path: PathBuf,
+    /// Image format.
+    pub format: String,
+    /// Btrfs: the per-volume directory that holds `disk.raw`.
+    pub subvol_dir: Option<PathBuf>,
+}
+
+/// Create a new, zero-reading volume of `size` bytes for `vmid` on `storage`, picking the
+/// smallest free `vm-<vmid>-disk-<N>` not in `taken`.
+pub fn allocate(
+    storage: &StorageConfig,
+    sid: &str,
+    vmid: u32,
+    format: &str,
+    size: u64,
+    taken: &[String],
+) -> Result<Volume> {
+    let entry = storage.storage(sid)?;
+    let btrfs = *entry.kind() == StorageType::Btrfs;
+    let mut taken: Vec<String> = taken.to_vec();
+    // Another process may create the same name between the choice and the creation: retry.
+    for _ in 0..16 {
+        let refs: Vec<&str> = taken.iter().map(String::as_str).collect();
+        let volid = storage.allocate_image_name(sid, vmid, format, &refs)?;
+        let resolved = storage.resolve(&volid)?;
+        let path = resolved.path;
+        let dir = path
+            .parent()
+            .expect("image paths have a parent directory")
+            .to_path_buf();
+        let subvol_dir = (btrfs && format == "raw").then(|| dir.clone());
+        let image_dir = if subvol_dir.is_some() {
+            dir.parent()
+                .expect("subvolume directories have a parent")
+                .to_path_buf()
+        } else {
+            dir.clone()
+        };
+        std::fs::create_dir_all(&image_dir).map_err(|source| Error::Volume {
+            what: "create image directory",
+            path: image_dir.clone(),
+            source,
+        })?;
+        if let Some(sv) = &subvol_dir {
+            match create_subvolume(sv) {
+                Ok(()) => {}
+                Err(e) if e.kind() == IoKind::AlreadyExists => {
+                    taken.push(volid.to_string());
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Error::Volume {
+                        what: "create subvolume",
+                        path: sv.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let created = if format == "raw" {
+            create_raw(&path, size)
+        } else {
+            create_image(&path, format, size, entry.preallocation())
+        };
+        match created {
+            Ok(()) => {
+                return Ok(Volume {
+                    volid,
+                    path,
+                    format: format.to_string(),
+                    subvol_dir,
+                })
+            }
+            Err(Error::Volume { source, .. }) if source.kind() == IoKind::AlreadyExists => {
+                taken.push(volid.to_string());
+            }
+            Err(e) => {
+                if let Some(sv) = &subvol_dir {
+                    let _ = remove_subvolume(sv);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Err(Error::Storage {
+        storage: sid.to_string(),
+        msg: format!("could not find a free volume name for VM {vmid}"),
+    })
+}
+
+fn create_raw(path: &Path, size: u64) -> Result<()> {
+    let verr = |source| Error::Volume {
+        what: "create volume",
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(verr)?;
+    if let Err(e) = f.set_len(size) {
+        let _ = std::fs::remove_file(path);
+        return Err(verr(e));
+    }
+    Ok(())
+}
+
+fn create_image(path: &Path, format: &str, size: u64, prealloc: Option<&str>) -> Result<()> {
+    // Reserve the name first so a concurrent allocation cannot take it.
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| Error::Volume {
+            what: "create volume",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", format]);
+    if format == "qcow2" {
+        cmd.args([
+            "-o",
+            &format!("preallocation={}", prealloc.unwrap_or("metadata")),
+        ]);
+    }
+    cmd.arg(path).arg(size.to_string());
+    let result = run_tool(&mut cmd, "qemu-img create");
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Run a tool; a non-zero exit becomes [`Error::Tool`] with its stderr.
+pub(crate) fn run_tool(cmd: &mut Command, name: &str) -> Result<()> {
+    let out = cmd.output().map_err(|e| Error::Tool {
+        tool: name.to_string(),
+        detail: format!("cannot run: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Tool {
+            tool: name.to_string(),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn is_btrfs(dir: &Path) -> bool {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "btrfs")
+        .unwrap_or(false)
+}
+
+fn create_subvolume(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Err(IoKind::AlreadyExists.into());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if is_btrfs(parent) {
+        let st = Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(dir)
+            .output()?;
+        if !st.status.success() {
+            return Err(std::io::Error::other(format!(
+                "btrfs subvolume create: {}",
+                String::from_utf8_lossy(&st.stderr).trim()
+            )));
+        }
+        Ok(())
+    } else {
+        // Not a btrfs file system (tests): a plain directory has the same layout.
+        std::fs::create_dir(dir)
+    }
+}
+
+fn remove_subvolume(dir: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(dir.join("disk.raw"));
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == IoKind::NotFound => Ok(()),
+        Err(_) => {
+            let st = Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(dir)
+                .output()?;
+            if st.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "btrfs subvolume delete: {}",
+                    String::from_utf8_lossy(&st.stderr).trim()
+                )))
+            }
+        }
+    }
+}
+
+impl Volume {
+    /// Delete the volume (file, and the btrfs volume directory).
+    pub fn remove(&self) -> Result<()> {
+        let verr = |source| Error::Volume {
+            what: "remove volume",
+            path: self.path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == IoKind::NotFound => {}
+            Err(e) => return Err(verr(e)),
+        }
+        if let Some(sv) = &self.subvol_dir {
+            remove_subvolume(sv).map_err(verr)?;
+        }
+        Ok(())
+    }
+}
+
+/// Delete an existing storage volume by id (an old disk replaced by `--force`).
+pub fn remove_volid(storage: &StorageConfig, volid: &VolumeId) -> Result<PathBuf> {
+    let entry = storage.storage(&volid.storage)?;
+    let path = storage.resolve(volid)?.path;
+    let subvol_dir = (*entry.kind() == StorageType::Btrfs && volid.name.ends_with(".raw"))
+        .then(|| path.parent().map(Path::to_path_buf))
+        .flatten();
+    Volume {
+        volid: volid.clone(),
+        path: path.clone(),
+        format: String::new(),
+        subvol_dir,
+    }
+    .remove()?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(dir: &Path) -> StorageConfig {
+        StorageConfig::parse(
+            &format!(
+                "dir: local\n\tpath {0}/d\n\tcontent images\n\nbtrfs: b\n\tpath {0}/b\n\tcontent images\n",
+                dir.display()
+            ),
+            "storage.cfg",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn raw_qcow2_and_btrfs_volumes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = storage(t.path());
+        let a = allocate(&s, "local", 101, "raw", 1 << 20, &[]).unwrap();
+        assert_eq!(a.volid.to_string(), "local:101/vm-101-disk-0.raw");
+        let md = std::fs::metadata(&a.path).unwrap();
+        assert_eq!(md.len(), 1 << 20);
+        let b = allocate(&s, "local", 101, "qcow2", 1 << 20, &[]).unwrap();
+        assert_eq!(b.volid.to_string(), "local:101/vm-101-disk-1.qcow2");
+        let c = allocate(
+            &s,
+            "local",
+            101,
+            "raw",
+            4096,
+            &["local:101/vm-101-disk-2.raw".into()],
+        )
+        .unwrap();
+        assert_eq!(c.volid.name, "101/vm-101-disk-3.raw");
+        let d = allocate(&s, "b", 101, "raw", 4096, &[]).unwrap();
+        assert!(
+            d.path.ends_with("images/101/vm-101-disk-0/disk.raw"),
+            "{d:?}"
+        );
+        for v in [&a, &b, &c, &d] {
+            assert!(v.path.exists());
+            v.remove().unwrap();
+            assert!(!v.path.exists());
+        }
+        assert!(!t.path().join("b/images/101/vm-101-disk-0").exists());
+    }
+}
