@@ -475,6 +475,11 @@ fn check_value(key: &str, value: &str) -> Result<()> {
 /// quotes are literal, double quotes allow `\"`, `\\`, `\$`, `` \` ``; a backslash outside quotes
 /// escapes the next character.
 pub fn split_args(s: &str) -> Result<Vec<String>> {
+    split_words(s).map_err(|m| Error::value("args", m))
+}
+
+/// [`split_args`] with a bare message as error, for callers naming their own key.
+pub(crate) fn split_words(s: &str) -> std::result::Result<Vec<String>, &'static str> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -493,7 +498,7 @@ pub fn split_args(s: &str) -> Result<Vec<String>> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err(Error::value("args", "unterminated single quote")),
+                        None => return Err("unterminated single quote"),
                     }
                 }
             }
@@ -508,10 +513,10 @@ pub fn split_args(s: &str) -> Result<Vec<String>> {
                                 cur.push('\\');
                                 cur.push(n);
                             }
-                            None => return Err(Error::value("args", "unterminated double quote")),
+                            None => return Err("unterminated double quote"),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err(Error::value("args", "unterminated double quote")),
+                        None => return Err("unterminated double quote"),
                     }
                 }
             }
@@ -519,7 +524,7 @@ pub fn split_args(s: &str) -> Result<Vec<String>> {
                 in_word = true;
                 match chars.next() {
                     Some(n) => cur.push(n),
-                    None => return Err(Error::value("args", "trailing backslash")),
+                    None => return Err("trailing backslash"),
                 }
             }
             c => {

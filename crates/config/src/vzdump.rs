@@ -129,7 +129,7 @@ pub struct VzdumpOptions {
     pub remove: Option<bool>,
     /// `script`: hook script path.
     pub script: Option<PathBuf>,
-    /// `exclude-path` (CT only), in order.
+    /// `exclude-path` (CT only), in order: each line split shell-like.
     pub exclude_path: Vec<String>,
     /// `stdexcludes`.
     pub stdexcludes: Option<bool>,
@@ -240,7 +240,11 @@ impl VzdumpOptions {
             }
             "remove" => self.remove = Some(bool_opt(key, v)?),
             "script" => self.script = Some(abs_path(key, v)?),
-            "exclude-path" => self.exclude_path.push(v.to_string()),
+            // One line holds shell-quoted patterns (Proxmox splits it like a command line);
+            // repeated lines add up.
+            "exclude-path" => self
+                .exclude_path
+                .extend(crate::qemu::split_words(v).map_err(|m| Error::value(key, m))?),
             "stdexcludes" => self.stdexcludes = Some(bool_opt(key, v)?),
             "mailto" => self.mailto = Some(v.to_string()),
             "mailnotification" => {

@@ -480,6 +480,11 @@ fn vzdump_conf_round_trips_and_types() {
         VZDUMP.replace("compress: zstd", "compress: lzo")
     );
     assert!(c.set("ionice", "9").is_err());
+    let c = VzdumpConf::parse("exclude-path: /tmp/?* '/var/log/a b' /srv/c\\ d\n", "v").unwrap();
+    assert_eq!(
+        c.options().exclude_path,
+        ["/tmp/?*", "/var/log/a b", "/srv/c d"]
+    );
 }
 
 #[test]
