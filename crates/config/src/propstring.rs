@@ -159,7 +159,13 @@ impl fmt::Display for PropertyString {
             if i > 0 {
                 f.write_str(",")?;
             }
-            if !p.implicit {
+            if p.implicit {
+                // An unkeyed value with '=' would read back as key=value: quote it.
+                if p.value.contains('=') && !p.value.contains([',', '"', '\\']) {
+                    write!(f, "\"{}\"", p.value)?;
+                    continue;
+                }
+            } else {
                 write!(f, "{}=", p.key)?;
             }
             f.write_str(&quote(&p.value))?;

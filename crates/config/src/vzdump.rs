@@ -322,7 +322,11 @@ impl VzdumpConf {
         let mut lines = Vec::new();
         let mut seen = std::collections::HashMap::new();
         let no_final_eol = !text.is_empty() && !text.ends_with('\n');
-        for (i, raw) in text.lines().enumerate() {
+        let mut raws: Vec<&str> = text.split('\n').collect();
+        if text.is_empty() || text.ends_with('\n') {
+            raws.pop();
+        }
+        for (i, raw) in raws.into_iter().enumerate() {
             let no = i + 1;
             let t = raw.trim();
             if t.is_empty() || t.starts_with('#') {
