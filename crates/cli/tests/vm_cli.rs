@@ -168,3 +168,38 @@ fn malformed_config_and_unknown_vm_fail_with_file_and_line() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
+
+#[test]
+fn json_status_list_and_showcmd() {
+    let env = Env::new();
+    env.config(
+        304,
+        "name: j\nmemory: 72\nargs: -smbios \"type=1,manufacturer=a b\"\n",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", "304", "--output-format", "json"])).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"vmid": 304, "status": "stopped", "qmpstatus": null, "pid": null})
+    );
+    env.ok(&["start", "304", "--paused"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["list", "--output-format", "json"])).unwrap();
+    assert_eq!(v[0]["vmid"], 304);
+    assert_eq!(v[0]["status"], "running");
+    assert_eq!(v[0]["qmpstatus"], "prelaunch");
+    assert_eq!(v[0]["maxmem"], 72 * 1024 * 1024);
+    assert!(v[0]["pid"].as_u64().is_some());
+    env.ok(&["stop", "304"]);
+    let cmd = env.ok(&["showcmd", "304", "--paused", "--accel", "tcg"]);
+    assert!(
+        cmd.starts_with("qemu-system-x86_64 -machine pc,accel=tcg "),
+        "{cmd}"
+    );
+    assert!(cmd.contains(" -S "), "{cmd}");
+    assert!(
+        cmd.trim_end()
+            .ends_with("-smbios 'type=1,manufacturer=a b'"),
+        "{cmd}"
+    );
+}

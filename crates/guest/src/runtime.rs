@@ -181,6 +181,11 @@ impl Runtime {
         self
     }
 
+    /// The QEMU binary.
+    pub fn qemu(&self) -> &Path {
+        &self.qemu
+    }
+
     /// The configuration root.
     pub fn root(&self) -> &ConfigRoot {
         &self.root

@@ -71,9 +71,58 @@ enum Action {
     Status {
         /// The VM.
         vmid: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output_format: Format,
     },
     /// List all VM configs with their state.
-    List,
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output_format: Format,
+    },
+    /// Print the QEMU command line `start` would run (shell-quoted).
+    Showcmd {
+        /// The VM.
+        vmid: u32,
+        /// As for a paused start.
+        #[arg(long)]
+        paused: bool,
+        /// Accelerator: kvm or tcg.
+        #[arg(long, value_parser = parse_accel)]
+        accel: Option<Accel>,
+    },
+}
+
+/// Output format of `status` and `list`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Human-readable lines.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+fn state_json(vmid: u32, state: &State) -> serde_json::Value {
+    serde_json::json!({
+        "vmid": vmid,
+        "status": state.as_str(),
+        "qmpstatus": state.qmp_status(),
+        "pid": state.pid(),
+    })
+}
+
+/// Quote an argument for a POSIX shell when needed.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 fn parse_accel(s: &str) -> Result<Accel, String> {
@@ -131,12 +180,19 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         }
         Action::Suspend { vmid } => vms.suspend(vmid).await?,
         Action::Resume { vmid } => vms.resume(vmid).await?,
-        Action::Status { vmid } => {
+        Action::Status {
+            vmid,
+            output_format,
+        } => {
             // A missing config is an error even if nothing runs.
             vms.root()
                 .qemu_config(vmid)
                 .with_context(|| format!("VM {vmid}"))?;
             let state = vms.status(vmid).await?;
+            if output_format == Format::Json {
+                println!("{}", state_json(vmid, &state));
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("status: {}", state.as_str());
             if let Some(q) = state.qmp_status() {
                 println!("qmpstatus: {q}");
@@ -145,7 +201,45 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                 println!("pid: {pid}");
             }
         }
-        Action::List => {
+        Action::Showcmd {
+            vmid,
+            paused,
+            accel,
+        } => {
+            let plan = vms.plan(
+                vmid,
+                &StartOptions {
+                    paused,
+                    accel,
+                    skiplock: true,
+                },
+            )?;
+            let mut line = shell_quote(&vms.qemu().display().to_string());
+            for a in &plan.args {
+                line.push(' ');
+                line.push_str(&shell_quote(a));
+            }
+            println!("{line}");
+        }
+        Action::List {
+            output_format: Format::Json,
+        } => {
+            let rows: Vec<serde_json::Value> = vms
+                .list()
+                .await?
+                .iter()
+                .map(|vm| {
+                    let mut v = state_json(vm.vmid, &vm.state);
+                    v["name"] = vm.name.clone().into();
+                    v["maxmem"] = vm.memory_mib.map(|m| m * 1024 * 1024).into();
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        Action::List {
+            output_format: Format::Text,
+        } => {
             println!(
                 "{:>10} {:<20} {:<10} {:>10} {:>10}",
                 "VMID", "NAME", "STATUS", "MEM(MB)", "PID"
