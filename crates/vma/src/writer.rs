@@ -376,6 +376,12 @@ impl<W: Write> Writer<W> {
     }
 
     fn header_bytes(&mut self) -> Result<Vec<u8>> {
+        if self.devices.is_empty() && self.config_ptrs.is_empty() {
+            // header_size would be 12288, which readers (Proxmox's too) reject.
+            return Err(Error::Usage(
+                "an archive needs at least one config or device".into(),
+            ));
+        }
         for d in &self.devices {
             // Device-name blobs are allocated when the header is written, after all configs.
             let name = d.name.clone();

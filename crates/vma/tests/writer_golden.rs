@@ -282,6 +282,11 @@ fn writer_checks_every_cluster_exactly_once() {
     );
     let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
     assert!(w.register_device("zero", 0).is_err());
+    let empty = w.finish().unwrap_err();
+    assert!(
+        empty.to_string().contains("at least one config or device"),
+        "{empty}"
+    );
 }
 
 #[test]
