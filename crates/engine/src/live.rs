@@ -235,6 +235,9 @@ async fn transfer(
         Ok(t) => Ok(t),
         Err(e) => {
             log.error(&e.to_string());
+            if qmp.is_closed() {
+                return Err(e);
+            }
             log.info("aborting backup job");
             if let Err(ce) = job::abort(qmp, disks).await {
                 log.warn(&format!("cleanup after failure: {ce}"));
@@ -270,6 +273,9 @@ async fn wait(
             return Err(Error::Interrupted);
         }
         if shared.failed() {
+            if qemu_gone(qmp).await {
+                return Err(qemu_exited());
+            }
             return Err(Error::Archive {
                 detail: shared.error().unwrap_or_default(),
             });
@@ -277,9 +283,7 @@ async fn wait(
         let state = match job::poll(qmp, disks).await {
             Ok(s) => s,
             Err(Error::Qmp { source, .. }) if source.kind() == vmdump_qmp::ErrorKind::Closed => {
-                return Err(Error::Qemu {
-                    detail: "QEMU exited during the backup".into(),
-                })
+                return Err(qemu_exited())
             }
             Err(e) => return Err(e),
         };
@@ -334,4 +338,22 @@ async fn wait(
         log.line(crate::progress::Level::Info, &line, true);
     }
     Ok(t)
+}
+
+fn qemu_exited() -> Error {
+    Error::Qemu {
+        detail: "QEMU exited during the backup".into(),
+    }
+}
+
+/// Whether the QEMU behind `qmp` is gone (its monitor closed). A broken NBD connection is
+/// usually the first sign of a dying QEMU; the monitor tells which it is.
+async fn qemu_gone(qmp: &Client) -> bool {
+    if qmp.is_closed() {
+        return true;
+    }
+    match tokio::time::timeout(Duration::from_secs(3), qmp.execute("query-status", None)).await {
+        Ok(Err(e)) => e.kind() == vmdump_qmp::ErrorKind::Closed,
+        _ => qmp.is_closed(),
+    }
 }

@@ -273,10 +273,15 @@ impl Vm {
         let dir = env.run.join(vmid.to_string());
         std::fs::create_dir_all(&dir)?;
         let qmp_path = dir.join("qmp.sock");
+        // The backup holds qmp.sock (QEMU serves one client per monitor); the test talks to
+        // QEMU through a second monitor, as the VM runtime's ctl.sock.
+        let ctl_path = dir.join("ctl.sock");
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-display", "none", "-m", "256"])
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", ctl_path.display()));
         if guest {
             let tg = testguest_dir();
             cmd.args(["-machine", "q35,accel=tcg"])
@@ -322,7 +327,7 @@ impl Vm {
             .stderr(log)
             .spawn()?;
         let qmp =
-            Client::connect_retry(&qmp_path, Duration::from_secs(30), Duration::from_secs(20))
+            Client::connect_retry(&ctl_path, Duration::from_secs(30), Duration::from_secs(20))
                 .await?;
         Ok(Self { child, qmp, dir })
     }
@@ -366,6 +371,26 @@ impl Vm {
         }
         let st = self.qmp.execute("query-status", None).await?;
         Ok(st["status"].as_str().unwrap_or("").to_string())
+    }
+
+    /// Waits until `n` jobs named `vmdump-*` exist.
+    pub async fn wait_jobs(&self, n: usize) -> Result<()> {
+        for _ in 0..1500 {
+            let jobs = self.qmp.query_jobs().await?;
+            if jobs.iter().filter(|j| j.id.starts_with("vmdump-")).count() >= n {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("backup jobs did not start")
+    }
+
+    /// Guest-path write through the device (goes through the copy-before-write filter).
+    pub async fn io_write(&self, key: &str, pattern: u8, offset: u64, len: u64) -> Result<()> {
+        let cmd =
+            format!("qemu-io -d {key}/virtio-backend \"write -P {pattern:#04x} {offset} {len}\"");
+        self.qmp.human_monitor_command(&cmd).await?;
+        Ok(())
     }
 
     pub async fn quit(mut self) -> Result<()> {

@@ -1,0 +1,262 @@
+//! `vmdump backup` of running VMs (the TCG test guest with its agent and writer; real QEMU 7.2):
+//! a consistent live backup while the guest writes and qemu-io writes hit a second disk, and
+//! the failure paths (target storage full, vmdump killed with SIGKILL, QEMU dying).
+
+mod backup_common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use backup_common::*;
+
+/// Sets up VM 100: the test guest's data disk (virtio0) and a second raw disk of `extra_mib`
+/// MiB with random data (virtio1). Returns the pre-backup hash of virtio1.
+fn setup_guest(env: &Env, extra_mib: u64) -> Result<String> {
+    let tg = testguest_dir();
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::copy(tg.join("data.raw"), &a)?;
+    let b = env.image(100, "vm-100-disk-1.raw");
+    std::fs::File::create(&b)?.set_len(extra_mib * MIB)?;
+    write_random(&b, 0, extra_mib * MIB / 2, 99)?;
+    env.write_config(
+        100,
+        &format!(
+            "agent: 1\nmemory: 256\nname: vmdump-testguest\nvirtio0: local:100/vm-100-disk-0.raw,size=64M\nvirtio1: local:100/vm-100-disk-1.raw,size={extra_mib}M\n"
+        ),
+    )?;
+    sha256_file(&b)
+}
+
+async fn boot(env: &Env) -> Result<Vm> {
+    let a = env.image(100, "vm-100-disk-0.raw");
+    let b = env.image(100, "vm-100-disk-1.raw");
+    let vm = Vm::start(
+        env,
+        100,
+        &[
+            Disk {
+                key: "virtio0",
+                path: &a,
+                format: "raw",
+            },
+            Disk {
+                key: "virtio1",
+                path: &b,
+                format: "raw",
+            },
+        ],
+        true,
+        "vmdump.interval=0.05",
+    )
+    .await?;
+    vm.wait_ready().await?;
+    Ok(vm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let want_b = setup_guest(&env, 32)?;
+    let vm = boot(&env).await?;
+    let tick_before = {
+        for _ in 0..100 {
+            if vm.last_tick() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        vm.last_tick()
+    };
+    assert!(tick_before >= 3, "the guest writer does not run");
+
+    // 96 MiB at 16 MiB/s: about 6 s of copy-before-write while the guest writes.
+    let child = env
+        .vmdump_command(&["100", "--bwlimit", "16384", "--compress", "zstd"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    vm.wait_jobs(2).await?;
+    // Guest-path writes to the second disk right after the job start, to copied and uncopied
+    // regions: none may reach the archive.
+    for i in 0..40u64 {
+        let off = (i * 7919 % 512) * 65536 + (i % 3) * 512;
+        vm.io_write("virtio1", (i + 1) as u8, off, 4096 + i * 512)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "INFO: status = running",
+        "INFO: VM Name: vmdump-testguest",
+        "INFO: bandwidth limit: 16384 KiB/s",
+        "INFO: issuing guest-agent 'fs-freeze' command",
+        "INFO: starting backup via QMP command",
+        "INFO: issuing guest-agent 'fs-thaw' command",
+        "INFO: resuming VM again",
+        "INFO: transferred 96.00 MiB in ",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    // Several progress lines of the throttled run.
+    assert!(stdout.matches("% (").count() >= 2, "{stdout}");
+
+    // QEMU is clean, the guest runs and keeps writing.
+    assert_eq!(vm.assert_clean().await?, "running");
+    let tick_after = vm.last_tick();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        vm.last_tick() > tick_after,
+        "the guest writer stopped after the backup"
+    );
+
+    let archive = env
+        .dump_files()
+        .into_iter()
+        .find(|f| f.ends_with(".vma.zst"))
+        .expect("archive");
+    let plain = plain_vma(&env.dump().join(&archive), tmp.path())?;
+    let devs = dissect_devices(&plain)?;
+    assert_eq!(devs.len(), 2);
+    assert_eq!(devs[1], ("drive-virtio1".into(), 32 * MIB, want_b));
+    // The guest's filesystem at the freeze: clean (no journal replay) and the writer's
+    // pattern complete up to its tick.
+    let disk = tmp.path().join("virtio0.raw");
+    dissect_extract(&plain, "drive-virtio0", &disk)?;
+    let check = run(Command::new("bash")
+        .arg(repo().join("testguest/check.sh"))
+        .arg(&disk)
+        .arg(tick_before.to_string()))?;
+    assert!(check.starts_with("ok tick="), "{check}");
+    vm.quit().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_guest(&env, 48)?;
+    let vm = boot(&env).await?;
+
+    // 1. Target storage full: a 16 MiB tmpfs for a ~30 MiB archive.
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small)?;
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&small))?;
+    let res = env.vmdump_backup(&["100", "--dumpdir", small.to_str().expect("utf-8")]);
+    let listing: Vec<String> = std::fs::read_dir(&small)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let _ = Command::new("umount").arg(&small).status();
+    let out = res?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ERROR: Backup of VM 100 failed - writing the archive failed: ")
+            && stdout.contains("No space left on device"),
+        "{stdout}"
+    );
+    assert!(
+        !listing
+            .iter()
+            .any(|f| f.contains(".vma") || f.ends_with(".dat")),
+        "{listing:?}"
+    );
+    assert_eq!(vm.assert_clean().await?, "running");
+    let t = vm.last_tick();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        vm.last_tick() > t,
+        "guest writes stalled after the failed backup"
+    );
+
+    // 2. vmdump killed with SIGKILL in the middle: no final archive; the next run removes
+    //    what the killed one left in QEMU and succeeds.
+    let mut child = env
+        .vmdump_command(&["100", "--bwlimit", "8192"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    vm.wait_jobs(2).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill()?;
+    child.wait()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !env.dump_files().iter().any(|f| f.ends_with(".vma")),
+        "{:?}",
+        env.dump_files()
+    );
+    let status = vm.qmp.execute("query-status", None).await?;
+    assert_eq!(status["status"], "running");
+    let out = env.vmdump_backup(&["100"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("WARN: removed stale "), "{stdout}");
+    assert_eq!(vm.assert_clean().await?, "running");
+    assert_eq!(
+        env.dump_files()
+            .iter()
+            .filter(|f| f.ends_with(".vma"))
+            .count(),
+        1
+    );
+    vm.quit().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::File::create(&a)?.set_len(64 * MIB)?;
+    write_random(&a, 0, 32 * MIB, 5)?;
+    env.write_config(
+        100,
+        "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
+    )?;
+    let mut vm = Vm::start(
+        &env,
+        100,
+        &[Disk {
+            key: "scsi0",
+            path: &a,
+            format: "raw",
+        }],
+        false,
+        "",
+    )
+    .await?;
+    let child = env
+        .vmdump_command(&["100", "--bwlimit", "8192"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    vm.wait_jobs(1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    vm.child.kill()?;
+    vm.child.wait()?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ERROR: Backup of VM 100 failed - "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("QEMU exited during the backup"), "{stdout}");
+    let files = env.dump_files();
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains(".vma") || f.ends_with(".dat")),
+        "{files:?}"
+    );
+    Ok(())
+}
