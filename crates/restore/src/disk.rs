@@ -6,10 +6,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::error::{Error, Result};
-use crate::volume::run_tool;
 
 /// A seekable, freshly created (zero-reading) disk image.
 pub trait DiskTarget: Send {
@@ -58,73 +56,48 @@ impl DiskTarget for RawTarget {
     }
 }
 
-/// A non-raw image (qcow2, vmdk, ...) written by staging the data in a sparse raw file next
-/// to it and converting at the end with `qemu-img convert -n --target-is-zero` (zero ranges
-/// are holes in the stage and are skipped). Used when no NBD image access is available.
-#[derive(Debug)]
-pub struct StagedImageTarget {
-    stage: RawTarget,
-    image: PathBuf,
-    format: String,
+/// A non-raw image (qcow2, vmdk, ...) written through `qemu-storage-daemon` and the NBD
+/// client (`vmdump_nbd::image`). Only non-zero data is sent: a new image reads as zeros.
+pub struct ImageTarget {
+    image: vmdump_nbd::image::Image,
+    path: PathBuf,
 }
 
-impl StagedImageTarget {
-    /// Stage for the existing image `image` of `format` and device `size`.
-    pub fn create(image: &Path, format: &str, size: u64) -> Result<Self> {
-        let name = image
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        let stage_path = image.with_file_name(format!(".{name}.restore-stage.raw"));
-        let verr = |source| Error::Volume {
-            what: "create staging file",
-            path: stage_path.clone(),
-            source,
-        };
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&stage_path)
-            .map_err(verr)?;
-        f.set_len(size).map_err(verr)?;
-        Ok(StagedImageTarget {
-            stage: RawTarget {
-                file: f,
-                path: stage_path,
-            },
-            image: image.to_path_buf(),
-            format: format.to_string(),
+impl std::fmt::Debug for ImageTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageTarget")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageTarget {
+    /// Open the (freshly created) image `path` of `format` read-write.
+    pub fn open(path: &Path, format: &str) -> Result<Self> {
+        let image =
+            vmdump_nbd::image::Image::open(path, Some(format), false).map_err(|e| Error::Tool {
+                tool: "qemu-storage-daemon".into(),
+                detail: format!("open '{}': {e}", path.display()),
+            })?;
+        Ok(ImageTarget {
+            image,
+            path: path.to_path_buf(),
         })
     }
 }
 
-impl Drop for StagedImageTarget {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.stage.path);
-    }
-}
-
-impl DiskTarget for StagedImageTarget {
+impl DiskTarget for ImageTarget {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.stage.write_at(data, offset)
+        self.image
+            .write_at(data, offset)
+            .map_err(|e| std::io::Error::other(format!("nbd write: {e}")))
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-n", "--target-is-zero", "-f", "raw", "-O"])
-            .arg(&self.format)
-            .arg(&self.stage.path)
-            .arg(&self.image);
-        run_tool(&mut cmd, "qemu-img convert")?;
-        let f = File::open(&self.image).map_err(|source| Error::Volume {
-            what: "open volume",
-            path: self.image.clone(),
-            source,
-        })?;
-        f.sync_all().map_err(|source| Error::Volume {
-            what: "sync volume",
-            path: self.image.clone(),
-            source,
+        let path = self.path.clone();
+        self.image.close().map_err(|e| Error::Tool {
+            tool: "qemu-storage-daemon".into(),
+            detail: format!("close '{}': {e}", path.display()),
         })
     }
 }

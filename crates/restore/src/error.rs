@@ -106,7 +106,7 @@ pub enum Error {
         detail: String,
     },
     /// Another restore or command holds the VM's lock.
-    #[error("VM {vmid} is locked by another restore")]
+    #[error("VM {vmid} is locked by another vmdump operation")]
     Locked {
         /// The VM id.
         vmid: u32,

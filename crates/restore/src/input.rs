@@ -1,64 +1,22 @@
-//! The archive input: bandwidth limit, compression detection by magic bytes, and a
-//! decompressor running in its own thread (and process) so decompression overlaps parsing.
+//! The archive input: bandwidth limit (token bucket on the raw read side), compression
+//! detection by magic bytes, and decompression in its own thread, so that reading and
+//! decompressing overlap parsing and writing.
 
-use std::io::{self, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vmdump_compress::{Codec, Decoder};
+
 use crate::error::{Error, Result};
 
-/// Compression of an archive stream, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// A plain `.vma`.
-    None,
-    /// zstd frames (`.vma.zst`).
-    Zstd,
-    /// An lzop container (`.vma.lzo`).
-    Lzo,
-    /// gzip (`.vma.gz`).
-    Gzip,
-}
-
-impl Compression {
-    /// Detect from the first bytes (at least 4 are needed for VMA and zstd).
-    pub fn detect(magic: &[u8]) -> Option<Self> {
-        if magic.starts_with(b"VMA\0") {
-            Some(Compression::None)
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Some(Compression::Zstd)
-        } else if magic.starts_with(&[0x89, b'L', b'Z', b'O']) {
-            Some(Compression::Lzo)
-        } else if magic.starts_with(&[0x1f, 0x8b]) {
-            Some(Compression::Gzip)
-        } else {
-            None
-        }
-    }
-
-    /// The decompressor command (what Proxmox runs too).
-    fn command(self) -> Option<(&'static str, &'static [&'static str])> {
-        match self {
-            Compression::None => None,
-            Compression::Zstd => Some(("zstd", &["-q", "-d", "-c"])),
-            Compression::Lzo => Some(("lzop", &["-d", "-c"])),
-            Compression::Gzip => Some(("gzip", &["-d", "-c"])),
-        }
-    }
-
-    /// Short name for logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Zstd => "zstd",
-            Compression::Lzo => "lzo",
-            Compression::Gzip => "gzip",
-        }
-    }
-}
+/// Decompressed chunk size handed to the parser.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the decompressor and the parser.
+const DEPTH: usize = 8;
 
 /// A token-bucket rate limit on a reader: at most `rate` bytes per second on average, with
 /// bursts of at most a tenth of a second's worth (and never less than 64 KiB).
@@ -106,239 +64,141 @@ impl<R: Read> Read for Throttle<R> {
     }
 }
 
-/// A reader that gives back bytes already peeked before continuing with the inner reader.
-struct Prefixed<R> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: R,
-}
-
-impl<R: Read> Read for Prefixed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos < self.prefix.len() {
-            let n = buf.len().min(self.prefix.len() - self.pos);
-            buf[..n].copy_from_slice(&self.prefix[self.pos..self.pos + n]);
-            self.pos += n;
-            return Ok(n);
-        }
-        self.inner.read(buf)
-    }
-}
-
-/// The decompressed archive stream. Reading it yields the VMA bytes; a failing decompressor
-/// (truncated or corrupt compressed data) turns into a read error rather than a clean EOF.
+/// The decompressed archive stream, produced by a background thread. A failing
+/// decompressor or input (truncated or corrupt compressed data) is a read error, never a
+/// clean EOF.
 pub struct Input {
-    compression: Compression,
-    kind: InputKind,
-}
-
-enum InputKind {
-    Plain(Box<dyn Read + Send>),
-    Tool {
-        tool: &'static str,
-        stdout: ChildStdout,
-        child: Child,
-        stderr: Option<JoinHandle<String>>,
-        pump: Option<JoinHandle<()>>,
-        pump_error: Arc<Mutex<Option<io::Error>>>,
-        stop: Arc<AtomicBool>,
-        done: bool,
-    },
+    codec: Codec,
+    rx: Receiver<io::Result<Vec<u8>>>,
+    free: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Input")
-            .field("compression", &self.compression)
+            .field("codec", &self.codec)
             .finish_non_exhaustive()
     }
 }
 
 impl Input {
     /// Open an archive stream: detect the compression from the first bytes and start the
-    /// decompressor. `rate` limits the raw (compressed) read side in bytes per second.
+    /// decompressing thread. `rate` limits the raw (compressed) read side in bytes per
+    /// second.
     pub fn open(source: Box<dyn Read + Send>, rate: Option<u64>) -> Result<Self> {
-        let mut source: Box<dyn Read + Send> = match rate {
+        let source: Box<dyn Read + Send> = match rate {
             Some(r) if r > 0 => Box::new(Throttle::new(source, r)),
             _ => source,
         };
-        let mut magic = vec![0u8; 16];
-        let mut n = 0;
-        while n < magic.len() {
-            match source.read(&mut magic[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(Error::Input { what: None, source }),
-            }
-        }
-        magic.truncate(n);
-        let compression = Compression::detect(&magic).ok_or_else(|| Error::Decompress {
+        let mut decoder = Decoder::detect(source).map_err(|e| Error::Decompress {
             tool: "detect".into(),
-            detail: if magic.is_empty() {
-                "the archive is empty".into()
-            } else {
-                format!(
-                    "not a vma archive and no known compression (first bytes {:02x?})",
-                    &magic[..magic.len().min(8)]
-                )
-            },
+            detail: e.to_string(),
         })?;
-        let reader = Prefixed {
-            prefix: magic,
-            pos: 0,
-            inner: source,
-        };
-        let Some((tool, args)) = compression.command() else {
-            return Ok(Input {
-                compression,
-                kind: InputKind::Plain(Box::new(reader)),
-            });
-        };
-        let mut child = Command::new(tool)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Decompress {
-                tool: tool.into(),
-                detail: format!("cannot start: {e}"),
-            })?;
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let mut err = child.stderr.take().expect("stderr was piped");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let pump_error = Arc::new(Mutex::new(None));
+        let codec = decoder.codec();
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
         let stop = Arc::new(AtomicBool::new(false));
-        let pump = {
-            let pump_error = pump_error.clone();
+        let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
-                .name("restore-input".into())
-                .spawn(move || pump(reader, stdin, &stop, &pump_error))
-                .map_err(|e| Error::Internal(format!("spawn input thread: {e}")))?
+                .name("restore-decompress".into())
+                .spawn(move || loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut buf = free_rx.try_recv().unwrap_or_default();
+                    buf.resize(CHUNK, 0);
+                    let mut n = 0;
+                    let res = loop {
+                        match decoder.read(&mut buf[n..]) {
+                            Ok(0) => break Ok(()),
+                            Ok(k) => {
+                                n += k;
+                                if n == buf.len() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    buf.truncate(n);
+                    let end = n < CHUNK;
+                    if n > 0 && tx.send(Ok(buf)).is_err() {
+                        return;
+                    }
+                    if let Err(e) = res {
+                        let _ =
+                            tx.send(Err(io::Error::new(e.kind(), format!("{codec} input: {e}"))));
+                        return;
+                    }
+                    if end {
+                        return;
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("spawn decompress thread: {e}")))?
         };
         Ok(Input {
-            compression,
-            kind: InputKind::Tool {
-                tool,
-                stdout,
-                child,
-                stderr: Some(stderr),
-                pump: Some(pump),
-                pump_error,
-                stop,
-                done: false,
-            },
+            codec,
+            rx,
+            free: free_tx,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+            stop,
+            thread: Some(thread),
         })
     }
 
     /// The detected compression.
-    pub fn compression(&self) -> Compression {
-        self.compression
-    }
-}
-
-/// Copy the raw archive into the decompressor; a read error is kept for the reader side.
-fn pump(
-    mut from: impl Read,
-    mut to: std::process::ChildStdin,
-    stop: &AtomicBool,
-    error: &Mutex<Option<io::Error>>,
-) {
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let n = match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if let Ok(mut slot) = error.lock() {
-                    *slot = Some(e);
-                }
-                return;
-            }
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            // The decompressor quit (it reports why on stderr) or we are stopping.
-            return;
-        }
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 }
 
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.kind {
-            InputKind::Plain(r) => r.read(buf),
-            InputKind::Tool {
-                tool,
-                stdout,
-                child,
-                stderr,
-                pump,
-                pump_error,
-                done,
-                ..
-            } => {
-                if *done {
-                    return Ok(0);
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    let old = std::mem::replace(&mut self.current, chunk);
+                    let _ = self.free.try_send(old);
+                    self.pos = 0;
                 }
-                let n = stdout.read(buf)?;
-                if n > 0 {
-                    return Ok(n);
-                }
-                // EOF from the decompressor: it must have succeeded on complete input.
-                *done = true;
-                if let Some(p) = pump.take() {
-                    let _ = p.join();
-                }
-                if let Some(e) = pump_error.lock().ok().and_then(|mut s| s.take()) {
+                Ok(Err(e)) => {
+                    self.done = true;
                     return Err(e);
                 }
-                let status = child.wait()?;
-                let msg = stderr
-                    .take()
-                    .and_then(|h| h.join().ok())
-                    .unwrap_or_default();
-                if !status.success() {
-                    return Err(io::Error::other(format!(
-                        "{tool} failed ({status}): {}",
-                        msg.trim()
-                    )));
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
                 }
-                Ok(0)
             }
         }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
 impl Drop for Input {
     fn drop(&mut self) {
-        if let InputKind::Tool {
-            child,
-            pump,
-            stop,
-            stdout,
-            ..
-        } = &mut self.kind
-        {
-            stop.store(true, Ordering::Relaxed);
-            let _ = child.kill();
-            // Drain so the pump's write fails fast instead of blocking on a full pipe.
-            let mut sink = [0u8; 8192];
-            while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
-            let _ = child.wait();
-            if let Some(p) = pump.take() {
-                let _ = p.join();
-            }
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblock a thread waiting on a full queue, then wait for it.
+        while self.rx.try_recv().is_ok() {}
+        let (_, dead) = sync_channel(1);
+        self.rx = dead;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -346,27 +206,8 @@ impl Drop for Input {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn detects_magic() {
-        assert_eq!(
-            Compression::detect(b"VMA\0\0\0\0\x01"),
-            Some(Compression::None)
-        );
-        assert_eq!(
-            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
-            Some(Compression::Zstd)
-        );
-        assert_eq!(
-            Compression::detect(&[0x89, 0x4c, 0x5a, 0x4f, 0, 0x0d, 0x0a, 0x1a, 0x0a]),
-            Some(Compression::Lzo)
-        );
-        assert_eq!(
-            Compression::detect(&[0x1f, 0x8b, 8]),
-            Some(Compression::Gzip)
-        );
-        assert_eq!(Compression::detect(b"PK\x03\x04"), None);
-    }
+    use std::io::Write;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn throttle_limits_rate() {
@@ -383,11 +224,16 @@ mod tests {
 
     #[test]
     fn plain_and_gzip_streams() {
-        let payload: Vec<u8> = b"VMA\0".iter().copied().chain(0..=255u8).collect();
+        let payload: Vec<u8> = b"VMA\0"
+            .iter()
+            .copied()
+            .chain((0..3_000_000u32).map(|i| (i % 251) as u8))
+            .collect();
         let mut plain = Input::open(Box::new(std::io::Cursor::new(payload.clone())), None).unwrap();
+        assert_eq!(plain.codec(), Codec::None);
         let mut out = Vec::new();
         plain.read_to_end(&mut out).unwrap();
-        assert_eq!(out, payload);
+        assert!(out == payload);
 
         let mut gz = Command::new("gzip")
             .arg("-c")
@@ -395,20 +241,27 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        gz.stdin.take().unwrap().write_all(&payload).unwrap();
+        let mut stdin = gz.stdin.take().unwrap();
+        let p2 = payload.clone();
+        let feeder = std::thread::spawn(move || stdin.write_all(&p2).unwrap());
         let compressed = gz.wait_with_output().unwrap().stdout;
+        feeder.join().unwrap();
         let mut input =
             Input::open(Box::new(std::io::Cursor::new(compressed.clone())), None).unwrap();
-        assert_eq!(input.compression(), Compression::Gzip);
+        assert_eq!(input.codec(), Codec::Gzip);
         let mut out = Vec::new();
         input.read_to_end(&mut out).unwrap();
-        assert_eq!(out, payload);
+        assert!(out == payload);
 
         // Truncated compressed data is an error, not a short clean stream.
-        let cut = compressed[..compressed.len() - 10].to_vec();
+        let cut = compressed[..compressed.len() / 2].to_vec();
         let mut input = Input::open(Box::new(std::io::Cursor::new(cut)), None).unwrap();
         let mut out = Vec::new();
         let e = input.read_to_end(&mut out).unwrap_err();
-        assert!(e.to_string().contains("gzip failed"), "{e}");
+        assert!(e.to_string().contains("gzip input"), "{e}");
+
+        // Dropping a half-read input stops its thread.
+        let input = Input::open(Box::new(std::io::Cursor::new(compressed)), None).unwrap();
+        drop(input);
     }
 }

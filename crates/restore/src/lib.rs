@@ -14,7 +14,7 @@
 //! source ─► [throttle] ─► decompressor thread/process ─► parser (vma::Reader, validates
 //!           every extent) ─► per-disk batches ─► one writer thread per disk
 //!                                                 raw: pwrite of non-zero blocks, holes elsewhere
-//!                                                 qcow2/vmdk: staged, then qemu-img convert
+//!                                                 qcow2/vmdk: qemu-storage-daemon + NBD client
 //! ```
 //!
 //! Clusters are written where they belong as they arrive (archives are out of order).

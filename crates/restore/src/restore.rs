@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vmdump_config::qmdump::parse_maps;
 use vmdump_config::{write_atomic, ConfigRoot, QemuConfig, StorageConfig, VolumeId, VolumeRef};
 
-use crate::disk::{DiskTarget, RawTarget, StagedImageTarget};
+use crate::disk::{DiskTarget, ImageTarget, RawTarget};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::pipeline::{self, Sink, Stats};
@@ -115,9 +115,13 @@ impl Drop for Allocated {
     }
 }
 
-/// Whether a VM is running: its QMP socket accepts connections.
+/// Whether a VM is running: a live QEMU owns its run directory, or its QMP socket accepts
+/// connections.
 pub fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
-    UnixStream::connect(run_dir.join(vmid.to_string()).join("qmp.sock")).is_ok()
+    let rd = vmdump_guest::RunDir::new(run_dir, vmid);
+    rd.live_pid().is_some()
+        || UnixStream::connect(rd.qmp_socket()).is_ok()
+        || UnixStream::connect(rd.control_socket()).is_ok()
 }
 
 fn percent(part: u64, total: u64) -> f64 {
@@ -152,6 +156,10 @@ pub fn restore(
 ) -> Result<Summary> {
     let vmid = opts.vmid;
     let conf_path = opts.root.qemu_config_path(vmid);
+    // The VM lock keeps `vmdump vm start` (and a second restore) away until we are done.
+    let _lock = vmdump_guest::VmLock::try_acquire(&opts.run_dir, vmid)
+        .map_err(|e| Error::Internal(format!("take the VM lock: {e}")))?
+        .ok_or(Error::Locked { vmid })?;
     let old = if conf_path.exists() {
         if !opts.force {
             return Err(Error::Exists { vmid });
@@ -174,6 +182,7 @@ pub fn restore(
     let storage = opts.root.storage()?;
 
     let input = Input::open(source, opts.bwlimit.map(|k| k.saturating_mul(1024)))?;
+    log(&format!("archive compression: {}", input.codec()));
     let reader = vmdump_vma::Reader::new(input)?;
     let header = reader.header().clone();
     for c in &header.configs {
@@ -213,7 +222,7 @@ pub fn restore(
         let vol = allocate(&storage, &p.storage, vmid, &p.format, p.size, &taken)?;
         log(&format!("new volume ID is '{}'", vol.volid));
         allocated.volumes.push(vol.clone());
-        let target = open_target(p, &vol)?;
+        let target = open_target(&vol)?;
         log(&format!(
             "map '{}' to '{}' (write zeros = 0)",
             p.devname,
@@ -370,15 +379,11 @@ fn old_volumes(
     Ok((remove, keep))
 }
 
-fn open_target(p: &DiskPlan, vol: &Volume) -> Result<Box<dyn DiskTarget>> {
+fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
     if vol.format == "raw" {
         Ok(Box::new(RawTarget::open(&vol.path)?))
     } else {
-        Ok(Box::new(StagedImageTarget::create(
-            &vol.path,
-            &vol.format,
-            p.size,
-        )?))
+        Ok(Box::new(ImageTarget::open(&vol.path, &vol.format)?))
     }
 }
 
