@@ -12,8 +12,21 @@ use crate::options::Compression;
 /// Output buffer size in front of the file or the encoder.
 const BUF: usize = 1 << 20;
 
+/// Bytes written between two background `fdatasync`s of the archive file. Dirty pages are
+/// written back while the transfer goes on, so the final fsync (the commit) is short; without
+/// it a machine with lots of RAM would write the whole archive back only at the end.
+const SYNC_EVERY: u64 = 128 << 20;
+
+/// The archive output: the encoder chain plus a background syncer.
+pub struct Output {
+    sink: Sink,
+    written: u64,
+    next_sync: u64,
+    syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
+}
+
 /// A compressed or plain archive file being written.
-pub enum Output {
+pub enum Sink {
     /// Plain VMA.
     Plain(BufWriter<File>, File),
     /// zstd frames.
@@ -22,15 +35,18 @@ pub enum Output {
     Gzip(flate2::write::GzEncoder<BufWriter<File>>, File),
     /// `lzop -c` writing into the file.
     Lzo(BufWriter<ChildStdin>, Child, File),
+    /// Finished.
+    Done,
 }
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Output::Plain(..) => "Output::Plain",
-            Output::Zstd(..) => "Output::Zstd",
-            Output::Gzip(..) => "Output::Gzip",
-            Output::Lzo(..) => "Output::Lzo",
+        f.write_str(match self.sink {
+            Sink::Plain(..) => "Output::Plain",
+            Sink::Zstd(..) => "Output::Zstd",
+            Sink::Gzip(..) => "Output::Gzip",
+            Sink::Lzo(..) => "Output::Lzo",
+            Sink::Done => "Output::Done",
         })
     }
 }
@@ -45,8 +61,18 @@ impl Output {
     ) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(path)?;
         let sync = file.try_clone()?;
-        Ok(match compress {
-            Compression::None => Output::Plain(BufWriter::with_capacity(BUF, file), sync),
+        let background = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let syncer = std::thread::Builder::new()
+            .name("archive-sync".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Errors show up again at the final fsync.
+                    let _ = background.sync_data();
+                }
+            })?;
+        let sink = match compress {
+            Compression::None => Sink::Plain(BufWriter::with_capacity(BUF, file), sync),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(
                     BufWriter::with_capacity(BUF, file),
@@ -55,9 +81,9 @@ impl Output {
                 if zstd_threads > 1 {
                     enc.multithread(zstd_threads)?;
                 }
-                Output::Zstd(enc, sync)
+                Sink::Zstd(enc, sync)
             }
-            Compression::Gzip => Output::Gzip(
+            Compression::Gzip => Sink::Gzip(
                 flate2::write::GzEncoder::new(
                     BufWriter::with_capacity(BUF, file),
                     flate2::Compression::fast(),
@@ -76,27 +102,43 @@ impl Output {
                     .stdin
                     .take()
                     .ok_or_else(|| io::Error::other("lzop has no stdin"))?;
-                Output::Lzo(BufWriter::with_capacity(BUF, stdin), child, sync)
+                Sink::Lzo(BufWriter::with_capacity(BUF, stdin), child, sync)
             }
+        };
+        Ok(Output {
+            sink,
+            written: 0,
+            next_sync: SYNC_EVERY,
+            syncer: Some((tx, syncer)),
         })
     }
 
+    fn stop_syncer(&mut self) {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
     /// Ends the compressed stream, waits for `lzop`, and fsyncs the file.
-    pub fn finish(self) -> io::Result<()> {
-        let file = match self {
-            Output::Plain(mut w, f) => {
+    pub fn finish(mut self) -> io::Result<()> {
+        self.stop_syncer();
+        let sink = std::mem::replace(&mut self.sink, Sink::Done);
+        let file = match sink {
+            Sink::Done => return Ok(()),
+            Sink::Plain(mut w, f) => {
                 w.flush()?;
                 f
             }
-            Output::Zstd(enc, f) => {
+            Sink::Zstd(enc, f) => {
                 enc.finish()?.flush()?;
                 f
             }
-            Output::Gzip(enc, f) => {
+            Sink::Gzip(enc, f) => {
                 enc.finish()?.flush()?;
                 f
             }
-            Output::Lzo(w, mut child, f) => {
+            Sink::Lzo(w, mut child, f) => {
                 let stdin = w.into_inner().map_err(|e| e.into_error())?;
                 drop(stdin);
                 let status = child.wait()?;
@@ -112,39 +154,66 @@ impl Output {
     }
 
     /// Stops an `lzop` child on the error path (the file is deleted by the caller).
-    pub fn abort(self) {
-        if let Output::Lzo(_, mut child, _) = self {
+    pub fn abort(mut self) {
+        self.stop_syncer();
+        if let Sink::Lzo(_, child, _) = &mut self.sink {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.stop_syncer();
+    }
+}
+
+impl Output {
+    fn note(&mut self, n: usize) {
+        self.written += n as u64;
+        if self.written >= self.next_sync {
+            self.next_sync = self.written + SYNC_EVERY;
+            if let Some((tx, _)) = &self.syncer {
+                // A sync still running is enough; never wait for it.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Output::Plain(w, _) => w.write(buf),
-            Output::Zstd(w, _) => w.write(buf),
-            Output::Gzip(w, _) => w.write(buf),
-            Output::Lzo(w, ..) => w.write(buf),
-        }
+        let n = match &mut self.sink {
+            Sink::Plain(w, _) => w.write(buf),
+            Sink::Zstd(w, _) => w.write(buf),
+            Sink::Gzip(w, _) => w.write(buf),
+            Sink::Lzo(w, ..) => w.write(buf),
+            Sink::Done => Err(io::Error::other("archive already finished")),
+        }?;
+        self.note(n);
+        Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Output::Plain(w, _) => w.write_all(buf),
-            Output::Zstd(w, _) => w.write_all(buf),
-            Output::Gzip(w, _) => w.write_all(buf),
-            Output::Lzo(w, ..) => w.write_all(buf),
-        }
+        match &mut self.sink {
+            Sink::Plain(w, _) => w.write_all(buf),
+            Sink::Zstd(w, _) => w.write_all(buf),
+            Sink::Gzip(w, _) => w.write_all(buf),
+            Sink::Lzo(w, ..) => w.write_all(buf),
+            Sink::Done => Err(io::Error::other("archive already finished")),
+        }?;
+        self.note(buf.len());
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Output::Plain(w, _) => w.flush(),
-            Output::Zstd(w, _) => w.flush(),
-            Output::Gzip(w, _) => w.flush(),
-            Output::Lzo(w, ..) => w.flush(),
+        match &mut self.sink {
+            Sink::Plain(w, _) => w.flush(),
+            Sink::Zstd(w, _) => w.flush(),
+            Sink::Gzip(w, _) => w.flush(),
+            Sink::Lzo(w, ..) => w.flush(),
+            Sink::Done => Ok(()),
         }
     }
 }

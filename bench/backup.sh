@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Live-backup benchmark: `vmdump backup` of a disk with ~50% data on a paused VM (QEMU -S with
+# the runtime's socket layout, so the live path runs: NBD target, copy-before-write jobs,
+# VMA writer), uncompressed and zstd, against `qemu-img convert` of the same image and
+# `zstd -T0 -1` of its raw bytes, all in the same run on the same (page-cached) data.
+#
+# Usage: bench/backup.sh [size-GiB]   (default 8; BENCH_DIR picks the scratch directory)
+# Times include making the output durable (sync / fsync). Prints rates, ratios against the targets (uncompressed >= 0.8x qemu-img convert,
+# zstd >= 0.9x the zstd CLI) and vmdump's peak RSS (target < 256 MiB).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+size_gib=${1:-8}
+size=$((size_gib * 1024 * 1024 * 1024))
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench.XXXXXX")
+qemu_pid=
+cleanup() {
+  [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
+target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+vmdump="$target_dir/release/vmdump"
+
+# The disk: first half data (alternating 64 MiB of random bytes and of text, so zstd has
+# something to do), second half never written (sparse).
+img="$work/store/images/100/vm-100-disk-0.raw"
+mkdir -p "$(dirname "$img")" "$work/etc/qemu-server" "$work/run/100"
+truncate -s "$size" "$img"
+chunks=$((size / 2 / (64 << 20)))
+echo "bench: writing $((chunks * 64)) MiB of data into a ${size_gib} GiB disk"
+for ((i = 0; i < chunks; i++)); do
+  if ((i % 2 == 0)); then
+    head -c $((64 << 20)) /dev/urandom
+  else
+    (yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true) |
+      head -c $((64 << 20))
+  fi
+done | dd of="$img" bs=4M conv=notrunc status=none
+printf 'dir: local\n\tpath %s\n\tcontent images,backup\n' "$work/store" > "$work/etc/storage.cfg"
+printf 'memory: 256\nname: bench\nscsi0: local:100/vm-100-disk-0.raw,size=%sG\n' "$size_gib" \
+  > "$work/etc/qemu-server/100.conf"
+cat "$img" > /dev/null # page cache warm for every contender
+
+rate() { python3 -c "print(f'{$1 / $2 / 1048576:.1f}')"; }
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+
+# Baselines. Every contender's time includes getting its output onto the disk (`sync` after
+# the baselines; vmdump fsyncs the archive before renaming it), and each starts with no dirty
+# pages of an earlier one.
+sync
+t0=$(now)
+qemu-img convert -f raw -O raw "$img" "$work/convert.raw"
+sync
+t_convert=$(secs "$t0" "$(now)")
+rm -f "$work/convert.raw"
+sync
+t0=$(now)
+zstd -q -T0 -1 -f "$img" -o "$work/cli.zst"
+sync
+t_zstd=$(secs "$t0" "$(now)")
+zstd_size=$(stat -c %s "$work/cli.zst")
+rm -f "$work/cli.zst"
+
+# A paused VM with the runtime's layout (qmp.sock in <run>/<vmid>/).
+qemu-system-x86_64 -nodefaults -display none -m 256 -S -machine q35,accel=kvm:tcg \
+  -qmp "unix:$work/run/100/qmp.sock,server=on,wait=off" \
+  -blockdev "driver=raw,node-name=drive-scsi0,file.driver=file,file.filename=$img" \
+  -device virtio-blk-pci,drive=drive-scsi0,id=scsi0 >"$work/qemu.log" 2>&1 &
+qemu_pid=$!
+for _ in $(seq 100); do [ -S "$work/run/100/qmp.sock" ] && break; sleep 0.1; done
+
+backup() { # compress -> "seconds rss_kib archive_bytes"
+  rm -rf "$work/store/dump"
+  sync
+  local t0 t1 rss
+  t0=$(now)
+  VMDUMP_RUN_DIR="$work/run" /usr/bin/time -f '%M' -o "$work/time.txt" \
+    "$vmdump" backup 100 --root "$work/etc" --compress "$1" >"$work/backup-$1.log" 2>&1 ||
+    { cat "$work/backup-$1.log" >&2; exit 1; }
+  t1=$(now)
+  rss=$(tail -1 "$work/time.txt")
+  echo "$(secs "$t0" "$t1") $rss $(stat -c %s "$work"/store/dump/*.vma*)"
+}
+read -r t_plain rss_plain size_plain < <(backup 0)
+read -r t_zst rss_zst size_zst < <(backup zstd)
+kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
+
+r_convert=$(rate "$size" "$t_convert")
+r_zstd=$(rate "$size" "$t_zstd")
+r_plain=$(rate "$size" "$t_plain")
+r_zst=$(rate "$size" "$t_zst")
+cat <<EOF
+vmdump live backup benchmark: ${size_gib} GiB raw disk, 50% data, paused VM, $(nproc) CPUs
+contender                        time s   MiB/s   output MiB   peak RSS MiB
+qemu-img convert (raw->raw)    $(printf '%8s %7s' "$t_convert" "$r_convert")            -              -
+zstd -T0 -1                    $(printf '%8s %7s %12s' "$t_zstd" "$r_zstd" $((zstd_size >> 20)))              -
+vmdump backup --compress 0     $(printf '%8s %7s %12s %14s' "$t_plain" "$r_plain" $((size_plain >> 20)) $((rss_plain >> 10)))
+vmdump backup --compress zstd  $(printf '%8s %7s %12s %14s' "$t_zst" "$r_zst" $((size_zst >> 20)) $((rss_zst >> 10)))
+ratio uncompressed / qemu-img convert: $(python3 -c "print(f'{$r_plain / $r_convert:.2f}')") (target >= 0.8)
+ratio zstd / zstd CLI:                 $(python3 -c "print(f'{$r_zst / $r_zstd:.2f}')") (target >= 0.9)
+EOF
