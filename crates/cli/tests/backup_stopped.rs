@@ -114,6 +114,22 @@ fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
                 ("drive-virtio1".into(), 16 * MIB + 4096, hb.clone()),
             ]
         );
+        // Our own reader: `vmdump vma verify` (also checks every cluster is present) and
+        // `vmdump vma extract` on the (compressed) archive.
+        let path = env.dump().join(&archive);
+        run(Command::new(env!("CARGO_BIN_EXE_vmdump"))
+            .args(["vma", "verify"])
+            .arg(&path))?;
+        let ex = tmp.path().join(format!("extract-{compress}"));
+        run(Command::new(env!("CARGO_BIN_EXE_vmdump"))
+            .args(["vma", "extract"])
+            .arg(&path)
+            .arg(&ex))?;
+        assert_eq!(sha256_file(&ex.join("disk-drive-virtio0.raw"))?, ha);
+        assert_eq!(sha256_file(&ex.join("disk-drive-virtio1.raw"))?, hb);
+        assert!(
+            std::fs::read_to_string(ex.join("qemu-server.conf"))?.contains("#qmdump#map:virtio0:")
+        );
         let cfg = dissect_config(&plain)?;
         assert!(cfg.contains("name: stopped-vm\n"), "{cfg}");
         assert!(!cfg.contains("unused0"), "{cfg}");

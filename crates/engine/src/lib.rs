@@ -4,7 +4,6 @@
 
 #![warn(missing_docs)]
 
-pub mod archive;
 pub mod backup;
 pub mod cluster;
 mod error;

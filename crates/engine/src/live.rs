@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vmdump_qmp::Client;
 
-use crate::archive::VmaWriter;
 use crate::error::{Error, Result};
 use crate::job::{self, Poll, SourceDisk};
 use crate::log::TaskLog;
@@ -114,25 +113,27 @@ async fn run_inner(
     let uuid = uuid::Uuid::new_v4();
     let output = Output::create(dat, opts.compress, opts.zstd_threads, opts.zstd_level)
         .map_err(|e| Error::file("create archive", dat, e))?;
-    let mut writer = VmaWriter::new(output, *uuid.as_bytes());
+    let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
     for (name, data) in configs {
         writer.add_config(name, data).map_err(|e| Error::Archive {
             detail: error_chain(&e),
         })?;
     }
     let mut exports = Vec::new();
+    let mut ids = Vec::new();
     for d in &disks {
-        let dev = writer
+        let id = writer
             .register_device(&d.drive, d.size)
             .map_err(|e| Error::Archive {
                 detail: error_chain(&e),
             })?;
-        exports.push(Arc::new(Export::new(&d.drive, dev, d.size)));
+        exports.push(Arc::new(Export::new(&d.drive, id.get(), d.size)));
+        ids.push(id);
     }
     let names = disks.iter().map(|d| d.drive.clone()).collect();
     let shared = Arc::new(Shared::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
-    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names).map_err(|e| {
+    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids).map_err(|e| {
         Error::Archive {
             detail: format!("cannot start the writer thread: {e}"),
         }

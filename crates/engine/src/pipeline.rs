@@ -14,9 +14,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use crate::archive::{is_zero, VmaWriter};
 use crate::cluster::Cluster;
 use crate::output::Output;
+use vmdump_vma::{is_zero, DeviceId, Writer};
 
 /// Clusters in flight between the NBD target and the writer (64 × 64 KiB = 4 MiB).
 pub const CHANNEL_CLUSTERS: usize = 64;
@@ -24,7 +24,7 @@ pub const CHANNEL_CLUSTERS: usize = 64;
 /// One message to the writer thread.
 #[derive(Debug)]
 pub struct Msg {
-    /// VMA dev_id.
+    /// VMA dev_id (1-based, as registered).
     pub dev: u8,
     /// The cluster.
     pub cluster: Cluster,
@@ -92,10 +92,11 @@ pub type DeviceNames = Vec<String>;
 impl WriterThread {
     /// Starts the thread. It ends when every sender is dropped.
     pub fn spawn(
-        mut writer: VmaWriter<Output>,
+        mut writer: Writer<Output>,
         mut rx: mpsc::Receiver<Msg>,
         shared: Arc<Shared>,
         names: DeviceNames,
+        ids: Vec<DeviceId>,
     ) -> std::io::Result<Self> {
         let handle = std::thread::Builder::new()
             .name("vma-writer".into())
@@ -108,9 +109,17 @@ impl WriterThread {
                     }
                     let Msg { dev, cluster } = msg;
                     let zero = cluster.data.as_deref().is_none_or(is_zero);
-                    let data = if zero { None } else { cluster.data.as_deref() };
-                    match writer.write_cluster(dev, cluster.num, data) {
-                        Ok(_) => shared.count(cluster.len as u64, zero),
+                    let written = match ids.get(usize::from(dev).wrapping_sub(1)) {
+                        None => Err(vmdump_vma::Error::Usage(format!("unknown device {dev}"))),
+                        Some(&id) => match cluster.data.as_deref() {
+                            Some(data) if !zero => {
+                                writer.write_cluster(id, cluster.num, data).map(|_| ())
+                            }
+                            _ => writer.write_zero_cluster(id, cluster.num),
+                        },
+                    };
+                    match written {
+                        Ok(()) => shared.count(cluster.len as u64, zero),
                         Err(e) => {
                             let name = names
                                 .get(usize::from(dev).wrapping_sub(1))
@@ -129,7 +138,7 @@ impl WriterThread {
                     return None;
                 }
                 match writer.finish() {
-                    Ok(out) => Some(out),
+                    Ok((out, _stats)) => Some(out),
                     Err(e) => {
                         shared.fail(format!("finishing the archive: {}", error_chain(&e)));
                         None
