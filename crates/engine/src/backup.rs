@@ -329,11 +329,8 @@ async fn run(
             if agent.is_some() && status.status == RunState::Running {
                 opts.agent = Some(job.qga_socket(vmid));
             }
-            let out = live::run(qmp, &keys, &configs, &dat, &opts, log).await?;
-            if status.status == RunState::Running {
-                log.info("resuming VM again");
-            }
-            out
+            opts.was_running = status.status == RunState::Running;
+            live::run(qmp, &keys, &configs, &dat, &opts, log).await?
         }
         None => {
             let storage = job.root.storage().map_err(|e| Error::Config {

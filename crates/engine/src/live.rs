@@ -45,6 +45,9 @@ pub struct LiveOptions {
     pub socket_dir: PathBuf,
     /// vmid (progress reports).
     pub vmid: u32,
+    /// The guest was running: log vzdump's `resuming VM again` after the job start (the VM
+    /// is never paused in snapshot mode, so there is nothing to resume).
+    pub was_running: bool,
 }
 
 impl LiveOptions {
@@ -60,6 +63,7 @@ impl LiveOptions {
             interrupt: Arc::new(AtomicBool::new(false)),
             socket_dir: std::env::temp_dir(),
             vmid,
+            was_running: false,
         }
     }
 }
@@ -229,6 +233,9 @@ async fn transfer(
         return Err(e);
     }
     log.info(&format!("started backup task '{uuid}'"));
+    if opts.was_running {
+        log.info("resuming VM again");
+    }
 
     let total: u64 = disks.iter().map(|d| d.size).sum();
     let start = Instant::now();
