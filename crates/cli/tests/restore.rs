@@ -820,3 +820,43 @@ fn help_names_the_options() {
     }
     let _ = std::io::stdout().flush();
 }
+
+/// Unmounts the small tmpfs on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_removes_new_volumes() {
+    let env = Env::new();
+    let (archive, _, _) = two_disks(&env);
+    // A 1 MiB file system: the disks hold about 3 MiB of data.
+    let small = env.path("small");
+    fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs (the test needs root)");
+    let _mount = Mount(small.clone());
+    let cfg = env.root().join("storage.cfg");
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\ndir: small\n\tpath {}\n\tcontent images\n",
+        small.display()
+    ));
+    fs::write(&cfg, text).unwrap();
+    let err = failed(&env.restore(&archive, 195, &["--storage", "small"]));
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("write device 'drive-"), "{err}");
+    assert!(!env.conf(195).exists());
+    let left: Vec<_> = fs::read_dir(small.join("images/195"))
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -3,6 +3,7 @@
 //! Every target is freshly created and reads as zeros, so only non-zero data is written
 //! ("write zeros = 0" in qmrestore's words); out-of-order data is written where it belongs.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -90,11 +91,17 @@ impl DiskTarget for RawTarget {
     }
 }
 
+/// NBD writes in flight per image target.
+const NBD_IN_FLIGHT: usize = 8;
+
 /// A non-raw image (qcow2, vmdk, ...) written through `qemu-storage-daemon` and the NBD
 /// client (`vmdump_nbd::image`). Only non-zero data is sent: a new image reads as zeros.
+/// Up to [`NBD_IN_FLIGHT`] writes are in flight at once (the targets of a restore never
+/// overlap, so their order does not matter).
 pub struct ImageTarget {
     image: vmdump_nbd::image::Image,
     path: PathBuf,
+    in_flight: VecDeque<(u64, tokio::task::JoinHandle<vmdump_nbd::Result<()>>)>,
 }
 
 impl std::fmt::Debug for ImageTarget {
@@ -116,20 +123,55 @@ impl ImageTarget {
         Ok(ImageTarget {
             image,
             path: path.to_path_buf(),
+            in_flight: VecDeque::new(),
         })
+    }
+
+    /// Wait for the oldest write in flight.
+    fn complete_one(&mut self) -> std::io::Result<()> {
+        let Some((offset, handle)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match self.image.runtime().block_on(handle) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("nbd write at {offset}: {e}"))),
+            Err(e) => Err(std::io::Error::other(format!(
+                "nbd write at {offset}: task failed: {e}"
+            ))),
+        }
     }
 }
 
 impl DiskTarget for ImageTarget {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.image
-            .write_at(data, offset)
-            .map_err(|e| std::io::Error::other(format!("nbd write: {e}")))
+        while self.in_flight.len() >= NBD_IN_FLIGHT {
+            self.complete_one()?;
+        }
+        let client = self
+            .image
+            .nbd()
+            .map_err(|e| std::io::Error::other(format!("nbd: {e}")))?
+            .clone();
+        let data = bytes::Bytes::copy_from_slice(data);
+        let handle = self
+            .image
+            .runtime()
+            .spawn(async move { client.write(offset, data).await });
+        self.in_flight.push_back((offset, handle));
+        Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<()> {
         let path = self.path.clone();
-        self.image.close().map_err(|e| Error::Tool {
+        while !self.in_flight.is_empty() {
+            self.complete_one().map_err(|source| Error::Volume {
+                what: "write image",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let ImageTarget { image, .. } = *self;
+        image.close().map_err(|e| Error::Tool {
             tool: "qemu-storage-daemon".into(),
             detail: format!("close '{}': {e}", path.display()),
         })

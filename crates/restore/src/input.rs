@@ -1,6 +1,7 @@
 //! The archive input: bandwidth limit (token bucket on the raw read side), compression
 //! detection by magic bytes, and decompression in its own thread, so that reading and
-//! decompressing overlap parsing and writing.
+//! decompressing overlap parsing and writing (uncompressed input is read by the parser
+//! directly, which saves two copies of every byte).
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,8 @@ impl<R: Read> Read for Throttle<R> {
 /// clean EOF.
 pub struct Input {
     codec: Codec,
+    /// Uncompressed input is read directly by the parser: a thread would only add copies.
+    direct: Option<Box<dyn Read + Send>>,
     rx: Receiver<io::Result<Vec<u8>>>,
     free: SyncSender<Vec<u8>>,
     current: Vec<u8>,
@@ -100,6 +103,21 @@ impl Input {
             detail: e.to_string(),
         })?;
         let codec = decoder.codec();
+        if codec == Codec::None {
+            let (_, rx) = sync_channel(1);
+            let (free, _) = sync_channel(1);
+            return Ok(Input {
+                codec,
+                direct: Some(Box::new(decoder)),
+                rx,
+                free,
+                current: Vec::new(),
+                pos: 0,
+                done: false,
+                stop: Arc::new(AtomicBool::new(false)),
+                thread: None,
+            });
+        }
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
         let stop = Arc::new(AtomicBool::new(false));
@@ -145,6 +163,7 @@ impl Input {
         };
         Ok(Input {
             codec,
+            direct: None,
             rx,
             free: free_tx,
             current: Vec::new(),
@@ -163,6 +182,9 @@ impl Input {
 
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = &mut self.direct {
+            return r.read(buf);
+        }
         while self.pos == self.current.len() {
             if self.done {
                 return Ok(0);
