@@ -8,6 +8,7 @@
 # Times include making the output durable (sync / fsync). Prints rates, ratios against the targets (uncompressed >= 0.8x qemu-img convert,
 # zstd >= 0.9x the zstd CLI) and vmdump's peak RSS (target < 256 MiB).
 set -euo pipefail
+shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/.." && pwd)
 size_gib=${1:-8}
 size=$((size_gib * 1024 * 1024 * 1024))
@@ -55,7 +56,7 @@ min() { python3 -c "print(min($1, $2))"; }
 convert_once() {
   sync
   local t0; t0=$(now)
-  qemu-img convert -f raw -O raw "$img" "$work/convert.raw"
+  qemu-img convert -U -f raw -O raw "$img" "$work/convert.raw" >&2
   sync
   secs "$t0" "$(now)"
   rm -f "$work/convert.raw"
