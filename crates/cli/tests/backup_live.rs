@@ -260,3 +260,54 @@ async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_aborts_cleanly() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::File::create(&a)?.set_len(64 * MIB)?;
+    write_random(&a, 0, 32 * MIB, 6)?;
+    env.write_config(
+        100,
+        "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
+    )?;
+    let vm = Vm::start(
+        &env,
+        100,
+        &[Disk {
+            key: "scsi0",
+            path: &a,
+            format: "raw",
+        }],
+        false,
+        "",
+    )
+    .await?;
+    let child = env
+        .vmdump_command(&["100", "--bwlimit", "8192"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    vm.wait_jobs(1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ERROR: Backup of VM 100 failed - interrupted by signal"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("INFO: aborting backup job"), "{stdout}");
+    assert_eq!(vm.assert_clean().await?, "prelaunch");
+    let files = env.dump_files();
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains(".vma") || f.ends_with(".dat")),
+        "{files:?}"
+    );
+    vm.quit().await?;
+    Ok(())
+}
