@@ -771,6 +771,73 @@ impl DataMap {
     }
 }
 
+/// Clusters read per request by the read-ahead thread.
+const READ_CLUSTERS: usize = 16;
+
+/// A run of clusters of one device: read data, or a hole (all zero, not read).
+struct Chunk {
+    dev: usize,
+    first: u64,
+    count: u64,
+    data: Option<Vec<u8>>,
+}
+
+/// Produce the clusters of every source in order; stops at the first error or when the
+/// consumer hangs up.
+fn read_ahead(
+    specs: &[DiskSpec],
+    sources: &[(File, u64)],
+    tx: &std::sync::mpsc::SyncSender<anyhow::Result<Chunk>>,
+    pool: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    for (dev, (s, (f, size))) in specs.iter().zip(sources).enumerate() {
+        let mut map = DataMap::new(f);
+        let clusters = size.div_ceil(CLUSTER_SIZE as u64);
+        let cluster_end = |c: u64| (*size).min((c + 1) * CLUSTER_SIZE as u64);
+        let mut c = 0u64;
+        while c < clusters {
+            let start = c * CLUSTER_SIZE as u64;
+            let hole = map.is_hole(f, start, cluster_end(c), *size);
+            // Extend the run while clusters stay of the same kind.
+            let mut n = 1u64;
+            while c + n < clusters
+                && n < READ_CLUSTERS as u64
+                && map.is_hole(f, (c + n) * CLUSTER_SIZE as u64, cluster_end(c + n), *size) == hole
+            {
+                n += 1;
+            }
+            let chunk = if hole {
+                Ok(Chunk {
+                    dev,
+                    first: c,
+                    count: n,
+                    data: None,
+                })
+            } else {
+                let Ok(mut buf) = pool.recv() else {
+                    return;
+                };
+                let len = (cluster_end(c + n - 1) - start) as usize;
+                match f.read_exact_at(&mut buf[..len], start) {
+                    Ok(()) => Ok(Chunk {
+                        dev,
+                        first: c,
+                        count: n,
+                        data: Some(buf),
+                    }),
+                    Err(e) => Err(anyhow::Error::from(e)
+                        .context(format!("read error on {} at offset {start}", s.path))),
+                }
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).is_err() || failed {
+                return;
+            }
+            c += n;
+        }
+    }
+}
+
 fn create(
     file: &str,
     verbose: bool,
@@ -854,8 +921,10 @@ fn write_archive(
     codec: Codec,
     opts: &EncoderOptions,
 ) -> anyhow::Result<()> {
-    // Compressors emit ~128 KiB pieces; batch them into large writes.
-    let sink = io::BufWriter::with_capacity(4 << 20, output.writer());
+    // Compressors emit ~128 KiB pieces: batch them into large writes. Uncompressed
+    // extents are already large, so they go straight through (no extra copy).
+    let cap = if codec == Codec::None { 0 } else { 4 << 20 };
+    let sink = io::BufWriter::with_capacity(cap, output.writer());
     let enc = Encoder::new(codec, sink, opts)?;
     let mut w = Writer::new(enc);
     for (name, data) in configs {
@@ -875,35 +944,52 @@ fn write_archive(
     let mut zero_bytes = 0u64;
     let mut last_percent = -1i64;
     let mut err = io::stderr();
-    let mut buf = vec![0u8; CLUSTER_SIZE];
-    for ((s, (f, size)), id) in specs.iter().zip(sources).zip(&ids) {
-        let mut map = DataMap::new(f);
-        let clusters = size.div_ceil(CLUSTER_SIZE as u64);
-        for c in 0..clusters {
-            let start = c * CLUSTER_SIZE as u64;
-            let end = (*size).min(start + CLUSTER_SIZE as u64);
-            let len = (end - start) as usize;
-            if map.is_hole(f, start, end, *size) {
-                w.write_zero_cluster(*id, c)?;
-                zero_bytes += CLUSTER_SIZE as u64;
-            } else {
-                f.read_exact_at(&mut buf[..len], start)
-                    .with_context(|| format!("read error on {} at offset {start}", s.path))?;
-                zero_bytes += w.write_cluster(*id, c, &buf[..len])?;
-            }
-            transferred += len as u64;
-            if verbose {
-                let percent = (transferred * 100 / total.max(1)) as i64;
-                if percent != last_percent {
-                    writeln!(
-                        err,
-                        "progress {percent}% {transferred}/{total} {zero_bytes}"
-                    )?;
-                    last_percent = percent;
+    // A reader thread reads ahead in runs of up to READ_CLUSTERS clusters (holes are
+    // found with SEEK_DATA and never read), so disk reads overlap archive writes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Chunk>>(4);
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..6 {
+        let _ = pool_tx.send(vec![0u8; READ_CLUSTERS * CLUSTER_SIZE]);
+    }
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        // Owned here so that an early error drops it and unblocks the reader.
+        let pool_tx = pool_tx;
+        scope.spawn(move || read_ahead(specs, sources, &tx, &pool_rx));
+        for chunk in rx {
+            let chunk = chunk?;
+            let (dev, size) = (chunk.dev, sources[chunk.dev].1);
+            for k in 0..chunk.count {
+                let c = chunk.first + k;
+                let start = c * CLUSTER_SIZE as u64;
+                let len = (size.min(start + CLUSTER_SIZE as u64) - start) as usize;
+                match &chunk.data {
+                    None => {
+                        w.write_zero_cluster(ids[dev], c)?;
+                        zero_bytes += CLUSTER_SIZE as u64;
+                    }
+                    Some(buf) => {
+                        let off = k as usize * CLUSTER_SIZE;
+                        zero_bytes += w.write_cluster(ids[dev], c, &buf[off..off + len])?;
+                    }
+                }
+                transferred += len as u64;
+                if verbose {
+                    let percent = (transferred * 100 / total.max(1)) as i64;
+                    if percent != last_percent {
+                        writeln!(
+                            err,
+                            "progress {percent}% {transferred}/{total} {zero_bytes}"
+                        )?;
+                        last_percent = percent;
+                    }
                 }
             }
+            if let Some(buf) = chunk.data {
+                let _ = pool_tx.send(buf);
+            }
         }
-    }
+        Ok(())
+    })?;
     let (enc, stats) = w.finish()?;
     enc.finish()?
         .into_inner()
