@@ -23,7 +23,7 @@ const WRITEBACK_KICK: u64 = 64 << 20;
 
 /// A raw image file written with positional writes; unwritten ranges stay holes.
 ///
-/// Every [`WRITEBACK_KICK`] bytes the written range is handed to the kernel for writeback
+/// Every 64 MiB the written range is handed to the kernel for writeback
 /// (`posix_fadvise(DONTNEED)` starts it without waiting and then drops the clean pages), so
 /// the final fsync has little left to do and the restore does not evict the page cache.
 #[derive(Debug)]
@@ -96,7 +96,7 @@ const NBD_IN_FLIGHT: usize = 8;
 
 /// A non-raw image (qcow2, vmdk, ...) written through `qemu-storage-daemon` and the NBD
 /// client (`vmdump_nbd::image`). Only non-zero data is sent: a new image reads as zeros.
-/// Up to [`NBD_IN_FLIGHT`] writes are in flight at once (the targets of a restore never
+/// Up to 8 writes are in flight at once (the targets of a restore never
 /// overlap, so their order does not matter).
 pub struct ImageTarget {
     image: vmdump_nbd::image::Image,
