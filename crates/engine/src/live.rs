@@ -145,7 +145,7 @@ async fn run_inner(
     let socket = opts
         .socket_dir
         .join(format!("vmdump-{}-{}.nbd", opts.vmid, std::process::id()));
-    let target = match Target::start(&socket, exports, tx, Arc::clone(&shared)) {
+    let target = match Target::start(&socket, exports, tx, Arc::clone(&shared)).await {
         Ok(t) => t,
         Err(e) => {
             writer.join();

@@ -1,73 +1,30 @@
-//! The NBD target QEMU's backup jobs write to: one unix socket, one export per disk (export
-//! name = the QEMU drive id, e.g. `drive-scsi0`, size = the disk's size).
-//!
-//! Protocol subset: fixed newstyle handshake (`NBD_OPT_GO`, `NBD_OPT_INFO`,
-//! `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`; everything else `ERR_UNSUP`, so QEMU falls back to
-//! simple replies), then `WRITE`, `WRITE_ZEROES`, `FLUSH`, `TRIM` (ignored), `READ` (zeroes;
-//! QEMU's backup never reads its target) and `DISC`.
+//! The NBD target QEMU's backup jobs write to: `vmdump-nbd`'s server on one unix socket, one
+//! export per disk (export name = the QEMU drive id, e.g. `drive-scsi0`, size = the disk's
+//! size), each feeding the cluster assembler and the writer thread.
 //!
 //! **A request is never failed.** A write QEMU sends may be a copy-before-write on the guest's
 //! I/O path; failing it would fail the guest's write (QEMU 7.2's backup filter breaks guest
-//! writes on copy errors). Whatever goes wrong on our side is recorded in [`Shared`] and
-//! acknowledged; the control task sees the failure and cancels the jobs.
+//! writes on copy errors). Whatever goes wrong on our side is recorded in [`Shared`] and the
+//! request is acknowledged; the control task sees the failure and cancels the jobs.
 //!
-//! This server lives in the engine because `vmdump-nbd`'s server had not landed when the
-//! engine was written; it is small on purpose.
+//! The commit point of a disk is its connection ending with `DISC` (QEMU sends `FLUSH` +
+//! `DISC` when the target node is deleted); a connection that ends any other way before that
+//! fails the backup.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use vmdump_nbd::export::{Capabilities, WriteFlags, ZeroFlags};
+use vmdump_nbd::server::{CloseReason, Event};
+use vmdump_nbd::{Server, ServerOptions};
 
 use crate::cluster::{Assembler, Cluster};
 use crate::pipeline::{Msg, Shared};
-
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const CLIENT_NO_ZEROES: u32 = 2;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = 0x8000_0001;
-const REP_ERR_INVALID: u32 = 0x8000_0003;
-const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
-
-const INFO_EXPORT: u16 = 0;
-
-const TFLAG_HAS_FLAGS: u16 = 1;
-const TFLAG_SEND_FLUSH: u16 = 1 << 2;
-const TFLAG_SEND_FUA: u16 = 1 << 3;
-const TFLAG_SEND_TRIM: u16 = 1 << 5;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-
-const EINVAL: u32 = 22;
-
-/// Largest request payload accepted (QEMU's NBD client never sends more than 32 MiB).
-const MAX_REQUEST: u32 = 32 << 20;
-/// Largest option payload accepted during the handshake.
-const MAX_OPTION: u32 = 64 << 10;
 
 /// One disk the target exports.
 #[derive(Debug)]
@@ -106,53 +63,76 @@ impl Export {
     }
 }
 
+/// The cluster sender, shared by every export and taken away on shutdown (so the writer
+/// thread ends even if a connection task outlives the server).
+type Sender = Arc<Mutex<Option<mpsc::Sender<Msg>>>>;
+
 /// The running NBD target.
 #[derive(Debug)]
 pub struct Target {
     socket: PathBuf,
     exports: Arc<Vec<Arc<Export>>>,
-    accept: JoinHandle<()>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    tx: Sender,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
 }
 
 impl Target {
     /// Binds `socket` and serves `exports`. Clusters go to `tx`; failures to `shared`.
-    pub fn start(
+    pub async fn start(
         socket: &Path,
         exports: Vec<Arc<Export>>,
         tx: mpsc::Sender<Msg>,
         shared: Arc<Shared>,
-    ) -> std::io::Result<Self> {
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket)?;
+    ) -> io::Result<Self> {
+        let tx: Sender = Arc::new(Mutex::new(Some(tx)));
+        let mut server = Server::new(ServerOptions::default());
+        for e in &exports {
+            server.add_export(
+                e.name.clone(),
+                Sink {
+                    export: Arc::clone(e),
+                    tx: Arc::clone(&tx),
+                    shared: Arc::clone(&shared),
+                },
+            );
+        }
+        let mut handle = server
+            .serve_unix(socket)
+            .await
+            .map_err(|e| io::Error::other(crate::pipeline::error_chain(&e)))?;
         let exports = Arc::new(exports);
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = {
+        let (stop, mut stop_rx) = oneshot::channel::<()>();
+        let task = {
             let exports = Arc::clone(&exports);
-            let conns = Arc::clone(&conns);
             tokio::spawn(async move {
                 loop {
-                    let (stream, _) = match listener.accept().await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "nbd target: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+                    tokio::select! {
+                        _ = &mut stop_rx => {
+                            handle.shutdown().await;
+                            return;
                         }
-                    };
-                    let conn = Connection {
-                        exports: Arc::clone(&exports),
-                        tx: tx.clone(),
-                        shared: Arc::clone(&shared),
-                    };
-                    let h = tokio::spawn(async move {
-                        if let Err(e) = conn.serve(stream).await {
-                            tracing::debug!(error = %e, "nbd target connection ended");
+                        ev = handle.next_event() => match ev {
+                            None => return,
+                            Some(Event::Disconnected(d)) => {
+                                let Some(e) = d
+                                    .export
+                                    .as_deref()
+                                    .and_then(|n| exports.iter().find(|e| e.name == n))
+                                else {
+                                    continue;
+                                };
+                                if d.reason == CloseReason::Disc {
+                                    e.closed.send_replace(true);
+                                } else if !e.is_closed() {
+                                    shared.fail(format!(
+                                        "nbd connection for '{}' broke before the backup finished: {:?}",
+                                        e.name, d.reason
+                                    ));
+                                }
+                            }
+                            Some(_) => {}
                         }
-                    });
-                    if let Ok(mut c) = conns.lock() {
-                        c.retain(|h| !h.is_finished());
-                        c.push(h);
                     }
                 }
             })
@@ -160,8 +140,9 @@ impl Target {
         Ok(Self {
             socket: socket.to_path_buf(),
             exports,
-            accept,
-            conns,
+            tx,
+            stop: Some(stop),
+            task,
         })
     }
 
@@ -189,200 +170,35 @@ impl Target {
         tokio::time::timeout(wait, all).await.unwrap_or(false)
     }
 
-    /// Stops accepting, ends every connection, removes the socket. Dropping the last clone
-    /// of the cluster sender lets the writer thread finish.
-    pub async fn shutdown(self) {
-        self.accept.abort();
-        let _ = self.accept.await;
-        let conns = self
-            .conns
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default();
-        for c in conns {
-            // Connections that already saw DISC are done; the rest are cut off.
-            if !c.is_finished() {
-                c.abort();
-            }
-            let _ = c.await;
+    /// Stops the server (in-flight requests finish), then drops the cluster sender so the
+    /// writer thread can end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
+        self.task.abort();
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
         }
         let _ = std::fs::remove_file(&self.socket);
     }
 }
 
-struct Connection {
-    exports: Arc<Vec<Arc<Export>>>,
-    tx: mpsc::Sender<Msg>,
+/// The `vmdump-nbd` export of one disk: assemble, hand clusters to the writer, always succeed.
+struct Sink {
+    export: Arc<Export>,
+    tx: Sender,
     shared: Arc<Shared>,
 }
 
-type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
-type Writer = BufWriter<tokio::net::unix::OwnedWriteHalf>;
-
-impl Connection {
-    async fn serve(self, stream: UnixStream) -> std::io::Result<()> {
-        let (r, w) = stream.into_split();
-        let mut r = BufReader::with_capacity(1 << 20, r);
-        let mut w = BufWriter::new(w);
-        let Some(export) = self.handshake(&mut r, &mut w).await? else {
-            return Ok(());
-        };
-        let result = self.transmission(&export, &mut r, &mut w).await;
-        if let Err(e) = &result {
-            if !export.is_closed() {
-                self.shared.fail(format!(
-                    "nbd connection for '{}' broke before the backup finished: {e}",
-                    export.name
-                ));
-            }
-        }
-        result
-    }
-
-    async fn handshake(
-        &self,
-        r: &mut Reader,
-        w: &mut Writer,
-    ) -> std::io::Result<Option<Arc<Export>>> {
-        w.write_u64(NBDMAGIC).await?;
-        w.write_u64(IHAVEOPT).await?;
-        w.write_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).await?;
-        w.flush().await?;
-        let client_flags = r.read_u32().await?;
-        loop {
-            let magic = r.read_u64().await?;
-            if magic != IHAVEOPT {
-                return Err(protocol(format!("bad option magic {magic:#x}")));
-            }
-            let opt = r.read_u32().await?;
-            let len = r.read_u32().await?;
-            if len > MAX_OPTION {
-                return Err(protocol(format!("option {opt} of {len} bytes")));
-            }
-            let mut data = vec![0; len as usize];
-            r.read_exact(&mut data).await?;
-            match opt {
-                OPT_EXPORT_NAME => {
-                    let name = String::from_utf8_lossy(&data).into_owned();
-                    let Some(export) = self.find(&name) else {
-                        // No way to reply with an error here: hang up.
-                        return Err(protocol(format!("unknown export '{name}'")));
-                    };
-                    w.write_u64(export.size).await?;
-                    w.write_u16(transmission_flags()).await?;
-                    if client_flags & CLIENT_NO_ZEROES == 0 {
-                        w.write_all(&[0; 124]).await?;
-                    }
-                    w.flush().await?;
-                    return Ok(Some(export));
-                }
-                OPT_ABORT => {
-                    reply(w, opt, REP_ACK, &[]).await?;
-                    w.flush().await?;
-                    return Ok(None);
-                }
-                OPT_GO | OPT_INFO => {
-                    let name = (data.len() >= 4)
-                        .then(|| u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize)
-                        .filter(|&n| data.len() >= 4 + n + 2)
-                        .map(|n| String::from_utf8_lossy(&data[4..4 + n]).into_owned());
-                    let Some(name) = name else {
-                        reply(w, opt, REP_ERR_INVALID, b"malformed request").await?;
-                        w.flush().await?;
-                        continue;
-                    };
-                    let Some(export) = self.find(&name) else {
-                        reply(w, opt, REP_ERR_UNKNOWN, b"unknown export").await?;
-                        w.flush().await?;
-                        continue;
-                    };
-                    let mut info = Vec::with_capacity(12);
-                    info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
-                    info.extend_from_slice(&export.size.to_be_bytes());
-                    info.extend_from_slice(&transmission_flags().to_be_bytes());
-                    reply(w, opt, REP_INFO, &info).await?;
-                    reply(w, opt, REP_ACK, &[]).await?;
-                    w.flush().await?;
-                    if opt == OPT_GO {
-                        return Ok(Some(export));
-                    }
-                }
-                _ => {
-                    reply(w, opt, REP_ERR_UNSUP, &[]).await?;
-                    w.flush().await?;
-                }
-            }
-        }
-    }
-
-    fn find(&self, name: &str) -> Option<Arc<Export>> {
-        self.exports.iter().find(|e| e.name == name).cloned()
-    }
-
-    async fn transmission(
-        &self,
-        export: &Export,
-        r: &mut Reader,
-        w: &mut Writer,
-    ) -> std::io::Result<()> {
-        let mut payload = Vec::new();
-        loop {
-            let magic = r.read_u32().await?;
-            if magic != REQUEST_MAGIC {
-                return Err(protocol(format!("bad request magic {magic:#x}")));
-            }
-            let _flags = r.read_u16().await?;
-            let cmd = r.read_u16().await?;
-            let handle = r.read_u64().await?;
-            let offset = r.read_u64().await?;
-            let len = r.read_u32().await?;
-            match cmd {
-                CMD_WRITE => {
-                    if len > MAX_REQUEST {
-                        return Err(protocol(format!("write of {len} bytes")));
-                    }
-                    payload.resize(len as usize, 0);
-                    r.read_exact(&mut payload).await?;
-                    self.accept(export, offset, Some(&payload), u64::from(len))
-                        .await;
-                    simple_reply(w, 0, handle).await?;
-                }
-                CMD_WRITE_ZEROES => {
-                    self.accept(export, offset, None, u64::from(len)).await;
-                    simple_reply(w, 0, handle).await?;
-                }
-                CMD_FLUSH | CMD_TRIM => simple_reply(w, 0, handle).await?,
-                CMD_READ => {
-                    if len > MAX_REQUEST {
-                        return Err(protocol(format!("read of {len} bytes")));
-                    }
-                    simple_reply(w, 0, handle).await?;
-                    w.write_all(&vec![0; len as usize]).await?;
-                }
-                CMD_DISC => {
-                    w.flush().await?;
-                    export.closed.send_replace(true);
-                    return Ok(());
-                }
-                other => {
-                    tracing::warn!(cmd = other, "nbd target: unsupported command");
-                    simple_reply(w, EINVAL, handle).await?;
-                }
-            }
-            // Reply promptly when nothing else is queued (QEMU keeps several in flight).
-            if r.buffer().is_empty() {
-                w.flush().await?;
-            }
-        }
-    }
-
-    /// Feeds one request into the assembler and the writer; never fails the request.
-    async fn accept(&self, export: &Export, offset: u64, data: Option<&[u8]>, len: u64) {
+impl Sink {
+    async fn accept(&self, offset: u64, data: Option<&[u8]>, len: u64) {
         if self.shared.failed() {
             return;
         }
         let mut ready: Vec<Cluster> = Vec::new();
-        let res = match export.assembler.lock() {
+        let res = match self.export.assembler.lock() {
             Ok(mut a) => match data {
                 Some(d) => a.write(offset, d, |c| ready.push(c)),
                 None => a.write_zeroes(offset, len, |c| ready.push(c)),
@@ -393,15 +209,23 @@ impl Connection {
             }
         };
         if let Err(e) = res {
-            self.shared.fail(format!("device '{}': {e}", export.name));
+            self.shared
+                .fail(format!("device '{}': {e}", self.export.name));
             return;
         }
+        if ready.is_empty() {
+            return;
+        }
+        let Some(tx) = self.tx.lock().ok().and_then(|t| t.clone()) else {
+            self.shared.fail("the archive writer stopped");
+            return;
+        };
         for cluster in ready {
             let msg = Msg {
-                dev: export.dev,
+                dev: self.export.dev,
                 cluster,
             };
-            if self.tx.send(msg).await.is_err() {
+            if tx.send(msg).await.is_err() {
                 self.shared.fail("the archive writer stopped");
                 return;
             }
@@ -409,24 +233,33 @@ impl Connection {
     }
 }
 
-fn transmission_flags() -> u16 {
-    TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
-}
+impl vmdump_nbd::Export for Sink {
+    fn size(&self) -> u64 {
+        self.export.size
+    }
 
-async fn reply(w: &mut Writer, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
-    w.write_u64(REPLY_MAGIC).await?;
-    w.write_u32(opt).await?;
-    w.write_u32(kind).await?;
-    w.write_u32(data.len() as u32).await?;
-    w.write_all(data).await
-}
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            write_zeroes: true,
+            flush: true,
+            trim: true,
+            fua: true,
+            ..Capabilities::default()
+        }
+    }
 
-async fn simple_reply(w: &mut Writer, error: u32, handle: u64) -> std::io::Result<()> {
-    w.write_u32(SIMPLE_REPLY_MAGIC).await?;
-    w.write_u32(error).await?;
-    w.write_u64(handle).await
-}
+    async fn write(&self, offset: u64, data: Bytes, _flags: WriteFlags) -> io::Result<()> {
+        self.accept(offset, Some(&data), data.len() as u64).await;
+        Ok(())
+    }
 
-fn protocol(detail: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, detail)
+    async fn write_zeroes(&self, offset: u64, len: u32, _flags: ZeroFlags) -> io::Result<()> {
+        self.accept(offset, None, u64::from(len)).await;
+        Ok(())
+    }
+
+    async fn trim(&self, _offset: u64, _len: u32) -> io::Result<()> {
+        // QEMU's backup never trims its target; a trim must not lose point-in-time data.
+        Ok(())
+    }
 }

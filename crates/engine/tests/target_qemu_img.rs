@@ -49,7 +49,7 @@ async fn qemu_img_convert_into_the_target() -> Result<()> {
     )?;
     let socket = tmp.path().join("t.sock");
     let export = Arc::new(Export::new("drive-x", id.get(), size));
-    let target = Target::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared))?;
+    let target = Target::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
 
     let uri = format!("nbd+unix:///drive-x?socket={}", socket.display());
     let s = src.clone();
