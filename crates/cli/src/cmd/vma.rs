@@ -655,6 +655,47 @@ fn extract(
 struct DiskSpec {
     name: String,
     path: String,
+    /// QEMU format name; `raw` (also for block devices) is read directly, anything else
+    /// through `qemu-storage-daemon` and NBD.
+    format: String,
+}
+
+/// An open disk to archive.
+enum Source {
+    /// A raw image file or block device, read with `pread`.
+    Raw { file: File, size: u64 },
+    /// Any other QEMU image format (qcow2, vmdk, ...), served read-only by a private
+    /// `qemu-storage-daemon` that is stopped when this is dropped.
+    Image(vmdump_nbd::image::Image),
+}
+
+impl Source {
+    fn open(spec: &DiskSpec) -> anyhow::Result<Self> {
+        let ctx = || format!("bdrv_open '{}' failed", spec.path);
+        if spec.format == "raw" {
+            let mut file = File::open(&spec.path).with_context(ctx)?;
+            let size = target_size(&mut file)
+                .with_context(|| format!("can't get size of {}", spec.path))?;
+            return Ok(Source::Raw { file, size });
+        }
+        let image = vmdump_nbd::image::Image::open(Path::new(&spec.path), Some(&spec.format), true)
+            .with_context(ctx)?;
+        Ok(Source::Image(image))
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Source::Raw { size, .. } => *size,
+            Source::Image(image) => image.size(),
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> anyhow::Result<()> {
+        match self {
+            Source::Raw { file, .. } => Ok(file.read_exact_at(buf, offset)?),
+            Source::Image(image) => Ok(image.read_at(buf, offset)?),
+        }
+    }
 }
 
 fn parse_disks(disks: &[String], positional: &[String]) -> anyhow::Result<Vec<DiskSpec>> {
@@ -664,28 +705,26 @@ fn parse_disks(disks: &[String], positional: &[String]) -> anyhow::Result<Vec<Di
     let expect_format = positional.is_empty();
     let mut out = Vec::new();
     for (index, spec) in disks.iter().chain(positional).enumerate() {
-        let rest = match spec.strip_prefix("format=").and_then(|r| r.split_once(':')) {
+        let (format, rest) = match spec.strip_prefix("format=").and_then(|r| r.split_once(':')) {
             Some((fmt, rest)) => {
-                if fmt != "raw" {
-                    bail!(
-                        "unsupported format '{fmt}' for '{spec}': only raw images and block devices are supported so far"
-                    );
+                if fmt.is_empty() || !fmt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    bail!("invalid format '{fmt}' for '{spec}'");
                 }
-                rest
+                (fmt.to_string(), rest)
             }
             None if expect_format => bail!("No format specified for device: '{spec}'"),
             None => {
                 eprintln!(
                     "warning: Specifying a device without a format is deprecated - use '-d format=<format>:{spec}'"
                 );
-                spec.as_str()
+                ("raw".to_string(), spec.as_str())
             }
         };
         let (name, path) = match rest.split_once('=') {
             Some((n, p)) => (n.to_string(), p.to_string()),
             None => (format!("disk{index}"), rest.to_string()),
         };
-        out.push(DiskSpec { name, path });
+        out.push(DiskSpec { name, path, format });
     }
     Ok(out)
 }
@@ -727,28 +766,44 @@ impl Output {
     }
 }
 
-/// Where the data of a file lies, using SEEK_DATA/SEEK_HOLE so holes are not read.
+/// Where the data of a source lies, so holes are not read: SEEK_DATA/SEEK_HOLE on raw
+/// files, NBD block status (`base:allocation`, zero flag) on other image formats.
 struct DataMap {
     supported: bool,
     data_start: u64,
     data_end: u64,
+    /// Image sources: block-status extents cached for `[.., extents_end)`.
+    extents: Vec<vmdump_nbd::client::BlockExtent>,
+    extents_end: u64,
 }
 
+/// How far ahead one block-status query looks on an image source.
+const BLOCK_STATUS_SPAN: u64 = 1 << 30;
+
 impl DataMap {
-    fn new(file: &File) -> Self {
-        let supported = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    fn new(source: &Source) -> Self {
+        let supported = match source {
+            Source::Raw { file, .. } => file.metadata().map(|m| m.is_file()).unwrap_or(false),
+            Source::Image(_) => true,
+        };
         DataMap {
             supported,
             data_start: 0,
             data_end: 0,
+            extents: Vec::new(),
+            extents_end: 0,
         }
     }
 
-    /// True if `[start, end)` lies entirely in a hole.
-    fn is_hole(&mut self, file: &File, start: u64, end: u64, size: u64) -> bool {
+    /// True if `[start, end)` lies entirely in a hole (reads as zeros).
+    fn is_hole(&mut self, source: &Source, start: u64, end: u64, size: u64) -> bool {
         if !self.supported {
             return false;
         }
+        let file = match source {
+            Source::Raw { file, .. } => file,
+            Source::Image(image) => return self.image_is_hole(image, start, end, size),
+        };
         if start >= self.data_end {
             match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(start)) {
                 Ok(ds) => {
@@ -769,6 +824,40 @@ impl DataMap {
         }
         self.data_start >= end
     }
+
+    fn image_is_hole(
+        &mut self,
+        image: &vmdump_nbd::image::Image,
+        start: u64,
+        end: u64,
+        size: u64,
+    ) -> bool {
+        if end > self.extents_end {
+            let until = size.min(start.saturating_add(BLOCK_STATUS_SPAN)).max(end);
+            match image.extents(start..until) {
+                Ok(extents) if !extents.is_empty() => {
+                    self.extents_end = extents
+                        .last()
+                        .map_or(start, |e| e.offset + e.length)
+                        .min(until);
+                    self.extents = extents;
+                }
+                _ => {
+                    // No usable block status: read everything (zeros are still detected).
+                    self.supported = false;
+                    return false;
+                }
+            }
+            if end > self.extents_end {
+                return false;
+            }
+        }
+        const ZERO: u32 = 2;
+        self.extents
+            .iter()
+            .filter(|e| e.offset < end && e.offset + e.length > start)
+            .all(|e| e.flags & ZERO != 0)
+    }
 }
 
 /// Clusters read per request by the read-ahead thread.
@@ -786,11 +875,12 @@ struct Chunk {
 /// consumer hangs up.
 fn read_ahead(
     specs: &[DiskSpec],
-    sources: &[(File, u64)],
+    sources: &[Source],
     tx: &std::sync::mpsc::SyncSender<anyhow::Result<Chunk>>,
     pool: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    for (dev, (s, (f, size))) in specs.iter().zip(sources).enumerate() {
+    for (dev, (s, f)) in specs.iter().zip(sources).enumerate() {
+        let size = &f.size();
         let mut map = DataMap::new(f);
         let clusters = size.div_ceil(CLUSTER_SIZE as u64);
         let cluster_end = |c: u64| (*size).min((c + 1) * CLUSTER_SIZE as u64);
@@ -825,8 +915,7 @@ fn read_ahead(
                         count: n,
                         data: Some(buf),
                     }),
-                    Err(e) => Err(anyhow::Error::from(e)
-                        .context(format!("read error on {} at offset {start}", s.path))),
+                    Err(e) => Err(e.context(format!("read error on {} at offset {start}", s.path))),
                 }
             };
             let failed = chunk.is_err();
@@ -860,13 +949,10 @@ fn create(
             .to_string();
         config_data.push((name, data));
     }
-    let mut sources = Vec::new();
-    for s in &specs {
-        let mut f =
-            File::open(&s.path).with_context(|| format!("bdrv_open '{}' failed", s.path))?;
-        let size = target_size(&mut f).with_context(|| format!("can't get size of {}", s.path))?;
-        sources.push((f, size));
-    }
+    let sources = specs
+        .iter()
+        .map(Source::open)
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let (mut output, remove_on_error) = if let Some(cmd) = file.strip_prefix("exec:") {
         let child = Process::new("sh")
@@ -917,7 +1003,7 @@ fn write_archive(
     verbose: bool,
     configs: &[(String, Vec<u8>)],
     specs: &[DiskSpec],
-    sources: &[(File, u64)],
+    sources: &[Source],
     codec: Codec,
     opts: &EncoderOptions,
 ) -> anyhow::Result<()> {
@@ -933,13 +1019,13 @@ fn write_archive(
         })?;
     }
     let mut ids = Vec::new();
-    for (s, (_, size)) in specs.iter().zip(sources) {
+    for (s, source) in specs.iter().zip(sources) {
         ids.push(
-            w.register_device(&s.name, *size)
+            w.register_device(&s.name, source.size())
                 .with_context(|| format!("vma_writer_register_stream '{}' failed", s.name))?,
         );
     }
-    let total: u64 = sources.iter().map(|(_, s)| s).sum();
+    let total: u64 = sources.iter().map(Source::size).sum();
     let mut transferred = 0u64;
     let mut zero_bytes = 0u64;
     let mut last_percent = -1i64;
@@ -957,7 +1043,7 @@ fn write_archive(
         scope.spawn(move || read_ahead(specs, sources, &tx, &pool_rx));
         for chunk in rx {
             let chunk = chunk?;
-            let (dev, size) = (chunk.dev, sources[chunk.dev].1);
+            let (dev, size) = (chunk.dev, sources[chunk.dev].size());
             for k in 0..chunk.count {
                 let c = chunk.first + k;
                 let start = c * CLUSTER_SIZE as u64;
