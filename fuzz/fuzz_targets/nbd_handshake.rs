@@ -38,7 +38,8 @@ fn client_side(buf: &mut BytesMut, no_zeroes: bool) {
     while let Ok(Some(raw)) = RawReply::decode(buf) {
         assert!(raw.data.len() <= MAX_OPTION_LEN as usize);
         if let Ok(kind) = ReplyKind::parse(&raw) {
-            let again = ReplyKind::parse(&kind.to_raw(raw.option)).expect("re-encoded reply parses");
+            let again =
+                ReplyKind::parse(&kind.to_raw(raw.option)).expect("re-encoded reply parses");
             assert_eq!(again, kind);
         }
     }

@@ -13,16 +13,26 @@ fuzz_target!(|data: &[u8]| {
     };
     let read_len = u32::from(mode) * 16;
     let mut buf = BytesMut::from(rest);
-    while let Ok(Some(reply)) = Reply::decode(&mut buf, |cookie| (cookie % 2 == 1).then_some(read_len)) {
+    while let Ok(Some(reply)) =
+        Reply::decode(&mut buf, |cookie| (cookie % 2 == 1).then_some(read_len))
+    {
         match reply {
-            Reply::Simple { cookie, error, data } => {
+            Reply::Simple {
+                cookie,
+                error,
+                data,
+            } => {
                 if error == 0 && cookie % 2 == 1 {
                     assert_eq!(data.map(|d| d.len()), Some(read_len as usize));
                 } else {
                     assert!(data.is_none());
                 }
             }
-            Reply::Structured { cookie, flags, chunk } => {
+            Reply::Structured {
+                cookie,
+                flags,
+                chunk,
+            } => {
                 if let Chunk::Error { message, .. } = &chunk {
                     if message.len() > usize::from(u16::MAX) {
                         continue; // lossy UTF-8 grew past the wire limit; truncation is expected
@@ -35,7 +45,14 @@ fuzz_target!(|data: &[u8]| {
                     enc.extend_from_slice(data);
                 }
                 let again = Reply::decode(&mut enc, |_| None).expect("re-encoded chunk decodes");
-                assert_eq!(again, Some(Reply::Structured { cookie, flags, chunk }));
+                assert_eq!(
+                    again,
+                    Some(Reply::Structured {
+                        cookie,
+                        flags,
+                        chunk
+                    })
+                );
                 assert!(enc.is_empty());
             }
         }
