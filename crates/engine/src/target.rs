@@ -86,7 +86,12 @@ impl Target {
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
         let tx: Sender = Arc::new(Mutex::new(Some(tx)));
-        let mut server = Server::new(ServerOptions::default());
+        // QEMU's NBD client keeps at most 16 requests (1 MiB each) in flight; bound the
+        // payload buffered per connection so memory stays small with many disks.
+        let mut server = Server::new(ServerOptions {
+            max_buffered: 16 << 20,
+            ..ServerOptions::default()
+        });
         for e in &exports {
             server.add_export(
                 e.name.clone(),
