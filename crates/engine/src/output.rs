@@ -1,11 +1,12 @@
-//! The byte sink under the VMA stream: the `.dat` file, optionally behind an in-process zstd
-//! or gzip encoder, or `lzop` (no maintained pure-Rust lzop container encoder exists; vzdump
-//! runs `lzop` too).
+//! The byte sink under the VMA stream: the `.dat` file behind an in-process
+//! `vmdump-compress` encoder (pass-through, zstd, lzop container, gzip) and a background
+//! syncer.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+
+use vmdump_compress::{Codec, Encoder, EncoderOptions};
 
 use crate::options::Compression;
 
@@ -19,36 +20,38 @@ const SYNC_EVERY: u64 = 128 << 20;
 
 /// The archive output: the encoder chain plus a background syncer.
 pub struct Output {
-    sink: Sink,
+    /// `None` once finished.
+    enc: Option<Encoder<BufWriter<File>>>,
+    /// A second handle on the archive file, for the final fsync.
+    file: File,
+    codec: Codec,
     written: u64,
     next_sync: u64,
     syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
 }
 
-/// A compressed or plain archive file being written.
-pub enum Sink {
-    /// Plain VMA.
-    Plain(BufWriter<File>, File),
-    /// zstd frames.
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>, File),
-    /// gzip member.
-    Gzip(flate2::write::GzEncoder<BufWriter<File>>, File),
-    /// `lzop -c` writing into the file.
-    Lzo(BufWriter<ChildStdin>, Child, File),
-    /// Finished.
-    Done,
-}
-
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.sink {
-            Sink::Plain(..) => "Output::Plain",
-            Sink::Zstd(..) => "Output::Zstd",
-            Sink::Gzip(..) => "Output::Gzip",
-            Sink::Lzo(..) => "Output::Lzo",
-            Sink::Done => "Output::Done",
-        })
+        write!(f, "Output({})", self.codec.name())
     }
+}
+
+/// The codec and encoder settings for a vzdump compression choice.
+fn encoder_options(
+    compress: Compression,
+    zstd_threads: u32,
+    zstd_level: i32,
+) -> (Codec, EncoderOptions) {
+    let (codec, level) = match compress {
+        Compression::None => (Codec::None, None),
+        Compression::Zstd => (Codec::Zstd, Some(zstd_level)),
+        // Speed over ratio, as for zstd: gzip level 1.
+        Compression::Gzip => (Codec::Gzip, Some(1)),
+        Compression::Lzo => (Codec::Lzo, None),
+    };
+    // `vmdump-compress` runs zstd in the caller's thread for 0; one worker gains nothing.
+    let threads = if zstd_threads > 1 { zstd_threads } else { 0 };
+    (codec, EncoderOptions { level, threads })
 }
 
 impl Output {
@@ -59,9 +62,12 @@ impl Output {
         zstd_threads: u32,
         zstd_level: i32,
     ) -> io::Result<Self> {
+        let (codec, opts) = encoder_options(compress, zstd_threads, zstd_level);
         let file = File::options().write(true).create_new(true).open(path)?;
         let sync = file.try_clone()?;
         let background = file.try_clone()?;
+        let enc = Encoder::new(codec, BufWriter::with_capacity(BUF, file), &opts)
+            .map_err(io::Error::other)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let syncer = std::thread::Builder::new()
             .name("archive-sync".into())
@@ -71,42 +77,10 @@ impl Output {
                     let _ = background.sync_data();
                 }
             })?;
-        let sink = match compress {
-            Compression::None => Sink::Plain(BufWriter::with_capacity(BUF, file), sync),
-            Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(
-                    BufWriter::with_capacity(BUF, file),
-                    zstd_level,
-                )?;
-                if zstd_threads > 1 {
-                    enc.multithread(zstd_threads)?;
-                }
-                Sink::Zstd(enc, sync)
-            }
-            Compression::Gzip => Sink::Gzip(
-                flate2::write::GzEncoder::new(
-                    BufWriter::with_capacity(BUF, file),
-                    flate2::Compression::fast(),
-                ),
-                sync,
-            ),
-            Compression::Lzo => {
-                let mut child = Command::new("lzop")
-                    .arg("-c")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::from(file))
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot run lzop: {e}")))?;
-                let stdin = child
-                    .stdin
-                    .take()
-                    .ok_or_else(|| io::Error::other("lzop has no stdin"))?;
-                Sink::Lzo(BufWriter::with_capacity(BUF, stdin), child, sync)
-            }
-        };
         Ok(Output {
-            sink,
+            enc: Some(enc),
+            file: sync,
+            codec,
             written: 0,
             next_sync: SYNC_EVERY,
             syncer: Some((tx, syncer)),
@@ -120,46 +94,19 @@ impl Output {
         }
     }
 
-    /// Ends the compressed stream, waits for `lzop`, and fsyncs the file.
+    /// Ends the compressed stream and fsyncs the file.
     pub fn finish(mut self) -> io::Result<()> {
         self.stop_syncer();
-        let sink = std::mem::replace(&mut self.sink, Sink::Done);
-        let file = match sink {
-            Sink::Done => return Ok(()),
-            Sink::Plain(mut w, f) => {
-                w.flush()?;
-                f
-            }
-            Sink::Zstd(enc, f) => {
-                enc.finish()?.flush()?;
-                f
-            }
-            Sink::Gzip(enc, f) => {
-                enc.finish()?.flush()?;
-                f
-            }
-            Sink::Lzo(w, mut child, f) => {
-                let stdin = w.into_inner().map_err(|e| e.into_error())?;
-                drop(stdin);
-                let status = child.wait()?;
-                if !status.success() {
-                    return Err(io::Error::other(format!(
-                        "lzop failed - wrong exit status {status}"
-                    )));
-                }
-                f
-            }
+        let Some(enc) = self.enc.take() else {
+            return Ok(());
         };
-        file.sync_all()
+        enc.finish().map_err(io::Error::other)?.flush()?;
+        self.file.sync_all()
     }
 
-    /// Stops an `lzop` child on the error path (the file is deleted by the caller).
+    /// Gives up on the archive (the file is deleted by the caller).
     pub fn abort(mut self) {
         self.stop_syncer();
-        if let Sink::Lzo(_, child, _) = &mut self.sink {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -184,36 +131,27 @@ impl Output {
 
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = match &mut self.sink {
-            Sink::Plain(w, _) => w.write(buf),
-            Sink::Zstd(w, _) => w.write(buf),
-            Sink::Gzip(w, _) => w.write(buf),
-            Sink::Lzo(w, ..) => w.write(buf),
-            Sink::Done => Err(io::Error::other("archive already finished")),
-        }?;
+        let enc = self.enc.as_mut().ok_or_else(finished)?;
+        let n = enc.write(buf)?;
         self.note(n);
         Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match &mut self.sink {
-            Sink::Plain(w, _) => w.write_all(buf),
-            Sink::Zstd(w, _) => w.write_all(buf),
-            Sink::Gzip(w, _) => w.write_all(buf),
-            Sink::Lzo(w, ..) => w.write_all(buf),
-            Sink::Done => Err(io::Error::other("archive already finished")),
-        }?;
+        let enc = self.enc.as_mut().ok_or_else(finished)?;
+        enc.write_all(buf)?;
         self.note(buf.len());
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.sink {
-            Sink::Plain(w, _) => w.flush(),
-            Sink::Zstd(w, _) => w.flush(),
-            Sink::Gzip(w, _) => w.flush(),
-            Sink::Lzo(w, ..) => w.flush(),
-            Sink::Done => Ok(()),
+        match &mut self.enc {
+            Some(enc) => enc.flush(),
+            None => Ok(()),
         }
     }
+}
+
+fn finished() -> io::Error {
+    io::Error::other("archive already finished")
 }
