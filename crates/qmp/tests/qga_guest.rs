@@ -111,7 +111,15 @@ async fn freeze_blocks_guest_writes_until_thaw_and_paused_vm_resyncs() {
         qemu.last_tick() > stalled
     });
     println!("writes resumed {:?} after thaw", thawed_at.elapsed());
-    let st = ga.exec_status(probe).await.expect("probe status");
+    // The probe prints before it exits: poll its status until it has exited.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = ga.exec_status(probe).await.expect("probe status");
+        if st.exited || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(st.exited && st.exit_code == Some(0), "{st:?}");
     let out = ga.run_shell("cat /mnt/probe", T).await.expect("cat probe");
     assert_eq!(out.stdout, b"probe\n");

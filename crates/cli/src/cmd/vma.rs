@@ -1150,8 +1150,11 @@ mod tests {
         assert_eq!((d[1].name.as_str(), d[1].path.as_str()), ("disk1", "/b"));
         assert!(parse_disks(&["/a".into()], &[]).is_err());
         assert!(parse_disks(&["format=raw:/a".into()], &["/b".into()]).is_err());
-        let e = parse_disks(&["format=qcow2:/a".into()], &[]).err().unwrap();
-        assert!(e.to_string().contains("unsupported format 'qcow2'"));
+        let d = parse_disks(&["format=qcow2:drive-scsi0=/a.qcow2".into()], &[]).unwrap();
+        assert_eq!(d[0].format, "qcow2");
+        assert_eq!(d[0].path, "/a.qcow2");
+        let e = parse_disks(&["format=q/x:/a".into()], &[]).err().unwrap();
+        assert!(e.to_string().contains("invalid format 'q/x'"), "{e}");
         let d = parse_disks(&[], &["x=/a".into(), "/b".into()]).unwrap();
         assert_eq!(d[1].name, "disk1");
     }
