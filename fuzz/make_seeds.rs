@@ -54,5 +54,14 @@ fn main() -> std::io::Result<()> {
             std::fs::write(root.join("vma_extent").join(format!("seed-{i}-{mode}")), &e)?;
         }
     }
+    // Regression: device sizes whose sum overflows u64 (a CI crash of the harness itself).
+    // Mode 1 re-seals the header checksum, so the reader gets past it.
+    let mut big = vec![1u8];
+    big.extend_from_slice(&archives[1]);
+    for dev in [1usize, 2] {
+        let at = 1 + 4096 + 32 * dev + 8;
+        big[at..at + 8].copy_from_slice(&((1u64 << 63) + 4096).to_be_bytes());
+    }
+    std::fs::write(root.join("vma_stream").join("regress-size-sum-overflow"), &big)?;
     Ok(())
 }
