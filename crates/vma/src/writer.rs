@@ -1,6 +1,8 @@
 //! Streaming archive writer, byte-compatible with Proxmox's `vma-writer.c`.
 
-use std::io::Write;
+use std::io::{IoSlice, Seek, SeekFrom, Write};
+
+use bytes::Bytes;
 
 use crate::cluster_set::ClusterSet;
 use crate::error::{Error, Result};
@@ -53,6 +55,25 @@ struct DevState {
     vmstate: bool,
 }
 
+/// Stored data of the extent being built, in order: a range of the writer's own buffer, or
+/// a slice of the caller's buffer kept by reference until the extent is written.
+#[derive(Debug)]
+enum Piece {
+    Own { start: usize, len: usize },
+    Shared(Bytes),
+}
+
+/// Writes `data` at an earlier offset of the output and returns to its end.
+type PatchFn<W> = fn(&mut W, u64, &[u8]) -> std::io::Result<()>;
+
+fn patch_at<W: Write + Seek>(out: &mut W, at: u64, data: &[u8]) -> std::io::Result<()> {
+    let end = out.stream_position()?;
+    out.seek(SeekFrom::Start(at))?;
+    out.write_all(data)?;
+    out.seek(SeekFrom::Start(end))?;
+    Ok(())
+}
+
 /// Streaming VMA writer.
 ///
 /// Call order: [`add_config`](Writer::add_config) and
@@ -63,7 +84,9 @@ struct DevState {
 /// first extent; ctime is taken then unless it was pinned.
 ///
 /// Memory: one extent buffer (3.7 MiB) and one bit per written cluster. No allocation
-/// per cluster.
+/// per cluster. [`write_cluster_shared`](Writer::write_cluster_shared) keeps references to
+/// the caller's buffers instead of copying them (written with one vectored write per
+/// extent).
 pub struct Writer<W: Write> {
     out: W,
     uuid: [u8; 16],
@@ -75,6 +98,11 @@ pub struct Writer<W: Write> {
     data_started: bool,
     extent: Vec<u8>,
     pos: usize,
+    pieces: Vec<Piece>,
+    shared_bytes: usize,
+    in_place: Option<PatchFn<W>>,
+    extent_start: Option<u64>,
+    in_place_bytes: usize,
     slots: usize,
     bytes_written: u64,
     extents: u64,
@@ -111,11 +139,38 @@ impl<W: Write> Writer<W> {
             data_started: false,
             extent: vec![0u8; MAX_EXTENT_SIZE],
             pos: EXTENT_HEADER_SIZE,
+            pieces: Vec::with_capacity(SLOTS_PER_EXTENT * 2),
+            shared_bytes: 0,
+            in_place: None,
+            extent_start: None,
+            in_place_bytes: 0,
             slots: 0,
             bytes_written: 0,
             extents: 0,
             poisoned: false,
         }
+    }
+
+    /// A writer for a seekable output that writes cluster data as it arrives and seeks
+    /// back to fill in each extent header when the extent is complete, instead of
+    /// gathering the extent (up to 3.7 MiB) in memory first. The bytes are the same as
+    /// [`new`](Writer::new)'s; the caller's buffers stay hot in the CPU cache, which makes
+    /// copying a disk into an uncompressed archive about as cheap as `cp`.
+    pub fn new_in_place(out: W) -> Self
+    where
+        W: Seek,
+    {
+        Self::with_identity_in_place(out, *uuid::Uuid::new_v4().as_bytes(), None)
+    }
+
+    /// [`new_in_place`](Writer::new_in_place) with a fixed uuid and ctime.
+    pub fn with_identity_in_place(out: W, uuid: [u8; 16], ctime: Option<i64>) -> Self
+    where
+        W: Seek,
+    {
+        let mut w = Self::with_identity(out, uuid, ctime);
+        w.in_place = Some(patch_at::<W>);
+        w
     }
 
     /// The archive uuid.
@@ -209,6 +264,30 @@ impl<W: Write> Writer<W> {
     /// cluster as long as it covers the device end. Bytes past the device end are
     /// treated as zero. Returns the zero bytes found (4 KiB granularity).
     pub fn write_cluster(&mut self, dev: DeviceId, cluster: u64, data: &[u8]) -> Result<u64> {
+        self.store_cluster(dev, cluster, data, None)
+    }
+
+    /// Like [`write_cluster`](Writer::write_cluster), but stores no copy: the non-zero
+    /// blocks are kept as slices of `data` (a cheap reference count) until their extent is
+    /// written, with one vectored write. A partial last block (device size not a multiple
+    /// of 4 KiB) is still copied, to pad it with zeros. The archive bytes are the same.
+    /// (An [in-place](Writer::new_in_place) writer writes the blocks at once instead.)
+    pub fn write_cluster_shared(
+        &mut self,
+        dev: DeviceId,
+        cluster: u64,
+        data: &Bytes,
+    ) -> Result<u64> {
+        self.store_cluster(dev, cluster, data, Some(data))
+    }
+
+    fn store_cluster(
+        &mut self,
+        dev: DeviceId,
+        cluster: u64,
+        data: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<u64> {
         let valid = self.prepare(dev, cluster)?;
         if data.len() > CLUSTER_SIZE || (data.len() < valid && data.len() < CLUSTER_SIZE) {
             return Err(Error::Usage(format!(
@@ -221,25 +300,85 @@ impl<W: Write> Writer<W> {
         let valid = valid.min(data.len());
         let mut mask = 0u16;
         let mut zero = 0u64;
+        // A run of consecutive full non-zero blocks is stored in one piece.
+        let mut run: Option<(usize, usize)> = None;
         for i in 0..BLOCKS_PER_CLUSTER {
             let start = i * BLOCK_SIZE;
-            if start >= valid {
+            let end = valid.min(start + BLOCK_SIZE);
+            if start >= valid || is_zero(&data[start..end]) {
                 zero += BLOCK_SIZE as u64;
-                continue;
-            }
-            let block = &data[start..valid.min(start + BLOCK_SIZE)];
-            if is_zero(block) {
-                zero += BLOCK_SIZE as u64;
+                if let Some((a, b)) = run.take() {
+                    self.store_run(data, shared, a, b)?;
+                }
                 continue;
             }
             mask |= 1 << i;
-            let dst = &mut self.extent[self.pos..self.pos + BLOCK_SIZE];
-            dst[..block.len()].copy_from_slice(block);
-            dst[block.len()..].fill(0);
-            self.pos += BLOCK_SIZE;
+            if end - start == BLOCK_SIZE {
+                run = Some(run.map_or((start, end), |(a, _)| (a, end)));
+            } else {
+                if let Some((a, b)) = run.take() {
+                    self.store_run(data, shared, a, b)?;
+                }
+                self.store_short_block(&data[start..end])?;
+            }
+        }
+        if let Some((a, b)) = run {
+            self.store_run(data, shared, a, b)?;
         }
         self.commit(dev, cluster, mask, zero)?;
         Ok(zero)
+    }
+
+    /// Store the full blocks `data[a..b]`: straight to the output (in place), as a slice of
+    /// the caller's buffer (shared), or as a copy in the extent buffer.
+    fn store_run(&mut self, data: &[u8], shared: Option<&Bytes>, a: usize, b: usize) -> Result<()> {
+        if self.in_place.is_some() {
+            self.emit_data(&data[a..b])
+        } else if let Some(bytes) = shared {
+            let piece = bytes.slice(a..b);
+            self.shared_bytes += piece.len();
+            self.pieces.push(Piece::Shared(piece));
+            Ok(())
+        } else {
+            for block in data[a..b].chunks(BLOCK_SIZE) {
+                self.push_own(block);
+            }
+            Ok(())
+        }
+    }
+
+    /// Store the device's last, partial block, zero-padded to 4 KiB.
+    fn store_short_block(&mut self, block: &[u8]) -> Result<()> {
+        if self.in_place.is_some() {
+            let mut padded = [0u8; BLOCK_SIZE];
+            padded[..block.len()].copy_from_slice(block);
+            self.emit_data(&padded)
+        } else {
+            self.push_own(block);
+            Ok(())
+        }
+    }
+
+    /// In-place mode: write extent data now (its header is filled in later).
+    fn emit_data(&mut self, buf: &[u8]) -> Result<()> {
+        self.emit_raw(buf)?;
+        self.in_place_bytes += buf.len();
+        Ok(())
+    }
+
+    /// Copy one (possibly short) block into the extent buffer, zero-padded to 4 KiB.
+    fn push_own(&mut self, block: &[u8]) {
+        let dst = &mut self.extent[self.pos..self.pos + BLOCK_SIZE];
+        dst[..block.len()].copy_from_slice(block);
+        dst[block.len()..].fill(0);
+        match self.pieces.last_mut() {
+            Some(Piece::Own { start, len }) if *start + *len == self.pos => *len += BLOCK_SIZE,
+            _ => self.pieces.push(Piece::Own {
+                start: self.pos,
+                len: BLOCK_SIZE,
+            }),
+        }
+        self.pos += BLOCK_SIZE;
     }
 
     /// Record cluster `cluster` of `dev` as all zeros (no data is stored).
@@ -272,7 +411,7 @@ impl<W: Write> Writer<W> {
                 });
             }
         }
-        if !self.header_written || self.slots > 0 {
+        if !self.header_written || self.slots > 0 || self.extent_start.is_some() {
             self.flush_extent()?;
         }
         let off = self.bytes_written;
@@ -361,7 +500,28 @@ impl<W: Write> Writer<W> {
         if self.slots >= WRITER_CLUSTERS_PER_EXTENT {
             self.flush_extent()?;
         }
+        if self.in_place.is_some() && self.extent_start.is_none() {
+            // Archive header (first extent only), then a placeholder for the extent header.
+            self.write_archive_header()?;
+            self.extent_start = Some(self.bytes_written);
+            self.emit_raw(&[0u8; EXTENT_HEADER_SIZE])?;
+        }
         Ok(valid)
+    }
+
+    fn write_archive_header(&mut self) -> Result<()> {
+        if self.header_written {
+            return Ok(());
+        }
+        let h = match self.header_bytes() {
+            Ok(h) => h,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        self.header_written = true;
+        self.emit_raw(&h)
     }
 
     fn commit(&mut self, dev: DeviceId, cluster: u64, mask: u16, zero: u64) -> Result<()> {
@@ -425,18 +585,11 @@ impl<W: Write> Writer<W> {
     }
 
     fn flush_extent(&mut self) -> Result<()> {
-        if !self.header_written {
-            let h = match self.header_bytes() {
-                Ok(h) => h,
-                Err(e) => {
-                    self.poisoned = true;
-                    return Err(e);
-                }
-            };
-            self.header_written = true;
-            self.emit_raw(&h)?;
-        }
-        let block_count = ((self.pos - EXTENT_HEADER_SIZE) / BLOCK_SIZE) as u16;
+        self.write_archive_header()?;
+        let block_count = ((self.pos - EXTENT_HEADER_SIZE
+            + self.shared_bytes
+            + self.in_place_bytes)
+            / BLOCK_SIZE) as u16;
         let uuid = self.uuid;
         let e = &mut self.extent;
         put(e, 0, &EXTENT_MAGIC);
@@ -446,9 +599,35 @@ impl<W: Write> Writer<W> {
         e[E_MD5..E_MD5 + 16].fill(0);
         let md5 = md5(&e[..EXTENT_HEADER_SIZE]);
         put(e, E_MD5, &md5);
-        let len = self.pos;
+        let len = self.pos + self.shared_bytes;
         let off = self.bytes_written;
-        if let Err(err) = self.out.write_all(&self.extent[..len]) {
+        if let (Some(patch), Some(at)) = (self.in_place, self.extent_start.take()) {
+            // The data is out already: fill in the placeholder.
+            if let Err(err) = patch(&mut self.out, at, &self.extent[..EXTENT_HEADER_SIZE]) {
+                self.poisoned = true;
+                return Err(Error::io(at, err));
+            }
+            self.extents += 1;
+            self.extent[E_BLOCKINFO..EXTENT_HEADER_SIZE].fill(0);
+            self.in_place_bytes = 0;
+            self.slots = 0;
+            return Ok(());
+        }
+        let res = if self.shared_bytes == 0 {
+            // Everything is in the extent buffer, in order.
+            self.out.write_all(&self.extent[..len])
+        } else {
+            let mut slices = Vec::with_capacity(self.pieces.len() + 1);
+            slices.push(IoSlice::new(&self.extent[..EXTENT_HEADER_SIZE]));
+            for p in &self.pieces {
+                slices.push(IoSlice::new(match p {
+                    Piece::Own { start, len } => &self.extent[*start..*start + *len],
+                    Piece::Shared(b) => b,
+                }));
+            }
+            write_all_vectored(&mut self.out, &mut slices)
+        };
+        if let Err(err) = res {
             self.poisoned = true;
             return Err(Error::io(off, err));
         }
@@ -456,6 +635,8 @@ impl<W: Write> Writer<W> {
         self.extents += 1;
         self.extent[E_BLOCKINFO..EXTENT_HEADER_SIZE].fill(0);
         self.pos = EXTENT_HEADER_SIZE;
+        self.pieces.clear();
+        self.shared_bytes = 0;
         self.slots = 0;
         Ok(())
     }
@@ -469,6 +650,23 @@ impl<W: Write> Writer<W> {
         self.bytes_written += buf.len() as u64;
         Ok(())
     }
+}
+
+/// `Write::write_all_vectored` (unstable in std): write every slice, in order.
+fn write_all_vectored<W: Write>(
+    out: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn check_name(name: &str, what: &'static str) -> Result<()> {
