@@ -62,6 +62,9 @@ fn main() -> std::io::Result<()> {
         let at = 1 + 4096 + 32 * dev + 8;
         big[at..at + 8].copy_from_slice(&((1u64 << 63) + 4096).to_be_bytes());
     }
-    std::fs::write(root.join("vma_stream").join("regress-size-sum-overflow"), &big)?;
+    std::fs::write(
+        root.join("vma_stream").join("regress-size-sum-overflow"),
+        &big,
+    )?;
     Ok(())
 }
