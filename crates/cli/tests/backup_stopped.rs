@@ -263,3 +263,89 @@ fn bad_options_are_clear_errors() -> Result<()> {
     assert!(env.dump_files().is_empty());
     Ok(())
 }
+
+/// vzdump's node-global lock: a second job fails at once with `--lockwait 0`, waits with a
+/// longer lockwait and runs when the lock is released; holding the lock, a job removes the
+/// `.dat` files an interrupted backup of the same guest left behind (and only those).
+#[test]
+fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_vm(&env)?;
+    let lock = env.run.join("backup.lock");
+    std::fs::create_dir_all(env.dump())?;
+    let stale = env
+        .dump()
+        .join("vzdump-qemu-100-2020_01_01-00_00_00.vma.dat");
+    let other = env
+        .dump()
+        .join("vzdump-qemu-101-2020_01_01-00_00_00.vma.dat");
+    std::fs::write(&stale, b"half an archive")?;
+    std::fs::write(&other, b"not ours")?;
+
+    // Another job holds the lock (util-linux flock, as a separate process).
+    // It keeps the lock until its stdin closes (killing flock alone would leave the lock
+    // with the shell it started).
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["-c", "read -r _"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()?
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the holder never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let out = env.vmdump_backup(&["100", "--lockwait", "0"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "ERROR: can't acquire lock '{}' (wait = 0)",
+            lock.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stale.exists(),
+        "a job without the lock touched the dump dir"
+    );
+
+    // lockwait 1 (minute): waits, then runs once the holder is gone.
+    let waiting = env
+        .vmdump_command(&["100", "--lockwait", "1", "--compress", "zstd"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !env.dump_files().iter().any(|f| f.ends_with(".vma.zst")),
+        "the second job did not wait for the lock"
+    );
+    drop(holder.stdin.take());
+    holder.wait()?;
+    let out = waiting.wait_with_output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "INFO: trying to get global lock - waiting...",
+        "INFO: got global lock",
+        &format!(
+            "INFO: removed stale temporary file '{}' (left by an interrupted backup)",
+            stale.display()
+        ),
+        "INFO: Finished Backup of VM 100",
+    ] {
+        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
+    }
+    assert!(!stale.exists(), "the stale temporary is still there");
+    assert!(other.exists(), "another guest's temporary was removed");
+    Ok(())
+}

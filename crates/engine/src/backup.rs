@@ -11,6 +11,7 @@ use vmdump_qmp::{Client, RunState};
 
 use crate::error::{Error, Result};
 use crate::live::{self, LiveOptions};
+use crate::lock::JobLock;
 use crate::log::TaskLog;
 use crate::name::ArchiveName;
 use crate::notes::{self, NotesVars};
@@ -101,6 +102,13 @@ impl BackupJob {
         }
     }
 
+    /// Take the node-global backup lock (`<run dir>/backup.lock`), waiting up to
+    /// `lockwait` minutes; `on_wait` runs once if the lock is busy.
+    pub async fn lock(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
+        let wait = Duration::from_secs(self.settings.lockwait.saturating_mul(60));
+        JobLock::acquire(&self.run_dir, wait, &self.interrupt, on_wait).await
+    }
+
     /// The QMP socket of a running VM.
     pub fn qmp_socket(&self, vmid: u32) -> PathBuf {
         self.run_dir.join(vmid.to_string()).join("qmp.sock")
@@ -137,6 +145,7 @@ impl Settings {
             },
             notes_template: o.notes_template.clone(),
             protected: o.protected,
+            lockwait: o.lockwait,
         }
     }
 }
@@ -161,8 +170,12 @@ pub struct BackupReport {
 /// Backs up one VM. Every line goes to `progress` and the `.log` beside the archive; on
 /// failure the `ERROR:` line is logged, no file with the archive's name exists, and QEMU is
 /// left as it was found.
+///
+/// `_lock` is the proof that this process holds the node-global backup lock (see
+/// [`BackupJob::lock`]): that is what makes removing an earlier run's leftovers safe.
 pub async fn backup_vm(
     job: &BackupJob,
+    _lock: &JobLock,
     vmid: u32,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
@@ -187,6 +200,14 @@ pub async fn backup_vm(
         "Backup started at {}",
         start_time.format("%Y-%m-%d %H:%M:%S")
     ));
+    if let Ok(d) = &dir {
+        for path in crate::lock::remove_stale_temporaries(d, vmid) {
+            log.info(&format!(
+                "removed stale temporary file '{}' (left by an interrupted backup)",
+                path.display()
+            ));
+        }
+    }
     let res = match (dir, names) {
         (Ok(_), Some(n)) => run(job, vmid, &n, &log).await,
         (Err(e), _) => Err(e),

@@ -82,6 +82,14 @@ pub enum Error {
     /// The backup was interrupted by a signal or a cancel request.
     #[error("interrupted by signal")]
     Interrupted,
+    /// The node-global backup lock could not be taken.
+    #[error("can't acquire lock '{}' {detail}", path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// `- got timeout` or `(wait = 0)`, as vzdump words it.
+        detail: String,
+    },
 }
 
 impl Error {

@@ -36,7 +36,9 @@
 //! use vmdump_engine::options::Settings;
 //! let root = vmdump_config::ConfigRoot::from_env(None);
 //! let (job, _warnings) = vmdump_engine::BackupJob::new(root, &Settings::default())?;
-//! let report = vmdump_engine::backup_vm(&job, 100, &vmdump_engine::progress::Silent).await?;
+//! let lock = job.lock(|| println!("trying to get global lock - waiting...")).await?;
+//! let report =
+//!     vmdump_engine::backup_vm(&job, &lock, 100, &vmdump_engine::progress::Silent).await?;
 //! println!("{} ({} bytes)", report.archive.display(), report.size);
 //! # Ok(()) }
 //! ```
@@ -49,6 +51,7 @@ mod error;
 pub mod freeze;
 pub mod job;
 pub mod live;
+pub mod lock;
 pub mod log;
 pub mod name;
 pub mod notes;

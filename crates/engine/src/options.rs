@@ -162,6 +162,8 @@ pub struct Settings {
     pub notes_template: Option<String>,
     /// `protected`.
     pub protected: Option<bool>,
+    /// `lockwait` in minutes.
+    pub lockwait: Option<u64>,
 }
 
 impl Settings {
@@ -184,8 +186,8 @@ impl Settings {
                 "performance" => s.performance = Performance::parse(value)?,
                 "notes-template" => s.notes_template = Some(value.to_string()),
                 "protected" => s.protected = Some(parse_bool("protected", value)?),
+                "lockwait" => s.lockwait = Some(parse_num("lockwait", value)?),
                 "ionice"
-                | "lockwait"
                 | "stopwait"
                 | "tmpdir"
                 | "remove"
@@ -227,6 +229,9 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
+/// vzdump's default `lockwait`, in minutes.
+pub const DEFAULT_LOCKWAIT: u64 = 180;
+
 /// The settings a backup runs with, after combining the layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -246,6 +251,8 @@ pub struct Resolved {
     pub notes_template: Option<String>,
     /// Mark protected (only with a storage target).
     pub protected: bool,
+    /// Longest wait for the node-global lock, in minutes (vzdump's default 180).
+    pub lockwait: u64,
 }
 
 impl Resolved {
@@ -300,6 +307,7 @@ impl Resolved {
                 max_workers: cli.performance.max_workers.or(conf.performance.max_workers),
                 notes_template,
                 protected: storage_target && cli.protected.or(conf.protected).unwrap_or(false),
+                lockwait: cli.lockwait.or(conf.lockwait).unwrap_or(DEFAULT_LOCKWAIT),
             },
             warnings,
         ))
@@ -395,6 +403,21 @@ mod tests {
     }
 
     #[test]
+    fn lockwait_defaults_to_180_minutes_and_layers() {
+        let (r, _) = Resolved::combine(&Settings::default(), &Settings::default()).expect("ok");
+        assert_eq!(r.lockwait, 180);
+        let c = conf(&[("lockwait", "5")]);
+        let (r, _) = Resolved::combine(&Settings::default(), &c).expect("ok");
+        assert_eq!(r.lockwait, 5);
+        let cli = Settings {
+            lockwait: Some(0),
+            ..Default::default()
+        };
+        let (r, _) = Resolved::combine(&cli, &c).expect("ok");
+        assert_eq!(r.lockwait, 0);
+    }
+
+    #[test]
     fn zstd_zero_means_half_the_cpus() {
         let c = conf(&[("zstd", "0")]);
         let (r, _) = Resolved::combine(&Settings::default(), &c).expect("combine");
@@ -404,7 +427,7 @@ mod tests {
     #[test]
     fn unknown_conf_keys_warn_and_bad_values_fail() {
         let (_, w) =
-            Settings::from_vzdump_conf([("lockwait", "10"), ("frobnicate", "1")]).expect("conf");
+            Settings::from_vzdump_conf([("stopwait", "10"), ("frobnicate", "1")]).expect("conf");
         assert_eq!(w.len(), 2);
         assert!(Settings::from_vzdump_conf([("bwlimit", "fast")]).is_err());
     }

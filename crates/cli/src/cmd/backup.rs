@@ -57,6 +57,10 @@ struct Opts {
     /// Performance options, e.g. max-workers=16.
     #[arg(long)]
     performance: Option<String>,
+    /// Longest wait for the node-global backup lock, in minutes (default 180; 0 = fail
+    /// at once if another backup job runs).
+    #[arg(long)]
+    lockwait: Option<u64>,
     /// Notes for the backup, with {{guestname}}, {{vmid}}, {{node}}, {{cluster}}.
     #[arg(long)]
     notes_template: Option<String>,
@@ -91,6 +95,7 @@ fn settings(args: &Opts) -> anyhow::Result<Settings> {
         storage: args.storage.clone(),
         dumpdir: args.dumpdir.clone(),
         bwlimit: args.bwlimit,
+        lockwait: args.lockwait,
         performance: args
             .performance
             .as_deref()
@@ -155,6 +160,26 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
         interrupt.store(true, Ordering::Relaxed);
     });
 
+    // One backup job at a time on this host (vzdump's global lock).
+    let waited = std::cell::Cell::new(false);
+    let lock = match job
+        .lock(|| {
+            waited.set(true);
+            ui.print(Level::Info, "trying to get global lock - waiting...");
+        })
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            ui.print(Level::Error, &e.to_string());
+            println!("TASK ERROR: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if waited.get() {
+        ui.print(Level::Info, "got global lock");
+    }
+
     let mut failed = Vec::new();
     for vmid in vmids {
         if job.interrupt.load(Ordering::Relaxed) {
@@ -162,7 +187,7 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
             continue;
         }
         ui.start(vmid);
-        let res = vmdump_engine::backup_vm(&job, vmid, &ui).await;
+        let res = vmdump_engine::backup_vm(&job, &lock, vmid, &ui).await;
         ui.done();
         if res.is_err() {
             failed.push(vmid);

@@ -1,0 +1,167 @@
+//! The node-global backup lock: one backup job at a time per run directory, as vzdump's
+//! `flock` on `/var/run/vzdump.lock`. Holding it is also what makes leftovers of an earlier
+//! run (QEMU jobs, `.dat` files) safe to remove: nobody else can be writing them.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::{Error, Result};
+
+/// File name of the lock in the run directory.
+pub const LOCK_FILE: &str = "backup.lock";
+
+/// How often a waiting job retries.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The held lock; released on drop, and by the kernel if the process dies.
+#[derive(Debug)]
+pub struct JobLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl JobLock {
+    /// Take `<run_dir>/backup.lock`, waiting up to `wait` (vzdump's `lockwait`).
+    /// `on_wait` is called once if the lock is busy (to log that the job waits);
+    /// `interrupt` ends the wait early.
+    pub async fn acquire(
+        run_dir: &Path,
+        wait: Duration,
+        interrupt: &AtomicBool,
+        on_wait: impl FnOnce(),
+    ) -> Result<Self> {
+        let path = run_dir.join(LOCK_FILE);
+        let io_err = |what: &'static str, source: std::io::Error| Error::File {
+            what,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(run_dir).map_err(|e| io_err("create lock directory", e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err("open lock", e))?;
+        let deadline = Instant::now() + wait;
+        let mut on_wait = Some(on_wait);
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(JobLock { _file: file, path }),
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(io_err("lock", e.into())),
+            }
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            if Instant::now() >= deadline {
+                let why = if wait.is_zero() {
+                    "(wait = 0)".to_string()
+                } else {
+                    "- got timeout".to_string()
+                };
+                return Err(Error::Lock {
+                    path: path.clone(),
+                    detail: why,
+                });
+            }
+            if let Some(f) = on_wait.take() {
+                f();
+            }
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Remove the temporary files (`vzdump-qemu-<vmid>-*.dat`, `*.vma.dat`) an earlier,
+/// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`].
+/// Returns the removed paths.
+pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
+    let prefix = format!("vzdump-qemu-{vmid}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with(&prefix)
+            && name.ends_with(".dat")
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed.push(e.path());
+        }
+    }
+    removed.sort();
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_job_waits_then_times_out_and_gets_it_after_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stop = AtomicBool::new(false);
+        let first = JobLock::acquire(dir.path(), Duration::ZERO, &stop, || {})
+            .await
+            .expect("first");
+        let mut waited = false;
+        let t0 = Instant::now();
+        let err = JobLock::acquire(dir.path(), Duration::from_millis(500), &stop, || {
+            waited = true;
+        })
+        .await
+        .expect_err("busy");
+        assert!(waited, "the wait was not announced");
+        assert!(t0.elapsed() >= Duration::from_millis(450));
+        assert!(
+            err.to_string().contains("got timeout"),
+            "unexpected message: {err}"
+        );
+        let err = JobLock::acquire(dir.path(), Duration::ZERO, &stop, || {})
+            .await
+            .expect_err("busy");
+        assert!(err.to_string().contains("(wait = 0)"), "{err}");
+        drop(first);
+        JobLock::acquire(dir.path(), Duration::ZERO, &stop, || {})
+            .await
+            .expect("free after release");
+    }
+
+    #[test]
+    fn only_this_guests_temporaries_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "vzdump-qemu-100-2025_01_05-02_00_01.vma.dat",
+            "vzdump-qemu-100-2025_01_05-02_00_02.dat",
+            "vzdump-qemu-100-2025_01_05-02_00_03.vma.zst",
+            "vzdump-qemu-1000-2025_01_05-02_00_01.vma.dat",
+            "vzdump-qemu-101-2025_01_05-02_00_01.dat",
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x").expect("write");
+        }
+        let removed = remove_stale_temporaries(dir.path(), 100);
+        assert_eq!(
+            removed,
+            vec![dir.path().join(names[0]), dir.path().join(names[1])]
+        );
+        for n in &names[2..] {
+            assert!(dir.path().join(n).exists(), "{n} was removed");
+        }
+    }
+}
