@@ -77,7 +77,15 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    let conf_path = env.root.join("qemu-server/100.conf");
+    let conf_before = std::fs::read_to_string(&conf_path)?;
     vm.wait_jobs(2).await?;
+    // While the backup runs the guest config carries vzdump's `lock: backup`.
+    let conf_during = std::fs::read_to_string(&conf_path)?;
+    assert!(
+        conf_during.lines().any(|l| l == "lock: backup"),
+        "no lock during the backup:\n{conf_during}"
+    );
     // Guest-path writes to the second disk right after the job start, to copied and uncopied
     // regions: none may reach the archive.
     for i in 0..40u64 {
@@ -103,6 +111,8 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
     }
     // Several progress lines of the throttled run.
     assert!(stdout.matches("% (").count() >= 2, "{stdout}");
+    // The lock is gone again and nothing else in the config changed.
+    assert_eq!(std::fs::read_to_string(&conf_path)?, conf_before);
 
     // QEMU is clean, the guest runs and keeps writing.
     assert_eq!(vm.assert_clean().await?, "running");

@@ -188,6 +188,11 @@ fn vzdump_conf_defaults_and_failed_guest_does_not_stop_others() -> Result<()> {
             .any(|f| f.starts_with("vzdump-qemu-101-") && f.contains(".vma")),
         "{files:?}"
     );
+    // A failed backup removes its config lock too.
+    assert!(
+        !std::fs::read_to_string(env.root.join("qemu-server/101.conf"))?.contains("lock:"),
+        "the failed guest stays locked"
+    );
     // The failed guest's log is kept for diagnosis.
     assert!(
         files
@@ -260,7 +265,19 @@ fn bad_options_are_clear_errors() -> Result<()> {
         "{}",
         text(&out)
     );
-    assert!(env.dump_files().is_empty());
+    // Another tool's lock refuses the guest and stays as it was.
+    let conf_path = env.root.join("qemu-server/100.conf");
+    let locked = format!("{}lock: migrate\n", std::fs::read_to_string(&conf_path)?);
+    std::fs::write(&conf_path, &locked)?;
+    let out = env.vmdump_backup(&["100"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("VM is locked (migrate)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&conf_path)?, locked);
+    assert!(!env.dump_files().iter().any(|f| f.contains(".vma")));
     Ok(())
 }
 
@@ -318,6 +335,11 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
         "a job without the lock touched the dump dir"
     );
 
+    // A `lock: backup` left by a killed run is stale while we hold the global lock.
+    let conf_path = env.root.join("qemu-server/100.conf");
+    let conf = std::fs::read_to_string(&conf_path)?;
+    std::fs::write(&conf_path, format!("{conf}lock: backup\n"))?;
+
     // lockwait 1 (minute): waits, then runs once the holder is gone.
     let waiting = env
         .vmdump_command(&["100", "--lockwait", "1", "--compress", "zstd"])
@@ -341,10 +363,16 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
             "INFO: removed stale temporary file '{}' (left by an interrupted backup)",
             stale.display()
         ),
+        "WARN: removing stale 'lock: backup' left by an interrupted backup",
         "INFO: Finished Backup of VM 100",
     ] {
         assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
     }
+    assert_eq!(
+        std::fs::read_to_string(&conf_path)?,
+        conf,
+        "the lock was not removed"
+    );
     assert!(!stale.exists(), "the stale temporary is still there");
     assert!(other.exists(), "another guest's temporary was removed");
     Ok(())

@@ -487,6 +487,13 @@ fn force_replaces_only_after_success_and_never_a_running_vm() {
     drop(listener);
     fs::remove_file(run.join("qmp.sock")).unwrap();
 
+    // Locked (a backup runs: `lock: backup`): refused even with --force, like qmrestore.
+    fs::write(env.conf(120), format!("{old_conf}lock: backup\n")).unwrap();
+    let err = failed(&env.restore(&archive, 120, &["--force"]));
+    assert!(err.contains("VM is locked (backup)"), "{err}");
+    fs::write(env.conf(120), &old_conf).unwrap();
+    intact(&env);
+
     // A broken archive with --force: the old VM stays as it was.
     let bytes = fs::read(&archive).unwrap();
     let cut = env.path("cut.vma");

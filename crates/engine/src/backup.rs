@@ -1,7 +1,7 @@
 //! One guest's backup as vzdump does it: config, names, the task log, the push backup, the
 //! rename to the final name, notes and protection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,12 +260,21 @@ async fn run(
         path: cfg_path.clone(),
         detail: e.to_string(),
     })?;
-    if let Some(lock) = cfg.lock() {
-        return Err(Error::Config {
-            path: cfg_path,
-            detail: format!("VM is locked ({lock})"),
-        });
+    match cfg.lock() {
+        // Only a backup job sets it, and this process holds the global backup lock: a
+        // killed earlier run left it (vzdump would need `qm unlock` here).
+        Some("backup") => log.warn("removing stale 'lock: backup' left by an interrupted backup"),
+        Some(lock) => {
+            return Err(Error::Config {
+                path: cfg_path,
+                detail: format!("VM is locked ({lock})"),
+            })
+        }
+        None => {}
     }
+    // `lock: backup` while the backup runs (vzdump's per-guest lock): `vmdump vm start` and
+    // `vmdump restore --force` refuse the guest meanwhile. Removed again on every way out.
+    let _config_lock = ConfigLock::set(&cfg_path, "backup")?;
     let qmp_path = job.qmp_socket(vmid);
     let running = match Client::connect_with_timeout(&qmp_path, Duration::from_secs(10)).await {
         Ok(c) => Some(c),
@@ -425,4 +434,43 @@ fn finish_extras(
             .map_err(|e| Error::file("write", names.protected(), e))?;
     }
     Ok(())
+}
+
+/// A `lock: <what>` line in a guest config, removed again on drop.
+#[derive(Debug)]
+struct ConfigLock {
+    path: PathBuf,
+    what: &'static str,
+}
+
+impl ConfigLock {
+    fn set(path: &Path, what: &'static str) -> Result<Self> {
+        let config_err = |e: vmdump_config::Error| Error::Config {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let mut cfg = QemuConfig::load(path).map_err(config_err)?;
+        cfg.set("lock", what).map_err(config_err)?;
+        cfg.save(path).map_err(config_err)?;
+        Ok(ConfigLock {
+            path: path.to_path_buf(),
+            what,
+        })
+    }
+}
+
+impl Drop for ConfigLock {
+    fn drop(&mut self) {
+        // Re-read: the config may have changed under the lock (only the lock line is ours).
+        let res = QemuConfig::load(&self.path).and_then(|mut cfg| {
+            if cfg.lock() == Some(self.what) {
+                cfg.remove("lock");
+                cfg.save(&self.path)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the config lock");
+        }
+    }
 }

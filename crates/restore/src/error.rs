@@ -111,6 +111,14 @@ pub enum Error {
         /// The VM id.
         vmid: u32,
     },
+    /// The VM to overwrite has a `lock:` in its config (a backup runs, ...).
+    #[error("unable to restore VM {vmid} - VM is locked ({what})")]
+    ConfigLocked {
+        /// The VM id.
+        vmid: u32,
+        /// The lock's value (`backup`, `migrate`, ...).
+        what: String,
+    },
     /// The restore was interrupted by a signal.
     #[error("interrupted by signal")]
     Interrupted,
@@ -139,7 +147,8 @@ impl Error {
             | Error::Exists { .. }
             | Error::Running { .. }
             | Error::Protected { .. }
-            | Error::Locked { .. } => ErrorKind::Refused,
+            | Error::Locked { .. }
+            | Error::ConfigLocked { .. } => ErrorKind::Refused,
             Error::Interrupted => ErrorKind::Interrupted,
         }
     }

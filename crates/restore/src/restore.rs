@@ -165,6 +165,12 @@ pub fn restore(
             return Err(Error::Exists { vmid });
         }
         let old = QemuConfig::load(&conf_path)?;
+        if let Some(what) = old.lock() {
+            return Err(Error::ConfigLocked {
+                vmid,
+                what: what.to_string(),
+            });
+        }
         if old
             .get("protection")
             .and_then(vmdump_config::parse_bool)
