@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 pub trait DiskTarget: Send {
     /// Write `data` at byte `offset` of the device.
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Like [`write_at`](Self::write_at) for data the target may keep (no copy needed).
+    fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()> {
+        self.write_at(&data, offset)
+    }
     /// Make everything durable and close the target.
     fn finish(self: Box<Self>) -> Result<()>;
 }
@@ -144,6 +148,10 @@ impl ImageTarget {
 
 impl DiskTarget for ImageTarget {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.write_bytes(bytes::Bytes::copy_from_slice(data), offset)
+    }
+
+    fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()> {
         while self.in_flight.len() >= NBD_IN_FLIGHT {
             self.complete_one()?;
         }
@@ -152,7 +160,6 @@ impl DiskTarget for ImageTarget {
             .nbd()
             .map_err(|e| std::io::Error::other(format!("nbd: {e}")))?
             .clone();
-        let data = bytes::Bytes::copy_from_slice(data);
         let handle = self
             .image
             .runtime()

@@ -1,13 +1,15 @@
 //! The data path: one parser thread (the caller's) reads and validates extents and hands
 //! each disk's non-zero blocks, batched per extent, to that disk's writer thread over a
-//! bounded channel. Batch buffers go back to the parser for reuse, so memory stays at
+//! bounded channel. A batch holds slices of the reader's extent buffer, not copies (the
+//! reader reuses a buffer once no slice of it is left), so memory stays at about
 //! `QUEUE_DEPTH + 2` extent-sized buffers per disk whatever the archive size.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
+use bytes::Bytes;
 use vmdump_vma::{Reader, BLOCK_SIZE, CLUSTER_SIZE};
 
 use crate::disk::DiskTarget;
@@ -15,8 +17,6 @@ use crate::error::{Error, Result};
 
 /// Batches waiting in a disk's queue.
 const QUEUE_DEPTH: usize = 4;
-/// Buffers per disk: the queue, one being written, one being filled.
-const MAX_BUFFERS: usize = QUEUE_DEPTH + 2;
 
 /// One device to restore and where its data goes.
 pub struct Sink {
@@ -90,76 +90,44 @@ pub struct Progress {
     pub seconds: f64,
 }
 
-/// A disk's writes gathered from one extent: `(device offset, buffer start, length)` runs.
-struct Batch {
-    buf: Vec<u8>,
-    runs: Vec<(u64, usize, usize)>,
-}
-
-impl Batch {
-    fn new() -> Self {
-        Batch {
-            buf: Vec::with_capacity(vmdump_vma::MAX_EXTENT_SIZE),
-            runs: Vec::with_capacity(64),
-        }
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.runs.clear();
-    }
-
-    fn push(&mut self, offset: u64, data: &[u8]) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(data);
-        if let Some(last) = self.runs.last_mut() {
-            if last.0 + last.2 as u64 == offset && last.1 + last.2 == start {
-                last.2 += data.len();
-                return;
-            }
-        }
-        self.runs.push((offset, start, data.len()));
-    }
-}
+/// A disk's writes gathered from one extent: `(device offset, data)` runs, the data being
+/// slices of the extent buffer (no copy).
+type Batch = Vec<(u64, Bytes)>;
 
 struct Lane {
     tx: Option<SyncSender<Batch>>,
-    free: Receiver<Batch>,
-    allocated: usize,
-    current: Option<Batch>,
+    /// Runs of the current extent: `(device offset, start in the extent data, length)`.
+    runs: Vec<(u64, usize, usize)>,
     size: u64,
     stats: DeviceStats,
 }
 
 impl Lane {
-    fn batch(&mut self) -> Option<&mut Batch> {
-        if self.current.is_none() {
-            let b = match self.free.try_recv() {
-                Ok(b) => b,
-                Err(TryRecvError::Empty) if self.allocated < MAX_BUFFERS => {
-                    self.allocated += 1;
-                    Batch::new()
-                }
-                // All buffers in flight: wait for the writer to give one back.
-                Err(TryRecvError::Empty) => self.free.recv().ok()?,
-                Err(TryRecvError::Disconnected) => return None,
-            };
-            self.current = Some(b);
+    /// Add `len` bytes at extent-data offset `start` for device offset `offset`, merged with
+    /// the previous run when both are contiguous.
+    fn push(&mut self, offset: u64, start: usize, len: usize) {
+        if let Some(last) = self.runs.last_mut() {
+            if last.0 + last.2 as u64 == offset && last.1 + last.2 == start {
+                last.2 += len;
+                return;
+            }
         }
-        self.current.as_mut()
+        self.runs.push((offset, start, len));
     }
 
-    /// Send the current batch; false if the writer is gone (it failed).
-    fn flush(&mut self) -> bool {
-        match self.current.take() {
-            Some(b) if !b.runs.is_empty() => match &self.tx {
-                Some(tx) => tx.send(b).is_ok(),
-                None => false,
-            },
-            other => {
-                self.current = other;
-                true
-            }
+    /// Send the extent's runs as slices of `data`; false if the writer is gone (it failed).
+    fn flush(&mut self, data: &Bytes) -> bool {
+        if self.runs.is_empty() {
+            return true;
+        }
+        let batch: Batch = self
+            .runs
+            .drain(..)
+            .map(|(offset, start, len)| (offset, data.slice(start..start + len)))
+            .collect();
+        match &self.tx {
+            Some(tx) => tx.send(batch).is_ok(),
+            None => false,
         }
     }
 }
@@ -189,12 +157,9 @@ pub fn run<R: Read>(
         let mut handles = Vec::with_capacity(sinks.len());
         for sink in sinks {
             let (tx, rx) = sync_channel::<Batch>(QUEUE_DEPTH);
-            let (free_tx, free_rx) = sync_channel::<Batch>(MAX_BUFFERS);
             lanes.push(Lane {
                 tx: Some(tx),
-                free: free_rx,
-                allocated: 0,
-                current: None,
+                runs: Vec::with_capacity(64),
                 size: sink.size,
                 stats: DeviceStats {
                     name: sink.name.clone(),
@@ -204,7 +169,7 @@ pub fn run<R: Read>(
             let abort = &abort;
             let handle = std::thread::Builder::new()
                 .name(format!("restore-{}", sink.name))
-                .spawn_scoped(scope, move || write_lane(sink, rx, free_tx, abort))
+                .spawn_scoped(scope, move || write_lane(sink, rx, abort))
                 .map_err(|e| Error::Internal(format!("spawn writer thread: {e}")));
             handles.push(handle);
         }
@@ -286,19 +251,19 @@ fn parse<R: Read>(
             let mut wrote = 0u64;
             if c.mask != 0 {
                 let size = lane.size;
-                let batch = lane
-                    .batch()
-                    .ok_or_else(|| Error::Internal("writer gone".into()))?;
-                for (i, block) in c.blocks() {
+                let at = c.data_offset();
+                for (n, (i, block)) in c.blocks().enumerate() {
                     let off = base + (i * BLOCK_SIZE) as u64;
                     if off >= size {
                         break;
                     }
+                    // Our writer never stores zero blocks; others may. The target reads as
+                    // zeros already, so they are skipped (and stay holes).
                     if vmdump_vma::is_zero(block) {
                         continue;
                     }
                     let len = (size - off).min(BLOCK_SIZE as u64) as usize;
-                    batch.push(off, &block[..len]);
+                    lane.push(off, at + n * BLOCK_SIZE, len);
                     wrote += len as u64;
                 }
             }
@@ -307,8 +272,9 @@ fn parse<R: Read>(
                 lane.stats.sparse += clen;
             }
         }
+        let data = ext.bytes();
         for lane in lanes.iter_mut() {
-            if !lane.flush() {
+            if !lane.flush(data) {
                 return Err(Error::Internal("writer gone".into()));
             }
         }
@@ -337,30 +303,23 @@ fn parse<R: Read>(
     Ok(archive_bytes)
 }
 
-fn write_lane(
-    sink: Sink,
-    rx: Receiver<Batch>,
-    free: SyncSender<Batch>,
-    abort: &AtomicBool,
-) -> Result<()> {
+fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()> {
     let Sink {
         name, mut target, ..
     } = sink;
-    for mut batch in rx {
+    for batch in rx {
         if abort.load(Ordering::Relaxed) {
             return Ok(());
         }
-        for &(offset, start, len) in &batch.runs {
+        for (offset, data) in batch {
             target
-                .write_at(&batch.buf[start..start + len], offset)
+                .write_bytes(data, offset)
                 .map_err(|source| Error::Write {
                     device: name.clone(),
                     offset,
                     source,
                 })?;
         }
-        batch.clear();
-        let _ = free.try_send(batch);
     }
     if abort.load(Ordering::Relaxed) {
         return Ok(());

@@ -1,6 +1,9 @@
 //! Streaming, validating archive reader (works on pipes and stdin).
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind as IoKind, Read};
+
+use bytes::{Bytes, BytesMut};
 
 use crate::cluster_set::ClusterSet;
 use crate::error::{Error, Result};
@@ -17,12 +20,19 @@ pub struct Cluster<'a> {
     /// Bit i set: block i is stored in `data`.
     pub mask: u16,
     data: &'a [u8],
+    offset: usize,
 }
 
 impl<'a> Cluster<'a> {
     /// The stored blocks, concatenated in bit order (`popcount(mask)` x 4 KiB).
     pub fn data(&self) -> &'a [u8] {
         self.data
+    }
+
+    /// Where [`data`](Self::data) starts within the extent's data
+    /// ([`Extent::bytes`]), to take shared slices of it instead of copies.
+    pub fn data_offset(&self) -> usize {
+        self.offset
     }
 
     /// Byte offset of this cluster within its device.
@@ -76,7 +86,7 @@ pub struct Extent<'a> {
     index: u64,
     offset: u64,
     infos: &'a [BlockInfo; SLOTS_PER_EXTENT],
-    data: &'a [u8],
+    data: &'a Bytes,
 }
 
 impl<'a> Extent<'a> {
@@ -92,9 +102,14 @@ impl<'a> Extent<'a> {
     pub fn block_count(&self) -> usize {
         self.data.len() / BLOCK_SIZE
     }
+    /// The extent's data blocks (all clusters, in slot order) as a shared buffer: slices of
+    /// it stay valid after the reader moved on, without copying.
+    pub fn bytes(&self) -> &'a Bytes {
+        self.data
+    }
     /// Clusters in slot order.
     pub fn clusters(&self) -> impl Iterator<Item = Cluster<'a>> + 'a {
-        let data = self.data;
+        let data: &'a [u8] = self.data;
         let mut at = 0usize;
         self.infos.iter().filter(|b| b.dev_id() != 0).map(move |b| {
             let n = b.block_count() as usize * BLOCK_SIZE;
@@ -103,6 +118,7 @@ impl<'a> Extent<'a> {
                 cluster: u64::from(b.cluster()),
                 mask: b.mask(),
                 data: &data[at..at + n],
+                offset: at,
             };
             at += n;
             c
@@ -132,6 +148,9 @@ pub struct ReadStats {
     pub devices: Vec<DeviceReadStats>,
 }
 
+/// Extent buffers a reader keeps for reuse while callers still hold slices of them.
+const RECYCLE: usize = 8;
+
 /// Streaming VMA reader. Validates the header in [`Reader::new`], each extent in
 /// [`Reader::next_extent`] (before any of its clusters is handed out), and
 /// completeness in [`Reader::finish`].
@@ -140,7 +159,9 @@ pub struct Reader<R: Read> {
     header: Header,
     offset: u64,
     extent_index: u64,
-    buf: Vec<u8>,
+    buf: Bytes,
+    /// Earlier extent buffers, reused once nobody holds a slice of them any more.
+    recycle: VecDeque<Bytes>,
     infos: [BlockInfo; SLOTS_PER_EXTENT],
     seen: Vec<ClusterSet>,
     vmstate_next: Vec<u64>,
@@ -277,7 +298,8 @@ impl<R: Read> Reader<R> {
             header,
             offset,
             extent_index: 0,
-            buf: Vec::new(),
+            buf: Bytes::new(),
+            recycle: VecDeque::new(),
             infos: [BlockInfo::default(); SLOTS_PER_EXTENT],
             eof: false,
             poisoned: false,
@@ -426,8 +448,11 @@ impl<R: Read> Reader<R> {
         }
         let (block_count, infos) = parse_extent_header(&h, &self.header.uuid, index, offset)?;
         let len = usize::from(block_count) * BLOCK_SIZE;
-        self.buf.resize(len, 0);
-        let m = read_full(&mut self.inner, &mut self.buf)
+        let mut buf = self.free_buffer();
+        buf.resize(len, 0);
+        let res = read_full(&mut self.inner, &mut buf);
+        self.buf = buf.freeze();
+        let m = res
             .map_err(|e| Error::io(offset + EXTENT_HEADER_SIZE as u64, e))?;
         if m < len {
             return Err(Error::TruncatedExtent {
@@ -444,6 +469,28 @@ impl<R: Read> Reader<R> {
         self.stats.extents += 1;
         self.extent_index += 1;
         Ok(true)
+    }
+
+    /// A buffer for the next extent: the current one or an older one if no slice of it is
+    /// held any more, else a new one. At most [`RECYCLE`] old buffers are kept for reuse.
+    fn free_buffer(&mut self) -> BytesMut {
+        let current = std::mem::take(&mut self.buf);
+        if !current.is_empty() {
+            self.recycle.push_back(current);
+        }
+        for _ in 0..self.recycle.len() {
+            let Some(b) = self.recycle.pop_front() else {
+                break;
+            };
+            match b.try_into_mut() {
+                Ok(free) => return free,
+                Err(held) => self.recycle.push_back(held),
+            }
+        }
+        while self.recycle.len() > RECYCLE {
+            self.recycle.pop_front();
+        }
+        BytesMut::new()
     }
 
     fn check_slots(&mut self, infos: &[BlockInfo], index: u64, offset: u64) -> Result<()> {
