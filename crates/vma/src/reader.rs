@@ -452,8 +452,7 @@ impl<R: Read> Reader<R> {
         buf.resize(len, 0);
         let res = read_full(&mut self.inner, &mut buf);
         self.buf = buf.freeze();
-        let m = res
-            .map_err(|e| Error::io(offset + EXTENT_HEADER_SIZE as u64, e))?;
+        let m = res.map_err(|e| Error::io(offset + EXTENT_HEADER_SIZE as u64, e))?;
         if m < len {
             return Err(Error::TruncatedExtent {
                 index,
