@@ -29,13 +29,17 @@ const WRITEBACK_KICK: u64 = 64 << 20;
 ///
 /// Every 64 MiB the written range is handed to the kernel for writeback
 /// (`posix_fadvise(DONTNEED)` starts it without waiting and then drops the clean pages), so
-/// the final fsync has little left to do and the restore does not evict the page cache.
+/// the final fsync has little left to do and the restore does not evict the page cache. The
+/// kicks run on a helper thread: submitting writeback can block on a full device queue, and
+/// the writer should go on copying meanwhile.
 #[derive(Debug)]
 pub struct RawTarget {
-    file: File,
+    file: std::sync::Arc<File>,
     path: PathBuf,
     dirty: Option<(u64, u64)>,
     dirty_bytes: u64,
+    kicks: Option<std::sync::mpsc::SyncSender<(u64, u64)>>,
+    kicker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RawTarget {
@@ -49,23 +53,39 @@ impl RawTarget {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let file = std::sync::Arc::new(file);
+        // A few ranges may wait; beyond that the writer waits too (bounded dirty memory).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(4);
+        let kicker = {
+            let file = std::sync::Arc::clone(&file);
+            std::thread::Builder::new()
+                .name("restore-writeback".into())
+                .spawn(move || {
+                    for (lo, hi) in rx {
+                        // Advice only: a failure costs speed, never data.
+                        let _ = rustix::fs::fadvise(
+                            &*file,
+                            lo,
+                            std::num::NonZeroU64::new(hi - lo),
+                            rustix::fs::Advice::DontNeed,
+                        );
+                    }
+                })
+                .ok()
+        };
         Ok(RawTarget {
             file,
             path: path.to_path_buf(),
             dirty: None,
             dirty_bytes: 0,
+            kicks: kicker.is_some().then_some(tx),
+            kicker,
         })
     }
 
     fn kick_writeback(&mut self) {
-        if let Some((lo, hi)) = self.dirty.take() {
-            // Advice only: a failure costs speed, never data.
-            let _ = rustix::fs::fadvise(
-                &self.file,
-                lo,
-                std::num::NonZeroU64::new(hi - lo),
-                rustix::fs::Advice::DontNeed,
-            );
+        if let (Some((lo, hi)), Some(tx)) = (self.dirty.take(), &self.kicks) {
+            let _ = tx.send((lo, hi));
         }
         self.dirty_bytes = 0;
     }
@@ -86,7 +106,11 @@ impl DiskTarget for RawTarget {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        drop(self.kicks.take());
+        if let Some(k) = self.kicker.take() {
+            let _ = k.join();
+        }
         self.file.sync_all().map_err(|source| Error::Volume {
             what: "sync volume",
             path: self.path.clone(),
