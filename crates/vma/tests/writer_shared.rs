@@ -46,20 +46,15 @@ fn cluster(dev: usize, c: u64) -> Vec<u8> {
     buf
 }
 
-fn archive(shared: Option<usize>, sizes: &[u64]) -> Vec<u8> {
-    let out = Trickle {
-        out: Vec::new(),
-        max: shared.unwrap_or(usize::MAX),
-        calls: 0,
-    };
-    let mut w = Writer::with_identity(out, [7; 16], Some(1_700_000_000));
+/// Register the devices and write every cluster, the devices interleaved as a live backup
+/// would; `shared(c)` picks `write_cluster_shared` for cluster `c`, else `write_cluster`.
+fn fill<W: Write>(w: &mut Writer<W>, sizes: &[u64], shared: impl Fn(u64) -> bool) {
     w.add_config("qemu-server.conf", b"memory: 512\n").unwrap();
     let ids: Vec<_> = sizes
         .iter()
         .enumerate()
         .map(|(i, s)| w.register_device(&format!("drive-scsi{i}"), *s).unwrap())
         .collect();
-    // Interleave the devices, as a live backup would.
     let counts: Vec<u64> = sizes
         .iter()
         .map(|s| s.div_ceil(CLUSTER_SIZE as u64))
@@ -73,7 +68,7 @@ fn archive(shared: Option<usize>, sizes: &[u64]) -> Vec<u8> {
             let mut data = cluster(d, c);
             let end = (sizes[d] - c * CLUSTER_SIZE as u64).min(CLUSTER_SIZE as u64) as usize;
             data.truncate(end);
-            let zero = if shared.is_some() && c % 5 != 3 {
+            let zero = if shared(c) {
                 w.write_cluster_shared(*id, c, &Bytes::from(data)).unwrap()
             } else {
                 w.write_cluster(*id, c, &data).unwrap()
@@ -81,6 +76,16 @@ fn archive(shared: Option<usize>, sizes: &[u64]) -> Vec<u8> {
             assert_eq!(zero % 4096, 0);
         }
     }
+}
+
+fn archive(shared: Option<usize>, sizes: &[u64]) -> Vec<u8> {
+    let out = Trickle {
+        out: Vec::new(),
+        max: shared.unwrap_or(usize::MAX),
+        calls: 0,
+    };
+    let mut w = Writer::with_identity(out, [7; 16], Some(1_700_000_000));
+    fill(&mut w, sizes, |c| shared.is_some() && c % 5 != 3);
     let (out, _) = w.finish().unwrap();
     if shared == Some(1000) {
         assert!(out.calls > 100, "the slow output was not exercised");
@@ -122,31 +127,7 @@ fn in_place_writer_writes_the_same_bytes() {
         [7; 16],
         Some(1_700_000_000),
     );
-    w.add_config("qemu-server.conf", b"memory: 512\n").unwrap();
-    let ids: Vec<_> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| w.register_device(&format!("drive-scsi{i}"), *s).unwrap())
-        .collect();
-    let counts: Vec<u64> = sizes
-        .iter()
-        .map(|s| s.div_ceil(CLUSTER_SIZE as u64))
-        .collect();
-    for c in 0..counts.iter().copied().max().unwrap() {
-        for (d, id) in ids.iter().enumerate() {
-            if c >= counts[d] {
-                continue;
-            }
-            let mut data = cluster(d, c);
-            let end = (sizes[d] - c * CLUSTER_SIZE as u64).min(CLUSTER_SIZE as u64) as usize;
-            data.truncate(end);
-            if c % 3 == 0 {
-                w.write_cluster_shared(*id, c, &Bytes::from(data)).unwrap();
-            } else {
-                w.write_cluster(*id, c, &data).unwrap();
-            }
-        }
-    }
+    fill(&mut w, &sizes, |c| c % 3 == 0);
     let (out, stats) = w.finish().unwrap();
     let out = out.into_inner();
     assert_eq!(stats.bytes_written, out.len() as u64);
