@@ -38,6 +38,20 @@ impl Env {
         }
     }
 
+    /// Start `vmid` paused (the guest never runs, so KVM is fine where it is available).
+    async fn start_paused(&self, vmid: u32) -> vmdump_guest::Started {
+        self.rt
+            .start(
+                vmid,
+                &StartOptions {
+                    paused: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+    }
+
     fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
@@ -151,17 +165,7 @@ fn running(state: &State) -> &RunState {
 async fn paused_start_status_events_suspend_resume_stop() {
     let mut env = Env::new();
     env.config(200, "name: bare\nmemory: 64\nmachine: q35\n");
-    let started = env
-        .rt
-        .start(
-            200,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let started = env.start_paused(200).await;
     let pid = started.pid;
     assert!(started.plan.args.iter().any(|a| a == "-S"));
     let st = env.rt.status(200).await.unwrap();
@@ -325,18 +329,7 @@ async fn agent_shutdown_when_acpi_is_ignored() {
 async fn stale_run_dir_after_a_crash_is_cleaned() {
     let mut env = Env::new();
     env.config(204, "memory: 64\n");
-    let pid = env
-        .rt
-        .start(
-            204,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .pid;
+    let pid = env.start_paused(204).await.pid;
     // QEMU dies behind our back.
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -354,18 +347,7 @@ async fn stale_run_dir_after_a_crash_is_cleaned() {
     assert!(!run.has_leftovers());
     // And a start over a stale pid file works.
     std::fs::write(run.pidfile(), format!("{pid}\n")).unwrap();
-    let pid2 = env
-        .rt
-        .start(
-            204,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .pid;
+    let pid2 = env.start_paused(204).await.pid;
     assert_ne!(pid, pid2);
     assert!(env.rt.stop(204, Duration::from_secs(10)).await.unwrap());
     env.assert_clean(204, Some(pid2));
@@ -396,17 +378,7 @@ async fn block_nodes_and_devices_follow_the_naming_scheme() {
          ide2: none,media=cdrom\n\
          net0: virtio=02:00:00:00:02:05,bridge=vmbr0\n",
     );
-    let started = env
-        .rt
-        .start(
-            205,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let started = env.start_paused(205).await;
     let disks = &started.plan.disks;
     let keys: Vec<String> = disks.iter().map(|d| d.key.to_string()).collect();
     assert_eq!(
@@ -554,18 +526,7 @@ async fn list_shows_configs_with_state() {
     env.config(211, "name: one\nmemory: 64\n");
     env.config(212, "name: two\nmemory: 96\n");
     env.config(213, "memory: broken\n");
-    let pid = env
-        .rt
-        .start(
-            212,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .pid;
+    let pid = env.start_paused(212).await.pid;
     let list = env.rt.list().await.unwrap();
     let rows: Vec<(u32, &str, Option<u64>, &str)> = list
         .iter()
@@ -606,18 +567,7 @@ async fn concurrent_starts_launch_one_qemu() {
 async fn frozen_qemu_is_reported_unresponsive_and_killed() {
     let mut env = Env::new();
     env.config(215, "memory: 64\n");
-    let pid = env
-        .rt
-        .start(
-            215,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .pid;
+    let pid = env.start_paused(215).await.pid;
     // QEMU stops answering anything (its monitor included).
     assert!(std::process::Command::new("kill")
         .args(["-STOP", &pid.to_string()])
@@ -659,17 +609,7 @@ async fn i440fx_ide_units_lsi_controllers_and_cdrom() {
          scsi7: local:216/vm-216-disk-4.raw,ro=1\n\
          sata5: local:216/vm-216-disk-5.raw,discard=on\n",
     );
-    let started = env
-        .rt
-        .start(
-            216,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let started = env.start_paused(216).await;
     let args = started.plan.args.join(" ");
     assert!(
         args.contains("-smp 3,sockets=2,cores=2,maxcpus=4"),
@@ -728,17 +668,7 @@ async fn ovmf_uses_efidisk0_as_the_variable_store() {
         "bios: ovmf\nmachine: q35\nmemory: 128\n\
          efidisk0: local:217/vm-217-disk-0.raw,efitype=4m,pre-enrolled-keys=0,size=528K\n",
     );
-    let started = env
-        .rt
-        .start(
-            217,
-            &StartOptions {
-                paused: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let started = env.start_paused(217).await;
     let args = started.plan.args.join(" ");
     assert!(
         args.contains(",pflash0=pflash-code,pflash1=drive-efidisk0"),
