@@ -19,11 +19,6 @@ use crate::options::{Compression, Mode, Resolved, Settings, Target};
 use crate::progress::{format_hms, format_size, summary, Progress, Transfer};
 use crate::stopped::{PausedQemu, StoppedDisk};
 
-/// Environment variable overriding [`DEFAULT_RUN_DIR`].
-pub const RUN_DIR_ENV: &str = "VMDUMP_RUN_DIR";
-/// Where running VMs keep their sockets: `<run dir>/<vmid>/qmp.sock` and `qga.sock`.
-pub const DEFAULT_RUN_DIR: &str = "/run/vmdump";
-
 /// What a backup job needs besides the guest id.
 #[derive(Debug, Clone)]
 pub struct BackupJob {
@@ -55,9 +50,7 @@ impl BackupJob {
             }
         };
         let (settings, warnings) = Resolved::combine(cli, &conf)?;
-        let run_dir = std::env::var_os(RUN_DIR_ENV)
-            .filter(|v| !v.is_empty())
-            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from);
+        let run_dir = vmdump_guest::run_base_from_env();
         let node = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -274,7 +267,7 @@ async fn run(
     }
     // `lock: backup` while the backup runs (vzdump's per-guest lock): `vmdump vm start` and
     // `vmdump restore --force` refuse the guest meanwhile. Removed again on every way out.
-    let _config_lock = ConfigLock::set(&cfg_path, "backup")?;
+    let _config_lock = ConfigLock::set(&cfg_path, cfg.clone(), "backup")?;
     let qmp_path = job.qmp_socket(vmid);
     let running = match Client::connect_with_timeout(&qmp_path, Duration::from_secs(10)).await {
         Ok(c) => Some(c),
@@ -444,12 +437,12 @@ struct ConfigLock {
 }
 
 impl ConfigLock {
-    fn set(path: &Path, what: &'static str) -> Result<Self> {
+    /// Write `cfg` (just loaded from `path`) back with `lock: <what>`.
+    fn set(path: &Path, mut cfg: QemuConfig, what: &'static str) -> Result<Self> {
         let config_err = |e: vmdump_config::Error| Error::Config {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        let mut cfg = QemuConfig::load(path).map_err(config_err)?;
         cfg.set("lock", what).map_err(config_err)?;
         cfg.save(path).map_err(config_err)?;
         Ok(ConfigLock {

@@ -2,14 +2,15 @@
 //! `flock` on `/var/run/vzdump.lock`. Holding it is also what makes leftovers of an earlier
 //! run (QEMU jobs, `.dat` files) safe to remove: nobody else can be writing them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{flock, FlockOperation};
+use vmdump_guest::try_lock_file;
 
 use crate::error::{Error, Result};
+use crate::name::ArchiveName;
 
 /// File name of the lock in the run directory.
 pub const LOCK_FILE: &str = "backup.lock";
@@ -41,19 +42,11 @@ impl JobLock {
             source,
         };
         std::fs::create_dir_all(run_dir).map_err(|e| io_err("create lock directory", e))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("open lock", e))?;
         let deadline = Instant::now() + wait;
         let mut on_wait = Some(on_wait);
         loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(JobLock { _file: file, path }),
-                Err(rustix::io::Errno::WOULDBLOCK) => {}
-                Err(e) => return Err(io_err("lock", e.into())),
+            if let Some(file) = try_lock_file(&path).map_err(|e| io_err("lock", e))? {
+                return Ok(JobLock { _file: file, path });
             }
             if interrupt.load(Ordering::Relaxed) {
                 return Err(Error::Interrupted);
@@ -86,7 +79,6 @@ impl JobLock {
 /// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`].
 /// Returns the removed paths.
 pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
-    let prefix = format!("vzdump-qemu-{vmid}-");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -96,8 +88,7 @@ pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if name.starts_with(&prefix)
-            && name.ends_with(".dat")
+        if ArchiveName::is_temporary_of(name, vmid)
             && e.file_type().is_ok_and(|t| t.is_file())
             && std::fs::remove_file(e.path()).is_ok()
         {

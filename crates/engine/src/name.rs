@@ -7,6 +7,14 @@ use chrono::{DateTime, Local};
 
 use crate::options::Compression;
 
+/// Extension of an archive being written.
+const TEMPORARY_EXT: &str = ".dat";
+
+/// Start of every file name of a backup of `vmid`.
+fn prefix(vmid: u32) -> String {
+    format!("vzdump-qemu-{vmid}-")
+}
+
 /// The names of one guest's backup in one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveName {
@@ -20,7 +28,7 @@ impl ArchiveName {
     pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Compression) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            base: format!("vzdump-qemu-{vmid}-{}", start.format("%Y_%m_%d-%H_%M_%S")),
+            base: format!("{}{}", prefix(vmid), start.format("%Y_%m_%d-%H_%M_%S")),
             compress,
         }
     }
@@ -44,10 +52,16 @@ impl ArchiveName {
     /// extension replaced by `.dat` (`x.vma.zst` → `x.vma.dat`, `x.vma` → `x.dat`).
     pub fn temporary(&self) -> PathBuf {
         let name = match self.compress {
-            Compression::None => format!("{}.dat", self.base),
-            _ => format!("{}.vma.dat", self.base),
+            Compression::None => format!("{}{TEMPORARY_EXT}", self.base),
+            _ => format!("{}.vma{TEMPORARY_EXT}", self.base),
         };
         self.dir.join(name)
+    }
+
+    /// True if `file_name` is a [`temporary`](Self::temporary) of a backup of `vmid`, of
+    /// any time and compression.
+    pub fn is_temporary_of(file_name: &str, vmid: u32) -> bool {
+        file_name.starts_with(&prefix(vmid)) && file_name.ends_with(TEMPORARY_EXT)
     }
 
     /// The log copied next to the archive.

@@ -48,7 +48,9 @@ mod runtime;
 pub use accel::Accel;
 pub use cmdline::{node_names, qom_path, DiskNode, LaunchPlan};
 pub use error::{Error, ErrorKind, Result};
-pub use rundir::{RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV};
+pub use rundir::{
+    run_base_from_env, try_lock_file, RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV,
+};
 pub use runtime::{
     run_state_name, Runtime, ShutdownOutcome, StartOptions, Started, State, VmSummary, QEMU_ENV,
 };

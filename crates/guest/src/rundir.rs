@@ -25,6 +25,31 @@ pub const DEFAULT_RUN_BASE: &str = "/run/vmdump";
 /// Environment variable overriding the run base.
 pub const RUN_BASE_ENV: &str = "VMDUMP_RUN_DIR";
 
+/// The run base every vmdump command uses: `$VMDUMP_RUN_DIR` if set and not empty, else
+/// [`DEFAULT_RUN_BASE`]. The VM runtime, the backup engine and restore must agree on it.
+pub fn run_base_from_env() -> PathBuf {
+    std::env::var_os(RUN_BASE_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_RUN_BASE), PathBuf::from)
+}
+
+/// Take an exclusive `flock` on `path` (created if missing) without waiting: the open file
+/// holds it until dropped, and the kernel drops it if the process dies. `None` if another
+/// process holds it.
+pub fn try_lock_file(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use rustix::fs::{flock, FlockOperation};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One VM's run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -142,33 +167,17 @@ impl VmLock {
         base.join(format!("{vmid}.lock"))
     }
 
-    fn open(base: &Path, vmid: u32) -> Result<std::fs::File> {
-        let path = Self::path(base, vmid);
+    /// Take the lock without waiting; `None` if another process holds it.
+    pub fn try_acquire(base: &Path, vmid: u32) -> Result<Option<Self>> {
         std::fs::create_dir_all(base).map_err(|source| Error::Io {
             vmid,
             path: base.to_path_buf(),
             source,
         })?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::Io { vmid, path, source })
-    }
-
-    /// Take the lock without waiting; `None` if another process holds it.
-    pub fn try_acquire(base: &Path, vmid: u32) -> Result<Option<Self>> {
-        use rustix::fs::{flock, FlockOperation};
-        let file = Self::open(base, vmid)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(VmLock { _file: file })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(Error::Io {
-                vmid,
-                path: Self::path(base, vmid),
-                source: e.into(),
-            }),
+        let path = Self::path(base, vmid);
+        match try_lock_file(&path) {
+            Ok(file) => Ok(file.map(|f| VmLock { _file: f })),
+            Err(source) => Err(Error::Io { vmid, path, source }),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::accel::Accel;
 use crate::cmdline::{self, BuildInput, LaunchPlan};
 use crate::error::{Error, Result};
 use crate::process;
-use crate::rundir::{RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV};
+use crate::rundir::{RunDir, VmLock};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
 pub const QEMU_ENV: &str = "VMDUMP_QEMU";
@@ -154,10 +154,7 @@ impl Runtime {
     /// A runtime for `root`; run directories under `$VMDUMP_RUN_DIR` or `/run/vmdump`; QEMU
     /// from `$VMDUMP_QEMU` or `qemu-system-x86_64`.
     pub fn new(root: ConfigRoot) -> Self {
-        let run_base = std::env::var_os(RUN_BASE_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_BASE));
+        let run_base = crate::rundir::run_base_from_env();
         let qemu = std::env::var_os(QEMU_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)

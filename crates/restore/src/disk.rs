@@ -38,8 +38,16 @@ pub struct RawTarget {
     path: PathBuf,
     dirty: Option<(u64, u64)>,
     dirty_bytes: u64,
-    kicks: Option<std::sync::mpsc::SyncSender<(u64, u64)>>,
-    kicker: Option<std::thread::JoinHandle<()>>,
+    /// The helper thread and the channel of ranges to it (none if it could not start:
+    /// then nothing is kicked and the final fsync does all the writeback).
+    kicker: Option<Kicker>,
+}
+
+/// The writeback helper of a [`RawTarget`]: written ranges go to `tx`, `handle` is the thread.
+#[derive(Debug)]
+struct Kicker {
+    tx: std::sync::mpsc::SyncSender<(u64, u64)>,
+    handle: std::thread::JoinHandle<()>,
 }
 
 impl RawTarget {
@@ -72,19 +80,19 @@ impl RawTarget {
                     }
                 })
                 .ok()
+                .map(|handle| Kicker { tx, handle })
         };
         Ok(RawTarget {
             file,
             path: path.to_path_buf(),
             dirty: None,
             dirty_bytes: 0,
-            kicks: kicker.is_some().then_some(tx),
             kicker,
         })
     }
 
     fn kick_writeback(&mut self) {
-        if let (Some((lo, hi)), Some(tx)) = (self.dirty.take(), &self.kicks) {
+        if let (Some((lo, hi)), Some(Kicker { tx, .. })) = (self.dirty.take(), &self.kicker) {
             let _ = tx.send((lo, hi));
         }
         self.dirty_bytes = 0;
@@ -107,9 +115,9 @@ impl DiskTarget for RawTarget {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        drop(self.kicks.take());
-        if let Some(k) = self.kicker.take() {
-            let _ = k.join();
+        if let Some(Kicker { tx, handle }) = self.kicker.take() {
+            drop(tx);
+            let _ = handle.join();
         }
         self.file.sync_all().map_err(|source| Error::Volume {
             what: "sync volume",

@@ -52,6 +52,4 @@ pub mod rewrite;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};
-pub use restore::{
-    restore, vm_running, Options, RestoredDisk, Summary, DEFAULT_RUN_DIR, RUN_DIR_ENV,
-};
+pub use restore::{restore, vm_running, Options, RestoredDisk, Summary};

@@ -18,12 +18,6 @@ use crate::plan::{plan, DiskPlan};
 use crate::rewrite::{mac_prefix_from_datacenter, rewrite_config, OsRandom, Rewrite};
 use crate::volume::{allocate, remove_volid, Volume};
 
-/// Environment variable naming the directory of running VMs' sockets (shared with the
-/// backup engine and the VM runtime).
-pub const RUN_DIR_ENV: &str = "VMDUMP_RUN_DIR";
-/// Default directory of running VMs' sockets: `<dir>/<vmid>/qmp.sock`.
-pub const DEFAULT_RUN_DIR: &str = "/run/vmdump";
-
 /// What to restore where.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -47,11 +41,9 @@ pub struct Options {
 
 impl Options {
     /// Options with defaults: no storage override, no force/unique/limit, the run directory
-    /// from `$VMDUMP_RUN_DIR` or [`DEFAULT_RUN_DIR`].
+    /// the VM runtime's ([`vmdump_guest::run_base_from_env`]).
     pub fn new(root: ConfigRoot, vmid: u32) -> Self {
-        let run_dir = std::env::var_os(RUN_DIR_ENV)
-            .filter(|v| !v.is_empty())
-            .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from);
+        let run_dir = vmdump_guest::run_base_from_env();
         Options {
             root,
             vmid,

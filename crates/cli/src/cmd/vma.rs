@@ -1027,10 +1027,8 @@ fn write_archive(
                 sources,
                 IN_PLACE_READ_CLUSTERS,
             )?;
-            let (out, stats) = w.finish()?;
-            let mut out = out;
-            out.flush()?;
-            stats
+            // finish() flushes the output.
+            w.finish()?.1
         }
         _ => {
             // Compressors emit ~128 KiB pieces: batch them into large writes. Uncompressed
