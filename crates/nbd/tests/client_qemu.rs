@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{make_test_qcow2, run, sha256_file, MemExport};
+use common::{convert_to_raw, make_test_qcow2, run, sha256_file, MemExport};
 use sha2::{Digest, Sha256};
 use vmdump_nbd::client::ReadPiece;
 use vmdump_nbd::proto::reply::{STATE_HOLE, STATE_ZERO};
@@ -89,16 +89,7 @@ async fn client_reads_qemu_nbd_sparse_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_test_qcow2(dir.path(), 64);
     let reference = dir.path().join("ref.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "raw",
-            img.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&img, &reference);
     let sock = dir.path().join("nbd.sock");
     let _d = qemu_nbd(&img, &sock, &["-r"]).await;
     for align in [false, true] {

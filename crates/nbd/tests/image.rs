@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{make_test_qcow2, run, sha256_file};
+use common::{convert_to_raw, make_test_qcow2, run, sha256_file};
 use sha2::{Digest, Sha256};
 use vmdump_nbd::image::{self, Image};
 use vmdump_nbd::ErrorKind;
@@ -29,16 +29,7 @@ fn open_detects_format_reads_and_maps() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_test_qcow2(dir.path(), 64);
     let reference = dir.path().join("ref.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "raw",
-            img.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&img, &reference);
 
     let image = Image::open(&img, None, true).unwrap();
     assert_eq!(image.format(), "qcow2");

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{make_test_qcow2, run, run_async, run_status, sha256_file, MemExport, Op, Qmp};
+use common::{
+    convert_to_raw, make_test_qcow2, run_async, run_status, sha256_file, MemExport, Op, Qmp,
+};
 use vmdump_nbd::server::CloseReason;
 use vmdump_nbd::{Server, ServerOptions};
 
@@ -20,16 +22,7 @@ async fn qemu_img_convert_into_server_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let src = make_test_qcow2(dir.path(), 64);
     let reference = dir.path().join("ref.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&src, &reference);
 
     let export = Arc::new(MemExport::new(64 << 20));
     // Start from garbage so zero ranges must really be written.
@@ -159,16 +152,7 @@ async fn push_blockdev_backup_records_point_in_time() {
     let size_mib = 32;
     let disk = make_test_qcow2(dir.path(), size_mib);
     let at_start = dir.path().join("at-start.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "raw",
-            disk.to_str().unwrap(),
-            at_start.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&disk, &at_start);
 
     let export = Arc::new(MemExport::new(size_mib << 20));
     let mut server = Server::new(ServerOptions::default());
@@ -266,16 +250,7 @@ async fn push_blockdev_backup_records_point_in_time() {
     let _ = tokio::time::timeout(Duration::from_secs(10), qemu.wait()).await;
     // The writes really landed on the disk, so the equality above is not vacuous.
     let now = dir.path().join("now.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "raw",
-            disk.to_str().unwrap(),
-            now.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&disk, &now);
     assert_ne!(sha256_file(&now), sha256_file(&at_start));
     let now_bytes = std::fs::read(&now).unwrap();
     assert!(now_bytes[20 << 20..(20 << 20) + 65536]

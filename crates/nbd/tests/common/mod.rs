@@ -212,6 +212,20 @@ pub fn sha256_file(path: &Path) -> String {
 }
 
 /// A 64 MiB-ish qcow2 with data, qcow2 zero clusters, a 4 KiB write and unallocated gaps.
+/// `qemu-img convert -O raw src dst`: the guest-visible bytes of an image, as a reference.
+pub fn convert_to_raw(src: &Path, dst: &Path) {
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+        ],
+    );
+}
+
 pub fn make_test_qcow2(dir: &Path, size_mib: u64) -> PathBuf {
     let path = dir.join("src.qcow2");
     let p = path.to_str().unwrap();
