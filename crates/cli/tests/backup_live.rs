@@ -221,19 +221,18 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let env = Env::new(tmp.path())?;
+/// VM 100 with one 64 MiB raw disk (32 MiB of random data from `seed`), paused, and a
+/// throttled `vmdump backup` of it that has been copying for half a second.
+async fn backup_in_progress(env: &Env, seed: u64) -> Result<(Vm, std::process::Child)> {
     let a = env.image(100, "vm-100-disk-0.raw");
     std::fs::File::create(&a)?.set_len(64 * MIB)?;
-    write_random(&a, 0, 32 * MIB, 5)?;
+    write_random(&a, 0, 32 * MIB, seed)?;
     env.write_config(
         100,
         "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
     )?;
-    let mut vm = Vm::start(
-        &env,
+    let vm = Vm::start(
+        env,
         100,
         &[Disk {
             key: "scsi0",
@@ -251,6 +250,14 @@ async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
         .spawn()?;
     vm.wait_jobs(1).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((vm, child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let (mut vm, child) = backup_in_progress(&env, 5).await?;
     vm.child.kill()?;
     vm.child.wait()?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
@@ -275,32 +282,7 @@ async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
 async fn sigint_aborts_cleanly() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
-    let a = env.image(100, "vm-100-disk-0.raw");
-    std::fs::File::create(&a)?.set_len(64 * MIB)?;
-    write_random(&a, 0, 32 * MIB, 6)?;
-    env.write_config(
-        100,
-        "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
-    )?;
-    let vm = Vm::start(
-        &env,
-        100,
-        &[Disk {
-            key: "scsi0",
-            path: &a,
-            format: "raw",
-        }],
-        false,
-        "",
-    )
-    .await?;
-    let child = env
-        .vmdump_command(&["100", "--bwlimit", "8192"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    vm.wait_jobs(1).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (vm, child) = backup_in_progress(&env, 6).await?;
     run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
