@@ -114,3 +114,51 @@ fn errors_and_panics_leave_no_daemon() {
     assert!(!alive(pid), "daemon stopped during unwinding");
     assert!(unlocked(&raw));
 }
+
+/// Whether process `pid` has `path` open with `O_DIRECT` (the `flags` line of
+/// `/proc/<pid>/fdinfo`, octal); None if it does not have it open at all.
+fn open_direct(pid: u32, path: &Path) -> Option<bool> {
+    let path = std::fs::canonicalize(path).unwrap();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        if std::fs::read_link(fd.path()).ok().as_deref() != Some(path.as_path()) {
+            continue;
+        }
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_str()?))
+                .unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        return Some(flags & libc::O_DIRECT as u32 != 0);
+    }
+    None
+}
+
+#[test]
+fn writable_images_bypass_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("new.qcow2");
+    image::create(&img, "qcow2", 16 << 20).unwrap();
+
+    // Writable on a disk file system: O_DIRECT, and the data arrives.
+    let image = Image::open(&img, Some("qcow2"), false).unwrap();
+    let pid = image.daemon().unwrap().pid().unwrap();
+    assert_eq!(open_direct(pid, &img), Some(true), "writable: O_DIRECT");
+    image.write_at(&[0x5a; 65536], 1 << 20).unwrap();
+    image.close().unwrap();
+    run("qemu-img", &["check", img.to_str().unwrap()]);
+
+    // Read-only keeps the page cache.
+    let image = Image::open(&img, None, true).unwrap();
+    let pid = image.daemon().unwrap().pid().unwrap();
+    assert_eq!(open_direct(pid, &img), Some(false), "read-only: cached");
+    assert!(image
+        .read(1 << 20, 65536)
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0x5a));
+    image.close().unwrap();
+}
