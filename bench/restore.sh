@@ -7,12 +7,22 @@
 # Usage: bench/restore.sh [size-GiB]   (default 8; BENCH_DIR picks the scratch directory)
 # Prints times, rates over the disk size, the ratio against the target (restore to raw
 # >= 0.9x qemu-img convert to raw) and vmdump's peak RSS.
+#
+# A restore is durable (it fsyncs every disk before it writes the config); `qemu-img convert`
+# is not (cache mode unsafe). So convert is also timed followed by `sync`, and both are also
+# run to a tmpfs target (/dev/shm, when it has room), where durability costs nothing and
+# the two data paths compete on equal terms.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 size_gib=${1:-8}
 size=$((size_gib * 1024 * 1024 * 1024))
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench-restore.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+shm=
+# tmpfs contenders need room for one restored disk (half the size is data) plus slack.
+if [[ -d /dev/shm ]] && (($(df --output=avail -B1 /dev/shm | tail -1) > size / 2 + (1 << 30))); then
+  shm=$(mktemp -d /dev/shm/vmdump-bench-restore.XXXXXX)
+fi
+trap 'rm -rf "$work" ${shm:+"$shm"}' EXIT
 
 cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
 target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
@@ -42,6 +52,7 @@ printf 'memory: 256\nname: bench\nscsi0: local:100/vm-100-disk-0.raw,size=%sG\n#
   "$size_gib" > "$work/qemu-server.conf"
 printf 'dir: local\n\tpath %s\n\tcontent images\n\ndir: q\n\tpath %s\n\tcontent images\n\tformat qcow2\n' \
   "$work/store" "$work/storeq" > "$work/etc/storage.cfg"
+[[ -z $shm ]] || printf '\ndir: shm\n\tpath %s\n\tcontent images\n' "$shm/store" >> "$work/etc/storage.cfg"
 echo "bench: creating the archives"
 "$vmdump" vma create "$work/a.vma" -c "$work/qemu-server.conf" -d "format=raw:drive-scsi0=$img"
 zstd -q -T0 "$work/a.vma" -o "$work/a.vma.zst"
@@ -64,11 +75,12 @@ best() { python3 -c "print(min(float(x) for x in '$*'.split()))"; }
 # exits); vmdump restore fsyncs every disk before it writes the config. So convert is timed
 # both ways: as is, and followed by `sync` of its output (like for like).
 convert_sync() { qemu-img convert -f raw -O raw "$img" "$work/convert.raw" && sync "$work/convert.raw"; }
+convert_q_sync() { qemu-img convert -f raw -O qcow2 "$img" "$work/convert.qcow2" && sync "$work/convert.qcow2"; }
 unzstd() { zstd -q -d -c "$work/a.vma.zst" > /dev/null; }
 
 restore() { # archive storage -> "seconds rss_kib"
   local t0 t1 out
-  rm -rf "$work/store" "$work/storeq" "$work/etc/qemu-server/200.conf"
+  rm -rf "$work/store" "$work/storeq" ${shm:+"$shm/store"} "$work/etc/qemu-server/200.conf"
   sync
   t0=$(now)
   VMDUMP_RUN_DIR="$work/run" /usr/bin/time -f '%M' -o "$work/time.txt" \
@@ -76,7 +88,7 @@ restore() { # archive storage -> "seconds rss_kib"
     { cat "$work/restore.log" >&2; exit 1; }
   t1=$(now)
   # Same bytes as the source, every time.
-  out=$(ls "$work"/store*/images/200/*)
+  out=$(ls "$work"/store*/images/200/* ${shm:+"$shm"}/store/images/200/* 2>/dev/null || true)
   qemu-img compare -q -f raw "$img" "$out" || { echo "bench: restored disk differs" >&2; exit 1; }
   echo "$(secs "$t0" "$t1") $(tail -1 "$work/time.txt")"
 }
@@ -93,6 +105,14 @@ for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
   rm -f "$work/convert.raw"
   T[convert_q]+=" $(timed qemu-img convert -f raw -O qcow2 "$img" "$work/convert.qcow2")"
   rm -f "$work/convert.qcow2"
+  T[convert_q_sync]+=" $(timed convert_q_sync)"
+  rm -f "$work/convert.qcow2"
+  if [[ -n $shm ]]; then
+    T[convert_shm]+=" $(timed qemu-img convert -f raw -O raw "$img" "$shm/convert.raw")"
+    rm -f "$shm/convert.raw"
+    read -r t _ < <(restore "$work/a.vma" shm)
+    T[shm]+=" $t"
+  fi
   T[unzstd]+=" $(timed unzstd)"
   for c in "raw a.vma local" "zraw a.vma.zst local" "q a.vma q" "zq a.vma.zst q"; do
     read -r name file sid <<<"$c"
@@ -103,6 +123,7 @@ for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
 done
 for k in "${!T[@]}"; do T[$k]=$(best "${T[$k]}"); done
 t_convert=${T[convert]} t_convert_sync=${T[convert_sync]} t_convert_q=${T[convert_q]}
+t_convert_q_sync=${T[convert_q_sync]}
 t_unzstd=${T[unzstd]} t_raw=${T[raw]} t_zraw=${T[zraw]} t_q=${T[q]} t_zq=${T[zq]}
 rss_raw=${RSS[raw]} rss_zraw=${RSS[zraw]} rss_q=${RSS[q]} rss_zq=${RSS[zq]}
 
@@ -117,11 +138,20 @@ printf '%-40s %8s %8s %10s\n' contender "time s" "MiB/s" "RSS MiB"
 row "qemu-img convert raw -> raw" "$t_convert" -
 row "qemu-img convert raw -> raw + sync" "$t_convert_sync" -
 row "qemu-img convert raw -> qcow2" "$t_convert_q" -
+row "qemu-img convert raw -> qcow2 + sync" "$t_convert_q_sync" -
 row "zstd -d (archive, to /dev/null)" "$t_unzstd" -
 row "vmdump restore .vma -> raw" "$t_raw" $((rss_raw >> 10))
 row "vmdump restore .vma.zst -> raw" "$t_zraw" $((rss_zraw >> 10))
 row "vmdump restore .vma -> qcow2" "$t_q" $((rss_q >> 10))
 row "vmdump restore .vma.zst -> qcow2" "$t_zq" $((rss_zq >> 10))
+if [[ -n $shm ]]; then
+  row "qemu-img convert raw -> raw (tmpfs)" "${T[convert_shm]}" -
+  row "vmdump restore .vma -> raw (tmpfs)" "${T[shm]}" -
+fi
 echo "ratio restore to raw / qemu-img convert to raw:        $(python3 -c "print(f'{$r_raw / $r_convert:.2f}')") (target >= 0.9)"
 echo "ratio restore to raw / qemu-img convert to raw + sync: $(python3 -c "print(f'{$r_raw / $r_convert_sync:.2f}')") (both durable)"
+if [[ -n $shm ]]; then
+  echo "ratio restore to raw / qemu-img convert to raw, on tmpfs: $(python3 -c "print(f'{${T[convert_shm]} / ${T[shm]}:.2f}')") (the data paths alone)"
+fi
+echo "ratio restore to qcow2 / qemu-img convert to qcow2 + sync: $(python3 -c "print(f'{$t_convert_q_sync / $t_q:.2f}')") (both durable)"
 echo "MiB/s are over the ${size_gib} GiB disk size"
