@@ -57,6 +57,7 @@ mod format;
 mod header;
 mod index;
 mod reader;
+mod recycle;
 mod writer;
 
 pub use error::{Error, ErrorKind, Result};
@@ -71,6 +72,7 @@ pub use index::{DeviceReader, Index};
 pub use reader::{
     parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader,
 };
+pub use recycle::Recycler;
 pub use writer::{is_zero, DeviceId, DeviceStats, WriteStats, Writer};
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Streaming, validating archive reader (works on pipes and stdin).
 
-use std::collections::VecDeque;
 use std::io::{ErrorKind as IoKind, Read};
 
 use bytes::{Bytes, BytesMut};
@@ -9,6 +8,7 @@ use crate::cluster_set::ClusterSet;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::header::Header;
+use crate::recycle::Recycler;
 
 /// One cluster as stored in an extent, borrowed from the reader's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +161,7 @@ pub struct Reader<R: Read> {
     extent_index: u64,
     buf: Bytes,
     /// Earlier extent buffers, reused once nobody holds a slice of them any more.
-    recycle: VecDeque<Bytes>,
+    recycle: Recycler,
     infos: [BlockInfo; SLOTS_PER_EXTENT],
     seen: Vec<ClusterSet>,
     vmstate_next: Vec<u64>,
@@ -299,7 +299,7 @@ impl<R: Read> Reader<R> {
             offset,
             extent_index: 0,
             buf: Bytes::new(),
-            recycle: VecDeque::new(),
+            recycle: Recycler::new(RECYCLE),
             infos: [BlockInfo::default(); SLOTS_PER_EXTENT],
             eof: false,
             poisoned: false,
@@ -471,25 +471,10 @@ impl<R: Read> Reader<R> {
     }
 
     /// A buffer for the next extent: the current one or an older one if no slice of it is
-    /// held any more, else a new one. At most [`RECYCLE`] old buffers are kept for reuse.
+    /// held any more, else a new one. At most [`RECYCLE`] old buffers are watched for reuse.
     fn free_buffer(&mut self) -> BytesMut {
-        let current = std::mem::take(&mut self.buf);
-        if !current.is_empty() {
-            self.recycle.push_back(current);
-        }
-        for _ in 0..self.recycle.len() {
-            let Some(b) = self.recycle.pop_front() else {
-                break;
-            };
-            match b.try_into_mut() {
-                Ok(free) => return free,
-                Err(held) => self.recycle.push_back(held),
-            }
-        }
-        while self.recycle.len() > RECYCLE {
-            self.recycle.pop_front();
-        }
-        BytesMut::new()
+        self.recycle.hold(std::mem::take(&mut self.buf));
+        self.recycle.reclaim().unwrap_or_default()
     }
 
     fn check_slots(&mut self, infos: &[BlockInfo], index: u64, offset: u64) -> Result<()> {

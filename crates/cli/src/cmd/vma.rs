@@ -1094,7 +1094,8 @@ fn fill<W: Write>(
     // to the reader once nothing refers to it any more (oldest first).
     let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Chunk>>(4);
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<BytesMut>();
-    let mut held: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    // An extent spans at most 59 clusters, so the writer never holds more read buffers.
+    let mut held = vmdump_vma::Recycler::new(vmdump_vma::SLOTS_PER_EXTENT);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         // Owned here so that an early error drops it and unblocks the reader.
         let pool_tx = pool_tx;
@@ -1130,18 +1131,10 @@ fn fill<W: Write>(
                 }
             }
             if let Some(buf) = chunk.data {
-                held.push_back(buf);
+                held.hold(buf);
             }
-            while let Some(buf) = held.pop_front() {
-                match buf.try_into_mut() {
-                    Ok(free) => {
-                        let _ = pool_tx.send(free);
-                    }
-                    Err(still_held) => {
-                        held.push_front(still_held);
-                        break;
-                    }
-                }
+            while let Some(free) = held.reclaim() {
+                let _ = pool_tx.send(free);
             }
         }
         Ok(())
