@@ -2,8 +2,6 @@
 //! under guest-path writes during a throttled job, on raw and qcow2, multi-disk point in time,
 //! sizes that are not cluster multiples, the dissect.archive oracle, and compression.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::{dissect_devices, image_sha256, run, Disk, Qemu, Rng};
 use vmdump_engine::live::{self, LiveOptions};
 use vmdump_engine::log::TaskLog;
 use vmdump_engine::options::Compression;
 use vmdump_engine::progress::{Level, Progress};
-
-const MIB: u64 = 1 << 20;
+use vmdump_testkit::{dissect_devices, image_sha256, run, unpack, Disk, Qemu, Rng, MIB};
 
 /// Collects log lines for assertions.
 #[derive(Default)]
@@ -99,18 +95,12 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
 
     let writer_done = Arc::new(AtomicBool::new(false));
     let writes = {
-        let qmp = qemu.qmp.clone();
+        let qemu = &qemu;
         let done = Arc::clone(&writer_done);
         async move {
             // Wait for the jobs, then write to both disks at once (one point in time means
             // none of these may show up in the archive), then keep writing while it runs.
-            loop {
-                let jobs = qmp.query_jobs().await?;
-                if jobs.iter().filter(|j| j.id.starts_with("vmdump-")).count() == 2 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            qemu.wait_jobs(2).await?;
             let mut rng = Rng(seed | 1);
             let mut n = 0;
             while !done.load(Ordering::Relaxed) && n < 60 {
@@ -118,10 +108,7 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
                     let off = rng.below(size / 512) * 512;
                     let len = ((1 + rng.below(128)) * 512).min(size - off);
                     let pat = 1 + rng.below(250) as u8;
-                    let cmd = format!(
-                        "qemu-io -d {key}/virtio-backend \"write -P {pat:#04x} {off} {len}\""
-                    );
-                    qmp.human_monitor_command(&cmd).await?;
+                    qemu.io_write(key, pat, off, len).await?;
                 }
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -146,13 +133,7 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
     assert!(outcome.transfer.zero > 0);
 
     // Nothing of ours is left in QEMU.
-    assert!(qemu.qmp.query_jobs().await?.is_empty());
-    let nodes = qemu.qmp.query_named_block_nodes().await?;
-    assert!(
-        nodes.iter().all(|n| !n.node_name.starts_with("vmdump-")),
-        "{:?}",
-        nodes.iter().map(|n| &n.node_name).collect::<Vec<_>>()
-    );
+    qemu.assert_clean().await?;
     qemu.quit().await?;
 
     // The guest writes landed on the disks...
@@ -168,29 +149,8 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
     );
 
     // ...but the archive holds the disks as they were when the jobs started.
-    let plain = match compress {
-        Compression::None => dat.clone(),
-        Compression::Zstd => {
-            let p = dir.join("plain.vma");
-            run(Command::new("zstd")
-                .args(["-q", "-d", "-o"])
-                .arg(&p)
-                .arg(&dat))?;
-            p
-        }
-        Compression::Gzip => {
-            let p = dir.join("plain.vma");
-            let out = Command::new("gzip").arg("-dc").arg(&dat).output()?;
-            assert!(out.status.success());
-            std::fs::write(&p, out.stdout)?;
-            p
-        }
-        Compression::Lzo => {
-            let p = dir.join("plain.vma");
-            run(Command::new("lzop").args(["-d", "-o"]).arg(&p).arg(&dat))?;
-            p
-        }
-    };
+    let plain = dir.join("plain.vma");
+    unpack(&dat, compress.extension(), &plain)?;
     let devs = dissect_devices(&plain)?;
     assert_eq!(
         devs,

@@ -2,18 +2,16 @@
 //! writes a disk whose size is not a multiple of 64 KiB into the target; the archive read back
 //! by dissect.archive must equal the source.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::{dissect_devices, run, sha256_file};
 use tokio::sync::mpsc;
 use vmdump_engine::options::Compression;
 use vmdump_engine::output::Output;
 use vmdump_engine::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
 use vmdump_engine::target::{Export, Target};
+use vmdump_testkit::{dissect_devices, run, sha256_file};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_img_convert_into_the_target() -> Result<()> {

@@ -1,0 +1,86 @@
+//! Test support for the vmdump test suites; a `[dev-dependencies]` entry only, never shipped.
+//!
+//! # Design
+//!
+//! The end-to-end suites (cli, engine, guest, compress) all run real tools: QEMU 7.2, `qemu-img`,
+//! the compressors and dissect.archive, an independent Python reader of VMA archives used as the
+//! oracle. What they share lives here, once:
+//!
+//! * [`process`]: run a command and get its stdout, or an error naming the command, its status
+//!   and both output streams.
+//! * [`digest`]: sha256 of a file and of an image's guest-visible bytes (non-raw images are
+//!   converted by `qemu-img` first).
+//! * [`oracle`]: devices, configs and device bytes of an archive as dissect.archive reads them,
+//!   and decompression of `.vma.zst|.lzo|.gz` archives by the real tools.
+//! * [`qemu`]: a QEMU process laid out as the VM runtime (`vmdump-guest`) lays it out: block
+//!   nodes `file-<key>` and `drive-<key>`, device id `<key>`, sockets `qmp.sock`, `qga.sock`
+//!   and a second monitor `ctl.sock` for the test, so `qmp.sock` stays free for the program
+//!   under test. Paused (the guest never runs, KVM where available) or booting the test guest
+//!   (TCG).
+//! * [`pattern`]: deterministic pseudo-random data (xorshift64) for disks and buffers.
+//!
+//! Helpers return `anyhow::Result` so tests can use `?`; a missing tool is an error, never a
+//! skipped test. What only one suite needs stays in that suite.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod oracle;
+pub mod pattern;
+pub mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+pub use digest::{image_sha256, sha256_bytes, sha256_file};
+pub use oracle::{dissect_config, dissect_devices, dissect_extract, plain_vma, unpack};
+pub use pattern::{pseudo_random, write_random, Rng};
+pub use process::{expect_success, kill_pidfile, output_text, pid_alive, run, run_output};
+pub use qemu::{io_write, Boot, Disk, Qemu};
+
+/// One MiB, the unit of most test disk sizes.
+pub const MIB: u64 = 1 << 20;
+
+/// The workspace root (the directory holding `testguest/` and `.cache/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The built test guest (`vmlinuz`, `initrd.gz`, `data.raw`, `vm.conf`) in
+/// `.cache/testguest`, built by `testguest/build.sh` first when it is missing.
+///
+/// # Panics
+/// When the build script cannot run or fails: no test can go on without the guest.
+pub fn testguest_dir() -> PathBuf {
+    let root = repo_root();
+    let dir = root.join(".cache/testguest");
+    if !dir.join("initrd.gz").exists() {
+        let st = Command::new("bash")
+            .arg(root.join("testguest/build.sh"))
+            .status()
+            .expect("run testguest/build.sh");
+        assert!(st.success(), "testguest/build.sh failed");
+    }
+    dir
+}
+
+/// Checks a test guest data disk from the host with `testguest/check.sh` (e2fsck -fn, the seed
+/// files' checksums, the writer's files) and returns the writer tick it holds; an error when
+/// the check fails, prints no `ok tick=<n>` or the tick is below `min_tick`.
+pub fn check_disk(disk: &Path, min_tick: u64) -> Result<u64> {
+    let out = run(Command::new("bash")
+        .arg(repo_root().join("testguest/check.sh"))
+        .arg(disk)
+        .arg(min_tick.to_string()))?;
+    let tick = out
+        .strip_prefix("ok tick=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|t| t.parse::<u64>().ok())
+        .with_context(|| format!("check.sh {}: no tick in {out:?}", disk.display()))?;
+    if tick < min_tick {
+        bail!("check.sh {}: tick {tick} < {min_tick}", disk.display());
+    }
+    Ok(tick)
+}
