@@ -28,12 +28,11 @@ fn setup_guest(env: &Env, extra_mib: u64) -> Result<String> {
     sha256_file(&b)
 }
 
-async fn boot(env: &Env) -> Result<Vm> {
+async fn boot(env: &Env) -> Result<Qemu> {
     let a = env.image(100, "vm-100-disk-0.raw");
     let b = env.image(100, "vm-100-disk-1.raw");
-    let vm = Vm::start(
-        env,
-        100,
+    let vm = Qemu::testguest(
+        &env.vm_dir(100)?,
         &[
             Disk {
                 key: "virtio0",
@@ -46,7 +45,6 @@ async fn boot(env: &Env) -> Result<Vm> {
                 format: "raw",
             },
         ],
-        true,
         "vmdump.interval=0.05",
     )
     .await?;
@@ -95,8 +93,7 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_success(&out, "vmdump backup");
     for line in [
         "INFO: status = running",
         "INFO: VM Name: vmdump-testguest",
@@ -123,11 +120,7 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
         "the guest writer stopped after the backup"
     );
 
-    let archive = env
-        .dump_files()
-        .into_iter()
-        .find(|f| f.ends_with(".vma.zst"))
-        .expect("archive");
+    let archive = env.archive_name(".vma.zst");
     let plain = plain_vma(&env.dump().join(&archive), tmp.path())?;
     let devs = dissect_devices(&plain)?;
     assert_eq!(devs.len(), 2);
@@ -136,11 +129,7 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
     // pattern complete up to its tick.
     let disk = tmp.path().join("virtio0.raw");
     dissect_extract(&plain, "drive-virtio0", &disk)?;
-    let check = run(Command::new("bash")
-        .arg(repo().join("testguest/check.sh"))
-        .arg(&disk)
-        .arg(tick_before.to_string()))?;
-    assert!(check.starts_with("ok tick="), "{check}");
+    check_disk(&disk, tick_before)?;
     vm.quit().await?;
     Ok(())
 }
@@ -165,7 +154,7 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
         .collect();
     let _ = Command::new("umount").arg(&small).status();
     let out = res?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - writing the archive failed: ")
@@ -206,8 +195,7 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
     let status = vm.qmp.execute("query-status", None).await?;
     assert_eq!(status["status"], "running");
     let out = env.vmdump_backup(&["100"])?;
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_success(&out, "vmdump backup");
     assert!(stdout.contains("WARN: removed stale "), "{stdout}");
     assert_eq!(vm.assert_clean().await?, "running");
     assert_eq!(
@@ -223,7 +211,7 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
 
 /// VM 100 with one 64 MiB raw disk (32 MiB of random data from `seed`), paused, and a
 /// throttled `vmdump backup` of it that has been copying for half a second.
-async fn backup_in_progress(env: &Env, seed: u64) -> Result<(Vm, std::process::Child)> {
+async fn backup_in_progress(env: &Env, seed: u64) -> Result<(Qemu, std::process::Child)> {
     let a = env.image(100, "vm-100-disk-0.raw");
     std::fs::File::create(&a)?.set_len(64 * MIB)?;
     write_random(&a, 0, 32 * MIB, seed)?;
@@ -231,16 +219,13 @@ async fn backup_in_progress(env: &Env, seed: u64) -> Result<(Vm, std::process::C
         100,
         "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
     )?;
-    let vm = Vm::start(
-        env,
-        100,
+    let vm = Qemu::paused(
+        &env.vm_dir(100)?,
         &[Disk {
             key: "scsi0",
             path: &a,
             format: "raw",
         }],
-        false,
-        "",
     )
     .await?;
     let child = env
@@ -261,20 +246,14 @@ async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
     vm.child.kill()?;
     vm.child.wait()?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - "),
         "{stdout}"
     );
     assert!(stdout.contains("QEMU exited during the backup"), "{stdout}");
-    let files = env.dump_files();
-    assert!(
-        !files
-            .iter()
-            .any(|f| f.contains(".vma") || f.ends_with(".dat")),
-        "{files:?}"
-    );
+    env.assert_no_archive();
     Ok(())
 }
 
@@ -285,7 +264,7 @@ async fn sigint_aborts_cleanly() -> Result<()> {
     let (vm, child) = backup_in_progress(&env, 6).await?;
     run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - interrupted by signal"),
@@ -293,13 +272,7 @@ async fn sigint_aborts_cleanly() -> Result<()> {
     );
     assert!(stdout.contains("INFO: aborting backup job"), "{stdout}");
     assert_eq!(vm.assert_clean().await?, "prelaunch");
-    let files = env.dump_files();
-    assert!(
-        !files
-            .iter()
-            .any(|f| f.contains(".vma") || f.ends_with(".dat")),
-        "{files:?}"
-    );
+    env.assert_no_archive();
     vm.quit().await?;
     Ok(())
 }

@@ -52,8 +52,7 @@ fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
             "{{guestname}} ({{vmid}})",
             "--protected",
         ])?;
-        assert!(out.status.success(), "{}", text(&out));
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = expect_success(&out, "vmdump backup");
         for line in [
             "INFO: starting new backup job: vmdump backup 100",
             "INFO: Starting Backup of VM 100 (qemu)",
@@ -83,11 +82,7 @@ fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
             "gzip" => ".vma.gz",
             _ => ".vma",
         };
-        let archive = files
-            .iter()
-            .find(|f| f.ends_with(ext))
-            .unwrap_or_else(|| panic!("no {ext} in {files:?}"))
-            .clone();
+        let archive = env.archive_name(ext);
         // vzdump-qemu-100-YYYY_MM_DD-HH_MM_SS.vma[.ext]
         let stem = archive.strip_suffix(ext).expect("suffix");
         assert!(stem.starts_with("vzdump-qemu-100-"), "{archive}");
@@ -130,7 +125,7 @@ fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
         assert!(
             std::fs::read_to_string(ex.join("qemu-server.conf"))?.contains("#qmdump#map:virtio0:")
         );
-        let cfg = dissect_config(&plain)?;
+        let cfg = dissect_config(&plain, "qemu-server.conf")?;
         assert!(cfg.contains("name: stopped-vm\n"), "{cfg}");
         assert!(!cfg.contains("unused0"), "{cfg}");
         assert!(cfg.ends_with(
@@ -161,7 +156,7 @@ fn vzdump_conf_defaults_and_failed_guest_does_not_stop_others() -> Result<()> {
         "memory: 128\nvirtio0: local:101/vm-101-disk-0.raw,size=1M\n",
     )?;
     let out = env.vmdump_backup(&["101", "100"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("ERROR: Backup of VM 101 failed - "),
@@ -227,7 +222,7 @@ fn sparse_64g_disk_backs_up_in_time_proportional_to_data() -> Result<()> {
     let t = Instant::now();
     let out = env.vmdump_backup(&["100", "--compress", "zstd"])?;
     let secs = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     eprintln!("64 GiB sparse disk with 100 MiB data: {secs:.1} s");
     assert!(secs < 60.0, "took {secs:.1} s");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -235,11 +230,7 @@ fn sparse_64g_disk_backs_up_in_time_proportional_to_data() -> Result<()> {
         stdout.contains("INFO: backup is sparse: 63.90 GiB (99%) total zero data"),
         "{stdout}"
     );
-    let archive = env
-        .dump_files()
-        .into_iter()
-        .find(|f| f.ends_with(".vma.zst"))
-        .expect("archive");
+    let archive = env.archive_name(".vma.zst");
     let size = std::fs::metadata(env.dump().join(archive))?.len();
     assert!(size < 120 * MIB, "archive {size} bytes");
     Ok(())
@@ -255,7 +246,7 @@ fn bad_options_are_clear_errors() -> Result<()> {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("option 'compress': 'bzip2' is not one of"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = env.vmdump_backup(&["100", "--all"])?;
     assert!(!out.status.success());
@@ -263,18 +254,18 @@ fn bad_options_are_clear_errors() -> Result<()> {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("max-workers"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     // Another tool's lock refuses the guest and stays as it was.
     let conf_path = env.root.join("qemu-server/100.conf");
     let locked = format!("{}lock: migrate\n", std::fs::read_to_string(&conf_path)?);
     std::fs::write(&conf_path, &locked)?;
     let out = env.vmdump_backup(&["100"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("VM is locked (migrate)"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(std::fs::read_to_string(&conf_path)?, locked);
     assert!(!env.dump_files().iter().any(|f| f.contains(".vma")));
@@ -321,7 +312,7 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
     }
 
     let out = env.vmdump_backup(&["100", "--lockwait", "0"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
@@ -354,8 +345,7 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
     drop(holder.stdin.take());
     holder.wait()?;
     let out = waiting.wait_with_output()?;
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_success(&out, "vmdump backup");
     for line in [
         "INFO: trying to get global lock - waiting...",
         "INFO: got global lock",

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use vmdump_testkit::{expect_success, sha256_file, Rng};
 use vmdump_vma::{Writer, CLUSTER_SIZE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
@@ -92,14 +93,7 @@ impl Env {
 }
 
 fn ok(o: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "vmdump failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
+    expect_success(o, "vmdump restore")
 }
 
 fn failed(o: &Output) -> String {
@@ -116,13 +110,7 @@ fn failed(o: &Output) -> String {
 fn make_disk(path: &Path, size: u64, seed: u64) {
     let f = fs::File::create(path).unwrap();
     f.set_len(size).unwrap();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     use std::os::unix::fs::FileExt;
     let clusters = size.div_ceil(CLUSTER_SIZE as u64);
     for c in 0..clusters {
@@ -139,38 +127,20 @@ fn make_disk(path: &Path, size: u64, seed: u64) {
                 continue;
             }
             let len = (size - off).min(4096) as usize;
-            let data: Vec<u8> = (0..len).map(|_| next() as u8 | 1).collect();
+            let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8 | 1).collect();
             f.write_all_at(&data, off).unwrap();
         }
     }
 }
 
 fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    sha256_file(path).unwrap()
 }
 
-/// sha256 of an image's guest-visible bytes (any format, through `qemu-img convert`).
+/// sha256 of an image's guest-visible bytes (any format, through `qemu-img convert` into the
+/// image's directory).
 fn image_sha256(path: &Path, format: &str) -> String {
-    if format == "raw" {
-        return sha256(path);
-    }
-    let tmp = path.with_extension("readback.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", format, "-O", "raw"])
-        .arg(path)
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let h = sha256(&tmp);
-    fs::remove_file(&tmp).unwrap();
-    h
+    vmdump_testkit::image_sha256(path, format, path.parent().unwrap()).unwrap()
 }
 
 /// Build an archive of raw disks with `vmdump_vma::Writer`, clusters out of order (devices

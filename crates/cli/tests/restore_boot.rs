@@ -10,13 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use vmdump_testkit::{check_disk, expect_success, kill_pidfile, sha256_file, testguest_dir};
 use vmdump_vma::{Writer, CLUSTER_SIZE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -42,14 +39,7 @@ impl Env {
             .unwrap()
     }
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.vmdump(args);
-        assert!(
-            o.status.success(),
-            "vmdump {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        expect_success(&self.vmdump(args), &format!("vmdump {args:?}"))
     }
     fn serial(&self, vmid: u32) -> String {
         std::fs::read_to_string(self.run().join(format!("{vmid}/serial.log"))).unwrap_or_default()
@@ -71,44 +61,9 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         for vmid in [100, 200] {
-            if let Ok(pid) = std::fs::read_to_string(self.run().join(format!("{vmid}/qemu.pid"))) {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            }
+            kill_pidfile(&self.run().join(format!("{vmid}/qemu.pid")));
         }
     }
-}
-
-/// `testguest/check.sh`; returns the tick it reports.
-fn check_disk(disk: &Path, min_tick: u64) -> u64 {
-    let o = Command::new("bash")
-        .arg(repo().join("testguest/check.sh"))
-        .arg(disk)
-        .arg(min_tick.to_string())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "check.sh {}: {out}{}",
-        disk.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let tick = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("tick="))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no tick in '{out}'"));
-    assert!(tick >= min_tick);
-    tick
-}
-
-fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// One guest-agent exchange on the agent socket: `guest-sync` with a token, then
@@ -149,7 +104,7 @@ fn agent_answers(sock: &Path) -> bool {
 
 #[test]
 fn restored_test_guest_boots_and_its_data_checks_pass() {
-    let guest = repo().join(".cache/testguest");
+    let guest = testguest_dir();
     assert!(
         guest.join("vm.conf").exists() && guest.join("data.raw").exists(),
         "test guest missing: run testguest/build.sh"
@@ -179,7 +134,7 @@ fn restored_test_guest_boots_and_its_data_checks_pass() {
     env.ok(&["vm", "start", "100"]);
     env.wait_serial(100, "vmdump-writer: tick 8", Duration::from_secs(120));
     env.ok(&["vm", "shutdown", "100", "--timeout", "60"]);
-    let tick = check_disk(&disk, 8);
+    let tick = check_disk(&disk, 8).unwrap();
 
     // 2. The backup: vzdump's config copy plus the disk's clusters.
     let vm = vmdump_config::QemuConfig::parse(&conf_text, "100.conf").unwrap();
@@ -216,8 +171,8 @@ fn restored_test_guest_boots_and_its_data_checks_pass() {
         "{out}"
     );
     let restored = env.store().join("images/200/vm-200-disk-0.raw");
-    assert_eq!(sha256(&restored), sha256(&disk));
-    assert_eq!(check_disk(&restored, tick), tick);
+    assert_eq!(sha256_file(&restored).unwrap(), sha256_file(&disk).unwrap());
+    assert_eq!(check_disk(&restored, tick).unwrap(), tick);
     let conf200 = std::fs::read_to_string(env.root().join("qemu-server/200.conf")).unwrap();
     assert!(
         conf200.contains("virtio0: local:200/vm-200-disk-0.raw,size=64M"),
@@ -243,5 +198,5 @@ fn restored_test_guest_boots_and_its_data_checks_pass() {
     let next = format!("vmdump-writer: tick {}", tick + 3);
     env.wait_serial(200, &next, Duration::from_secs(60));
     env.ok(&["vm", "shutdown", "200", "--timeout", "60"]);
-    check_disk(&restored, tick + 3);
+    check_disk(&restored, tick + 3).unwrap();
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use vmdump_testkit::{expect_success, kill_pidfile, pid_alive};
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -49,14 +51,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.vm(args);
-        assert!(
-            out.status.success(),
-            "vmdump vm {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        expect_success(&self.vm(args), &format!("vmdump vm {args:?}"))
     }
 }
 
@@ -66,18 +61,9 @@ impl Drop for Env {
             return;
         };
         for e in rd.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid")) {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            }
+            kill_pidfile(&e.path().join("qemu.pid"));
         }
     }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-    })
 }
 
 #[test]

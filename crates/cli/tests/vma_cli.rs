@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use sha2::{Digest, Sha256};
+use vmdump_testkit::{pseudo_random, sha256_bytes as sha};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
 const CS: usize = 65536;
@@ -25,22 +25,6 @@ fn vma_tz(tz: &str, args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
 }
 
 /// Image with random clusters, zero clusters and half-zero clusters.

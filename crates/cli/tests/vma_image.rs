@@ -4,25 +4,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sha2::{Digest, Sha256};
+use vmdump_testkit::{run_output, sha256_file};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
 
 fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} failed to start: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_output(Command::new(cmd).args(args)).unwrap()
 }
 
 fn sha_file(p: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+    sha256_file(p).unwrap()
 }
 
 /// A sparse qcow2 with data at the start, in the middle (unaligned to 64 KiB), zeroes written
