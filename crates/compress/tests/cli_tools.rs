@@ -4,18 +4,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use vmdump_compress::{Codec, Decoder, Encoder, EncoderOptions};
-
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use vmdump_testkit::pseudo_random;
 
 fn samples() -> Vec<(&'static str, Vec<u8>)> {
     let mut mixed = Vec::new();

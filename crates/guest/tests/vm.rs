@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vmdump_config::ConfigRoot;
 use vmdump_guest::{Error, Runtime, ShutdownOutcome, StartOptions, State};
 use vmdump_qmp::{event::name, RunState};
+use vmdump_testkit::{check_disk, kill_pidfile, pid_alive, run, testguest_dir};
 
 /// A config root, storage and run base in a temp dir. Kills any QEMU it started on drop.
 struct Env {
@@ -66,19 +67,17 @@ impl Env {
         let dir = self.store().join(format!("images/{vmid}"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("vm-{vmid}-disk-{n}.{fmt}"));
-        let st = std::process::Command::new("qemu-img")
+        run(std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", fmt])
             .arg(&path)
-            .arg(size.to_string())
-            .status()
-            .unwrap();
-        assert!(st.success());
+            .arg(size.to_string()))
+        .unwrap();
         path
     }
 
     /// The test guest as VMID `vmid` with a fresh copy of its data disk.
     fn testguest(&mut self, vmid: u32) -> PathBuf {
-        let tg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/testguest");
+        let tg = testguest_dir();
         for f in ["vmlinuz", "initrd.gz", "data.raw", "vm.conf"] {
             assert!(
                 tg.join(f).is_file(),
@@ -110,31 +109,15 @@ impl Env {
             assert!(!run.path().join(f).exists(), "{f} left");
         }
         if let Some(pid) = pid {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
-                "QEMU {pid} still runs"
-            );
+            assert!(!pid_alive(pid), "QEMU {pid} still runs");
         }
     }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         for vmid in &self.vmids {
-            if let Ok(pid) = std::fs::read_to_string(self.rt.run_dir(*vmid).pidfile()) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", pid.trim()])
-                    .status();
-            }
+            kill_pidfile(&self.rt.run_dir(*vmid).pidfile());
         }
     }
 }
@@ -276,20 +259,7 @@ async fn test_guest_boots_and_shuts_down_cleanly() {
     assert_eq!(ev.data_str("reason"), Some("guest-shutdown"));
     env.assert_clean(202, Some(started.pid));
     // The guest unmounted its disk: the image is clean without journal recovery.
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testguest/check.sh");
-    let out = std::process::Command::new("bash")
-        .arg(check)
-        .arg(&disk)
-        .arg("3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check.sh: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok tick="));
+    check_disk(&disk, 3).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +306,7 @@ async fn stale_run_dir_after_a_crash_is_cleaned() {
         .status()
         .unwrap();
     for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+        if !pid_alive(pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
