@@ -154,8 +154,7 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
         .collect();
     let _ = Command::new("umount").arg(&small).status();
     let out = res?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - writing the archive failed: ")
             && stdout.contains("No space left on device"),
@@ -246,8 +245,7 @@ async fn qemu_dying_mid_backup_is_a_clear_failure() -> Result<()> {
     vm.child.kill()?;
     vm.child.wait()?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - "),
         "{stdout}"
@@ -264,8 +262,7 @@ async fn sigint_aborts_cleanly() -> Result<()> {
     let (vm, child) = backup_in_progress(&env, 6).await?;
     run(Command::new("kill").args(["-INT", &child.id().to_string()]))?;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
         stdout.contains("ERROR: Backup of VM 100 failed - interrupted by signal"),
         "{stdout}"

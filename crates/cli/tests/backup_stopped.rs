@@ -156,8 +156,7 @@ fn vzdump_conf_defaults_and_failed_guest_does_not_stop_others() -> Result<()> {
         "memory: 128\nvirtio0: local:101/vm-101-disk-0.raw,size=1M\n",
     )?;
     let out = env.vmdump_backup(&["101", "100"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
         stdout.contains("ERROR: Backup of VM 101 failed - "),
         "{stdout}"
@@ -312,8 +311,7 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
     }
 
     let out = env.vmdump_backup(&["100", "--lockwait", "0"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
         stdout.contains(&format!(
             "ERROR: can't acquire lock '{}' (wait = 0)",

@@ -37,7 +37,9 @@ use anyhow::{bail, Context, Result};
 pub use digest::{image_sha256, sha256_bytes, sha256_file};
 pub use oracle::{dissect_config, dissect_devices, dissect_extract, plain_vma, unpack};
 pub use pattern::{pseudo_random, write_random, Rng};
-pub use process::{expect_success, kill_pidfile, output_text, pid_alive, run, run_output};
+pub use process::{
+    expect_exit, expect_success, kill_pidfile, output_text, pid_alive, run, run_output,
+};
 pub use qemu::{io_write, Boot, Disk, Qemu};
 
 /// One MiB, the unit of most test disk sizes.

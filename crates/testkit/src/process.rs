@@ -42,10 +42,23 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Asserts that a finished process succeeded and returns its stdout.
 ///
 /// # Panics
-/// When it failed, with `what` (the command as the test names it) and [`output_text`], or
-/// when its stdout is not UTF-8.
+/// As [`expect_exit`] with code 0.
 pub fn expect_success(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed: {}", output_text(o));
+    expect_exit(o, 0, what)
+}
+
+/// Asserts that a finished process exited with `code` and returns its stdout.
+///
+/// # Panics
+/// On another exit (or a signal), with `what` (the command as the test names it) and
+/// [`output_text`], or when its stdout is not UTF-8.
+pub fn expect_exit(o: &Output, code: i32, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: unexpected exit: {}",
+        output_text(o)
+    );
     String::from_utf8(o.stdout.clone())
         .unwrap_or_else(|e| panic!("{what}: stdout is not UTF-8: {e}"))
 }
