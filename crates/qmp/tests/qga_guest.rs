@@ -214,6 +214,18 @@ async fn acpi_powerdown_powers_off_cleanly() {
 }
 
 fn check_disk(qemu: &common::Qemu, min_tick: u64) {
-    let tick = vmdump_testkit::check_disk(&qemu.disk, min_tick).unwrap();
-    println!("check.sh: ok tick={tick}");
+    let out = std::process::Command::new("bash")
+        .arg(common::check_script())
+        .arg(&qemu.disk)
+        .arg(min_tick.to_string())
+        .output()
+        .expect("run testguest/check.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check.sh failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok tick="), "{stdout}");
+    println!("{stdout}");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 fn check(args: &[&str]) -> (bool, String) {
     let out = Command::new("bash")
-        .arg(vmdump_testkit::check_script())
+        .arg(common::check_script())
         .args(args)
         .output()
         .expect("run check.sh");

@@ -17,7 +17,6 @@
 //!   and a second monitor `ctl.sock` for the test, so `qmp.sock` stays free for the program
 //!   under test. Paused (the guest never runs, KVM where available) or booting the test guest
 //!   (TCG).
-//! * The test guest: [`testguest_dir`], [`check_disk`] (`testguest/check.sh`), [`last_tick`].
 //! * [`pattern`]: deterministic pseudo-random data (xorshift64) for disks and buffers.
 //!
 //! Helpers return `anyhow::Result` so tests can use `?`; a missing tool is an error, never a
@@ -69,28 +68,12 @@ pub fn testguest_dir() -> PathBuf {
     dir
 }
 
-/// `testguest/check.sh <disk> [min_tick]` (`--recover` first for a crash-consistent image).
-pub fn check_script() -> PathBuf {
-    repo_root().join("testguest/check.sh")
-}
-
-/// The test guest writer's highest tick (`vmdump-writer: tick <n>` lines) on a serial console
-/// log; 0 before the first.
-pub fn last_tick(serial: &str) -> u64 {
-    serial
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("vmdump-writer: tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 /// Checks a test guest data disk from the host with `testguest/check.sh` (e2fsck -fn, the seed
 /// files' checksums, the writer's files) and returns the writer tick it holds; an error when
 /// the check fails, prints no `ok tick=<n>` or the tick is below `min_tick`.
 pub fn check_disk(disk: &Path, min_tick: u64) -> Result<u64> {
     let out = run(Command::new("bash")
-        .arg(check_script())
+        .arg(repo_root().join("testguest/check.sh"))
         .arg(disk)
         .arg(min_tick.to_string()))?;
     let tick = out

@@ -5,7 +5,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmdump_testkit::testguest_dir;
+/// `<repo>/.cache/testguest`, or a panic telling how to build it.
+pub fn testguest_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/testguest");
+    for f in ["vmlinuz", "initrd.gz", "data.raw"] {
+        assert!(
+            dir.join(f).is_file(),
+            "test guest missing ({}): run testguest/build.sh first",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+pub fn check_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testguest/check.sh")
+}
 
 /// A QEMU process killed on drop, with its sockets in a temp dir.
 pub struct Qemu {
@@ -150,7 +165,12 @@ impl Qemu {
 
     /// The highest `vmdump-writer: tick N` on the console.
     pub fn last_tick(&self) -> u64 {
-        vmdump_testkit::last_tick(&self.serial_log())
+        self.serial_log()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("vmdump-writer: tick "))
+            .filter_map(|n| n.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Waits for the process to exit; true if it did within `timeout`.
