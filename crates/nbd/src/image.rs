@@ -5,9 +5,8 @@
 //! unix socket in a private temporary directory and one export named [`EXPORT_NAME`], plus a
 //! QMP monitor socket. Stopping is graceful (`quit` over QMP, so qcow2 metadata and persistent
 //! bitmaps are written back cleanly), falling back to SIGKILL after a deadline. `Drop` always
-//! stops and reaps the process, on error paths and during panics too. A writable image is
-//! opened with `O_DIRECT` and native AIO where the file system allows it, so written data
-//! goes to the disk while the writer works instead of all at the flush on close.
+//! stops and reaps the process, on error paths and during panics too. On request
+//! ([`Image::open_direct`]) a writable image bypasses the page cache (`O_DIRECT`, native AIO).
 //!
 //! [`Image`] is the blocking facade for synchronous callers such as the VMA CLI: it owns a
 //! small tokio runtime, a [`Daemon`] and a connected [`Client`]. Async callers use [`Daemon`]
@@ -130,8 +129,23 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the daemon and waits until its NBD socket accepts connections. `format: None`
-    /// detects the format with `qemu-img info`.
+    /// detects the format with `qemu-img info`. The image is accessed through the host's
+    /// page cache.
     pub fn start(path: &Path, format: Option<&str>, read_only: bool) -> Result<Self> {
+        Self::start_with(path, format, read_only, false)
+    }
+
+    /// Like [`Daemon::start`]; with `direct_io` a writable image bypasses the page cache
+    /// (`O_DIRECT`, native AIO) where the file system allows it, so written data goes to the
+    /// disk while the writer works instead of all at the flush on close, with one copy less.
+    /// That pays off when writes do not allocate (qcow2 with preallocated metadata): an
+    /// allocating write through `O_DIRECT` waits for its metadata, and is slower than cached.
+    pub fn start_with(
+        path: &Path,
+        format: Option<&str>,
+        read_only: bool,
+        direct_io: bool,
+    ) -> Result<Self> {
         let path = std::fs::canonicalize(path).map_err(|source| Error::Connect {
             addr: path.display().to_string(),
             source,
@@ -147,11 +161,8 @@ impl Daemon {
         let nbd_sock = dir.path().join("nbd.sock");
         let qmp_sock = dir.path().join("qmp.sock");
         let discard = if read_only { "ignore" } else { "unmap" };
-        // Writes bypass the page cache where the file system allows it: the daemon then
-        // sends data to the disk as it arrives (native AIO), instead of leaving it all dirty
-        // for the flush at close, and copies every byte once less. Reads keep the page cache
-        // (and its read-ahead).
-        let direct = !read_only && supports_direct_io(&path);
+        // Reads keep the page cache (and its read-ahead).
+        let direct = direct_io && !read_only && supports_direct_io(&path);
         let aio = if direct { "native" } else { "threads" };
         let blockdev = serde_json::json!({
             "driver": format,
@@ -356,6 +367,12 @@ impl Image {
         Self::open_with(path, format, read_only, &ClientOptions::default())
     }
 
+    /// Opens `path` of `format` read-write, bypassing the page cache where the file system
+    /// allows it (see [`Daemon::start_with`]).
+    pub fn open_direct(path: &Path, format: &str) -> Result<Self> {
+        Self::open_inner(path, Some(format), false, true, &ClientOptions::default())
+    }
+
     /// Like [`Image::open`] with explicit client options.
     pub fn open_with(
         path: &Path,
@@ -363,12 +380,22 @@ impl Image {
         read_only: bool,
         options: &ClientOptions,
     ) -> Result<Self> {
+        Self::open_inner(path, format, read_only, false, options)
+    }
+
+    fn open_inner(
+        path: &Path,
+        format: Option<&str>,
+        read_only: bool,
+        direct_io: bool,
+        options: &ClientOptions,
+    ) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vmdump-image")
             .enable_all()
             .build()?;
-        let daemon = Daemon::start(path, format, read_only)?;
+        let daemon = Daemon::start_with(path, format, read_only, direct_io)?;
         // The socket file appears at bind(), a moment before listen(): retry briefly.
         let client = rt.block_on(async {
             let mut tries = 0;

@@ -138,20 +138,24 @@ fn open_direct(pid: u32, path: &Path) -> Option<bool> {
 }
 
 #[test]
-fn writable_images_bypass_the_page_cache() {
+fn open_direct_bypasses_the_page_cache_and_open_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("new.qcow2");
     image::create(&img, "qcow2", 16 << 20).unwrap();
 
-    // Writable on a disk file system: O_DIRECT, and the data arrives.
-    let image = Image::open(&img, Some("qcow2"), false).unwrap();
+    // open_direct on a disk file system: O_DIRECT, and the data arrives.
+    let image = Image::open_direct(&img, "qcow2").unwrap();
     let pid = image.daemon().unwrap().pid().unwrap();
-    assert_eq!(open_direct(pid, &img), Some(true), "writable: O_DIRECT");
+    assert_eq!(open_direct(pid, &img), Some(true), "open_direct: O_DIRECT");
     image.write_at(&[0x5a; 65536], 1 << 20).unwrap();
     image.close().unwrap();
     run("qemu-img", &["check", img.to_str().unwrap()]);
 
-    // Read-only keeps the page cache.
+    // Plain writable and read-only opens keep the page cache.
+    let image = Image::open(&img, Some("qcow2"), false).unwrap();
+    let pid = image.daemon().unwrap().pid().unwrap();
+    assert_eq!(open_direct(pid, &img), Some(false), "writable: cached");
+    image.close().unwrap();
     let image = Image::open(&img, None, true).unwrap();
     let pid = image.daemon().unwrap().pid().unwrap();
     assert_eq!(open_direct(pid, &img), Some(false), "read-only: cached");

@@ -149,13 +149,21 @@ impl std::fmt::Debug for ImageTarget {
 }
 
 impl ImageTarget {
-    /// Open the (freshly created) image `path` of `format` read-write.
-    pub fn open(path: &Path, format: &str) -> Result<Self> {
-        let image =
-            vmdump_nbd::image::Image::open(path, Some(format), false).map_err(|e| Error::Tool {
-                tool: "qemu-storage-daemon".into(),
-                detail: format!("open '{}': {e}", path.display()),
-            })?;
+    /// Open the (freshly created) image `path` of `format` read-write. A `preallocated`
+    /// image (writes do not allocate) is written past the page cache where the file system
+    /// allows it: the data then reaches the disk while the restore runs, not all at the
+    /// flush on close. An allocating image stays cached: its allocating writes through
+    /// `O_DIRECT` would wait for their metadata one by one.
+    pub fn open(path: &Path, format: &str, preallocated: bool) -> Result<Self> {
+        let image = if preallocated {
+            vmdump_nbd::image::Image::open_direct(path, format)
+        } else {
+            vmdump_nbd::image::Image::open(path, Some(format), false)
+        };
+        let image = image.map_err(|e| Error::Tool {
+            tool: "qemu-storage-daemon".into(),
+            detail: format!("open '{}': {e}", path.display()),
+        })?;
         Ok(ImageTarget {
             image,
             path: path.to_path_buf(),

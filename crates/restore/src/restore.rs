@@ -381,7 +381,11 @@ fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
     if vol.format == "raw" {
         Ok(Box::new(RawTarget::open(&vol.path)?))
     } else {
-        Ok(Box::new(ImageTarget::open(&vol.path, &vol.format)?))
+        Ok(Box::new(ImageTarget::open(
+            &vol.path,
+            &vol.format,
+            vol.preallocated,
+        )?))
     }
 }
 

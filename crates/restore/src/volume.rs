@@ -26,6 +26,9 @@ pub struct Volume {
     pub format: String,
     /// Btrfs: the per-volume directory that holds `disk.raw`.
     pub subvol_dir: Option<PathBuf>,
+    /// A qcow2 image created with its metadata preallocated (`preallocation` other than
+    /// `off`): writes to it do not allocate.
+    pub preallocated: bool,
 }
 
 /// Create a new, zero-reading volume of `size` bytes for `vmid` on `storage`, picking the
@@ -80,10 +83,11 @@ pub fn allocate(
                 }
             }
         }
+        let prealloc = entry.preallocation().unwrap_or(DEFAULT_PREALLOCATION);
         let created = if format == "raw" {
             create_raw(&path, size)
         } else {
-            create_image(&path, format, size, entry.preallocation())
+            create_image(&path, format, size, prealloc)
         };
         match created {
             Ok(()) => {
@@ -92,6 +96,7 @@ pub fn allocate(
                     path,
                     format: format.to_string(),
                     subvol_dir,
+                    preallocated: format == "qcow2" && prealloc != "off",
                 })
             }
             Err(Error::Volume { source, .. }) if source.kind() == IoKind::AlreadyExists => {
@@ -129,7 +134,10 @@ fn create_raw(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn create_image(path: &Path, format: &str, size: u64, prealloc: Option<&str>) -> Result<()> {
+/// qcow2 `preallocation` when the storage sets none (Proxmox's default).
+const DEFAULT_PREALLOCATION: &str = "metadata";
+
+fn create_image(path: &Path, format: &str, size: u64, prealloc: &str) -> Result<()> {
     // Reserve the name first so a concurrent allocation cannot take it.
     File::options()
         .write(true)
@@ -143,10 +151,7 @@ fn create_image(path: &Path, format: &str, size: u64, prealloc: Option<&str>) ->
     let mut cmd = Command::new("qemu-img");
     cmd.args(["create", "-q", "-f", format]);
     if format == "qcow2" {
-        cmd.args([
-            "-o",
-            &format!("preallocation={}", prealloc.unwrap_or("metadata")),
-        ]);
+        cmd.args(["-o", &format!("preallocation={prealloc}")]);
     }
     cmd.arg(path).arg(size.to_string());
     let result = run_tool(&mut cmd, "qemu-img create");
@@ -261,6 +266,7 @@ pub fn remove_volid(storage: &StorageConfig, volid: &VolumeId) -> Result<PathBuf
         path: path.clone(),
         format: String::new(),
         subvol_dir,
+        preallocated: false,
     }
     .remove()?;
     Ok(path)
@@ -291,6 +297,15 @@ mod tests {
         assert_eq!(md.len(), 1 << 20);
         let b = allocate(&s, "local", 101, "qcow2", 1 << 20, &[]).unwrap();
         assert_eq!(b.volid.to_string(), "local:101/vm-101-disk-1.qcow2");
+        assert!(!a.preallocated, "raw");
+        assert!(
+            b.preallocated,
+            "qcow2 with the default preallocation=metadata"
+        );
+        assert!(
+            std::fs::metadata(&b.path).unwrap().len() >= 1 << 20,
+            "clusters mapped"
+        );
         let c = allocate(
             &s,
             "local",
@@ -312,5 +327,24 @@ mod tests {
             assert!(!v.path.exists());
         }
         assert!(!t.path().join("b/images/101/vm-101-disk-0").exists());
+    }
+
+    #[test]
+    fn qcow2_without_preallocation_is_not_preallocated() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StorageConfig::parse(
+            &format!(
+                "dir: local\n\tpath {}\n\tcontent images\n\tpreallocation off\n",
+                t.path().display()
+            ),
+            "storage.cfg",
+        )
+        .unwrap();
+        let v = allocate(&s, "local", 101, "qcow2", 1 << 20, &[]).unwrap();
+        assert!(!v.preallocated);
+        // No data clusters mapped: the file holds only the header and tables (with
+        // preallocated metadata it spans the whole disk).
+        assert!(std::fs::metadata(&v.path).unwrap().len() < 1 << 20);
+        v.remove().unwrap();
     }
 }
