@@ -12,12 +12,9 @@ use crate::error::{Error, Result};
 
 /// A seekable, freshly created (zero-reading) disk image.
 pub trait DiskTarget: Send {
-    /// Write `data` at byte `offset` of the device.
-    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()>;
-    /// Like [`write_at`](Self::write_at) for data the target may keep (no copy needed).
-    fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()> {
-        self.write_at(&data, offset)
-    }
+    /// Write `data` at byte `offset` of the device. The target may keep `data` until the
+    /// write completes (a shared slice, no copy).
+    fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()>;
     /// Make everything durable and close the target.
     fn finish(self: Box<Self>) -> Result<()>;
 }
@@ -100,8 +97,8 @@ impl RawTarget {
 }
 
 impl DiskTarget for RawTarget {
-    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(data, offset)?;
+    fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()> {
+        self.file.write_all_at(&data, offset)?;
         let end = offset + data.len() as u64;
         self.dirty = Some(match self.dirty {
             Some((lo, hi)) => (lo.min(offset), hi.max(end)),
@@ -187,10 +184,6 @@ impl ImageTarget {
 }
 
 impl DiskTarget for ImageTarget {
-    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.write_bytes(bytes::Bytes::copy_from_slice(data), offset)
-    }
-
     fn write_bytes(&mut self, data: bytes::Bytes, offset: u64) -> std::io::Result<()> {
         while self.in_flight.len() >= NBD_IN_FLIGHT {
             self.complete_one()?;
