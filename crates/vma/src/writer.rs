@@ -599,44 +599,44 @@ impl<W: Write> Writer<W> {
         e[E_MD5..E_MD5 + 16].fill(0);
         let md5 = md5(&e[..EXTENT_HEADER_SIZE]);
         put(e, E_MD5, &md5);
-        let len = self.pos + self.shared_bytes;
-        let off = self.bytes_written;
-        if let (Some(patch), Some(at)) = (self.in_place, self.extent_start.take()) {
+        let (res, at) = if let (Some(patch), Some(at)) = (self.in_place, self.extent_start.take()) {
             // The data is out already: fill in the placeholder.
-            if let Err(err) = patch(&mut self.out, at, &self.extent[..EXTENT_HEADER_SIZE]) {
-                self.poisoned = true;
-                return Err(Error::io(at, err));
-            }
-            self.extents += 1;
-            self.extent[E_BLOCKINFO..EXTENT_HEADER_SIZE].fill(0);
-            self.in_place_bytes = 0;
-            self.slots = 0;
-            return Ok(());
-        }
-        let res = if self.shared_bytes == 0 {
-            // Everything is in the extent buffer, in order.
-            self.out.write_all(&self.extent[..len])
+            (
+                patch(&mut self.out, at, &self.extent[..EXTENT_HEADER_SIZE]),
+                at,
+            )
         } else {
-            let mut slices = Vec::with_capacity(self.pieces.len() + 1);
-            slices.push(IoSlice::new(&self.extent[..EXTENT_HEADER_SIZE]));
-            for p in &self.pieces {
-                slices.push(IoSlice::new(match p {
-                    Piece::Own { start, len } => &self.extent[*start..*start + *len],
-                    Piece::Shared(b) => b,
-                }));
+            let len = self.pos + self.shared_bytes;
+            let at = self.bytes_written;
+            let res = if self.shared_bytes == 0 {
+                // Everything is in the extent buffer, in order.
+                self.out.write_all(&self.extent[..len])
+            } else {
+                let mut slices = Vec::with_capacity(self.pieces.len() + 1);
+                slices.push(IoSlice::new(&self.extent[..EXTENT_HEADER_SIZE]));
+                for p in &self.pieces {
+                    slices.push(IoSlice::new(match p {
+                        Piece::Own { start, len } => &self.extent[*start..*start + *len],
+                        Piece::Shared(b) => b,
+                    }));
+                }
+                write_all_vectored(&mut self.out, &mut slices)
+            };
+            if res.is_ok() {
+                self.bytes_written += len as u64;
             }
-            write_all_vectored(&mut self.out, &mut slices)
+            (res, at)
         };
         if let Err(err) = res {
             self.poisoned = true;
-            return Err(Error::io(off, err));
+            return Err(Error::io(at, err));
         }
-        self.bytes_written += len as u64;
         self.extents += 1;
         self.extent[E_BLOCKINFO..EXTENT_HEADER_SIZE].fill(0);
         self.pos = EXTENT_HEADER_SIZE;
         self.pieces.clear();
         self.shared_bytes = 0;
+        self.in_place_bytes = 0;
         self.slots = 0;
         Ok(())
     }
