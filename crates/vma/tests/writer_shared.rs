@@ -93,18 +93,19 @@ fn archive(shared: Option<usize>, sizes: &[u64]) -> Vec<u8> {
     out.out
 }
 
+/// Device sizes of the comparisons: several extents, a partial last block (size not a
+/// multiple of 4 KiB), a device smaller than a cluster.
+const SIZES: [u64; 3] = [
+    200 * CLUSTER_SIZE as u64 + 12_345,
+    3 * 4096 + 17,
+    64 * CLUSTER_SIZE as u64,
+];
+
 #[test]
 fn shared_clusters_write_the_same_bytes() {
-    // Sizes: several extents, a partial last block (size not a multiple of 4 KiB), a
-    // device smaller than a cluster.
-    let sizes = [
-        200 * CLUSTER_SIZE as u64 + 12_345,
-        3 * 4096 + 17,
-        64 * CLUSTER_SIZE as u64,
-    ];
-    let copied = archive(None, &sizes);
+    let copied = archive(None, &SIZES);
     for max in [usize::MAX, 1000, 65536 + 3] {
-        let shared = archive(Some(max), &sizes);
+        let shared = archive(Some(max), &SIZES);
         assert_eq!(shared.len(), copied.len(), "max {max}");
         assert!(shared == copied, "archives differ with output chunk {max}");
     }
@@ -116,18 +117,13 @@ fn shared_clusters_write_the_same_bytes() {
 
 #[test]
 fn in_place_writer_writes_the_same_bytes() {
-    let sizes = [
-        200 * CLUSTER_SIZE as u64 + 12_345,
-        3 * 4096 + 17,
-        64 * CLUSTER_SIZE as u64,
-    ];
-    let copied = archive(None, &sizes);
+    let copied = archive(None, &SIZES);
     let mut w = Writer::with_identity_in_place(
         std::io::Cursor::new(Vec::new()),
         [7; 16],
         Some(1_700_000_000),
     );
-    fill(&mut w, &sizes, |c| c % 3 == 0);
+    fill(&mut w, &SIZES, |c| c % 3 == 0);
     let (out, stats) = w.finish().unwrap();
     let out = out.into_inner();
     assert_eq!(stats.bytes_written, out.len() as u64);
