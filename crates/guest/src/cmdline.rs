@@ -167,16 +167,6 @@ fn machine_type(cfg: &QemuConfig) -> String {
         .unwrap_or(m)
 }
 
-/// Whether `path` can be opened with `O_DIRECT` (tmpfs cannot).
-fn supports_direct(path: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .is_ok()
-}
-
 pub(crate) fn build(
     cfg: &QemuConfig,
     storage: &StorageConfig,
@@ -387,7 +377,7 @@ fn add_drive(
     let direct = match cache {
         Some("none") | Some("directsync") => true,
         Some(_) => false,
-        None => supports_direct(&path),
+        None => vmdump_nbd::image::supports_direct_io(&path),
     };
     let no_flush = cache == Some("unsafe");
     let write_cache_off = matches!(cache, Some("writethrough") | Some("directsync"));

@@ -106,9 +106,9 @@ pub fn create(path: &Path, format: &str, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` can be opened with `O_DIRECT` (not every file system allows it; QEMU would
-/// then fail to open the image).
-fn supports_direct_io(path: &Path) -> bool {
+/// Whether the image file `path` can be opened with `O_DIRECT`: not every file system
+/// allows it, and QEMU fails to open an image with `cache.direct=on` where it does not.
+pub fn supports_direct_io(path: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
