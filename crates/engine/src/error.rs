@@ -88,7 +88,7 @@ pub enum Error {
         /// The lock file.
         path: std::path::PathBuf,
         /// `- got timeout` or `(wait = 0)`, as vzdump words it.
-        detail: String,
+        detail: &'static str,
     },
 }
 

@@ -52,14 +52,13 @@ impl JobLock {
                 return Err(Error::Interrupted);
             }
             if Instant::now() >= deadline {
-                let why = if wait.is_zero() {
-                    "(wait = 0)".to_string()
-                } else {
-                    "- got timeout".to_string()
-                };
                 return Err(Error::Lock {
                     path: path.clone(),
-                    detail: why,
+                    detail: if wait.is_zero() {
+                        "(wait = 0)"
+                    } else {
+                        "- got timeout"
+                    },
                 });
             }
             if let Some(f) = on_wait.take() {
