@@ -221,10 +221,9 @@ fn sparse_64g_disk_backs_up_in_time_proportional_to_data() -> Result<()> {
     let t = Instant::now();
     let out = env.vmdump_backup(&["100", "--compress", "zstd"])?;
     let secs = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", output_text(&out));
+    let stdout = expect_success(&out, "vmdump backup");
     eprintln!("64 GiB sparse disk with 100 MiB data: {secs:.1} s");
     assert!(secs < 60.0, "took {secs:.1} s");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("INFO: backup is sparse: 63.90 GiB (99%) total zero data"),
         "{stdout}"
@@ -260,12 +259,8 @@ fn bad_options_are_clear_errors() -> Result<()> {
     let locked = format!("{}lock: migrate\n", std::fs::read_to_string(&conf_path)?);
     std::fs::write(&conf_path, &locked)?;
     let out = env.vmdump_backup(&["100"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("VM is locked (migrate)"),
-        "{}",
-        output_text(&out)
-    );
+    let stdout = expect_exit(&out, 1, "vmdump backup");
+    assert!(stdout.contains("VM is locked (migrate)"), "{stdout}");
     assert_eq!(std::fs::read_to_string(&conf_path)?, locked);
     assert!(!env.dump_files().iter().any(|f| f.contains(".vma")));
     Ok(())
