@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+pub mod faultfs;
 pub mod oracle;
 pub mod pattern;
 pub mod process;
@@ -35,6 +36,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 pub use digest::{image_sha256, sha256_bytes, sha256_file};
+pub use faultfs::{FaultFs, Faults};
 pub use oracle::{dissect_config, dissect_devices, dissect_extract, plain_vma, unpack};
 pub use pattern::{pseudo_random, write_random, Rng};
 pub use process::{
