@@ -202,7 +202,10 @@ impl Faults {
         let until = {
             let mut next = lock(&self.0.pace);
             let now = Instant::now();
-            let start = next.filter(|t| *t > now).unwrap_or(now);
+            // Up to 100 ms of unused allowance carries over, so the time of the writes
+            // themselves is not lost between two paced writes.
+            let floor = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
+            let start = next.map_or(now, |t| t.max(floor));
             let done = start + Duration::from_secs_f64(len as f64 / rate as f64);
             *next = Some(done);
             done
