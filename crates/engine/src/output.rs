@@ -94,14 +94,17 @@ impl Output {
         }
     }
 
-    /// Ends the compressed stream and fsyncs the file.
+    /// Ends the compressed stream and fsyncs the file; a failed fsync says so (the data may
+    /// not be on disk although every write succeeded).
     pub fn finish(mut self) -> io::Result<()> {
         self.stop_syncer();
         let Some(enc) = self.enc.take() else {
             return Ok(());
         };
         enc.finish().map_err(io::Error::other)?.flush()?;
-        self.file.sync_all()
+        self.file
+            .sync_all()
+            .map_err(|e| io::Error::new(e.kind(), format!("fsync failed: {e}")))
     }
 
     /// Gives up on the archive (the file is deleted by the caller).

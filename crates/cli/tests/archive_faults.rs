@@ -1,0 +1,393 @@
+//! What vmdump does when the disk under an archive or a restored volume fails at the worst
+//! moment — the final fsync fails, or the disk fills up just before the last bytes — with the
+//! dump dir or the storage on the test kit's fault-injecting FUSE filesystem ([`FaultFs`],
+//! real files in a backing dir). Every case: a non-zero exit, an error that names the cause,
+//! no file with an archive's final name, nothing else left behind; and with the fault
+//! switched off the same command succeeds on the same mount, so the fault was the cause.
+
+mod backup_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use backup_common::*;
+
+/// A [`FaultFs`] over `<base>/<name>-backing` mounted on `<base>/<name>`.
+fn fault_dir(base: &Path, name: &str) -> Result<FaultFs> {
+    let backing = base.join(format!("{name}-backing"));
+    let mnt = base.join(name);
+    std::fs::create_dir_all(&backing)?;
+    std::fs::create_dir_all(&mnt)?;
+    FaultFs::mount(&backing, &mnt)
+}
+
+/// Sorted names in `dir` (empty if it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn is_archive(name: &str) -> bool {
+    name.contains(".vma") || name.ends_with(".dat")
+}
+
+/// Asserts a failed run: a non-zero exit code (not a signal) and `needle` in its output.
+fn assert_failed(out: &Output, what: &str, needle: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(c) if c != 0),
+        "{what} should have failed: {}",
+        output_text(out)
+    );
+    assert!(
+        text.contains(needle),
+        "{what}: no {needle:?} in {}",
+        output_text(out)
+    );
+    text
+}
+
+/// After a failed backup into `dir`: the run's `.log` (with the `ERROR:` line when the disk
+/// still took it) is all there is.
+fn assert_only_log(dir: &Path) {
+    let files = names(dir);
+    assert!(!files.iter().any(|f| is_archive(f)), "{files:?}");
+    assert!(
+        files.iter().all(|f| f.ends_with(".log")) && files.len() <= 1,
+        "{files:?}"
+    );
+}
+
+/// VM 100, stopped: a 24 MiB raw disk with 6 MiB of random data and a 4 MiB qcow2 disk.
+fn setup_stopped(env: &Env) -> Result<()> {
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::File::create(&a)?.set_len(24 * MIB)?;
+    write_random(&a, 2 * MIB, 6 * MIB, 11)?;
+    let b = env.image(100, "vm-100-disk-1.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&b)
+        .arg((4 * MIB).to_string()))?;
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 1M"])
+        .arg(&b))?;
+    env.write_config(
+        100,
+        "memory: 256\nname: faulty\nvirtio0: local:100/vm-100-disk-0.raw,size=24M\nvirtio1: local:100/vm-100-disk-1.qcow2,size=4M\n",
+    )
+}
+
+fn dumpdir_args<'a>(compress: &'a str, dir: &'a Path) -> [&'a str; 5] {
+    [
+        "100",
+        "--compress",
+        compress,
+        "--dumpdir",
+        dir.to_str().expect("utf-8 path"),
+    ]
+}
+
+/// Removes everything in `dir` (between rounds; names carry a one-second time stamp).
+fn clear(dir: &Path) -> Result<()> {
+    for f in names(dir) {
+        std::fs::remove_file(dir.join(f))?;
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    Ok(())
+}
+
+#[test]
+fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_stopped(&env)?;
+    let fs = fault_dir(tmp.path(), "dump")?;
+    let faults = fs.faults();
+    for compress in ["0", "zstd"] {
+        faults.fail_fsync(Some("*.dat"));
+        let before = faults.fsync_failures();
+        let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
+        let text = assert_failed(&out, "backup with a failing fsync", "fsync");
+        assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
+        assert!(faults.fsync_failures() > before, "the fault was never hit");
+        assert_only_log(fs.backing());
+        let log = names(fs.backing());
+        let log = std::fs::read_to_string(fs.backing().join(&log[0]))?;
+        assert!(log.contains("ERROR: Backup of VM 100 failed"), "{log}");
+        assert!(!text.contains("archive file size"), "{text}");
+        clear(fs.backing())?;
+
+        // The same backup on the same mount without the fault succeeds.
+        faults.fail_fsync(None);
+        let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
+        expect_success(&out, "vmdump backup");
+        let files = names(fs.backing());
+        assert_eq!(files.iter().filter(|f| f.contains(".vma")).count(), 1);
+        assert!(!files.iter().any(|f| f.ends_with(".dat")), "{files:?}");
+        clear(fs.backing())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn stopped_backup_into_a_disk_that_fills_at_the_end_leaves_no_archive() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_stopped(&env)?;
+    let fs = fault_dir(tmp.path(), "dump")?;
+    let faults = fs.faults();
+    for compress in ["0", "zstd"] {
+        // Measure: the archive's size (the same data gives the same archive).
+        let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
+        expect_success(&out, "vmdump backup");
+        let files = names(fs.backing());
+        let archive = files
+            .iter()
+            .find(|f| f.contains(".vma"))
+            .expect("an archive");
+        let size = std::fs::metadata(fs.backing().join(archive))?.len();
+        clear(fs.backing())?;
+
+        // Room for all but the last byte of the archive (the log's first lines take some
+        // of it too): the disk is full during the archive's last write.
+        faults.fill_after(Some(size - 1));
+        let before = faults.enospc_failures();
+        let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
+        let text = assert_failed(&out, "backup into a full disk", "No space left on device");
+        assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
+        assert!(faults.enospc_failures() > before, "the disk never filled");
+        assert_only_log(fs.backing());
+        faults.fill_after(None);
+        clear(fs.backing())?;
+    }
+    Ok(())
+}
+
+/// `vmdump vma create` into a file on a disk that fills up before the archive's end: a
+/// non-zero exit, the error names the full disk, and the partial file is removed.
+#[test]
+fn vma_create_into_a_full_disk_removes_the_partial_archive() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk.raw");
+    std::fs::File::create(&disk)?.set_len(8 * MIB)?;
+    write_random(&disk, 0, 5 * MIB, 3)?;
+    let fs = fault_dir(tmp.path(), "out")?;
+    let create = |name: &str| -> Result<Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_vmdump"))
+            .args(["vma", "create"])
+            .arg(fs.mountpoint().join(name))
+            .arg("-d")
+            .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+            .output()?)
+    };
+    expect_success(&create("ok.vma")?, "vmdump vma create");
+    let size = std::fs::metadata(fs.backing().join("ok.vma"))?.len();
+    std::fs::remove_file(fs.backing().join("ok.vma"))?;
+
+    fs.faults().fill_after(Some(size - 1));
+    let out = create("full.vma")?;
+    assert_failed(&out, "vma create into a full disk", "No space left on device");
+    assert!(fs.faults().enospc_failures() > 0);
+    assert_eq!(names(fs.backing()), Vec::<String>::new());
+    Ok(())
+}
+
+/// VM 100 running the test guest (virtio0, its data disk) with a second raw disk of
+/// `extra_mib` MiB, half random (virtio1).
+async fn boot_guest(env: &Env, extra_mib: u64) -> Result<Qemu> {
+    let a = env.image(100, "vm-100-disk-0.raw");
+    std::fs::copy(testguest_dir().join("data.raw"), &a)?;
+    let b = env.image(100, "vm-100-disk-1.raw");
+    std::fs::File::create(&b)?.set_len(extra_mib * MIB)?;
+    write_random(&b, 0, extra_mib * MIB / 2, 5)?;
+    env.write_config(
+        100,
+        &format!(
+            "agent: 1\nmemory: 256\nname: vmdump-testguest\nvirtio0: local:100/vm-100-disk-0.raw,size=64M\nvirtio1: local:100/vm-100-disk-1.raw,size={extra_mib}M\n"
+        ),
+    )?;
+    let vm = Qemu::testguest(
+        &env.vm_dir(100)?,
+        &[
+            Disk {
+                key: "virtio0",
+                path: &a,
+                format: "raw",
+            },
+            Disk {
+                key: "virtio1",
+                path: &b,
+                format: "raw",
+            },
+        ],
+        "vmdump.interval=0.05",
+    )
+    .await?;
+    vm.wait_ready().await?;
+    Ok(vm)
+}
+
+/// Waits (up to 20 s) until the guest writer's tick passes `tick`.
+async fn wait_tick_after(vm: &Qemu, tick: u64) -> bool {
+    for _ in 0..200 {
+        if vm.last_tick() > tick {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A running guest's backup into a dump dir that fills up while copy-before-write is busy:
+/// the backup fails and leaves no archive, while every guest-path write — the writer in the
+/// guest and qemu-io writes to not-yet-copied clusters — succeeds during and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let vm = boot_guest(&env, 48).await?;
+    assert!(wait_tick_after(&vm, 2).await, "the guest writer does not run");
+    let fs = fault_dir(tmp.path(), "dump")?;
+    // About 88 MiB of disk data at 8 MiB/s; the disk is full after 12 MiB.
+    fs.faults().fill_after(Some(12 * MIB));
+    let child = env
+        .vmdump_command(&[
+            "100",
+            "--compress",
+            "0",
+            "--bwlimit",
+            "8192",
+            "--dumpdir",
+            fs.mountpoint().to_str().expect("utf-8 path"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    vm.wait_jobs(2).await?;
+    // Guest-path writes into the end of virtio1 (not copied yet): each one's old data goes
+    // to the archive side first; they must succeed before, while and after the disk fills.
+    for i in 0..16u64 {
+        vm.io_write("virtio1", 0x40 + i as u8, 47 * MIB - i * MIB, 64 << 10)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tick = vm.last_tick();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let text = assert_failed(&out, "live backup into a full disk", "No space left on device");
+    assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
+    assert!(fs.faults().enospc_failures() > 0, "the disk never filled");
+    assert_only_log(fs.backing());
+    assert_eq!(vm.assert_clean().await?, "running");
+    vm.io_write("virtio1", 0x7f, 40 * MIB, 64 << 10).await?;
+    assert!(
+        wait_tick_after(&vm, tick).await,
+        "guest writes stalled after the failed backup"
+    );
+    // With room again, the next backup on the same mount succeeds.
+    fs.faults().fill_after(None);
+    let out = env.vmdump_backup(&dumpdir_args("zstd", fs.mountpoint()))?;
+    expect_success(&out, "vmdump backup");
+    assert_eq!(
+        names(fs.backing())
+            .iter()
+            .filter(|f| f.ends_with(".vma.zst"))
+            .count(),
+        1
+    );
+    vm.quit().await?;
+    Ok(())
+}
+
+/// `vmdump restore <archive> 200 --storage faulty` with storage `faulty` on a [`FaultFs`].
+fn restore(env: &Env, archive: &Path, format: &str) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_vmdump"))
+        .arg("restore")
+        .arg(archive)
+        .args(["200", "--storage", "faulty", "--root"])
+        .arg(&env.root)
+        .env("VMDUMP_RUN_DIR", &env.run)
+        .env_remove("VMDUMP_ROOT")
+        .output()?)
+}
+
+/// Adds dir storage `faulty` at `path` (images, default format `format`).
+fn add_storage(env: &Env, path: &Path, format: &str) -> Result<()> {
+    let cfg = env.root.join("storage.cfg");
+    let mut text = std::fs::read_to_string(&cfg)?;
+    text.push_str(&format!(
+        "\ndir: faulty\n\tpath {}\n\tcontent images\n\tformat {format}\n",
+        path.display()
+    ));
+    std::fs::write(cfg, text)?;
+    Ok(())
+}
+
+/// Restores onto a storage that fills up near the end, and one whose volumes' final fsync
+/// fails, for raw and qcow2 volumes: a clear error, and neither new volumes nor a config
+/// are left. Without the faults the same restore succeeds on the same mount.
+#[test]
+fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_stopped(&env)?;
+    let out = env.vmdump_backup(&["100", "--compress", "zstd"])?;
+    expect_success(&out, "vmdump backup");
+    let archive: PathBuf = env.dump().join(env.archive_name(".vma.zst"));
+    let fs = fault_dir(tmp.path(), "faulty")?;
+    let faults = fs.faults();
+    let conf = env.root.join("qemu-server/200.conf");
+    let images = fs.backing().join("images/200");
+    for format in ["raw", "qcow2"] {
+        add_storage(&env, fs.mountpoint(), format)?;
+        // Measure what a restore writes.
+        let w0 = faults.written();
+        expect_success(&restore(&env, &archive, format)?, "vmdump restore");
+        let need = faults.written() - w0;
+        assert_eq!(names(&images).len(), 2, "{:?}", names(&images));
+        std::fs::remove_file(&conf)?;
+        std::fs::remove_dir_all(&images)?;
+
+        // 1. The disk fills 64 KiB before the end.
+        faults.fill_after(Some(need - (64 << 10)));
+        let out = restore(&env, &archive, format)?;
+        assert_failed(&out, "restore onto a full disk", "No space left on device");
+        assert!(faults.enospc_failures() > 0);
+        assert!(!conf.exists(), "config of a failed restore");
+        assert_eq!(names(&images), Vec::<String>::new());
+        faults.fill_after(None);
+
+        // 2. The volumes' final fsync fails (raw: ours; qcow2: qemu-storage-daemon's flush).
+        faults.fail_fsync(Some("vm-200-disk-*"));
+        let before = faults.fsync_failures();
+        let out = restore(&env, &archive, format)?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(faults.fsync_failures() > before, "the fault was never hit");
+        assert!(!out.status.success(), "restore with a failing fsync: {}", output_text(&out));
+        assert!(
+            text.contains("Input/output error") || text.contains("sync"),
+            "{text}"
+        );
+        assert!(!conf.exists(), "config of a failed restore");
+        assert_eq!(names(&images), Vec::<String>::new());
+        faults.fail_fsync(None);
+        // Restore the storage config for the next format.
+        let cfg = env.root.join("storage.cfg");
+        let text = std::fs::read_to_string(&cfg)?;
+        let cut = text.find("\ndir: faulty").expect("added");
+        std::fs::write(&cfg, &text[..cut])?;
+    }
+    Ok(())
+}
