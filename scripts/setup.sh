@@ -8,8 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Debian packages. QEMU must be 7.2 across the board: installing
 # qemu-system-x86 removes a newer preinstalled qemu-utils backport, so
 # qemu-utils (and qemu-block-extra) are pinned to qemu-system-x86's version.
+# fuse3: fusermount3 for the test kit's fault-injecting FUSE filesystem (faultfs).
 pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static
-      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time)
+      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time fuse3)
 
 need_apt=0
 for p in "${pkgs[@]}"; do

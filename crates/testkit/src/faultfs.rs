@@ -34,9 +34,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 /// Attributes and entries are not cached: the backing directory may change under the mount.
@@ -313,8 +313,8 @@ impl FaultFs {
         &self.backing
     }
 
-    /// Unmounts (lazily when a file is still open) and waits up to 10 s for the filesystem
-    /// threads to end.
+    /// Unmounts (lazily when a file is still open) and, unless lazily, waits up to 10 s for
+    /// the filesystem threads to end.
     pub fn unmount(mut self) -> Result<()> {
         self.unmount_inner()
     }
@@ -324,11 +324,19 @@ impl FaultFs {
             return Ok(());
         };
         use nix::mount::{umount2, MntFlags};
-        let res = match umount2(&self.mountpoint, MntFlags::empty()) {
-            Err(nix::errno::Errno::EBUSY) => umount2(&self.mountpoint, MntFlags::MNT_DETACH),
-            r => r,
-        };
-        res.with_context(|| format!("unmount {}", self.mountpoint.display()))?;
+        match umount2(&self.mountpoint, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EBUSY) => {
+                // A file is still open (a killed child's, a test's): detach now; the session
+                // ends when the last one is closed, its thread is left to that.
+                umount2(&self.mountpoint, MntFlags::MNT_DETACH)
+                    .with_context(|| format!("unmount {}", self.mountpoint.display()))?;
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("unmount {}", self.mountpoint.display()))
+            }
+        }
         // Unmounted: the session thread sees ENODEV and ends; dropping the session then only
         // closes the auto-unmount socket.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -728,7 +736,8 @@ impl Filesystem for PassFs {
         let res = (|| -> Result<(), Errno> {
             let from = self.child(parent, name)?;
             let to = self.child(newparent, newname)?;
-            let nix_flags = nix::fcntl::RenameFlags::from_bits(flags.bits()).ok_or(Errno::EINVAL)?;
+            let nix_flags =
+                nix::fcntl::RenameFlags::from_bits(flags.bits()).ok_or(Errno::EINVAL)?;
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &self.real(&from),
@@ -776,11 +785,9 @@ impl Filesystem for PassFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let res = self.rel(ino).and_then(|rel| {
-            Self::options(flags.0)
-                .open(self.real(&rel))
-                .map_err(errno)
-        });
+        let res = self
+            .rel(ino)
+            .and_then(|rel| Self::options(flags.0).open(self.real(&rel)).map_err(errno));
         match res {
             Ok(file) => {
                 let fh = self.add_handle(Handle::File {
@@ -873,7 +880,14 @@ impl Filesystem for PassFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let res = (|| -> Result<(), Errno> {
             let (file, _) = self.file(fh)?;
             if self.faults.fsync_fails(&self.rel(ino)?) {
@@ -1162,7 +1176,10 @@ mod tests {
         f.set_len(20)?;
         f.sync_all()?;
         drop(f);
-        assert_eq!(std::fs::read(b.join("d/a.dat"))?, b"hello World\0\0\0\0\0\0\0\0\0");
+        assert_eq!(
+            std::fs::read(b.join("d/a.dat"))?,
+            b"hello World\0\0\0\0\0\0\0\0\0"
+        );
         assert_eq!(fs.faults().written(), 12);
         // Exclusive create refuses an existing name.
         let e = File::options()
@@ -1200,6 +1217,39 @@ mod tests {
         assert!(st.blocks() > 0);
         fs.unmount()?;
         assert!(!m.join("d").exists(), "still mounted");
+        Ok(())
+    }
+
+    /// True if `path` is a mount point (listed in this process's mountinfo).
+    fn is_mounted(path: &Path) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let want = path.to_string_lossy();
+        info.lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+    }
+
+    #[test]
+    fn unmounted_after_a_panic_and_with_a_file_open() -> Result<()> {
+        let (_tmp, fs) = mounted()?;
+        let m = fs.mountpoint().to_path_buf();
+        let b = fs.backing().to_path_buf();
+        assert!(is_mounted(&m));
+        let res = std::thread::spawn(move || {
+            let _fs = fs;
+            panic!("test failure while mounted");
+        })
+        .join();
+        assert!(res.is_err());
+        assert!(!is_mounted(&m), "still mounted after the panic");
+
+        // A file left open: the unmount is lazy, the open file keeps working.
+        let fs = FaultFs::mount(&b, &m)?;
+        let mut f = File::create(m.join("open"))?;
+        fs.unmount()?;
+        assert!(!is_mounted(&m), "still mounted with a file open");
+        f.write_all(b"late")?;
+        drop(f);
+        assert_eq!(std::fs::read(b.join("open"))?, b"late");
         Ok(())
     }
 

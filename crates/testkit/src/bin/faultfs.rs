@@ -28,7 +28,10 @@ fn size(flag: &str, v: &str) -> Result<u64> {
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args> {
     let mut a = Args::default();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--write-rate" => a.write_rate = Some(size(&arg, &value()?)?),
             "--fill-after" => a.fill_after = Some(size(&arg, &value()?)?),
@@ -57,7 +60,11 @@ async fn main() -> Result<()> {
     f.fill_after(args.fill_after);
     f.fail_fsync(args.fail_fsync.as_deref());
     f.fail_flush(args.fail_flush.as_deref());
-    println!("mounted {} on {}", fs.backing().display(), fs.mountpoint().display());
+    println!(
+        "mounted {} on {}",
+        fs.backing().display(),
+        fs.mountpoint().display()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
