@@ -334,19 +334,15 @@ fn restore(env: &Env, archive: &Path) -> Result<Output> {
         .output()?)
 }
 
-/// Restores onto a storage that fills up near the end, and one whose volumes' final fsync
-/// fails; the archive holds a raw and a qcow2 disk, restored as such (the raw one written by
-/// vmdump, the qcow2 one through qemu-storage-daemon). Each time: a clear error, and neither
-/// new volumes nor a config are left. Without the faults the same restore succeeds on the
-/// same mount.
+/// Restores onto a storage that fills up near the end, and one whose volume's fsync fails,
+/// for a raw volume (written by vmdump) and a qcow2 volume (written through
+/// qemu-storage-daemon): each time a clear error, and neither a new volume nor a config is
+/// left. Without the faults the same restore succeeds on the same mount.
 #[test]
 fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
     setup_stopped(&env)?;
-    let out = env.vmdump_backup(&["100", "--compress", "zstd"])?;
-    expect_success(&out, "vmdump backup");
-    let archive: PathBuf = env.dump().join(env.archive_name(".vma.zst"));
     let fs = fault_dir(tmp.path(), "faulty")?;
     let faults = fs.faults();
     let cfg = env.root.join("storage.cfg");
@@ -360,39 +356,50 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
     )?;
     let conf = env.root.join("qemu-server/200.conf");
     let images = fs.backing().join("images/200");
+    for (vmid, disk, volume) in [
+        (101, "vm-100-disk-0.raw,size=24M", "vm-200-disk-0.raw"),
+        (102, "vm-100-disk-1.qcow2,size=4M", "vm-200-disk-0.qcow2"),
+    ] {
+        // A guest with just that disk, backed up to the (healthy) local dump dir.
+        env.write_config(vmid, &format!("memory: 256\nvirtio0: local:100/{disk}\n"))?;
+        let out = env.vmdump_backup(&[&vmid.to_string(), "--compress", "zstd"])?;
+        expect_success(&out, "vmdump backup");
+        let prefix = format!("vzdump-qemu-{vmid}-");
+        let archive: PathBuf = env.dump().join(
+            env.dump_files()
+                .into_iter()
+                .find(|f| f.starts_with(&prefix) && f.ends_with(".vma.zst"))
+                .expect("an archive"),
+        );
 
-    // Measure what a restore writes.
-    let w0 = faults.written();
-    expect_success(&restore(&env, &archive)?, "vmdump restore");
-    let need = faults.written() - w0;
-    assert_eq!(
-        names(&images),
-        ["vm-200-disk-0.raw", "vm-200-disk-1.qcow2"],
-        "restored volumes"
-    );
-    std::fs::remove_file(&conf)?;
-    std::fs::remove_dir_all(&images)?;
+        // Measure what the restore writes.
+        let w0 = faults.written();
+        expect_success(&restore(&env, &archive)?, "vmdump restore");
+        let need = faults.written() - w0;
+        assert_eq!(names(&images), [volume], "restored volume");
+        std::fs::remove_file(&conf)?;
+        std::fs::remove_dir_all(&images)?;
 
-    // 1. The disk fills 64 KiB before the end.
-    faults.fill_after(Some(need - (64 << 10)));
-    let out = restore(&env, &archive)?;
-    assert_failed(&out, "restore onto a full disk", "No space left on device");
-    assert!(faults.enospc_failures() > 0);
-    assert!(!conf.exists(), "config of a failed restore");
-    assert_eq!(names(&images), Vec::<String>::new());
-    faults.fill_after(None);
+        // 1. The disk fills 64 KiB before the end.
+        faults.fill_after(Some(need - (64 << 10)));
+        let before = faults.enospc_failures();
+        let out = restore(&env, &archive)?;
+        assert_failed(&out, "restore onto a full disk", "No space left on device");
+        assert!(faults.enospc_failures() > before, "the disk never filled");
+        assert!(!conf.exists(), "config of a failed restore");
+        assert_eq!(names(&images), Vec::<String>::new());
+        faults.fill_after(None);
 
-    // 2. fsync fails: the raw volume's final fsync (vmdump's own), and every flush of the
-    //    qcow2 volume (`qemu-img create` flushes already, so that one fails early).
-    for pattern in ["vm-200-disk-0.raw", "vm-200-disk-1.qcow2"] {
-        faults.fail_fsync(Some(pattern));
+        // 2. fsync of the volume fails: the raw volume's final fsync (vmdump's own); every
+        //    flush of the qcow2 volume (`qemu-img create` flushes already, so it fails early).
+        faults.fail_fsync(Some(volume));
         let before = faults.fsync_failures();
         let out = restore(&env, &archive)?;
         assert_failed(&out, "restore with a failing fsync", "Input/output error");
         assert!(faults.fsync_failures() > before, "the fault was never hit");
         assert!(!conf.exists(), "config of a failed restore");
         assert_eq!(names(&images), Vec::<String>::new());
+        faults.fail_fsync(None);
     }
-    faults.fail_fsync(None);
     Ok(())
 }

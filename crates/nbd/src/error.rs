@@ -34,7 +34,7 @@ pub enum Error {
         message: String,
     },
     /// The server failed a request.
-    #[error("{command} at offset {offset:#x} length {length:#x} failed: {} ({errno}){}", errno::name(*errno), fmt_msg(message))]
+    #[error("{command} at offset {offset:#x} length {length:#x} failed: {} ({errno}, {}){}", errno::name(*errno), errno::describe(*errno), fmt_msg(message))]
     Remote {
         /// Command name, e.g. `NBD_CMD_READ`.
         command: &'static str,
@@ -116,3 +116,24 @@ impl Error {
 
 /// Shorthand for this crate's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_errors_say_what_the_errno_means() {
+        let e = Error::Remote {
+            command: "NBD_CMD_WRITE",
+            offset: 0x100000,
+            length: 0x10000,
+            errno: errno::ENOSPC,
+            message: String::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "NBD_CMD_WRITE at offset 0x100000 length 0x10000 failed: ENOSPC (28, No space left on device)"
+        );
+        assert_eq!(e.kind(), ErrorKind::Remote(errno::ENOSPC));
+    }
+}

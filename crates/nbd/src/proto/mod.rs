@@ -158,6 +158,22 @@ pub mod errno {
             _ => "unknown errno",
         }
     }
+
+    /// What an NBD errno means, worded as the C library's `strerror` words it (so a full
+    /// disk reads the same whether the local write or the NBD server's failed).
+    pub fn describe(code: u32) -> &'static str {
+        match code {
+            EPERM => "Operation not permitted",
+            EIO => "Input/output error",
+            ENOMEM => "Cannot allocate memory",
+            EINVAL => "Invalid argument",
+            ENOSPC => "No space left on device",
+            EOVERFLOW => "Value too large for defined data type",
+            ENOTSUP => "Operation not supported",
+            ESHUTDOWN => "Cannot send after transport endpoint shutdown",
+            _ => "unknown error",
+        }
+    }
 }
 
 /// A peer sent bytes that are not valid NBD.
