@@ -23,19 +23,6 @@ fn fault_dir(base: &Path, name: &str) -> Result<FaultFs> {
     FaultFs::mount(&backing, &mnt)
 }
 
-/// Sorted names in `dir` (empty if it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn is_archive(name: &str) -> bool {
     name.contains(".vma") || name.ends_with(".dat")
 }
@@ -63,7 +50,7 @@ fn assert_failed(out: &Output, what: &str, needle: &str) -> String {
 /// After a failed backup into `dir`: the run's `.log` (with the `ERROR:` line when the disk
 /// still took it) is all there is.
 fn assert_only_log(dir: &Path) {
-    let files = names(dir);
+    let files = file_names(dir);
     assert!(!files.iter().any(|f| is_archive(f)), "{files:?}");
     assert!(
         files.iter().all(|f| f.ends_with(".log")) && files.len() <= 1,
@@ -90,6 +77,15 @@ fn setup_stopped(env: &Env) -> Result<()> {
     )
 }
 
+/// A config root with VM 100 of [`setup_stopped`] and a [`FaultFs`] for its dump dir.
+fn stopped_with_fault_dump() -> Result<(tempfile::TempDir, Env, FaultFs)> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_stopped(&env)?;
+    let fs = fault_dir(tmp.path(), "dump")?;
+    Ok((tmp, env, fs))
+}
+
 fn dumpdir_args<'a>(compress: &'a str, dir: &'a Path) -> [&'a str; 5] {
     [
         "100",
@@ -102,7 +98,7 @@ fn dumpdir_args<'a>(compress: &'a str, dir: &'a Path) -> [&'a str; 5] {
 
 /// Removes everything in `dir` (between rounds; names carry a one-second time stamp).
 fn clear(dir: &Path) -> Result<()> {
-    for f in names(dir) {
+    for f in file_names(dir) {
         std::fs::remove_file(dir.join(f))?;
     }
     std::thread::sleep(Duration::from_millis(1100));
@@ -111,10 +107,7 @@ fn clear(dir: &Path) -> Result<()> {
 
 #[test]
 fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let env = Env::new(tmp.path())?;
-    setup_stopped(&env)?;
-    let fs = fault_dir(tmp.path(), "dump")?;
+    let (_tmp, env, fs) = stopped_with_fault_dump()?;
     let faults = fs.faults();
     for compress in ["0", "zstd"] {
         faults.fail_fsync(Some("*.dat"));
@@ -124,7 +117,7 @@ fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
         assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
         assert!(faults.fsync_failures() > before, "the fault was never hit");
         assert_only_log(fs.backing());
-        let log = names(fs.backing());
+        let log = file_names(fs.backing());
         let log = std::fs::read_to_string(fs.backing().join(&log[0]))?;
         assert!(log.contains("ERROR: Backup of VM 100 failed"), "{log}");
         assert!(!text.contains("archive file size"), "{text}");
@@ -134,7 +127,7 @@ fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
         faults.fail_fsync(None);
         let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
         expect_success(&out, "vmdump backup");
-        let files = names(fs.backing());
+        let files = file_names(fs.backing());
         assert_eq!(files.iter().filter(|f| f.contains(".vma")).count(), 1);
         assert!(!files.iter().any(|f| f.ends_with(".dat")), "{files:?}");
         clear(fs.backing())?;
@@ -144,16 +137,13 @@ fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
 
 #[test]
 fn stopped_backup_into_a_disk_that_fills_at_the_end_leaves_no_archive() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let env = Env::new(tmp.path())?;
-    setup_stopped(&env)?;
-    let fs = fault_dir(tmp.path(), "dump")?;
+    let (_tmp, env, fs) = stopped_with_fault_dump()?;
     let faults = fs.faults();
     for compress in ["0", "zstd"] {
         // Measure: the archive's size (the same data gives the same archive).
         let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
         expect_success(&out, "vmdump backup");
-        let files = names(fs.backing());
+        let files = file_names(fs.backing());
         let archive = files
             .iter()
             .find(|f| f.contains(".vma"))
@@ -205,43 +195,8 @@ fn vma_create_into_a_full_disk_removes_the_partial_archive() -> Result<()> {
         "No space left on device",
     );
     assert!(fs.faults().enospc_failures() > 0);
-    assert_eq!(names(fs.backing()), Vec::<String>::new());
+    assert_eq!(file_names(fs.backing()), Vec::<String>::new());
     Ok(())
-}
-
-/// VM 100 running the test guest (virtio0, its data disk) with a second raw disk of
-/// `extra_mib` MiB, half random (virtio1).
-async fn boot_guest(env: &Env, extra_mib: u64) -> Result<Qemu> {
-    let a = env.image(100, "vm-100-disk-0.raw");
-    std::fs::copy(testguest_dir().join("data.raw"), &a)?;
-    let b = env.image(100, "vm-100-disk-1.raw");
-    std::fs::File::create(&b)?.set_len(extra_mib * MIB)?;
-    write_random(&b, 0, extra_mib * MIB / 2, 5)?;
-    env.write_config(
-        100,
-        &format!(
-            "agent: 1\nmemory: 256\nname: vmdump-testguest\nvirtio0: local:100/vm-100-disk-0.raw,size=64M\nvirtio1: local:100/vm-100-disk-1.raw,size={extra_mib}M\n"
-        ),
-    )?;
-    let vm = Qemu::testguest(
-        &env.vm_dir(100)?,
-        &[
-            Disk {
-                key: "virtio0",
-                path: &a,
-                format: "raw",
-            },
-            Disk {
-                key: "virtio1",
-                path: &b,
-                format: "raw",
-            },
-        ],
-        "vmdump.interval=0.05",
-    )
-    .await?;
-    vm.wait_ready().await?;
-    Ok(vm)
 }
 
 /// Waits (up to 20 s) until the guest writer's tick passes `tick`.
@@ -262,7 +217,8 @@ async fn wait_tick_after(vm: &Qemu, tick: u64) -> bool {
 async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
-    let vm = boot_guest(&env, 48).await?;
+    env.setup_guest(48)?;
+    let vm = env.boot_guest().await?;
     assert!(
         wait_tick_after(&vm, 2).await,
         "the guest writer does not run"
@@ -312,7 +268,7 @@ async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result
     let out = env.vmdump_backup(&dumpdir_args("zstd", fs.mountpoint()))?;
     expect_success(&out, "vmdump backup");
     assert_eq!(
-        names(fs.backing())
+        file_names(fs.backing())
             .iter()
             .filter(|f| f.ends_with(".vma.zst"))
             .count(),
@@ -376,7 +332,7 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
         let w0 = faults.written();
         expect_success(&restore(&env, &archive)?, "vmdump restore");
         let need = faults.written() - w0;
-        assert_eq!(names(&images), [volume], "restored volume");
+        assert_eq!(file_names(&images), [volume], "restored volume");
         std::fs::remove_file(&conf)?;
         std::fs::remove_dir_all(&images)?;
 
@@ -387,7 +343,7 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
         assert_failed(&out, "restore onto a full disk", "No space left on device");
         assert!(faults.enospc_failures() > before, "the disk never filled");
         assert!(!conf.exists(), "config of a failed restore");
-        assert_eq!(names(&images), Vec::<String>::new());
+        assert_eq!(file_names(&images), Vec::<String>::new());
         faults.fill_after(None);
 
         // 2. fsync of the volume fails: the raw volume's final fsync (vmdump's own); every
@@ -398,7 +354,7 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
         assert_failed(&out, "restore with a failing fsync", "Input/output error");
         assert!(faults.fsync_failures() > before, "the fault was never hit");
         assert!(!conf.exists(), "config of a failed restore");
-        assert_eq!(names(&images), Vec::<String>::new());
+        assert_eq!(file_names(&images), Vec::<String>::new());
         faults.fail_fsync(None);
     }
     Ok(())

@@ -10,54 +10,12 @@ use std::time::Duration;
 use anyhow::Result;
 use backup_common::*;
 
-/// Sets up VM 100: the test guest's data disk (virtio0) and a second raw disk of `extra_mib`
-/// MiB with random data (virtio1). Returns the pre-backup hash of virtio1.
-fn setup_guest(env: &Env, extra_mib: u64) -> Result<String> {
-    let tg = testguest_dir();
-    let a = env.image(100, "vm-100-disk-0.raw");
-    std::fs::copy(tg.join("data.raw"), &a)?;
-    let b = env.image(100, "vm-100-disk-1.raw");
-    std::fs::File::create(&b)?.set_len(extra_mib * MIB)?;
-    write_random(&b, 0, extra_mib * MIB / 2, 99)?;
-    env.write_config(
-        100,
-        &format!(
-            "agent: 1\nmemory: 256\nname: vmdump-testguest\nvirtio0: local:100/vm-100-disk-0.raw,size=64M\nvirtio1: local:100/vm-100-disk-1.raw,size={extra_mib}M\n"
-        ),
-    )?;
-    sha256_file(&b)
-}
-
-async fn boot(env: &Env) -> Result<Qemu> {
-    let a = env.image(100, "vm-100-disk-0.raw");
-    let b = env.image(100, "vm-100-disk-1.raw");
-    let vm = Qemu::testguest(
-        &env.vm_dir(100)?,
-        &[
-            Disk {
-                key: "virtio0",
-                path: &a,
-                format: "raw",
-            },
-            Disk {
-                key: "virtio1",
-                path: &b,
-                format: "raw",
-            },
-        ],
-        "vmdump.interval=0.05",
-    )
-    .await?;
-    vm.wait_ready().await?;
-    Ok(vm)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
-    let want_b = setup_guest(&env, 32)?;
-    let vm = boot(&env).await?;
+    let want_b = env.setup_guest(32)?;
+    let vm = env.boot_guest().await?;
     let tick_before = {
         for _ in 0..100 {
             if vm.last_tick() >= 3 {
@@ -138,8 +96,8 @@ async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
 async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
-    setup_guest(&env, 48)?;
-    let vm = boot(&env).await?;
+    env.setup_guest(48)?;
+    let vm = env.boot_guest().await?;
 
     // 1. Target storage full: a 16 MiB tmpfs for a ~30 MiB archive.
     let small = tmp.path().join("small");

@@ -428,6 +428,27 @@ fn time_or_now(t: TimeOrNow) -> SystemTime {
     }
 }
 
+fn reply_entry(reply: ReplyEntry, res: Result<FileAttr, Errno>) {
+    match res {
+        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, res: Result<FileAttr, Errno>) {
+    match res {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl PassFs {
     fn new(backing: PathBuf, faults: Faults) -> Result<Self> {
         let m = std::fs::metadata(&backing)?;
@@ -563,10 +584,10 @@ impl Filesystem for PassFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name).and_then(|rel| self.entry(&rel)) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(
+            reply,
+            self.child(parent, name).and_then(|rel| self.entry(&rel)),
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -581,10 +602,7 @@ impl Filesystem for PassFs {
             let m = std::fs::symlink_metadata(self.real(&rel)).map_err(errno)?;
             Ok(attr(ino.0, &m))
         });
-        match res {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, res);
     }
 
     fn setattr(
@@ -647,10 +665,7 @@ impl Filesystem for PassFs {
             .map_err(errno)?;
             Ok(attr(ino.0, &m))
         })();
-        match res {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, res);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -679,30 +694,23 @@ impl Filesystem for PassFs {
                 .map_err(errno)?;
             self.entry(&rel)
         });
-        match res {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, res);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .child(parent, name)
-            .and_then(|rel| std::fs::remove_file(self.real(&rel)).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.child(parent, name)
+                .and_then(|rel| std::fs::remove_file(self.real(&rel)).map_err(errno)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .child(parent, name)
-            .and_then(|rel| std::fs::remove_dir(self.real(&rel)).map_err(errno))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.child(parent, name)
+                .and_then(|rel| std::fs::remove_dir(self.real(&rel)).map_err(errno)),
+        );
     }
 
     fn symlink(
@@ -717,10 +725,7 @@ impl Filesystem for PassFs {
             std::os::unix::fs::symlink(target, self.real(&rel)).map_err(errno)?;
             self.entry(&rel)
         });
-        match res {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, res);
     }
 
     fn rename(
@@ -756,10 +761,7 @@ impl Filesystem for PassFs {
             }
             Ok(())
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, res);
     }
 
     fn link(
@@ -778,10 +780,7 @@ impl Filesystem for PassFs {
             // how a no-replace rename can be done).
             self.entry(&to)
         })();
-        match res {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(reply, res);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -900,10 +899,7 @@ impl Filesystem for PassFs {
             }
             .map_err(errno)
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, res);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -979,10 +975,7 @@ impl Filesystem for PassFs {
                 .and_then(|d| d.sync_all())
                 .map_err(errno)
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, res);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -1077,10 +1070,7 @@ impl Filesystem for PassFs {
             let len = i64::try_from(length).map_err(|_| Errno::EINVAL)?;
             nix::fcntl::fallocate(&*file, flags, off, len).map_err(nix_errno)
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, res);
     }
 
     fn lseek(

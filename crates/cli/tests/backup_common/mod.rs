@@ -78,15 +78,50 @@ impl Env {
 
     /// Files in the dump directory.
     pub fn dump_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.dump())
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        file_names(&self.dump())
+    }
+
+    /// Sets up VM 100 for the test guest: its data disk (virtio0) and a second raw disk of
+    /// `extra_mib` MiB, the first half random (virtio1). Returns the hash of virtio1.
+    pub fn setup_guest(&self, extra_mib: u64) -> Result<String> {
+        let a = self.image(100, "vm-100-disk-0.raw");
+        std::fs::copy(testguest_dir().join("data.raw"), &a)?;
+        let b = self.image(100, "vm-100-disk-1.raw");
+        std::fs::File::create(&b)?.set_len(extra_mib * MIB)?;
+        write_random(&b, 0, extra_mib * MIB / 2, 99)?;
+        self.write_config(
+            100,
+            &format!(
+                "agent: 1\nmemory: 256\nname: vmdump-testguest\nvirtio0: local:100/vm-100-disk-0.raw,size=64M\nvirtio1: local:100/vm-100-disk-1.raw,size={extra_mib}M\n"
+            ),
+        )?;
+        sha256_file(&b)
+    }
+
+    /// Boots VM 100 of [`Env::setup_guest`] (the test guest, writer every 50 ms) and waits
+    /// until it is ready.
+    pub async fn boot_guest(&self) -> Result<Qemu> {
+        let a = self.image(100, "vm-100-disk-0.raw");
+        let b = self.image(100, "vm-100-disk-1.raw");
+        let vm = Qemu::testguest(
+            &self.vm_dir(100)?,
+            &[
+                Disk {
+                    key: "virtio0",
+                    path: &a,
+                    format: "raw",
+                },
+                Disk {
+                    key: "virtio1",
+                    path: &b,
+                    format: "raw",
+                },
+            ],
+            "vmdump.interval=0.05",
+        )
+        .await?;
+        vm.wait_ready().await?;
+        Ok(vm)
     }
 
     /// The name of the one dump file ending with `suffix` (`.vma.zst`, ...).
@@ -109,4 +144,17 @@ impl Env {
             "{files:?}"
         );
     }
+}
+
+/// Sorted names of the entries in `dir` (empty if it cannot be read).
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
