@@ -6,9 +6,10 @@
 //! * `fsync`/`fdatasync` (and `fsyncdir`) fail with `EIO` for files whose name matches a
 //!   pattern ([`Faults::fail_fsync`]);
 //! * `flush` (every `close`) fails with `EIO` for matching names ([`Faults::fail_flush`]);
-//! * the disk fills up: `ENOSPC` once a given number of further bytes were written in total,
-//!   with the write that crosses the limit cut short as on a real full disk
-//!   ([`Faults::fill_after`]); `statfs` reports the space left;
+//! * the disk fills up: `ENOSPC` once a given number of further bytes were written in total
+//!   (or to files matching a pattern), with the write that crosses the limit cut short as on
+//!   a real full disk ([`Faults::fill_after`], [`Faults::fill_after_in`]); `statfs` reports
+//!   the space left;
 //! * writes are paced to a throughput cap ([`Faults::write_rate`]), a slow backup target.
 //!
 //! Mounted in-process with `allow_other` (the program under test runs as a child, as root) and
@@ -51,8 +52,12 @@ pub struct Faults(Arc<FaultState>);
 struct FaultState {
     fail_fsync: Mutex<Option<String>>,
     fail_flush: Mutex<Option<String>>,
-    /// Total bytes writable since the mount; `0` = no limit.
+    /// Limit on `counted`; `0` = no limit.
     space_limit: AtomicU64,
+    /// Only files whose name matches fill up (`None`: all files).
+    fill_pattern: Mutex<Option<String>>,
+    /// Bytes written to the files that fill up (all files without a pattern).
+    counted: AtomicU64,
     /// Write throughput cap in bytes/s; `0` = none.
     rate: AtomicU64,
     /// When the paced writes so far are done (the next write starts no earlier).
@@ -98,7 +103,20 @@ impl Faults {
     /// the write that crosses the limit is cut short, later ones fail with `ENOSPC`, as do
     /// allocating `fallocate`s. `None` removes the limit.
     pub fn fill_after(&self, bytes: Option<u64>) {
-        let limit = bytes.map_or(0, |b| self.written().saturating_add(b).max(1));
+        self.set_fill(None, bytes);
+    }
+
+    /// As [`fill_after`](Self::fill_after), but only files whose name matches `pattern` count
+    /// and fill up (other files are written freely), e.g. `*.dat` with the archive's size
+    /// less one: exactly the archive's last byte finds the disk full.
+    pub fn fill_after_in(&self, pattern: &str, bytes: u64) {
+        self.set_fill(Some(pattern), Some(bytes));
+    }
+
+    fn set_fill(&self, pattern: Option<&str>, bytes: Option<u64>) {
+        *lock(&self.0.fill_pattern) = pattern.map(str::to_owned);
+        let counted = self.0.counted.load(Ordering::SeqCst);
+        let limit = bytes.map_or(0, |b| counted.saturating_add(b).max(1));
         self.0.space_limit.store(limit, Ordering::SeqCst);
     }
 
@@ -155,13 +173,18 @@ impl Faults {
         fail
     }
 
+    /// True if writes to `path` count toward the fill limit.
+    fn fills(&self, path: &Path) -> bool {
+        lock(&self.0.fill_pattern).is_none() || Self::matches(&self.0.fill_pattern, path)
+    }
+
     /// Takes up to `len` bytes of the space left; returns how many may be written.
     fn reserve(&self, len: u64) -> u64 {
         let limit = self.0.space_limit.load(Ordering::SeqCst);
         let mut granted = len;
         let _ = self
             .0
-            .written
+            .counted
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 granted = if limit == 0 {
                     len
@@ -178,19 +201,19 @@ impl Faults {
 
     /// Gives back bytes [`reserve`](Self::reserve)d but not written.
     fn unreserve(&self, len: u64) {
-        self.0.written.fetch_sub(len, Ordering::SeqCst);
+        self.0.counted.fetch_sub(len, Ordering::SeqCst);
     }
 
     /// True when the limit is set and reached.
     fn full(&self) -> bool {
         let limit = self.0.space_limit.load(Ordering::SeqCst);
-        limit != 0 && self.written() >= limit
+        limit != 0 && self.0.counted.load(Ordering::SeqCst) >= limit
     }
 
     /// Bytes left before the limit (`None`: no limit).
     fn space_left(&self) -> Option<u64> {
         let limit = self.0.space_limit.load(Ordering::SeqCst);
-        (limit != 0).then(|| limit.saturating_sub(self.written()))
+        (limit != 0).then(|| limit.saturating_sub(self.0.counted.load(Ordering::SeqCst)))
     }
 
     /// Waits until `len` more bytes fit under the throughput cap.
@@ -558,18 +581,30 @@ impl PassFs {
         }
     }
 
-    fn do_write(&self, file: &File, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    fn do_write(&self, file: &File, ino: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let want = data.len() as u64;
-        let granted = self.faults.reserve(want);
+        let fills = self
+            .faults
+            .fills(&self.rel(INodeNo(ino)).unwrap_or_default());
+        let granted = if fills {
+            self.faults.reserve(want)
+        } else {
+            want
+        };
         if granted == 0 && want > 0 {
             return Err(Errno::ENOSPC);
         }
         self.faults.pace(granted);
         let part = &data[..granted as usize];
         match file.write_all_at(part, offset) {
-            Ok(()) => Ok(granted as u32),
+            Ok(()) => {
+                self.faults.0.written.fetch_add(granted, Ordering::SeqCst);
+                Ok(granted as u32)
+            }
             Err(e) => {
-                self.faults.unreserve(granted);
+                if fills {
+                    self.faults.unreserve(granted);
+                }
                 Err(errno(e))
             }
         }
@@ -844,7 +879,7 @@ impl Filesystem for PassFs {
     ) {
         match self
             .file(fh)
-            .and_then(|(file, _)| self.do_write(&file, offset, data))
+            .and_then(|(file, ino)| self.do_write(&file, ino, offset, data))
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -1056,13 +1091,13 @@ impl Filesystem for PassFs {
         reply: ReplyEmpty,
     ) {
         let res = (|| -> Result<(), Errno> {
-            let (file, _) = self.file(fh)?;
+            let (file, ino) = self.file(fh)?;
             let flags = nix::fcntl::FallocateFlags::from_bits(mode).ok_or(Errno::EINVAL)?;
             let allocating = !flags.intersects(
                 nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
                     | nix::fcntl::FallocateFlags::FALLOC_FL_COLLAPSE_RANGE,
             );
-            if allocating && self.faults.full() {
+            if allocating && self.faults.full() && self.faults.fills(&self.rel(INodeNo(ino))?) {
                 self.faults.0.enospc_failures.fetch_add(1, Ordering::SeqCst);
                 return Err(Errno::ENOSPC);
             }
@@ -1137,6 +1172,15 @@ mod tests {
         assert_eq!(f.space_left(), Some(20));
         f.fill_after(None);
         assert_eq!(f.reserve(1000), 1000);
+        f.fill_after_in("*.dat", 10);
+        assert!(f.fills(Path::new("d/x.dat")));
+        assert!(!f.fills(Path::new("d/x.log")));
+        assert_eq!(f.reserve(30), 10);
+        f.fill_after(Some(5));
+        assert!(
+            f.fills(Path::new("x.log")),
+            "a plain limit covers every file"
+        );
     }
 
     /// A mount over a fresh backing dir (files are created through the mount).
@@ -1288,6 +1332,14 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         fs.faults().fill_after(None);
         std::fs::write(m.join("more"), b"x")?;
+
+        // Only `*.dat` fills: its last byte fails, other files are written freely.
+        fs.faults().fill_after_in("*.dat", 4095);
+        let mut f = File::create(m.join("a.dat"))?;
+        let e = f.write_all(&[4u8; 4096]).expect_err("last byte");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        std::fs::write(m.join("a.log"), vec![5u8; 100_000])?;
+        assert_eq!(std::fs::metadata(fs.backing().join("a.dat"))?.len(), 4095);
         Ok(())
     }
 
