@@ -177,10 +177,7 @@ fn stopped_backup_into_a_disk_that_fills_at_the_end_leaves_no_archive() -> Resul
 #[test]
 fn vma_create_into_a_full_disk_removes_the_partial_archive() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let disk = tmp.path().join("disk.raw");
-    std::fs::File::create(&disk)?.set_len(8 * MIB)?;
-    write_random(&disk, 0, 5 * MIB, 3)?;
-    let fs = fault_dir(tmp.path(), "out")?;
+    let (disk, fs) = disk_and_fault_dir(tmp.path())?;
     let create = |name: &str| -> Result<Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_vmdump"))
             .args(["vma", "create"])
@@ -202,6 +199,62 @@ fn vma_create_into_a_full_disk_removes_the_partial_archive() -> Result<()> {
     );
     assert!(fs.faults().enospc_failures() > 0);
     assert_eq!(file_names(fs.backing()), Vec::<String>::new());
+    Ok(())
+}
+
+/// A small raw disk with data and a [`FaultFs`] at `<tmp>/out`.
+fn disk_and_fault_dir(tmp: &Path) -> Result<(PathBuf, FaultFs)> {
+    let disk = tmp.join("disk.raw");
+    std::fs::File::create(&disk)?.set_len(4 * MIB)?;
+    write_random(&disk, MIB, MIB, 8)?;
+    Ok((disk, fault_dir(tmp, "out")?))
+}
+
+/// `vmdump vma create` into a file whose fsync (or close) fails must fail and remove it.
+/// Today it neither fsyncs nor checks `close` (see the comment on its `Output::close`) and
+/// exits 0: pending a decision in `crates/cli/src/cmd/vma.rs`.
+#[test]
+#[ignore = "vma create does not fsync its output nor check close (cmd/vma.rs)"]
+fn vma_create_whose_fsync_fails_removes_the_archive() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (disk, fs) = disk_and_fault_dir(tmp.path())?;
+    fs.faults().fail_fsync(Some("*.vma"));
+    fs.faults().fail_flush(Some("*.vma"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmdump"))
+        .args(["vma", "create"])
+        .arg(fs.mountpoint().join("a.vma"))
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()?;
+    assert_failed(&out, "vma create with a failing fsync", "fsync");
+    assert_eq!(file_names(fs.backing()), Vec::<String>::new());
+    Ok(())
+}
+
+/// `vmdump vma extract` into a directory on a disk whose fsync fails must say so and leave
+/// no `tmp-disk-*.raw` behind. Today it fails with a bare `Input/output error (os error 5)`
+/// and leaves the temporary disk file and the directory.
+#[test]
+#[ignore = "vma extract leaves tmp-disk-*.raw and does not name the fsync (cmd/vma.rs)"]
+fn vma_extract_whose_fsync_fails_leaves_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (disk, fs) = disk_and_fault_dir(tmp.path())?;
+    let archive = tmp.path().join("a.vma");
+    run(Command::new(env!("CARGO_BIN_EXE_vmdump"))
+        .args(["vma", "create"])
+        .arg(&archive)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display())))?;
+    fs.faults().fail_fsync(Some("*.raw"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmdump"))
+        .args(["vma", "extract"])
+        .arg(&archive)
+        .arg(fs.mountpoint().join("x"))
+        .output()?;
+    assert_failed(&out, "vma extract with a failing fsync", "fsync");
+    assert!(fs.faults().fsync_failures() > 0);
+    let left = file_names(&fs.backing().join("x"));
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
 
