@@ -1249,6 +1249,24 @@ mod tests {
         assert!(b.join("d/b.vma").exists() && !b.join("d/a.vma").exists());
         let st = nix::sys::statvfs::statvfs(&m)?;
         assert!(st.blocks() > 0);
+        // fallocate and SEEK_DATA/SEEK_HOLE reach the backing file.
+        let f = File::options().write(true).open(m.join("d/b.vma"))?;
+        nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 1 << 20)?;
+        assert_eq!(std::fs::metadata(b.join("d/b.vma"))?.len(), 1 << 20);
+        f.write_all_at(b"x", 512 << 10)?;
+        f.set_len(0)?;
+        f.set_len(2 << 20)?;
+        f.write_all_at(b"y", 1 << 20)?;
+        use nix::unistd::{lseek, Whence};
+        assert_eq!(lseek(&f, 0, Whence::SeekData)?, 1 << 20);
+        let hole = lseek(&f, 1 << 20, Whence::SeekHole)?;
+        assert!(hole > 1 << 20 && hole < 2 << 20, "hole at {hole}");
+        fs.faults().fill_after(Some(0));
+        let e = nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 4 << 20)
+            .expect_err("full");
+        assert_eq!(e, nix::errno::Errno::ENOSPC);
+        fs.faults().fill_after(None);
+        drop(f);
         fs.unmount()?;
         assert!(!m.join("d").exists(), "still mounted");
         Ok(())
