@@ -285,6 +285,7 @@ async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result
     let fs = fault_dir(tmp.path(), "dump")?;
     // About 88 MiB of disk data at 8 MiB/s; the disk is full after 12 MiB.
     fs.faults().fill_after(Some(12 * MIB));
+    let tick0 = vm.last_tick();
     let child = env
         .vmdump_command(&[
             "100",
@@ -307,6 +308,7 @@ async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let tick = vm.last_tick();
+    assert!(tick > tick0, "the guest writer stalled during the backup");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
     let text = assert_failed(
         &out,
@@ -317,7 +319,7 @@ async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result
     assert!(fs.faults().enospc_failures() > 0, "the disk never filled");
     assert_only_log(fs.backing());
     assert_eq!(vm.assert_clean().await?, "running");
-    vm.io_write("virtio1", 0x7f, 40 * MIB, 64 << 10).await?;
+    vm.io_write("virtio1", 0x7f, 30 * MIB, 64 << 10).await?;
     assert!(
         wait_tick_after(&vm, tick).await,
         "guest writes stalled after the failed backup"
@@ -334,6 +336,20 @@ async fn live_backup_into_a_full_disk_fails_while_guest_writes_go_on() -> Result
         1
     );
     vm.quit().await?;
+    // Every guest-path write is on the disk.
+    let image = std::fs::File::open(env.image(100, "vm-100-disk-1.raw"))?;
+    let mut buf = vec![0u8; 64 << 10];
+    use std::os::unix::fs::FileExt;
+    for (pattern, offset) in (0..16u64)
+        .map(|i| (0x40 + i as u8, 47 * MIB - i * MIB))
+        .chain([(0x7f, 30 * MIB)])
+    {
+        image.read_exact_at(&mut buf, offset)?;
+        assert!(
+            buf.iter().all(|&b| b == pattern),
+            "guest write at {offset} lost"
+        );
+    }
     Ok(())
 }
 

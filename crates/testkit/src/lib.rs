@@ -18,6 +18,9 @@
 //!   under test. Paused (the guest never runs, KVM where available) or booting the test guest
 //!   (TCG).
 //! * [`pattern`]: deterministic pseudo-random data (xorshift64) for disks and buffers.
+//! * [`faultfs`]: a FUSE passthrough to a backing directory whose faults a test switches at
+//!   run time: failing `fsync`/`flush` for matching names, a disk that fills up, a write
+//!   throughput cap (also as the `faultfs` binary, for benchmark scripts).
 //!
 //! Helpers return `anyhow::Result` so tests can use `?`; a missing tool is an error, never a
 //! skipped test. What only one suite needs stays in that suite.
