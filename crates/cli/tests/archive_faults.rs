@@ -403,10 +403,12 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
                 .expect("an archive"),
         );
 
-        // Measure what the restore writes.
-        let w0 = faults.written();
+        // Measure what the restore writes and how often it fsyncs.
+        let (w0, f0) = (faults.written(), faults.fsyncs());
         expect_success(&restore(&env, &archive)?, "vmdump restore");
         let need = faults.written() - w0;
+        let fsyncs = faults.fsyncs() - f0;
+        assert!(fsyncs > 0, "the restore never fsynced its volume");
         assert_eq!(file_names(&images), [volume], "restored volume");
         std::fs::remove_file(&conf)?;
         std::fs::remove_dir_all(&images)?;
@@ -421,15 +423,18 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
         assert_eq!(file_names(&images), Vec::<String>::new());
         faults.fill_after(None);
 
-        // 2. fsync of the volume fails: the raw volume's final fsync (vmdump's own); every
-        //    flush of the qcow2 volume (`qemu-img create` flushes already, so it fails early).
-        faults.fail_fsync(Some(volume));
-        let before = faults.fsync_failures();
-        let out = restore(&env, &archive)?;
-        assert_failed(&out, "restore with a failing fsync", "Input/output error");
-        assert!(faults.fsync_failures() > before, "the fault was never hit");
-        assert!(!conf.exists(), "config of a failed restore");
-        assert_eq!(file_names(&images), Vec::<String>::new());
+        // 2. Every fsync of the volume fails (the qcow2 one's first is `qemu-img create`'s),
+        //    then only the last one (raw: vmdump's final fsync; qcow2: the final flush
+        //    through qemu-storage-daemon).
+        for pass in [0, fsyncs - 1] {
+            faults.fail_fsync_after(volume, pass);
+            let before = faults.fsync_failures();
+            let out = restore(&env, &archive)?;
+            assert_failed(&out, "restore with a failing fsync", "Input/output error");
+            assert!(faults.fsync_failures() > before, "the fault was never hit");
+            assert!(!conf.exists(), "config of a failed restore");
+            assert_eq!(file_names(&images), Vec::<String>::new());
+        }
         faults.fail_fsync(None);
     }
     Ok(())

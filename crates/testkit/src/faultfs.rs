@@ -51,6 +51,10 @@ pub struct Faults(Arc<FaultState>);
 #[derive(Default)]
 struct FaultState {
     fail_fsync: Mutex<Option<String>>,
+    /// Matching fsyncs that still succeed before they start failing.
+    fsync_pass: AtomicU64,
+    /// Every `fsync`, `fdatasync` and `fsyncdir` so far.
+    fsync_calls: AtomicU64,
     fail_flush: Mutex<Option<String>>,
     /// Limit on `counted`; `0` = no limit.
     space_limit: AtomicU64,
@@ -90,7 +94,20 @@ impl Faults {
     /// `pattern` (`*` any run of characters, `?` one; e.g. `*.dat`) fail with `EIO`; `None`
     /// switches the fault off.
     pub fn fail_fsync(&self, pattern: Option<&str>) {
+        self.0.fsync_pass.store(0, Ordering::SeqCst);
         *lock(&self.0.fail_fsync) = pattern.map(str::to_owned);
+    }
+
+    /// As [`fail_fsync`](Self::fail_fsync), but the next `n` matching fsyncs still succeed:
+    /// with `n` = [`fsyncs`](Self::fsyncs) of a good run less one, only the last one fails.
+    pub fn fail_fsync_after(&self, pattern: &str, n: u64) {
+        *lock(&self.0.fail_fsync) = Some(pattern.to_owned());
+        self.0.fsync_pass.store(n, Ordering::SeqCst);
+    }
+
+    /// How many `fsync`s, `fdatasync`s and `fsyncdir`s reached the filesystem so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.0.fsync_calls.load(Ordering::SeqCst)
     }
 
     /// `flush` (called on every `close`) of files whose name matches `pattern` fails with
@@ -158,7 +175,14 @@ impl Faults {
     }
 
     fn fsync_fails(&self, path: &Path) -> bool {
-        let fail = Self::matches(&self.0.fail_fsync, path);
+        self.0.fsync_calls.fetch_add(1, Ordering::SeqCst);
+        let passes = |n: u64| n.checked_sub(1);
+        let fail = Self::matches(&self.0.fail_fsync, path)
+            && self
+                .0
+                .fsync_pass
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, passes)
+                .is_err();
         if fail {
             self.0.fsync_failures.fetch_add(1, Ordering::SeqCst);
         }
@@ -1320,6 +1344,15 @@ mod tests {
         assert_eq!(fs.faults().fsync_failures(), 2);
         fs.faults().fail_fsync(None);
         f.sync_all()?;
+        // The first two matching fsyncs pass, then they fail; others are only counted.
+        let calls = fs.faults().fsyncs();
+        fs.faults().fail_fsync_after("*.dat", 2);
+        f.sync_all()?;
+        g.sync_all()?;
+        f.sync_data()?;
+        assert!(f.sync_all().is_err());
+        assert_eq!(fs.faults().fsyncs(), calls + 4);
+        fs.faults().fail_fsync(None);
 
         fs.faults().fail_flush(Some("x.log"));
         // `close` reports the flush error; std's File drop ignores it, so close via nix.
