@@ -4,10 +4,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vmdump_guest::try_lock_file;
+use vmdump_task::Cancel;
 
 use crate::error::{Error, Result};
 use crate::name::ArchiveName;
@@ -28,11 +28,11 @@ pub struct JobLock {
 impl JobLock {
     /// Take `<run_dir>/backup.lock`, waiting up to `wait` (vzdump's `lockwait`).
     /// `on_wait` is called once if the lock is busy (to log that the job waits);
-    /// `interrupt` ends the wait early.
+    /// `cancel` ends the wait early.
     pub async fn acquire(
         run_dir: &Path,
         wait: Duration,
-        interrupt: &AtomicBool,
+        cancel: &Cancel,
         on_wait: impl FnOnce(),
     ) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
@@ -48,7 +48,7 @@ impl JobLock {
             if let Some(file) = try_lock_file(&path).map_err(|e| io_err("lock", e))? {
                 return Ok(JobLock { _file: file, path });
             }
-            if interrupt.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
             if Instant::now() >= deadline {
@@ -105,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn second_job_waits_then_times_out_and_gets_it_after_release() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stop = AtomicBool::new(false);
+        let stop = Cancel::new();
         let first = JobLock::acquire(dir.path(), Duration::ZERO, &stop, || {})
             .await
             .expect("first");
