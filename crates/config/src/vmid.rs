@@ -40,17 +40,16 @@ impl FromStr for VmId {
 
     /// Decimal digits only, no sign or leading zeros (the id is part of file names).
     fn from_str(s: &str) -> Result<Self> {
-        let n = s
-            .parse::<u32>()
+        s.parse::<u32>()
             .ok()
             .filter(|n| n.to_string() == s)
+            .and_then(|n| VmId::new(n).ok())
             .ok_or_else(|| {
                 Error::value(
                     "vmid",
                     format!("'{s}' is not a guest id ({}..{})", Self::MIN, Self::MAX),
                 )
-            })?;
-        VmId::new(n)
+            })
     }
 }
 

@@ -27,7 +27,7 @@ pub enum Error {
         storage: String,
     },
     /// The guest's config carries a `lock:` of another operation.
-    #[error("VM {vmid} is locked ({lock})")]
+    #[error("VM is locked ({lock})")]
     GuestLocked {
         /// The guest id.
         vmid: u32,
