@@ -17,7 +17,12 @@ mod ui;
 
 /// Live backup and restore of QEMU/KVM virtual machines.
 #[derive(Parser, Debug)]
-#[command(name = "vmdump", version, about)]
+#[command(
+    name = "vmdump",
+    version,
+    about,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error (vmdump vma: 255 on any error, as Proxmox's vma)."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
