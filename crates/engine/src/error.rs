@@ -59,7 +59,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// Writing the archive failed, or data from QEMU did not fit the disks.
-    #[error("the archive side failed")]
+    #[error("{}", .0.summary())]
     Transfer(#[source] Arc<Failure>),
     /// Building the archive header (configs, devices) failed.
     #[error("archive header")]
@@ -189,6 +189,19 @@ pub enum Failure {
     WriterStopped,
 }
 
+impl Failure {
+    /// What kind of failure this is, in a few words (the source chain says the rest).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Failure::Write { .. } | Failure::Finish(_) | Failure::WriterStopped => {
+                "writing the archive failed"
+            }
+            Failure::OutOfRange { .. } => "QEMU sent data that does not fit the disk",
+            Failure::Disconnected { .. } => "the NBD connection from QEMU broke",
+        }
+    }
+}
+
 /// Coarse categories callers branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -280,3 +293,40 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_messages_keep_the_source() {
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = Error::Transfer(Arc::new(Failure::Write {
+            device: "drive-scsi0".into(),
+            cluster: 7,
+            source: vmdump_vma::Error::Io {
+                offset: 65536,
+                source: io,
+            },
+        }));
+        assert_eq!(e.kind(), ErrorKind::Io);
+        let text = chain(&e);
+        assert!(
+            text.starts_with("writing the archive failed: device 'drive-scsi0' cluster 7: "),
+            "{text}"
+        );
+        let e = Error::Transfer(Arc::new(Failure::Disconnected {
+            device: "drive-scsi0".into(),
+            reason: "Eof".into(),
+        }));
+        assert_eq!(e.kind(), ErrorKind::Qemu);
+        assert_eq!(Error::Interrupted.kind(), ErrorKind::Interrupted);
+        assert_eq!(Error::Interrupted.to_string(), "aborted by signal");
+        let e = Error::from(vmdump_config::Error::NoSuchGuest {
+            vmid: 100,
+            path: "/x/100.conf".into(),
+        });
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert_eq!(e.to_string(), "VM 100 does not exist (no /x/100.conf)");
+    }
+}
