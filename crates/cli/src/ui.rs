@@ -22,6 +22,8 @@ pub enum Style {
 pub struct Ui {
     style: Style,
     tty: bool,
+    /// Label of the bar to show once there is something to count.
+    prefix: Mutex<Option<String>>,
     bar: Mutex<Option<ProgressBar>>,
 }
 
@@ -31,15 +33,32 @@ impl Ui {
         Self {
             style,
             tty: std::io::stderr().is_terminal(),
+            prefix: Mutex::new(None),
             bar: Mutex::new(None),
         }
     }
 
-    /// Show a bar labelled `prefix` (terminal only) until [`done`](Self::done).
+    /// Show a bar labelled `prefix` (terminal only) from the first transfer update until
+    /// [`done`](Self::done).
     pub fn start(&self, prefix: String) {
-        if !self.tty {
-            return;
+        if self.tty {
+            if let Ok(mut p) = self.prefix.lock() {
+                *p = Some(prefix);
+            }
         }
+    }
+
+    /// The bar, created on the first update after [`start`](Self::start).
+    fn bar(&self) -> Option<ProgressBar> {
+        let mut slot = self.bar.lock().ok()?;
+        if slot.is_none() {
+            let prefix = self.prefix.lock().ok()?.take()?;
+            *slot = Some(Self::new_bar(prefix));
+        }
+        slot.clone()
+    }
+
+    fn new_bar(prefix: String) -> ProgressBar {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -49,13 +68,14 @@ impl Ui {
             .progress_chars("=> "),
         );
         bar.set_prefix(prefix);
-        if let Ok(mut b) = self.bar.lock() {
-            *b = Some(bar);
-        }
+        bar
     }
 
     /// Remove the bar.
     pub fn done(&self) {
+        if let Ok(mut p) = self.prefix.lock() {
+            p.take();
+        }
         if let Ok(mut b) = self.bar.lock() {
             if let Some(bar) = b.take() {
                 bar.finish_and_clear();
@@ -86,7 +106,7 @@ impl Progress for Ui {
     }
 
     fn update(&self, t: &Transfer) {
-        if let Some(bar) = self.bar.lock().ok().and_then(|b| b.clone()) {
+        if let Some(bar) = self.bar() {
             bar.set_length(t.total);
             bar.set_position(t.transferred);
             bar.set_message(format!(

@@ -320,6 +320,57 @@ fn config_file_problems_name_their_line() {
     assert!(text.contains("property lines must be indented"), "{text}");
 }
 
+/// Whether `text` holds an ANSI colour sequence (`ESC [ <digits and ;> m`).
+fn has_colour(text: &str) -> bool {
+    text.split("\x1b[").skip(1).any(|rest| {
+        rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';')
+            .starts_with('m')
+    })
+}
+
+/// On a terminal, warnings are coloured, unless `NO_COLOR` is set (a pty from `script`).
+#[test]
+fn no_colour_with_no_color_even_on_a_terminal() {
+    let env = Env::new();
+    std::fs::write(
+        env.etc().join("storage.cfg"),
+        format!(
+            "dir: local\n\tpath {}\n\tcontents images\n",
+            env.store().display()
+        ),
+    )
+    .expect("write");
+    let line = format!(
+        "{BIN} --root {} --run-dir {} restore {} 200",
+        env.etc().display(),
+        env.run_dir().display(),
+        env.path("not-an-archive.vma").display()
+    );
+    let on_pty = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]);
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let out = c.output().expect("script");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_pty(false);
+    assert!(
+        coloured.contains("unknown property 'contents'"),
+        "{coloured:?}"
+    );
+    assert!(
+        has_colour(&coloured),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_pty(true);
+    assert!(plain.contains("unknown property 'contents'"), "{plain:?}");
+    assert!(!has_colour(&plain), "colour despite NO_COLOR: {plain:?}");
+}
+
 /// `--root` and `--run-dir` work before and after the subcommand, for every subcommand.
 #[test]
 fn global_options_in_both_positions() {
