@@ -90,7 +90,9 @@ pub async fn run(
     log: &TaskLog<'_>,
 ) -> Result<LiveOutcome> {
     let res = run_inner(qmp, keys, configs, dat, opts, log).await;
-    if res.is_err() {
+    // Only what this run created is removed (and a failure to remove it reported): an
+    // archive that could not even be created leaves nothing to talk about.
+    if res.is_err() && dat.symlink_metadata().is_ok() {
         if let Err(e) = std::fs::remove_file(dat) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log.warn(&format!("could not remove '{}': {e}", dat.display()));
