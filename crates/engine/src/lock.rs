@@ -75,8 +75,9 @@ impl JobLock {
 }
 
 /// Remove the temporary files (`vzdump-qemu-<vmid>-*.dat`, `*.vma.dat`) an earlier,
-/// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`].
-/// Returns the removed paths.
+/// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`]. A
+/// temporary whose `.log` is locked belongs to a backup running now (a job with another run
+/// directory writing to the same directory) and is left alone. Returns the removed paths.
 pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -89,6 +90,7 @@ pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
         };
         if ArchiveName::is_temporary_of(name, vmid)
             && e.file_type().is_ok_and(|t| t.is_file())
+            && !in_use(dir, name)
             && std::fs::remove_file(e.path()).is_ok()
         {
             removed.push(e.path());
@@ -96,6 +98,18 @@ pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
     }
     removed.sort();
     removed
+}
+
+/// Whether the backup that writes temporary `name` in `dir` still runs (holds its log's lock).
+fn in_use(dir: &Path, name: &str) -> bool {
+    let Some(log) = ArchiveName::log_of_temporary(name).map(|l| dir.join(l)) else {
+        return false;
+    };
+    if !log.exists() {
+        return false;
+    }
+    // An error (e.g. a read-only directory) counts as in use: never remove what may be live.
+    !matches!(try_lock_file(&log), Ok(Some(_)))
 }
 
 #[cfg(test)]
@@ -145,10 +159,25 @@ mod tests {
         for n in names {
             std::fs::write(dir.path().join(n), b"x").expect("write");
         }
+        // A backup running now (its log locked) keeps its temporary.
+        let running = "vzdump-qemu-100-2025_01_05-02_00_04.vma.dat";
+        std::fs::write(dir.path().join(running), b"x").expect("write");
+        let log = dir.path().join("vzdump-qemu-100-2025_01_05-02_00_04.log");
+        let _held = try_lock_file(&log).expect("lock").expect("free");
+        // A killed one's log is not locked any more.
+        std::fs::write(
+            dir.path().join("vzdump-qemu-100-2025_01_05-02_00_01.log"),
+            b"",
+        )
+        .expect("write");
         let removed = remove_stale_temporaries(dir.path(), 100);
         assert_eq!(
             removed,
             vec![dir.path().join(names[0]), dir.path().join(names[1])]
+        );
+        assert!(
+            dir.path().join(running).exists(),
+            "a live backup's .dat was removed"
         );
         for n in &names[2..] {
             assert!(dir.path().join(n).exists(), "{n} was removed");

@@ -70,6 +70,13 @@ impl ArchiveName {
         file_name.starts_with(&prefix(vmid)) && file_name.ends_with(TEMPORARY_EXT)
     }
 
+    /// The log belonging to a temporary's file name (`x.vma.dat` and `x.dat` → `x.log`).
+    pub fn log_of_temporary(file_name: &str) -> Option<String> {
+        let stem = file_name.strip_suffix(TEMPORARY_EXT)?;
+        let base = stem.strip_suffix(".vma").unwrap_or(stem);
+        Some(format!("{base}.log"))
+    }
+
     /// Claims the first name at or after `start` (one-second steps, at most `tries`) whose
     /// archive (any compression), temporary and log do not exist, by creating its log
     /// exclusively. Returns the names and the open, empty log.
