@@ -56,5 +56,5 @@ mod volume;
 pub use error::{Error, ErrorKind, Result};
 pub use pipeline::{DeviceStats, Stats};
 pub use plan::DiskPlan;
-pub use restore::{plan, restore, vm_running, Options, RestorePlan, RestoredDisk, Summary};
+pub use restore::{plan, restore, Options, RestorePlan, RestoredDisk, Summary};
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

@@ -121,7 +121,7 @@ impl Drop for Allocated<'_> {
 
 /// Whether a VM is running: a live QEMU owns its run directory, or its QMP socket accepts
 /// connections.
-pub fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
+pub(crate) fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
     let rd = vmdump_guest::RunDir::new(run_dir, vmid);
     rd.live_pid().is_some()
         || UnixStream::connect(rd.qmp_socket()).is_ok()
