@@ -17,7 +17,7 @@ use crate::log::TaskLog;
 use crate::output::ArchiveFile;
 use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
 use crate::progress::ProgressLines;
-use crate::target::{Export, NbdTarget};
+use crate::target::{DiskExport, NbdTarget};
 
 /// How often the jobs are polled.
 const POLL: Duration = Duration::from_millis(200);
@@ -129,7 +129,7 @@ async fn run_inner(
         let id = writer
             .register_device(&d.drive, d.size)
             .map_err(Error::Header)?;
-        exports.push(Arc::new(Export::new(&d.drive, id.get(), d.size)));
+        exports.push(Arc::new(DiskExport::new(&d.drive, id.get(), d.size)));
         ids.push(id);
     }
     let names = disks.iter().map(|d| d.drive.clone()).collect();

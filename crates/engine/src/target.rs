@@ -29,7 +29,7 @@ use crate::pipeline::{Msg, Shared};
 
 /// One disk the target exports.
 #[derive(Debug)]
-pub struct Export {
+pub struct DiskExport {
     /// Export name (the QEMU drive id).
     pub name: String,
     /// VMA dev_id of the disk.
@@ -41,7 +41,7 @@ pub struct Export {
     closed: watch::Sender<bool>,
 }
 
-impl Export {
+impl DiskExport {
     /// An export of a disk of `size` bytes.
     pub fn new(name: impl Into<String>, dev: u8, size: u64) -> Self {
         Self {
@@ -72,7 +72,7 @@ type Sender = Arc<Mutex<Option<mpsc::Sender<Msg>>>>;
 #[derive(Debug)]
 pub struct NbdTarget {
     socket: PathBuf,
-    exports: Arc<Vec<Arc<Export>>>,
+    exports: Arc<Vec<Arc<DiskExport>>>,
     tx: Sender,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -82,7 +82,7 @@ impl NbdTarget {
     /// Binds `socket` and serves `exports`. Clusters go to `tx`; failures to `shared`.
     pub async fn start(
         socket: &Path,
-        exports: Vec<Arc<Export>>,
+        exports: Vec<Arc<DiskExport>>,
         tx: mpsc::Sender<Msg>,
         shared: Arc<Shared>,
     ) -> Result<Self, vmdump_nbd::Error> {
@@ -155,7 +155,7 @@ impl NbdTarget {
     }
 
     /// The exports.
-    pub fn exports(&self) -> &[Arc<Export>] {
+    pub fn exports(&self) -> &[Arc<DiskExport>] {
         &self.exports
     }
 
@@ -190,7 +190,7 @@ impl NbdTarget {
 
 /// The `vmdump-nbd` export of one disk: assemble, hand clusters to the writer, always succeed.
 struct ExportSink {
-    export: Arc<Export>,
+    export: Arc<DiskExport>,
     tx: Sender,
     shared: Arc<Shared>,
 }
@@ -284,7 +284,7 @@ mod tests {
     use tokio::sync::mpsc;
     use vmdump_testkit::{dissect_devices, run, sha256_file};
 
-    use super::{Export, NbdTarget};
+    use super::{DiskExport, NbdTarget};
     use crate::output::ArchiveFile;
     use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
 
@@ -321,7 +321,7 @@ mod tests {
             vec![id],
         )?;
         let socket = tmp.path().join("t.sock");
-        let export = Arc::new(Export::new("drive-x", id.get(), size));
+        let export = Arc::new(DiskExport::new("drive-x", id.get(), size));
         let target =
             NbdTarget::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
 

@@ -54,7 +54,7 @@ mod rewrite;
 mod volume;
 
 pub use error::{Error, ErrorKind, Result};
-pub use pipeline::{DeviceStats, Stats};
+pub use pipeline::{DiskStats, Stats};
 pub use plan::DiskPlan;
 pub use restore::{plan, restore, Options, RestorePlan, RestoredDisk, Summary};
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

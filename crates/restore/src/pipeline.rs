@@ -44,7 +44,7 @@ impl std::fmt::Debug for DiskSink {
 
 /// Per-device figures of a restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStats {
+pub struct DiskStats {
     /// Archive device name.
     pub name: String,
     /// Device bytes covered by the archive's clusters (the device size when complete).
@@ -59,7 +59,7 @@ pub struct DeviceStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Per device, in archive order.
-    pub devices: Vec<DeviceStats>,
+    pub devices: Vec<DiskStats>,
     /// Archive (decompressed) bytes read.
     pub archive_bytes: u64,
     /// Seconds the data phase took.
@@ -101,7 +101,7 @@ struct Lane {
     /// Runs of the current extent: `(device offset, start in the extent data, length)`.
     runs: Vec<(u64, usize, usize)>,
     size: u64,
-    stats: DeviceStats,
+    stats: DiskStats,
 }
 
 impl Lane {
@@ -163,7 +163,7 @@ pub fn run<R: Read>(
                 tx: Some(tx),
                 runs: Vec::with_capacity(64),
                 size: sink.size,
-                stats: DeviceStats {
+                stats: DiskStats {
                     name: sink.name.clone(),
                     ..Default::default()
                 },
