@@ -56,7 +56,7 @@ struct FaultState {
     /// Every `fsync`, `fdatasync` and `fsyncdir` so far.
     fsync_calls: AtomicU64,
     fail_flush: Mutex<Option<String>>,
-    /// Limit on `counted`; `0` = no limit.
+    /// Limit on `counted`, plus one; `0` = no limit.
     space_limit: AtomicU64,
     /// Only files whose name matches fill up (`None`: all files).
     fill_pattern: Mutex<Option<String>>,
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Faults {
         f.debug_struct("Faults")
             .field("fail_fsync", &*lock(&self.0.fail_fsync))
             .field("fail_flush", &*lock(&self.0.fail_flush))
-            .field("space_limit", &self.0.space_limit.load(Ordering::Relaxed))
+            .field("space_limit", &self.limit())
             .field("rate", &self.0.rate.load(Ordering::Relaxed))
             .field("written", &self.written())
             .finish()
@@ -133,8 +133,13 @@ impl Faults {
     fn set_fill(&self, pattern: Option<&str>, bytes: Option<u64>) {
         *lock(&self.0.fill_pattern) = pattern.map(str::to_owned);
         let counted = self.0.counted.load(Ordering::SeqCst);
-        let limit = bytes.map_or(0, |b| counted.saturating_add(b).max(1));
-        self.0.space_limit.store(limit, Ordering::SeqCst);
+        let stored = bytes.map_or(0, |b| counted.saturating_add(b).saturating_add(1));
+        self.0.space_limit.store(stored, Ordering::SeqCst);
+    }
+
+    /// The limit on `counted` (`None`: none).
+    fn limit(&self) -> Option<u64> {
+        self.0.space_limit.load(Ordering::SeqCst).checked_sub(1)
     }
 
     /// Caps the write throughput of the whole filesystem at `bytes_per_sec` (each write waits
@@ -204,17 +209,13 @@ impl Faults {
 
     /// Takes up to `len` bytes of the space left; returns how many may be written.
     fn reserve(&self, len: u64) -> u64 {
-        let limit = self.0.space_limit.load(Ordering::SeqCst);
+        let limit = self.limit();
         let mut granted = len;
         let _ = self
             .0
             .counted
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
-                granted = if limit == 0 {
-                    len
-                } else {
-                    len.min(limit.saturating_sub(w))
-                };
+                granted = limit.map_or(len, |l| len.min(l.saturating_sub(w)));
                 Some(w + granted)
             });
         if granted < len {
@@ -230,14 +231,14 @@ impl Faults {
 
     /// True when the limit is set and reached.
     fn full(&self) -> bool {
-        let limit = self.0.space_limit.load(Ordering::SeqCst);
-        limit != 0 && self.0.counted.load(Ordering::SeqCst) >= limit
+        self.limit()
+            .is_some_and(|l| self.0.counted.load(Ordering::SeqCst) >= l)
     }
 
     /// Bytes left before the limit (`None`: no limit).
     fn space_left(&self) -> Option<u64> {
-        let limit = self.0.space_limit.load(Ordering::SeqCst);
-        (limit != 0).then(|| limit.saturating_sub(self.0.counted.load(Ordering::SeqCst)))
+        self.limit()
+            .map(|l| l.saturating_sub(self.0.counted.load(Ordering::SeqCst)))
     }
 
     /// Waits until `len` more bytes fit under the throughput cap.
@@ -1185,13 +1186,16 @@ mod tests {
     #[test]
     fn space_reservation_cuts_the_crossing_write() {
         let f = Faults::default();
+        f.fill_after(Some(0));
+        assert_eq!(f.reserve(1), 0, "full from the start");
+        f.fill_after(None);
         assert_eq!(f.reserve(100), 100);
         f.fill_after(Some(50));
         assert_eq!(f.reserve(30), 30);
         assert_eq!(f.reserve(30), 20);
         assert_eq!(f.reserve(30), 0);
         assert!(f.full());
-        assert_eq!(f.enospc_failures(), 2);
+        assert_eq!(f.enospc_failures(), 3);
         f.unreserve(20);
         assert_eq!(f.space_left(), Some(20));
         f.fill_after(None);
