@@ -172,6 +172,55 @@ fn stopped_backup_into_a_disk_that_fills_at_the_end_leaves_no_archive() -> Resul
     Ok(())
 }
 
+/// Notes or the protection marker that do not fit on the disk after the archive was renamed
+/// fail the backup, and then no archive stays either (nor the notes or the marker).
+#[test]
+fn notes_or_protection_that_do_not_fit_leave_no_archive() -> Result<()> {
+    let (_tmp, env, fs) = stopped_with_fault_dump()?;
+    let cfg = env.root.join("storage.cfg");
+    let text = std::fs::read_to_string(&cfg)?;
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\ndir: faulty\n\tpath {}\n\tcontent backup\n",
+            fs.mountpoint().display()
+        ),
+    )?;
+    let dump = fs.backing().join("dump");
+    let args = [
+        "100",
+        "--storage",
+        "faulty",
+        "--notes-template",
+        "{{guestname}}",
+        "--protected",
+        "1",
+    ];
+    for full in ["*.notes", "*.protected"] {
+        fs.faults().fill_after_in(full, 0);
+        let out = env.vmdump_backup(&args)?;
+        let text = assert_failed(
+            &out,
+            "backup whose extras do not fit",
+            "No space left on device",
+        );
+        assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
+        assert_only_log(&dump);
+        clear(&dump)?;
+    }
+    fs.faults().fill_after(None);
+    let out = env.vmdump_backup(&args)?;
+    expect_success(&out, "vmdump backup");
+    let files = file_names(&dump);
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files.iter().any(|f| f.ends_with(".vma.notes")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.ends_with(".vma.protected")),
+        "{files:?}"
+    );
+    Ok(())
+}
+
 /// `vmdump vma create` into a file on a disk that fills up before the archive's end: a
 /// non-zero exit, the error names the full disk, and the partial file is removed.
 #[test]

@@ -401,7 +401,13 @@ async fn apply(
     }
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     log.info(&format!("archive file size: {}", format_size(size)));
-    finish_extras(job, vmid.get(), &plan.config, names, log)?;
+    if let Err(e) = finish_extras(job, vmid.get(), &plan.config, names, log) {
+        // A failed backup leaves no archive: take back the rename (and the extras).
+        for path in [&archive, &names.notes(), &names.protected()] {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
     Ok((archive, size, outcome.transfer))
 }
 

@@ -8,8 +8,8 @@
 //! * `flush` (every `close`) fails with `EIO` for matching names ([`Faults::fail_flush`]);
 //! * the disk fills up: `ENOSPC` once a given number of further bytes were written in total
 //!   (or to files matching a pattern), with the write that crosses the limit cut short as on
-//!   a real full disk ([`Faults::fill_after`], [`Faults::fill_after_in`]); `statfs` reports
-//!   the space left;
+//!   a real full disk, and new files cannot be created ([`Faults::fill_after`],
+//!   [`Faults::fill_after_in`]); `statfs` reports the space left;
 //! * writes are paced to a throughput cap ([`Faults::write_rate`]), a slow backup target.
 //!
 //! Mounted in-process with `allow_other` (the program under test runs as a child, as root) and
@@ -118,7 +118,7 @@ impl Faults {
 
     /// The filesystem is full once `bytes` more bytes were written (to any file, from now):
     /// the write that crosses the limit is cut short, later ones fail with `ENOSPC`, as do
-    /// allocating `fallocate`s. `None` removes the limit.
+    /// allocating `fallocate`s and creating files or directories. `None` removes the limit.
     pub fn fill_after(&self, bytes: Option<u64>) {
         self.set_fill(None, bytes);
     }
@@ -233,6 +233,15 @@ impl Faults {
     fn full(&self) -> bool {
         self.limit()
             .is_some_and(|l| self.0.counted.load(Ordering::SeqCst) >= l)
+    }
+
+    /// `ENOSPC` for a new file or directory at `path` on a full disk (if `path` fills).
+    fn check_room_for_new(&self, path: &Path) -> Result<(), Errno> {
+        if self.full() && self.fills(path) {
+            self.0.enospc_failures.fetch_add(1, Ordering::SeqCst);
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
     }
 
     /// Bytes left before the limit (`None`: no limit).
@@ -748,6 +757,7 @@ impl Filesystem for PassFs {
         reply: ReplyEntry,
     ) {
         let res = self.child(parent, name).and_then(|rel| {
+            self.faults.check_room_for_new(&rel)?;
             std::fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
                 .create(self.real(&rel))
@@ -1082,6 +1092,7 @@ impl Filesystem for PassFs {
     ) {
         let res = (|| -> Result<(FileAttr, File), Errno> {
             let rel = self.child(parent, name)?;
+            self.faults.check_room_for_new(&rel)?;
             let mut o = Self::options(flags);
             if flags & libc::O_EXCL != 0 {
                 o.create_new(true);
@@ -1385,6 +1396,9 @@ mod tests {
         assert!(fs.faults().enospc_failures() >= 1);
         let e = std::fs::write(m.join("more"), b"x").expect_err("still full");
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let e = File::create(m.join("empty")).expect_err("no room for a new file");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(!fs.backing().join("empty").exists());
         fs.faults().fill_after(None);
         std::fs::write(m.join("more"), b"x")?;
 

@@ -1,5 +1,5 @@
 //! `faultfs <backing> <mountpoint> [--write-rate <size>] [--fill-after <size>]
-//! [--fail-fsync <pattern>] [--fail-flush <pattern>]`: mounts the test suite's fault-injecting
+//! [--fill-only <pattern>] [--fail-fsync <pattern>] [--fail-flush <pattern>]`: mounts the test suite's fault-injecting
 //! FUSE passthrough ([`vmdump_testkit::FaultFs`]) for a benchmark or by hand, prints `mounted`
 //! and runs until SIGINT or SIGTERM, then unmounts. Sizes as in guest configs (`30M`, `1G`,
 //! plain bytes); `--write-rate` is bytes per second.
@@ -10,13 +10,14 @@ use anyhow::{bail, Context, Result};
 use vmdump_testkit::FaultFs;
 
 const USAGE: &str = "usage: faultfs <backing> <mountpoint> [--write-rate <size>] \
-[--fill-after <size>] [--fail-fsync <pattern>] [--fail-flush <pattern>]";
+[--fill-after <size> [--fill-only <pattern>]] [--fail-fsync <pattern>] [--fail-flush <pattern>]";
 
 #[derive(Default)]
 struct Args {
     dirs: Vec<PathBuf>,
     write_rate: Option<u64>,
     fill_after: Option<u64>,
+    fill_only: Option<String>,
     fail_fsync: Option<String>,
     fail_flush: Option<String>,
 }
@@ -35,6 +36,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args> {
         match arg.as_str() {
             "--write-rate" => a.write_rate = Some(size(&arg, &value()?)?),
             "--fill-after" => a.fill_after = Some(size(&arg, &value()?)?),
+            "--fill-only" => a.fill_only = Some(value()?),
             "--fail-fsync" => a.fail_fsync = Some(value()?),
             "--fail-flush" => a.fail_flush = Some(value()?),
             "-h" | "--help" => {
@@ -44,6 +46,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args> {
             s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
             _ => a.dirs.push(PathBuf::from(arg)),
         }
+    }
+    if a.fill_only.is_some() && a.fill_after.is_none() {
+        bail!("--fill-only needs --fill-after\n{USAGE}");
     }
     if a.dirs.len() != 2 {
         bail!("{USAGE}");
@@ -57,7 +62,10 @@ async fn main() -> Result<()> {
     let fs = FaultFs::mount(&args.dirs[0], &args.dirs[1])?;
     let f = fs.faults();
     f.write_rate(args.write_rate);
-    f.fill_after(args.fill_after);
+    match (&args.fill_only, args.fill_after) {
+        (Some(pattern), Some(bytes)) => f.fill_after_in(pattern, bytes),
+        _ => f.fill_after(args.fill_after),
+    }
     f.fail_fsync(args.fail_fsync.as_deref());
     f.fail_flush(args.fail_flush.as_deref());
     println!(
