@@ -86,6 +86,20 @@ fn stopped_with_fault_dump() -> Result<(tempfile::TempDir, Env, FaultFs)> {
     Ok((tmp, env, fs))
 }
 
+/// Adds dir storage `faulty` on `fs` with `content` to the config root.
+fn add_fault_storage(env: &Env, fs: &FaultFs, content: &str) -> Result<()> {
+    let cfg = env.root.join("storage.cfg");
+    let text = std::fs::read_to_string(&cfg)?;
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\ndir: faulty\n\tpath {}\n\tcontent {content}\n",
+            fs.mountpoint().display()
+        ),
+    )?;
+    Ok(())
+}
+
 fn dumpdir_args<'a>(compress: &'a str, dir: &'a Path) -> [&'a str; 5] {
     [
         "100",
@@ -177,15 +191,7 @@ fn stopped_backup_into_a_disk_that_fills_at_the_end_leaves_no_archive() -> Resul
 #[test]
 fn notes_or_protection_that_do_not_fit_leave_no_archive() -> Result<()> {
     let (_tmp, env, fs) = stopped_with_fault_dump()?;
-    let cfg = env.root.join("storage.cfg");
-    let text = std::fs::read_to_string(&cfg)?;
-    std::fs::write(
-        &cfg,
-        format!(
-            "{text}\ndir: faulty\n\tpath {}\n\tcontent backup\n",
-            fs.mountpoint().display()
-        ),
-    )?;
+    add_fault_storage(&env, &fs, "backup")?;
     let dump = fs.backing().join("dump");
     let args = [
         "100",
@@ -425,15 +431,7 @@ fn restore_onto_a_failing_storage_removes_volumes_and_config() -> Result<()> {
     setup_stopped(&env)?;
     let fs = fault_dir(tmp.path(), "faulty")?;
     let faults = fs.faults();
-    let cfg = env.root.join("storage.cfg");
-    let text = std::fs::read_to_string(&cfg)?;
-    std::fs::write(
-        &cfg,
-        format!(
-            "{text}\ndir: faulty\n\tpath {}\n\tcontent images\n",
-            fs.mountpoint().display()
-        ),
-    )?;
+    add_fault_storage(&env, &fs, "images")?;
     let conf = env.root.join("qemu-server/200.conf");
     let images = fs.backing().join("images/200");
     for (vmid, disk, volume) in [
