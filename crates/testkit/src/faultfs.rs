@@ -390,6 +390,12 @@ impl FaultFs {
                     .with_context(|| format!("unmount {}", self.mountpoint.display()))?;
                 return Ok(());
             }
+            Err(nix::errno::Errno::EPERM) => {
+                // Not root: fusermount3 (the auto-unmount helper) unmounts once the session
+                // is dropped.
+                drop(session);
+                return Ok(());
+            }
             Err(e) => {
                 return Err(e).with_context(|| format!("unmount {}", self.mountpoint.display()))
             }
