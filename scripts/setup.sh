@@ -9,7 +9,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # qemu-system-x86 removes a newer preinstalled qemu-utils backport, so
 # qemu-utils (and qemu-block-extra) are pinned to qemu-system-x86's version.
 pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static
-      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time)
+      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time
+      # runtime libraries of Proxmox's own `vma` (../shared/tools/pve-vma), the reference in tests
+      libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1)
 
 need_apt=0
 for p in "${pkgs[@]}"; do

@@ -116,28 +116,6 @@ pub fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
         || UnixStream::connect(rd.control_socket()).is_ok()
 }
 
-fn percent(part: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / total as f64
-    }
-}
-
-/// `%.3g` as C prints it, for the figures qmrestore users know.
-pub(crate) fn g3(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = 3i32 - 1 - v.abs().log10().floor() as i32;
-    let s = format!("{:.*}", digits.max(0) as usize, v);
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
 /// Restore the archive read from `source` as VM `opts.vmid`. Progress and the qmrestore-style
 /// log lines go to `log`. All-or-nothing: on any error (including an interrupt) the new
 /// volumes are removed, no config is written, and an existing VM stays as it was.
@@ -247,20 +225,8 @@ pub fn restore(
             p.percent, p.bytes, p.seconds as u64
         ));
     })?;
-    let total = stats.total();
-    if total == 0 {
-        log("vma archive contains no image data");
-    } else {
-        log(&format!(
-            "total bytes read {}, sparse bytes {} ({}%)",
-            total,
-            stats.sparse(),
-            g3(percent(stats.sparse(), total))
-        ));
-        log(&format!(
-            "space reduction due to 4K zero blocks {}%",
-            g3(percent(total - stats.written(), total))
-        ));
+    for line in stats.tally.summary() {
+        log(&line);
     }
 
     // The new config.
@@ -386,20 +352,5 @@ fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
             &vol.format,
             vol.preallocated,
         )?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::g3;
-
-    #[test]
-    fn percent_format_like_c() {
-        assert_eq!(g3(50.0), "50");
-        assert_eq!(g3(12.3456), "12.3");
-        assert_eq!(g3(100.0), "100");
-        assert_eq!(g3(0.5), "0.5");
-        assert_eq!(g3(0.0), "0");
-        assert_eq!(g3(99.99), "100");
     }
 }
