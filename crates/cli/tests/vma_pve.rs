@@ -23,20 +23,6 @@ use backup_common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
 const CS: u64 = 65536;
 
-/// Proxmox's `vma` binary.
-fn pve_vma() -> PathBuf {
-    let path = std::env::var_os("PVE_VMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/tools/pve-vma/vma"));
-    assert!(
-        path.is_file(),
-        "Proxmox's vma tool is missing at {} (see shared/tools/pve-vma/README.md; \
-         PVE_VMA=<path> overrides the location)",
-        path.display()
-    );
-    path
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tool {
     Pve,
