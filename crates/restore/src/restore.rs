@@ -239,6 +239,11 @@ pub fn restore(
             .iter()
             .map(|d| (d.virtdev.clone(), d.volid.clone()))
             .collect::<BTreeMap<_, _>>(),
+        // The volumes were created with the archived size in whole sectors.
+        sizes: plans
+            .iter()
+            .map(|p| (p.virtdev.clone(), vmdump_vma::round_to_sectors(p.size)))
+            .collect(),
         unique: opts.unique,
         mac_prefix,
     };

@@ -35,9 +35,10 @@ pub trait DataMap {
     fn is_hole(&mut self, start: u64, end: u64) -> bool;
 }
 
-/// The size an archive records for a disk of `size` bytes: rounded up to whole 512-byte
-/// sectors, as Proxmox's `vma create` and QEMU's block layer report it.
-pub fn archived_size(size: u64) -> u64 {
+/// `size` rounded up to whole 512-byte sectors: the size an archive records for a disk (as
+/// Proxmox's `vma create` and QEMU's block layer report it), and the size a restore
+/// creates and names in the restored config.
+pub fn round_to_sectors(size: u64) -> u64 {
     size.div_ceil(512) * 512
 }
 
@@ -96,7 +97,7 @@ pub fn archive_disks<W: Write>(
     }
     let sizes: Vec<u64> = disks
         .iter()
-        .map(|d| archived_size(d.source.size()))
+        .map(|d| round_to_sectors(d.source.size()))
         .collect();
     let ids = disks
         .iter()

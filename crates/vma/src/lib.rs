@@ -72,7 +72,7 @@ mod stats;
 mod writer;
 
 pub use archive::{
-    archive_disks, archived_size, ArchiveDisk, ArchiveProgress, DataMap, DiskSource,
+    archive_disks, round_to_sectors, ArchiveDisk, ArchiveProgress, DataMap, DiskSource,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{write_cluster, DeviceSink, Extract};
