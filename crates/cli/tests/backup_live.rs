@@ -28,36 +28,12 @@ fn setup_guest(env: &Env, extra_mib: u64) -> Result<String> {
     sha256_file(&b)
 }
 
-async fn boot(env: &Env) -> Result<Qemu> {
-    let a = env.image(100, "vm-100-disk-0.raw");
-    let b = env.image(100, "vm-100-disk-1.raw");
-    let vm = Qemu::testguest(
-        &env.vm_dir(100)?,
-        &[
-            Disk {
-                key: "virtio0",
-                path: &a,
-                format: "raw",
-            },
-            Disk {
-                key: "virtio1",
-                path: &b,
-                format: "raw",
-            },
-        ],
-        "vmdump.interval=0.05",
-    )
-    .await?;
-    vm.wait_ready().await?;
-    Ok(vm)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
     let want_b = setup_guest(&env, 32)?;
-    let vm = boot(&env).await?;
+    let vm = env.boot_testguest().await?;
     let tick_before = {
         for _ in 0..100 {
             if vm.last_tick() >= 3 {
@@ -139,7 +115,7 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
     setup_guest(&env, 48)?;
-    let vm = boot(&env).await?;
+    let vm = env.boot_testguest().await?;
 
     // 1. Target storage full: a 16 MiB tmpfs for a ~30 MiB archive.
     let small = tmp.path().join("small");

@@ -249,22 +249,20 @@ fn parse<R: Read>(
             let clen = (lane.size - base).min(CLUSTER_SIZE as u64);
             lane.stats.bytes += clen;
             let mut wrote = 0u64;
-            if c.mask != 0 {
-                let size = lane.size;
-                let at = c.data_offset();
-                for (n, (i, block)) in c.blocks().enumerate() {
-                    let off = base + (i * BLOCK_SIZE) as u64;
-                    if off >= size {
-                        break;
+            let at = c.data_offset();
+            for run in c.runs(lane.size) {
+                let Some(data) = run.data else { continue };
+                // Our writer never stores zero blocks; others may. The target reads as zeros
+                // already, so they are skipped (and stay holes).
+                let mut k = 0usize;
+                while k < run.len {
+                    let len = (run.len - k).min(BLOCK_SIZE);
+                    let block = data.start + k;
+                    if !vmdump_vma::is_zero(&c.data()[block..block + len]) {
+                        lane.push(run.offset + k as u64, at + block, len);
+                        wrote += len as u64;
                     }
-                    // Our writer never stores zero blocks; others may. The target reads as
-                    // zeros already, so they are skipped (and stay holes).
-                    if vmdump_vma::is_zero(block) {
-                        continue;
-                    }
-                    let len = (size - off).min(BLOCK_SIZE as u64) as usize;
-                    lane.push(off, at + n * BLOCK_SIZE, len);
-                    wrote += len as u64;
+                    k += len;
                 }
             }
             lane.stats.written += wrote;

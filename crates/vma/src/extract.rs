@@ -8,7 +8,7 @@
 use std::io::{self, Read};
 
 use crate::error::{Error, Result};
-use crate::format::{BLOCKS_PER_CLUSTER, BLOCK_SIZE, CLUSTER_SIZE};
+use crate::format::CLUSTER_SIZE;
 use crate::header::Device;
 use crate::reader::{Cluster, ReadStats, Reader};
 use crate::stats::ReadTally;
@@ -45,33 +45,13 @@ pub fn write_cluster(
         c.expand_into(&mut buf);
         return sink.write_at(&buf, base).map_err(fail(base));
     }
-    let end = dev.size.min(base + CLUSTER_SIZE as u64);
-    if c.mask == 0xFFFF {
-        let len = (end - base) as usize;
-        return sink.write_at(&c.data()[..len], base).map_err(fail(base));
-    }
-    let mut i = 0usize;
-    let mut stored = 0usize;
-    while i < BLOCKS_PER_CLUSTER {
-        let set = c.mask & (1 << i) != 0;
-        let mut j = i;
-        while j < BLOCKS_PER_CLUSTER && (c.mask & (1 << j) != 0) == set {
-            j += 1;
+    for run in c.runs(dev.size) {
+        match run.data {
+            Some(at) => sink.write_at(&c.data()[at], run.offset),
+            None if write_zeros => sink.write_at(&ZEROS[..run.len], run.offset),
+            None => Ok(()),
         }
-        let start = base + (i * BLOCK_SIZE) as u64;
-        if start >= end {
-            break;
-        }
-        let len = (end.min(base + (j * BLOCK_SIZE) as u64) - start) as usize;
-        if set {
-            let off = stored * BLOCK_SIZE;
-            sink.write_at(&c.data()[off..off + len], start)
-                .map_err(fail(start))?;
-            stored += j - i;
-        } else if write_zeros {
-            sink.write_at(&ZEROS[..len], start).map_err(fail(start))?;
-        }
-        i = j;
+        .map_err(fail(run.offset))?;
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ pub use format::{
 pub use header::{Config, Device, Header};
 pub use index::{DeviceReader, Index};
 pub use reader::{
-    parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader,
+    parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader, Run,
 };
 pub use recycle::Recycler;
 pub use stats::{format_g3, write_listing, ReadTally};

@@ -99,6 +99,33 @@ impl Env {
             .clone()
     }
 
+    /// Boots VM 100 as the running test guest (TCG) with `vm-100-disk-0.raw` as virtio0 and
+    /// `vm-100-disk-1.raw` as virtio1, its writer ticking every 50 ms, and waits until it is
+    /// ready.
+    pub async fn boot_testguest(&self) -> Result<Qemu> {
+        let a = self.image(100, "vm-100-disk-0.raw");
+        let b = self.image(100, "vm-100-disk-1.raw");
+        let vm = Qemu::testguest(
+            &self.vm_dir(100)?,
+            &[
+                Disk {
+                    key: "virtio0",
+                    path: &a,
+                    format: "raw",
+                },
+                Disk {
+                    key: "virtio1",
+                    path: &b,
+                    format: "raw",
+                },
+            ],
+            "vmdump.interval=0.05",
+        )
+        .await?;
+        vm.wait_ready().await?;
+        Ok(vm)
+    }
+
     /// Asserts that no archive, finished or temporary, is in the dump directory.
     pub fn assert_no_archive(&self) {
         let files = self.dump_files();
