@@ -251,6 +251,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A line of an `extract -r` device map is malformed.
+    #[error("read map failed - {0}")]
+    DeviceMap(String),
+    /// Reading an `extract -r` device map failed.
+    #[error("read map failed")]
+    DeviceMapRead {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// Reading a disk being archived failed.
     #[error("read error on {device} at offset {offset}")]
     DiskRead {
@@ -281,7 +291,7 @@ impl Error {
             Error::Limit { .. } | Error::ClusterOutOfRange { .. } | Error::BlockPastEnd { .. } => {
                 ErrorKind::OutOfBounds
             }
-            Error::Usage(_) | Error::Poisoned => ErrorKind::Usage,
+            Error::Usage(_) | Error::Poisoned | Error::DeviceMap(_) => ErrorKind::Usage,
             _ => ErrorKind::Corrupt,
         }
     }

@@ -27,7 +27,8 @@
 //!   [`DataMap`] reports, and records sizes rounded up to 512 as Proxmox does.
 //! * [`Extract`] writes the devices of an archive to [`DeviceSink`]s (`vma extract`);
 //!   [`ReadTally`] keeps the figures `verify -v`, `extract -v` and restores print, with
-//!   Proxmox's arithmetic; [`write_listing`] prints the `vma list` lines.
+//!   Proxmox's arithmetic; [`write_listing`] prints the `vma list` lines;
+//!   [`read_device_map`] reads the `extract -r` device map qmrestore writes.
 //!
 //! The crate knows no files, processes or QEMU: callers implement the small traits.
 //! Non-goals: compression (see `vmdump-compress`), async.
@@ -61,6 +62,7 @@
 
 mod archive;
 mod cluster_set;
+mod devmap;
 mod error;
 mod extract;
 mod format;
@@ -74,6 +76,7 @@ mod writer;
 pub use archive::{
     archive_disks, round_to_sectors, ArchiveDisk, ArchiveProgress, DataMap, DiskSource,
 };
+pub use devmap::{parse_map_line, read_device_map, MapEntry};
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{write_cluster, DeviceSink, Extract};
 pub use format::{

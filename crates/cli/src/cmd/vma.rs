@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitCode, Stdio};
@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context};
 use vmdump_compress::{Codec, Decoder, Encoder, EncoderOptions};
 use vmdump_vma::{
     archive_disks, ArchiveDisk, ArchiveProgress, DataMap, DeviceSink, DiskSource, Extract, Header,
-    ReadTally, Reader, Writer,
+    MapEntry, ReadTally, Reader, Writer,
 };
 
 /// Arguments of `vmdump vma`.
@@ -276,90 +276,9 @@ fn safe_component(name: &str, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line of the `-r` device map.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct MapEntry {
-    path: Option<String>,
-    format: Option<String>,
-    write_zero: bool,
-    skip: bool,
-}
-
-/// Parse a map line: `[format=F:][throttling.bps=N:][throttling.group=G:][cache=C:]<0|1>:<dev>=<path>`
-/// or `skip=<dev>`. Returns the device name and the entry.
-fn parse_map_line(line: &str) -> anyhow::Result<(String, MapEntry)> {
-    if let Some(rest) = line.strip_prefix("skip") {
-        let Some(dev) = rest.strip_prefix('=').filter(|d| !d.is_empty()) else {
-            bail!("read map failed - option 'skip' has no value ('{line}')");
-        };
-        return Ok((
-            dev.to_string(),
-            MapEntry {
-                skip: true,
-                ..Default::default()
-            },
-        ));
-    }
-    let mut rest = line;
-    let mut opts: HashMap<&str, String> = HashMap::new();
-    'options: loop {
-        for opt in ["format", "throttling.bps", "throttling.group", "cache"] {
-            if let Some(v) = rest.strip_prefix(opt).and_then(|r| r.strip_prefix('=')) {
-                let Some((value, tail)) = v.split_once(':') else {
-                    bail!("read map failed - option '{opt}' not terminated ('{line}')");
-                };
-                if opts.insert(opt, value.to_string()).is_some() {
-                    bail!("read map failed - duplicate value for option '{opt}'");
-                }
-                rest = tail;
-                continue 'options;
-            }
-        }
-        break;
-    }
-    if let Some(bps) = opts.get("throttling.bps") {
-        let parsed = if let Some(hex) = bps.strip_prefix("0x") {
-            u64::from_str_radix(hex, 16).ok()
-        } else {
-            bps.parse::<u64>().ok()
-        };
-        if parsed.is_none() {
-            bail!("read map failed - not a number: {bps}");
-        }
-    }
-    let (write_zero, target) = if let Some(t) = rest.strip_prefix("0:") {
-        (false, t)
-    } else if let Some(t) = rest.strip_prefix("1:") {
-        (true, t)
-    } else {
-        bail!("read map failed - parse error ('{line}')");
-    };
-    let Some((dev, path)) = target.split_once('=') else {
-        bail!("read map failed - no dev name specified ('{line}')");
-    };
-    Ok((
-        dev.to_string(),
-        MapEntry {
-            path: Some(path.to_string()),
-            format: opts.remove("format"),
-            write_zero,
-            skip: false,
-        },
-    ))
-}
-
 fn read_map(fifo: &Path) -> anyhow::Result<HashMap<String, MapEntry>> {
     let f = File::open(fifo).with_context(|| format!("unable to open fifo {}", fifo.display()))?;
-    let mut map = HashMap::new();
-    for line in BufReader::new(f).lines() {
-        let line = line.with_context(|| format!("read map failed - {}", fifo.display()))?;
-        if line.is_empty() || line == "done" {
-            break;
-        }
-        let (dev, entry) = parse_map_line(&line)?;
-        map.insert(dev, entry);
-    }
-    Ok(map)
+    Ok(vmdump_vma::read_device_map(BufReader::new(f))?)
 }
 
 /// One device being extracted: its file, and for a new file the size to set at the end.
@@ -890,30 +809,6 @@ impl DataMap for BlockStatusMap<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn map_lines() {
-        let (d, e) = parse_map_line("format=raw:0:drive-scsi0=/dev/pve/vm-1-disk-0").unwrap();
-        assert_eq!(d, "drive-scsi0");
-        assert_eq!(e.path.as_deref(), Some("/dev/pve/vm-1-disk-0"));
-        assert_eq!(e.format.as_deref(), Some("raw"));
-        assert!(!e.write_zero);
-        let (d, e) =
-            parse_map_line("format=qcow2:throttling.bps=0x100:cache=none:1:drive-x=/a/b=c")
-                .unwrap();
-        assert_eq!(d, "drive-x");
-        assert_eq!(e.path.as_deref(), Some("/a/b=c"));
-        assert!(e.write_zero);
-        let (d, e) = parse_map_line("skip=drive-efidisk0").unwrap();
-        assert_eq!(d, "drive-efidisk0");
-        assert!(e.skip);
-        assert!(parse_map_line("skip=").is_err());
-        assert!(parse_map_line("2:x=y").is_err());
-        assert!(parse_map_line("0:/no/devname").is_err());
-        assert!(parse_map_line("format=raw").is_err());
-        assert!(parse_map_line("format=raw:format=raw:0:a=b").is_err());
-        assert!(parse_map_line("throttling.bps=abc:0:a=b").is_err());
-    }
 
     #[test]
     fn disk_specs() {
