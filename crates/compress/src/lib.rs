@@ -409,3 +409,22 @@ impl<R: Read> Peeked<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod block_api_tests {
+    use super::*;
+
+    #[test]
+    fn lzo_block_round_trip_and_limits() {
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        let packed = lzo1x_compress(&data);
+        assert!(packed.len() < data.len() / 2, "{} bytes", packed.len());
+        assert_eq!(lzo1x_decompress(&packed, data.len()).unwrap(), data);
+        // One byte short of the output: refused, not truncated.
+        let e = lzo1x_decompress(&packed, data.len() - 1).unwrap_err();
+        assert_eq!(e.to_string(), "lzo stream error");
+        assert!(lzo1x_decompress(&[], 10).is_err());
+    }
+}
