@@ -624,6 +624,13 @@ fn a_device_in_slot_255_is_read_by_ours() {
     let pve = ok(&Tool::Pve.run(d, &["list", a_s]), "pve list");
     assert_eq!(pve, "CTIME: Tue Nov 14 22:13:20 2023\n");
     assert!(!Tool::Pve.run(d, &["verify", a_s]).status.success());
+    let pve_x = d.join("pve-x");
+    let pve = Tool::Pve.run(d, &["extract", a_s, pve_x.to_str().unwrap()]);
+    assert!(!pve.status.success());
+    assert!(
+        String::from_utf8_lossy(&pve.stderr).contains("got wrong dev id 255"),
+        "{pve:?}"
+    );
     ok(&Tool::Ours.run(d, &["verify", "-v", a_s]), "verify");
     let x = d.join("x");
     let out = ok(
