@@ -72,7 +72,7 @@ impl PausedQemu {
             .stderr(log2)
             .spawn()
             .map_err(|e| Error::Qemu {
-                detail: format!("cannot run qemu-system-x86_64: {e}"),
+                output: format!("cannot run qemu-system-x86_64: {e}"),
             })?;
         let qmp = match Client::connect_retry(
             &qmp_path,
@@ -87,7 +87,7 @@ impl PausedQemu {
                 let _ = child.wait();
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(Error::Qemu {
-                    detail: format!("QEMU did not start: {} ({e})", text.trim()),
+                    output: format!("QEMU did not start: {} ({e})", text.trim()),
                 });
             }
         };

@@ -105,6 +105,15 @@ pub enum Error {
         /// Exit status and stderr.
         detail: String,
     },
+    /// The VM's lock file could not be taken (run directory trouble).
+    #[error("take the VM lock in '{}'", path.display())]
+    LockFile {
+        /// The run directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<vmdump_guest::Error>,
+    },
     /// Another restore or command holds the VM's lock.
     #[error("VM {vmid} is locked by another vmdump operation")]
     Locked {
@@ -120,7 +129,7 @@ pub enum Error {
         what: String,
     },
     /// The restore was interrupted by a signal.
-    #[error("interrupted by signal")]
+    #[error("aborted by signal")]
     Interrupted,
     /// A worker thread panicked (a bug).
     #[error("internal error: {0}")]
@@ -141,6 +150,7 @@ impl Error {
             | Error::Volume { .. }
             | Error::Write { .. }
             | Error::Tool { .. }
+            | Error::LockFile { .. }
             | Error::Internal(_) => ErrorKind::Io,
             Error::Config(_)
             | Error::Storage { .. }

@@ -6,8 +6,10 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
+use vmdump_task::Cancel;
 
 use bytes::Bytes;
 use vmdump_vma::{ReadTally, Reader, BLOCK_SIZE, CLUSTER_SIZE};
@@ -19,7 +21,7 @@ use crate::error::{Error, Result};
 const QUEUE_DEPTH: usize = 4;
 
 /// One device to restore and where its data goes.
-pub struct Sink {
+pub struct DiskSink {
     /// Archive device id.
     pub dev_id: u8,
     /// Archive device name (for messages).
@@ -30,9 +32,9 @@ pub struct Sink {
     pub target: Box<dyn DiskTarget>,
 }
 
-impl std::fmt::Debug for Sink {
+impl std::fmt::Debug for DiskSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink")
+        f.debug_struct("DiskSink")
             .field("dev_id", &self.dev_id)
             .field("name", &self.name)
             .field("size", &self.size)
@@ -42,7 +44,7 @@ impl std::fmt::Debug for Sink {
 
 /// Per-device figures of a restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStats {
+pub struct DiskStats {
     /// Archive device name.
     pub name: String,
     /// Device bytes covered by the archive's clusters (the device size when complete).
@@ -57,7 +59,7 @@ pub struct DeviceStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Per device, in archive order.
-    pub devices: Vec<DeviceStats>,
+    pub devices: Vec<DiskStats>,
     /// Archive (decompressed) bytes read.
     pub archive_bytes: u64,
     /// Seconds the data phase took.
@@ -84,7 +86,7 @@ impl Stats {
 
 /// A progress report, as `vma extract -v` makes them (see [`ReadTally`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
+pub struct DataProgress {
     /// Whole percent of the devices' whole clusters read (past 100 when a size is not a
     /// multiple of 64 KiB, as in Proxmox's output).
     pub percent: u32,
@@ -103,7 +105,7 @@ struct Lane {
     /// Runs of the current extent: `(device offset, start in the extent data, length)`.
     runs: Vec<(u64, usize, usize)>,
     size: u64,
-    stats: DeviceStats,
+    stats: DiskStats,
 }
 
 impl Lane {
@@ -138,12 +140,12 @@ impl Lane {
 
 /// Run the data phase: read every extent of `reader`, write each sink's data, check that the
 /// archive is complete, and make the targets durable. On any error (corrupt archive, write
-/// failure, `interrupt` set) the writers are stopped and the first cause is returned.
+/// failure, `cancel` set) the writers are stopped and the first cause is returned.
 pub fn run<R: Read>(
     reader: Reader<R>,
-    sinks: Vec<Sink>,
-    interrupt: &AtomicBool,
-    progress: &mut dyn FnMut(Progress),
+    sinks: Vec<DiskSink>,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(DataProgress),
 ) -> Result<Stats> {
     let start = Instant::now();
     // As `vma extract` (which qmrestore runs) counts: every device but the vmstate stream.
@@ -163,7 +165,7 @@ pub fn run<R: Read>(
                 tx: Some(tx),
                 runs: Vec::with_capacity(64),
                 size: sink.size,
-                stats: DeviceStats {
+                stats: DiskStats {
                     name: sink.name.clone(),
                     ..Default::default()
                 },
@@ -177,7 +179,7 @@ pub fn run<R: Read>(
         }
 
         let parsed = parse(
-            reader, &mut lanes, &route, &mut tally, interrupt, start, progress,
+            reader, &mut lanes, &route, &mut tally, cancel, start, progress,
         );
         if parsed.is_err() {
             abort.store(true, Ordering::Relaxed);
@@ -222,13 +224,13 @@ fn parse<R: Read>(
     lanes: &mut [Lane],
     route: &[usize; 256],
     tally: &mut ReadTally,
-    interrupt: &AtomicBool,
+    cancel: &Cancel,
     start: Instant,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(DataProgress),
 ) -> Result<u64> {
     let header = reader.header().clone();
     loop {
-        if interrupt.load(Ordering::Relaxed) {
+        if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
         let Some(ext) = reader.next_extent()? else {
@@ -236,7 +238,7 @@ fn parse<R: Read>(
         };
         for c in ext.clusters() {
             if let Some(percent) = header.device(c.dev_id).and_then(|d| tally.record(&c, d)) {
-                progress(Progress {
+                progress(DataProgress {
                     percent: percent as u32,
                     bytes: tally.bytes_read(),
                     seconds: start.elapsed().as_secs_f64(),
@@ -289,8 +291,8 @@ fn parse<R: Read>(
     Ok(archive_bytes)
 }
 
-fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()> {
-    let Sink {
+fn write_lane(sink: DiskSink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()> {
+    let DiskSink {
         name, mut target, ..
     } = sink;
     for batch in rx {
