@@ -323,7 +323,11 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
         });
     }
 
-    let total_size: u64 = plans.iter().map(|p| p.size).sum();
+    // Progress counts whole 64 KiB clusters read (as `vma extract -v` does).
+    let total_size: u64 = plans
+        .iter()
+        .map(|p| vmdump_vma::cluster_count(p.size) * vmdump_vma::CLUSTER_SIZE as u64)
+        .sum();
     let stats = pipeline::run(reader, sinks, &opts.cancel, &mut |p| {
         progress.log(
             Level::Info,
