@@ -66,5 +66,31 @@ fn main() -> std::io::Result<()> {
         root.join("vma_stream").join("regress-size-sum-overflow"),
         &big,
     )?;
+    // lzop streams of our writer, and raw LZO1X blocks with a generous limit in front.
+    for t in ["lzop_stream", "lzo_block", "qmp_codec"] {
+        std::fs::create_dir_all(root.join(t))?;
+    }
+    for (i, a) in archives.iter().enumerate() {
+        let mut w = vmdump_compress::LzopWriter::new(Vec::new());
+        std::io::Write::write_all(&mut w, &a[..a.len().min(300_000)])?;
+        std::fs::write(
+            root.join("lzop_stream").join(format!("seed-{i}")),
+            w.finish()?,
+        )?;
+        let mut b = vec![0xFF, 0xFF];
+        b.extend_from_slice(&vmdump_compress::lzo1x_compress(&a[..a.len().min(60_000)]));
+        std::fs::write(root.join("lzo_block").join(format!("seed-{i}")), b)?;
+    }
+    // A QMP conversation: greeting, a return, an event, a delimiter.
+    let qmp = concat!(
+        "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}}, \"capabilities\": []}}\r\n",
+        "{\"return\": {}, \"id\": 1}\n",
+        "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"running\", \"id\": \"j\"}}\n",
+    );
+    let mut q = vec![200u8, 7];
+    q.extend_from_slice(qmp.as_bytes());
+    q.push(0xFF);
+    q.extend_from_slice(b"{\"return\": 1}\n");
+    std::fs::write(root.join("qmp_codec").join("seed-0"), q)?;
     Ok(())
 }

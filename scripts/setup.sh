@@ -10,7 +10,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # qemu-utils (and qemu-block-extra) are pinned to qemu-system-x86's version.
 # fuse3: fusermount3 for the test kit's fault-injecting FUSE filesystem (faultfs).
 pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static
-      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time fuse3)
+      e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time fuse3
+      # runtime libraries of Proxmox's own `vma` (../shared/tools/pve-vma), the reference in tests
+      libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1)
 
 need_apt=0
 for p in "${pkgs[@]}"; do

@@ -40,6 +40,25 @@ mod lzop;
 
 pub use lzop::{LzopReader, LzopWriter, LZOP_BLOCK_SIZE, LZOP_MAGIC};
 
+/// Compress `input` as one raw LZO1X block (the unit lzop stores), readable by any
+/// LZO1X decompressor.
+pub fn lzo1x_compress(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16 + 64);
+    lzo::Compressor::new().compress(input, &mut out);
+    out
+}
+
+/// Decompress one raw LZO1X block that must not grow past `max_len` bytes. Hostile input
+/// gives an error, never a panic or a larger allocation.
+pub fn lzo1x_decompress(input: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    lzo::decompress(input, &mut out, max_len).map_err(|e| Error::Io {
+        codec: Codec::Lzo,
+        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    })?;
+    Ok(out)
+}
+
 /// zstd frame magic.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// gzip member magic.
@@ -401,5 +420,24 @@ impl<R: Read> Peeked<R> {
             pos: 0,
             inner,
         }
+    }
+}
+
+#[cfg(test)]
+mod block_api_tests {
+    use super::*;
+
+    #[test]
+    fn lzo_block_round_trip_and_limits() {
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        let packed = lzo1x_compress(&data);
+        assert!(packed.len() < data.len() / 2, "{} bytes", packed.len());
+        assert_eq!(lzo1x_decompress(&packed, data.len()).unwrap(), data);
+        // One byte short of the output: refused, not truncated.
+        let e = lzo1x_decompress(&packed, data.len() - 1).unwrap_err();
+        assert_eq!(e.to_string(), "lzo stream error");
+        assert!(lzo1x_decompress(&[], 10).is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use vmdump_task::Cancel;
 
 use bytes::Bytes;
-use vmdump_vma::{Reader, BLOCK_SIZE, CLUSTER_SIZE};
+use vmdump_vma::{ReadTally, Reader, BLOCK_SIZE, CLUSTER_SIZE};
 
 use crate::disk::DiskTarget;
 use crate::error::{Error, Result};
@@ -64,6 +64,9 @@ pub struct Stats {
     pub archive_bytes: u64,
     /// Seconds the data phase took.
     pub seconds: f64,
+    /// The figures `vma extract -v` prints, with Proxmox's arithmetic (the same as
+    /// `vmdump vma verify -v` on the archive): [`ReadTally::summary`].
+    pub tally: ReadTally,
 }
 
 impl Stats {
@@ -81,12 +84,13 @@ impl Stats {
     }
 }
 
-/// A progress report: fraction of all clusters restored so far.
+/// A progress report, as `vma extract -v` makes them (see [`ReadTally`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DataProgress {
-    /// Whole percent done (0..=100).
+    /// Whole percent of the devices' whole clusters read (past 100 when a size is not a
+    /// multiple of 64 KiB, as in Proxmox's output).
     pub percent: u32,
-    /// Device bytes processed.
+    /// Bytes of the clusters read (64 KiB each).
     pub bytes: u64,
     /// Seconds since the data phase started.
     pub seconds: f64,
@@ -144,10 +148,8 @@ pub fn run<R: Read>(
     progress: &mut dyn FnMut(DataProgress),
 ) -> Result<Stats> {
     let start = Instant::now();
-    let total_clusters: u64 = sinks
-        .iter()
-        .map(|s| vmdump_vma::cluster_count(s.size))
-        .sum();
+    // As `vma extract` (which qmrestore runs) counts: every device but the vmstate stream.
+    let mut tally = ReadTally::new(reader.header(), |d| !d.is_vmstate());
     let abort = AtomicBool::new(false);
     let mut route = [usize::MAX; 256];
     for (i, s) in sinks.iter().enumerate() {
@@ -177,13 +179,7 @@ pub fn run<R: Read>(
         }
 
         let parsed = parse(
-            reader,
-            &mut lanes,
-            &route,
-            total_clusters,
-            cancel,
-            start,
-            progress,
+            reader, &mut lanes, &route, &mut tally, cancel, start, progress,
         );
         if parsed.is_err() {
             abort.store(true, Ordering::Relaxed);
@@ -216,6 +212,7 @@ pub fn run<R: Read>(
                 devices: device_stats,
                 archive_bytes,
                 seconds: start.elapsed().as_secs_f64(),
+                tally,
             }),
         }
     })
@@ -226,14 +223,12 @@ fn parse<R: Read>(
     mut reader: Reader<R>,
     lanes: &mut [Lane],
     route: &[usize; 256],
-    total_clusters: u64,
+    tally: &mut ReadTally,
     cancel: &Cancel,
     start: Instant,
     progress: &mut dyn FnMut(DataProgress),
 ) -> Result<u64> {
-    let mut done_clusters = 0u64;
-    let mut done_bytes = 0u64;
-    let mut last_percent = None;
+    let header = reader.header().clone();
     loop {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
@@ -242,31 +237,34 @@ fn parse<R: Read>(
             break;
         };
         for c in ext.clusters() {
+            if let Some(percent) = header.device(c.dev_id).and_then(|d| tally.record(&c, d)) {
+                progress(DataProgress {
+                    percent: percent as u32,
+                    bytes: tally.bytes_read(),
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
             let Some(lane) = lanes.get_mut(route[usize::from(c.dev_id)]) else {
                 continue; // vmstate or a skipped device
             };
             let base = c.device_offset();
             let clen = (lane.size - base).min(CLUSTER_SIZE as u64);
             lane.stats.bytes += clen;
-            done_clusters += 1;
-            done_bytes += clen;
             let mut wrote = 0u64;
-            if c.mask != 0 {
-                let size = lane.size;
-                let at = c.data_offset();
-                for (n, (i, block)) in c.blocks().enumerate() {
-                    let off = base + (i * BLOCK_SIZE) as u64;
-                    if off >= size {
-                        break;
+            let at = c.data_offset();
+            for run in c.runs(lane.size) {
+                let Some(data) = run.data else { continue };
+                // Our writer never stores zero blocks; others may. The target reads as zeros
+                // already, so they are skipped (and stay holes).
+                let mut k = 0usize;
+                while k < run.len {
+                    let len = (run.len - k).min(BLOCK_SIZE);
+                    let block = data.start + k;
+                    if !vmdump_vma::is_zero(&c.data()[block..block + len]) {
+                        lane.push(run.offset + k as u64, at + block, len);
+                        wrote += len as u64;
                     }
-                    // Our writer never stores zero blocks; others may. The target reads as
-                    // zeros already, so they are skipped (and stay holes).
-                    if vmdump_vma::is_zero(block) {
-                        continue;
-                    }
-                    let len = (size - off).min(BLOCK_SIZE as u64) as usize;
-                    lane.push(off, at + n * BLOCK_SIZE, len);
-                    wrote += len as u64;
+                    k += len;
                 }
             }
             lane.stats.written += wrote;
@@ -279,18 +277,6 @@ fn parse<R: Read>(
             if !lane.flush(data) {
                 return Err(Error::Internal("writer gone".into()));
             }
-        }
-        let percent = (done_clusters * 100)
-            .checked_div(total_clusters)
-            .unwrap_or(100)
-            .min(100) as u32;
-        if last_percent != Some(percent) {
-            last_percent = Some(percent);
-            progress(DataProgress {
-                percent,
-                bytes: done_bytes,
-                seconds: start.elapsed().as_secs_f64(),
-            });
         }
     }
     let archive_bytes = reader.offset();

@@ -128,28 +128,6 @@ pub(crate) fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
         || UnixStream::connect(rd.control_socket()).is_ok()
 }
 
-fn percent(part: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / total as f64
-    }
-}
-
-/// `%.3g` as C prints it, for the figures qmrestore users know.
-pub(crate) fn g3(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = 3i32 - 1 - v.abs().log10().floor() as i32;
-    let s = format!("{:.*}", digits.max(0) as usize, v);
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
 /// Everything a restore will read and write, checked before anything is written (the
 /// result of [`plan`]). Holds the VM lock until it is applied or dropped.
 pub struct RestorePlan {
@@ -345,7 +323,11 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
         });
     }
 
-    let total_size: u64 = plans.iter().map(|p| p.size).sum();
+    // Progress counts whole 64 KiB clusters read (as `vma extract -v` does).
+    let total_size: u64 = plans
+        .iter()
+        .map(|p| vmdump_vma::cluster_count(p.size) * vmdump_vma::CLUSTER_SIZE as u64)
+        .sum();
     let stats = pipeline::run(reader, sinks, &opts.cancel, &mut |p| {
         progress.log(
             Level::Info,
@@ -362,20 +344,8 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
             elapsed: std::time::Duration::from_secs_f64(p.seconds),
         });
     })?;
-    let total = stats.total();
-    if total == 0 {
-        log("vma archive contains no image data");
-    } else {
-        log(&format!(
-            "total bytes read {}, sparse bytes {} ({}%)",
-            total,
-            stats.sparse(),
-            g3(percent(stats.sparse(), total))
-        ));
-        log(&format!(
-            "space reduction due to 4K zero blocks {}%",
-            g3(percent(total - stats.written(), total))
-        ));
+    for line in stats.tally.summary() {
+        log(&line);
     }
 
     // The new config.
@@ -388,6 +358,11 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
             .iter()
             .map(|d| (d.virtdev.clone(), d.volid.clone()))
             .collect::<BTreeMap<_, _>>(),
+        // The volumes were created with the archived size in whole sectors.
+        sizes: plans
+            .iter()
+            .map(|p| (p.virtdev.clone(), vmdump_vma::round_to_sectors(p.size)))
+            .collect(),
         unique: opts.unique,
         mac_prefix,
     };
@@ -499,20 +474,5 @@ fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
             &vol.format,
             vol.preallocated,
         )?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::g3;
-
-    #[test]
-    fn percent_format_like_c() {
-        assert_eq!(g3(50.0), "50");
-        assert_eq!(g3(12.3456), "12.3");
-        assert_eq!(g3(100.0), "100");
-        assert_eq!(g3(0.5), "0.5");
-        assert_eq!(g3(0.0), "0");
-        assert_eq!(g3(99.99), "100");
     }
 }

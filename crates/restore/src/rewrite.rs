@@ -3,7 +3,8 @@
 //!
 //! - `#qmdump#...`, `#vzdump#...`, `lock:`, `unusedN:` and `parent:` lines are dropped;
 //! - a disk with `backup=0` is commented out (the archive holds no data for it);
-//! - a restored disk points at its new volume id, without `format=` (the format may change);
+//! - a restored disk points at its new volume id, without `format=` (the format may change),
+//!   and its `size=` names the restored volume's size (the archive's, whole sectors);
 //! - `vmgenid` is regenerated unless it is `0` (disabled);
 //! - with `unique`, every `netN` MAC address and the `smbios1` uuid are regenerated;
 //! - legacy `vlanN: model=mac,...` lines (Proxmox 1.x) become `netN` lines on `vmbrN`;
@@ -42,6 +43,8 @@ impl Randomness for OsRandom {
 pub struct Rewrite {
     /// Restored disks: config key (`scsi0`) → new volume id (`local:101/vm-101-disk-0.raw`).
     pub volumes: BTreeMap<String, String>,
+    /// Restored disks: config key → size in bytes of the new volume (`size=`).
+    pub sizes: BTreeMap<String, u64>,
     /// Regenerate MAC addresses and the smbios1 uuid.
     pub unique: bool,
     /// Prefix of new MAC addresses (`XX:XX:XX`, upper or lower case); `None` for a fully
@@ -148,6 +151,9 @@ pub fn rewrite_config(
             if let Some(volid) = rw.volumes.get(key) {
                 drive.props.remove("format");
                 drive.set_volume(volid);
+                if let Some(&size) = rw.sizes.get(key) {
+                    drive.props.set("size", vmdump_config::format_size(size));
+                }
                 out.push_str(&format!("{key}: {drive}\n"));
                 continue;
             }
@@ -249,9 +255,45 @@ vmgenid: 0a0b0c0d-0000-4000-8000-000000000001
                 ),
             ]
             .into(),
+            sizes: [
+                ("scsi0".to_string(), 32 << 30),
+                ("efidisk0".to_string(), 540_672),
+            ]
+            .into(),
             unique,
             mac_prefix: Some(DEFAULT_MAC_PREFIX.into()),
         }
+    }
+
+    #[test]
+    fn size_names_the_restored_volume() {
+        // A 1 000 001-byte disk is archived and restored as 1 000 448 bytes (whole
+        // sectors): the config says so, not the size it had before the backup.
+        let text = "scsi0: local:100/vm-100-disk-0.raw,size=1000001\nvirtio1: local:100/b.raw\n";
+        let rw = Rewrite {
+            volumes: [
+                (
+                    "scsi0".to_string(),
+                    "fast:101/vm-101-disk-0.raw".to_string(),
+                ),
+                (
+                    "virtio1".to_string(),
+                    "fast:101/vm-101-disk-1.raw".to_string(),
+                ),
+            ]
+            .into(),
+            sizes: [
+                ("scsi0".to_string(), 1_000_448),
+                ("virtio1".to_string(), 64 << 20),
+            ]
+            .into(),
+            ..Rewrite::default()
+        };
+        let out = rewrite_config(text, &rw, &mut Counter(0), "x").unwrap();
+        assert_eq!(
+            out,
+            "scsi0: fast:101/vm-101-disk-0.raw,size=977K\nvirtio1: fast:101/vm-101-disk-1.raw,size=64M\n"
+        );
     }
 
     #[test]

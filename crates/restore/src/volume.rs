@@ -31,8 +31,9 @@ pub struct Volume {
     pub preallocated: bool,
 }
 
-/// Create a new, zero-reading volume of `size` bytes for `vmid` on `storage`, picking the
-/// smallest free `vm-<vmid>-disk-<N>` not in `taken`.
+/// Create a new, zero-reading volume of `size` bytes rounded up to whole 512-byte sectors
+/// (what QEMU creates for every format; see [`vmdump_vma::round_to_sectors`]) for `vmid` on
+/// `storage`, picking the smallest free `vm-<vmid>-disk-<N>` not in `taken`.
 pub fn allocate(
     storage: &StorageConfig,
     sid: &str,
@@ -84,6 +85,7 @@ pub fn allocate(
             }
         }
         let prealloc = entry.preallocation().unwrap_or(DEFAULT_PREALLOCATION);
+        let size = vmdump_vma::round_to_sectors(size);
         let created = if format == "raw" {
             create_raw(&path, size)
         } else {

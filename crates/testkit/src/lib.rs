@@ -17,6 +17,7 @@
 //!   and a second monitor `ctl.sock` for the test, so `qmp.sock` stays free for the program
 //!   under test. Paused (the guest never runs, KVM where available) or booting the test guest
 //!   (TCG).
+//! * [`pve_vma`]: Proxmox's own `vma` binary, the reference the VMA suites compare with.
 //! * [`pattern`]: deterministic pseudo-random data (xorshift64) for disks and buffers.
 //! * [`faultfs`]: a FUSE passthrough to a backing directory whose faults a test switches at
 //!   run time: failing `fsync`/`flush` for matching names, a disk that fills up, a write
@@ -53,6 +54,25 @@ pub const MIB: u64 = 1 << 20;
 /// The workspace root (the directory holding `testguest/` and `.cache/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Proxmox's own `vma` tool, the reference for archive compatibility: `PVE_VMA` if set, else
+/// `../shared/tools/pve-vma/vma` beside the repository (read-only in CI; its README names
+/// the runtime libraries `scripts/setup.sh` installs).
+///
+/// # Panics
+/// When the binary is missing: the compatibility tests never skip.
+pub fn pve_vma() -> PathBuf {
+    let path = std::env::var_os("PVE_VMA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/tools/pve-vma/vma"));
+    assert!(
+        path.is_file(),
+        "Proxmox's vma tool is missing at {} (see shared/tools/pve-vma/README.md; \
+         PVE_VMA=<path> overrides the location)",
+        path.display()
+    );
+    path
 }
 
 /// The built test guest (`vmlinuz`, `initrd.gz`, `data.raw`, `vm.conf`) in

@@ -240,6 +240,38 @@ pub enum Error {
     /// A previous error left the writer or reader unusable.
     #[error("archive stream is unusable after an earlier error")]
     Poisoned,
+    /// Writing extracted data to a device's target failed.
+    #[error("write to {device} at offset {offset} failed")]
+    DeviceWrite {
+        /// Device name.
+        device: String,
+        /// Byte offset in the device.
+        offset: u64,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A line of an `extract -r` device map is malformed.
+    #[error("read map failed - {0}")]
+    DeviceMap(String),
+    /// Reading an `extract -r` device map failed.
+    #[error("read map failed")]
+    DeviceMapRead {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a disk being archived failed.
+    #[error("read error on {device} at offset {offset}")]
+    DiskRead {
+        /// The disk's device name.
+        device: String,
+        /// Byte offset in the disk.
+        offset: u64,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn location(extent: Option<u64>, offset: Option<u64>) -> String {
@@ -254,12 +286,12 @@ impl Error {
     /// Category of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::DeviceWrite { .. } | Error::DiskRead { .. } => ErrorKind::Io,
             Error::UnsupportedVersion { .. } => ErrorKind::Unsupported,
             Error::Limit { .. } | Error::ClusterOutOfRange { .. } | Error::BlockPastEnd { .. } => {
                 ErrorKind::OutOfBounds
             }
-            Error::Usage(_) | Error::Poisoned => ErrorKind::Usage,
+            Error::Usage(_) | Error::Poisoned | Error::DeviceMap(_) => ErrorKind::Usage,
             _ => ErrorKind::Corrupt,
         }
     }

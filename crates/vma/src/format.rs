@@ -27,8 +27,10 @@ pub const MAX_WRITER_HEADER_SIZE: usize = 8 * CLUSTER_SIZE;
 /// Largest header our reader accepts (bounds memory on hostile input; a header holding
 /// 256 configs of 65535 bytes and 254 device names fits).
 pub const MAX_READER_HEADER_SIZE: usize = 32 * 1024 * 1024;
-/// Highest device id written; ids start at 1.
+/// Highest device id written (and the most devices a writer registers); ids start at 1.
 pub const MAX_DEVICES: usize = 254;
+/// Highest device id read: slot 255 is valid in the header, though no writer uses it.
+pub const MAX_DEVICE_ID: usize = 255;
 /// Config slots in the header.
 pub const MAX_CONFIGS: usize = 256;
 /// Largest blob (config data or name including NUL).

@@ -151,6 +151,7 @@ impl Header {
                     reason: format!("config slot {i} has invalid data pointers ({np}, {dp})"),
                 });
             };
+            check_name_text(&name, "config")?;
             configs.push(Config {
                 name,
                 data: data.to_vec(),
@@ -159,7 +160,9 @@ impl Header {
 
         let mut devices = Vec::new();
         let mut dev_index = vec![u8::MAX; 256];
-        for id in 1..=MAX_DEVICES {
+        // Writers use ids 1..=254 (Proxmox keeps 255 "for safety"), but a device in slot
+        // 255 is valid for every reader.
+        for id in 1..=MAX_DEVICE_ID {
             let at = H_DEV_INFO + DEV_INFO_SIZE * id;
             let np = be_u32(buf, at);
             let size = be_u64(buf, at + 8);
@@ -170,6 +173,7 @@ impl Header {
                 tracing::warn!(dev_id = id, "ignoring device with an unresolvable name");
                 continue;
             };
+            check_name_text(&name, "device")?;
             dev_index[id] = devices.len() as u8;
             devices.push(Device {
                 id: id as u8,
@@ -191,6 +195,26 @@ impl Header {
             dev_index,
         })
     }
+}
+
+/// True if `name` holds a control character (newline, tab, NUL, DEL, C1 controls):
+/// such a name would inject fake lines into `vma list` / `extract -r` output, which
+/// qmrestore-style tools parse.
+pub(crate) fn has_control(name: &str) -> bool {
+    name.chars().any(char::is_control)
+}
+
+/// Refuse a config or device name of an archive that holds a control character.
+fn check_name_text(name: &str, what: &str) -> Result<()> {
+    if has_control(name) {
+        return Err(Error::BadHeader {
+            reason: format!(
+                "{what} name '{}' contains a control character",
+                name.escape_debug()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// MD5 of a header with its md5 field taken as zero.

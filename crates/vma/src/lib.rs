@@ -22,7 +22,16 @@
 //! * [`Index`] reads only the extent headers of a seekable, uncompressed archive and
 //!   then serves any device at any offset ([`Index::read_at`], [`DeviceReader`]).
 //!
-//! Non-goals: compression (see `vmdump-compress`), threading, async.
+//! * [`archive_disks`] is the block-run writer of `vma create` and archive export: it
+//!   reads [`DiskSource`]s in runs of clusters on one read-ahead thread, skips holes a
+//!   [`DataMap`] reports, and records sizes rounded up to 512 as Proxmox does.
+//! * [`Extract`] writes the devices of an archive to [`DeviceSink`]s (`vma extract`);
+//!   [`ReadTally`] keeps the figures `verify -v`, `extract -v` and restores print, with
+//!   Proxmox's arithmetic; [`write_listing`] prints the `vma list` lines;
+//!   [`read_device_map`] reads the `extract -r` device map qmrestore writes.
+//!
+//! The crate knows no files, processes or QEMU: callers implement the small traits.
+//! Non-goals: compression (see `vmdump-compress`), async.
 //!
 //! # Example
 //!
@@ -51,28 +60,38 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod archive;
 mod cluster_set;
+mod devmap;
 mod error;
+mod extract;
 mod format;
 mod header;
 mod index;
 mod reader;
 mod recycle;
+mod stats;
 mod writer;
 
+pub use archive::{
+    archive_disks, round_to_sectors, ArchiveDisk, ArchiveProgress, DataMap, DiskSource,
+};
+pub use devmap::{parse_map_line, read_device_map, MapEntry};
 pub use error::{Error, ErrorKind, Result};
+pub use extract::{write_cluster, DeviceSink, Extract};
 pub use format::{
     cluster_count, uuid_to_string, BlockInfo, BLOCKS_PER_CLUSTER, BLOCK_SIZE, CLUSTER_SIZE,
     EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE, MAGIC, MAX_BLOB_LEN, MAX_CONFIGS,
-    MAX_DEVICES, MAX_EXTENT_SIZE, MAX_READER_HEADER_SIZE, MAX_WRITER_HEADER_SIZE, SLOTS_PER_EXTENT,
-    VERSION, VMSTATE_NAME, WRITER_CLUSTERS_PER_EXTENT,
+    MAX_DEVICES, MAX_DEVICE_ID, MAX_EXTENT_SIZE, MAX_READER_HEADER_SIZE, MAX_WRITER_HEADER_SIZE,
+    SLOTS_PER_EXTENT, VERSION, VMSTATE_NAME, WRITER_CLUSTERS_PER_EXTENT,
 };
 pub use header::{Config, Device, Header};
 pub use index::{DeviceReader, Index};
 pub use reader::{
-    parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader,
+    parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader, Run,
 };
 pub use recycle::Recycler;
+pub use stats::{format_g3, write_listing, ReadTally};
 pub use writer::{is_zero, DeviceId, DeviceStats, WriteStats, Writer};
 
 #[cfg(test)]

@@ -64,6 +64,41 @@ impl<'a> Cluster<'a> {
             .map(move |(n, i)| (i, &data[n * BLOCK_SIZE..(n + 1) * BLOCK_SIZE]))
     }
 
+    /// The cluster as runs of adjacent blocks of one kind, clipped to a device of `size`
+    /// bytes: stored data (a range of [`data`](Self::data), or of the extent's data when
+    /// shifted by [`data_offset`](Self::data_offset)) or unset blocks (zeros). This is how
+    /// extract and restore write a cluster: one write per run.
+    pub fn runs(&self, size: u64) -> impl Iterator<Item = Run> + 'a {
+        let mask = self.mask;
+        let base = self.device_offset();
+        let end = size.min(base + CLUSTER_SIZE as u64);
+        let mut i = 0usize;
+        let mut stored = 0usize;
+        std::iter::from_fn(move || {
+            let start = base + (i * BLOCK_SIZE) as u64;
+            if i >= BLOCKS_PER_CLUSTER || start >= end {
+                return None;
+            }
+            let set = mask & (1 << i) != 0;
+            let mut j = i;
+            while j < BLOCKS_PER_CLUSTER && (mask & (1 << j) != 0) == set {
+                j += 1;
+            }
+            let len = (end.min(base + (j * BLOCK_SIZE) as u64) - start) as usize;
+            let data = set.then(|| {
+                let at = stored * BLOCK_SIZE;
+                stored += j - i;
+                at..at + len
+            });
+            i = j;
+            Some(Run {
+                offset: start,
+                len,
+                data,
+            })
+        })
+    }
+
     /// Write the full 64 KiB cluster into `out` (zeros for unset blocks). `out` may be
     /// shorter than 64 KiB (end of device): blocks are clipped to it.
     pub fn expand_into(&self, out: &mut [u8]) {
@@ -78,6 +113,17 @@ impl<'a> Cluster<'a> {
             out[start..end].copy_from_slice(&b[..end - start]);
         }
     }
+}
+
+/// A run of adjacent blocks of one cluster (see [`Cluster::runs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Byte offset in the device.
+    pub offset: u64,
+    /// Length in bytes (clipped to the device end).
+    pub len: usize,
+    /// Where the stored bytes lie in [`Cluster::data`]; `None` for unset (zero) blocks.
+    pub data: Option<std::ops::Range<usize>>,
 }
 
 /// One validated extent, borrowed from the reader.

@@ -670,9 +670,9 @@ fn write_all_vectored<W: Write>(
 }
 
 fn check_name(name: &str, what: &'static str) -> Result<()> {
-    if name.is_empty() || name.contains('\0') {
+    if name.is_empty() || crate::header::has_control(name) {
         return Err(Error::Usage(format!(
-            "{what} '{}' must be non-empty and contain no NUL",
+            "{what} '{}' must be non-empty and contain no NUL, newline or other control character",
             name.escape_debug()
         )));
     }

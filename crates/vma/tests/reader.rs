@@ -353,3 +353,37 @@ fn hostile_header_sizes_are_bounded() {
     let e = Index::build(&mut Cursor::new(hand.build())).unwrap_err();
     assert!(e.to_string().contains("more than an archive"), "{e}");
 }
+
+#[test]
+fn cluster_runs_cover_the_device_once_in_block_runs() {
+    // One cluster: blocks 0-1 data, 2-4 zero, 5 data, the rest zero; the device ends
+    // 100 bytes into block 5.
+    let size = 5 * 4096 + 100;
+    let mut img = vec![0u8; size];
+    img[..2 * 4096].fill(7);
+    img[5 * 4096..].fill(9);
+    let a = write_images(&["d"], std::slice::from_ref(&img), &[], 1);
+    let mut r = Reader::new(&a[..]).unwrap();
+    let ext = r.next_extent().unwrap().unwrap();
+    let c = ext.clusters().next().unwrap();
+    let runs: Vec<_> = c.runs(size as u64).collect();
+    let shape: Vec<_> = runs
+        .iter()
+        .map(|r| (r.offset, r.len, r.data.clone()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, 8192, Some(0..8192)),
+            (8192, 3 * 4096, None),
+            (5 * 4096, 100, Some(8192..8292)),
+        ]
+    );
+    let mut back = vec![0u8; size];
+    for run in &runs {
+        if let Some(d) = &run.data {
+            back[run.offset as usize..][..run.len].copy_from_slice(&c.data()[d.clone()]);
+        }
+    }
+    assert_eq!(back, img);
+}
