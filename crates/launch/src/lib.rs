@@ -51,3 +51,17 @@ pub fn run_base_from_env() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_RUN_BASE), PathBuf::from)
 }
+
+/// A path as a value in QEMU's `key=value,...` option syntax (`-chardev`, `--nbd-server`,
+/// `-drive`): commas are doubled, so a path containing `,` stays one value.
+pub fn qemu_opt_path(path: &std::path::Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn option_values_escape_commas() {
+        assert_eq!(super::qemu_opt_path("/a,b/c,,d".as_ref()), "/a,,b/c,,,,d");
+    }
+}
