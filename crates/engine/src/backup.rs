@@ -17,7 +17,6 @@ use crate::name::ArchiveName;
 use crate::notes::{self, NotesVars};
 use crate::options::{Compression, Mode, Resolved, Settings, Target};
 use crate::progress::{format_hms, format_size, summary, Progress, Transfer};
-use crate::stopped::{PausedQemu, StoppedDisk};
 
 /// What a backup job needs besides the guest id.
 #[derive(Debug, Clone)]
@@ -248,6 +247,11 @@ async fn run(
     names: &ArchiveName,
     log: &TaskLog<'_>,
 ) -> Result<(PathBuf, u64, Transfer)> {
+    // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
+    // first, such as a backup helper QEMU still holding the disks.
+    let session = vmdump_launch::Session::open(&job.run_dir).map_err(|e| Error::Qemu {
+        detail: format!("open the run session: {e}"),
+    })?;
     let cfg_path = job.root.qemu_config_path(vmid);
     let cfg = job.root.qemu_config(vmid).map_err(|e| Error::Config {
         path: cfg_path.clone(),
@@ -335,7 +339,7 @@ async fn run(
     opts.zstd_threads = job.settings.zstd_threads;
     opts.zstd_level = job.zstd_level;
     opts.interrupt = Arc::clone(&job.interrupt);
-    opts.socket_dir = std::env::temp_dir();
+    opts.socket_dir = session.path().to_path_buf();
     let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
     let dat = names.temporary();
 
@@ -356,31 +360,15 @@ async fn run(
             live::run(qmp, &keys, &configs, &dat, &opts, log).await?
         }
         None => {
-            let storage = job.root.storage().map_err(|e| Error::Config {
-                path: job.root.storage_cfg_path(),
-                detail: e.to_string(),
-            })?;
-            let mut sdisks = Vec::new();
-            for d in &disks {
-                let r = storage
-                    .resolve_ref(&d.volume)
-                    .map_err(|e| Error::Config {
-                        path: cfg_path.clone(),
-                        detail: e.to_string(),
-                    })?
-                    .ok_or_else(|| Error::Device {
-                        device: d.devname.clone(),
-                        detail: "has no volume".into(),
-                    })?;
-                sdisks.push(StoppedDisk {
-                    drive: d.devname.clone(),
-                    path: r.path,
-                    format: d.format.clone(),
-                });
-            }
             log.info("starting kvm to execute backup task");
-            let qemu = PausedQemu::start(&job.run_dir.join(vmid.to_string()), &sdisks).await?;
-            let res = live::run(&qemu.qmp, &keys, &configs, &dat, &opts, log).await;
+            let qemu = vmdump_guest::Runtime::new(job.root.clone())
+                .with_run_base(&job.run_dir)
+                .start_backup_helper(vmid, &keys, &session)
+                .await
+                .map_err(|e| Error::Qemu {
+                    detail: crate::pipeline::error_chain(&e),
+                })?;
+            let res = live::run(qemu.qmp(), &keys, &configs, &dat, &opts, log).await;
             log.info("stopping kvm after backup task");
             qemu.stop().await;
             res?

@@ -23,7 +23,8 @@
 //! ([`job::abort`]). Thaw is sent on every path. Jobs and nodes are named `vmdump-*`, so a run
 //! killed with SIGKILL leaves nothing the next run cannot find and remove
 //! ([`job::clean_stale`]). A VM that is not running is backed up from a QEMU started paused
-//! for the purpose ([`stopped`]) and quit afterwards.
+//! for the purpose by the VM runtime (`vmdump_guest::Runtime::start_backup_helper`: the VM's
+//! node names, only its disks, dies with vmdump) and quit afterwards.
 //!
 //! **Layers**: [`live::run`] is one push backup of a QEMU's disks into one file (tests call it
 //! directly); [`backup_vm`] adds the configuration (`vmdump-config`), names, the vzdump task
@@ -59,7 +60,6 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
-pub mod stopped;
 pub mod target;
 
 pub use backup::{backup_vm, BackupJob, BackupReport};

@@ -97,6 +97,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a device's new volume failed (its disk says where and why).
+    #[error("device '{device}'")]
+    Disk {
+        /// Archive device name.
+        device: String,
+        /// The underlying error.
+        #[source]
+        source: vmdump_blockdev::Error,
+    },
     /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
     #[error("{tool} failed: {detail}")]
     Tool {
@@ -140,6 +149,7 @@ impl Error {
             | Error::Decompress { .. }
             | Error::Volume { .. }
             | Error::Write { .. }
+            | Error::Disk { .. }
             | Error::Tool { .. }
             | Error::Internal(_) => ErrorKind::Io,
             Error::Config(_)

@@ -42,7 +42,6 @@
 
 #![warn(missing_docs)]
 
-pub mod disk;
 mod error;
 pub mod input;
 pub mod pipeline;

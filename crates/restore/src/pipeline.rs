@@ -12,7 +12,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use vmdump_vma::{Reader, BLOCK_SIZE, CLUSTER_SIZE};
 
-use crate::disk::DiskTarget;
 use crate::error::{Error, Result};
 
 /// Batches waiting in a disk's queue.
@@ -27,7 +26,7 @@ pub struct Sink {
     /// Device size in bytes.
     pub size: u64,
     /// The target.
-    pub target: Box<dyn DiskTarget>,
+    pub target: Box<dyn vmdump_blockdev::Target>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -313,10 +312,9 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
         }
         for (offset, data) in batch {
             target
-                .write_bytes(data, offset)
-                .map_err(|source| Error::Write {
+                .write_at(data, offset)
+                .map_err(|source| Error::Disk {
                     device: name.clone(),
-                    offset,
                     source,
                 })?;
         }
@@ -324,5 +322,8 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
     if abort.load(Ordering::Relaxed) {
         return Ok(());
     }
-    target.finish()
+    target.finish().map_err(|source| Error::Disk {
+        device: name,
+        source,
+    })
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use vmdump_config::qmdump::parse_maps;
 use vmdump_config::{write_atomic, ConfigRoot, QemuConfig, StorageConfig, VolumeId, VolumeRef};
 
-use crate::disk::{DiskTarget, ImageTarget, RawTarget};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::pipeline::{self, Sink, Stats};
@@ -87,9 +86,12 @@ pub struct Summary {
     pub stats: Stats,
 }
 
-/// Removes the new volumes unless the restore committed.
+/// Removes the new volumes unless the restore committed. Each volume is also recorded in the
+/// run's session (before it is created), so a killed restore's volumes are removed by the
+/// next run.
 struct Allocated {
     volumes: Vec<Volume>,
+    records: Vec<vmdump_launch::VolumeRecord>,
     committed: bool,
 }
 
@@ -178,6 +180,9 @@ pub fn restore(
         None
     };
     let storage = opts.root.storage()?;
+    // Records this run's helpers and new volumes; reaps what killed runs left first.
+    let session = vmdump_launch::Session::open(&opts.run_dir)
+        .map_err(|e| Error::Internal(format!("open the run session: {e}")))?;
 
     let input = Input::open(source, opts.bwlimit.map(|k| k.saturating_mul(1024)))?;
     log(&format!("archive compression: {}", input.codec()));
@@ -212,15 +217,34 @@ pub fn restore(
 
     let mut allocated = Allocated {
         volumes: Vec::new(),
+        records: Vec::new(),
         committed: false,
     };
     let mut sinks = Vec::new();
     let mut disks = Vec::new();
     for p in &plans {
-        let vol = allocate(&storage, &p.storage, vmid, &p.format, p.size, &taken)?;
+        let (vol, record) = allocate(
+            &storage,
+            &p.storage,
+            vmid,
+            &p.format,
+            p.size,
+            &taken,
+            &session,
+        )?;
         log(&format!("new volume ID is '{}'", vol.volid));
         allocated.volumes.push(vol.clone());
-        let target = open_target(&vol)?;
+        allocated.records.push(record);
+        let target = vmdump_blockdev::open_target(
+            &vol.path,
+            &vol.format,
+            vol.preallocated,
+            Some(&session),
+        )
+        .map_err(|source| Error::Disk {
+            device: p.devname.clone(),
+            source,
+        })?;
         log(&format!(
             "map '{}' to '{}' (write zeros = 0)",
             p.devname,
@@ -375,18 +399,6 @@ fn old_volumes(
         }
     }
     Ok((remove, keep))
-}
-
-fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
-    if vol.format == "raw" {
-        Ok(Box::new(RawTarget::open(&vol.path)?))
-    } else {
-        Ok(Box::new(ImageTarget::open(
-            &vol.path,
-            &vol.format,
-            vol.preallocated,
-        )?))
-    }
 }
 
 #[cfg(test)]

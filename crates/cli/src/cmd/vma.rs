@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
+use vmdump_blockdev::{BlockStatus, ReadAt, Size};
 use vmdump_compress::{Codec, Decoder, Encoder, EncoderOptions};
 use vmdump_vma::{Cluster, Header, Reader, Writer, BLOCK_SIZE, CLUSTER_SIZE};
 
@@ -667,7 +668,7 @@ enum Source {
     Raw { file: File, size: u64 },
     /// Any other QEMU image format (qcow2, vmdk, ...), served read-only by a private
     /// `qemu-storage-daemon` that is stopped when this is dropped.
-    Image(vmdump_nbd::image::Image),
+    Image(vmdump_blockdev::Image),
 }
 
 impl Source {
@@ -679,7 +680,7 @@ impl Source {
                 .with_context(|| format!("can't get size of {}", spec.path))?;
             return Ok(Source::Raw { file, size });
         }
-        let image = vmdump_nbd::image::Image::open(Path::new(&spec.path), Some(&spec.format), true)
+        let image = vmdump_blockdev::Image::open(Path::new(&spec.path), Some(&spec.format), true)
             .with_context(ctx)?;
         Ok(Source::Image(image))
     }
@@ -774,7 +775,7 @@ struct DataMap {
     data_start: u64,
     data_end: u64,
     /// Image sources: block-status extents cached for `[.., extents_end)`.
-    extents: Vec<vmdump_nbd::client::BlockExtent>,
+    extents: Vec<vmdump_blockdev::Extent>,
     extents_end: u64,
 }
 
@@ -828,7 +829,7 @@ impl DataMap {
 
     fn image_is_hole(
         &mut self,
-        image: &vmdump_nbd::image::Image,
+        image: &vmdump_blockdev::Image,
         start: u64,
         end: u64,
         size: u64,
@@ -853,11 +854,10 @@ impl DataMap {
                 return false;
             }
         }
-        const ZERO: u32 = 2;
         self.extents
             .iter()
             .filter(|e| e.offset < end && e.offset + e.length > start)
-            .all(|e| e.flags & ZERO != 0)
+            .all(|e| e.zero)
     }
 }
 
