@@ -98,8 +98,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Writing a device's new volume failed (its disk says where and why).
-    #[error("device '{device}'")]
+    #[error("{what} device '{device}'")]
     Disk {
+        /// `open` or `write`.
+        what: &'static str,
         /// Archive device name.
         device: String,
         /// The underlying error.

@@ -314,6 +314,7 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
             target
                 .write_at(data, offset)
                 .map_err(|source| Error::Disk {
+                    what: "write",
                     device: name.clone(),
                     source,
                 })?;
@@ -323,6 +324,7 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
         return Ok(());
     }
     target.finish().map_err(|source| Error::Disk {
+        what: "write",
         device: name,
         source,
     })

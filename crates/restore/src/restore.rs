@@ -242,6 +242,7 @@ pub fn restore(
             Some(&session),
         )
         .map_err(|source| Error::Disk {
+            what: "open",
             device: p.devname.clone(),
             source,
         })?;
