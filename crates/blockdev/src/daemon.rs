@@ -86,8 +86,8 @@ impl StorageDaemon {
             "writable": !read_only,
         });
         let stderr_path = dir.join("stderr");
-        let stderr =
-            std::fs::File::create(&stderr_path).map_err(|e| Error::io("create", &stderr_path, e))?;
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| Error::io("create", &stderr_path, e))?;
         let remove_dir = |e| {
             let _ = std::fs::remove_dir_all(&dir);
             e
@@ -239,8 +239,7 @@ impl Starting {
                     detail: format!("exited with {st}: {}", read_trimmed(&self.stderr)),
                 });
             }
-            match vmdump_qmp::Client::connect_with_timeout(qmp_sock, Duration::from_secs(5)).await
-            {
+            match vmdump_qmp::Client::connect_with_timeout(qmp_sock, Duration::from_secs(5)).await {
                 Ok(c) => return Ok(c),
                 Err(vmdump_qmp::Error::Connect { .. })
                     if tokio::time::Instant::now() < deadline =>

@@ -120,7 +120,9 @@ impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } | Error::IoAt { .. } | Error::Nbd { .. } | Error::NbdAt { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::IoAt { .. } | Error::Nbd { .. } | Error::NbdAt { .. } => {
+                ErrorKind::Io
+            }
             Error::OutOfRange { .. } => ErrorKind::OutOfBounds,
             Error::Tool { .. } | Error::Launch { .. } | Error::Qmp { .. } => ErrorKind::Tool,
             Error::Path { .. } => ErrorKind::Usage,

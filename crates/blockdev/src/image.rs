@@ -218,7 +218,9 @@ impl Image {
     pub fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         self.check(offset, len)?;
         let c = self.client()?;
-        self.rt.block_on(c.read(offset, len)).map_err(self.nbd("read"))
+        self.rt
+            .block_on(c.read(offset, len))
+            .map_err(self.nbd("read"))
     }
 
     /// Wait for the oldest write in flight.

@@ -117,7 +117,9 @@ pub fn open_source(path: &Path, format: &str) -> Result<Box<dyn Source>> {
     if format == "raw" {
         Ok(Box::new(RawFile::open(path)?))
     } else {
-        Ok(Box::new(ImageOptions::new(path).format(format).read_only().open()?))
+        Ok(Box::new(
+            ImageOptions::new(path).format(format).read_only().open()?,
+        ))
     }
 }
 

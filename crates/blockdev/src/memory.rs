@@ -22,7 +22,11 @@ pub struct MemDisk {
 impl MemDisk {
     /// A zeroed disk of `size` bytes.
     pub fn new(size: u64) -> Self {
-        Self::from_vec(vec![0; usize::try_from(size).expect("in-memory disk fits in memory")])
+        Self::from_vec(vec![
+            0;
+            usize::try_from(size)
+                .expect("in-memory disk fits in memory")
+        ])
     }
 
     /// A disk holding `data`.
@@ -111,8 +115,12 @@ mod tests {
     fn writes_reads_and_zero_extents() {
         let disk = MemDisk::new(5 * BLOCK);
         let mut target: Box<dyn Target> = Box::new(disk.clone());
-        target.write_at(Bytes::from(vec![7u8; 10]), BLOCK + 5).unwrap();
-        let err = target.write_at(Bytes::from(vec![1u8; 2]), 5 * BLOCK - 1).unwrap_err();
+        target
+            .write_at(Bytes::from(vec![7u8; 10]), BLOCK + 5)
+            .unwrap();
+        let err = target
+            .write_at(Bytes::from(vec![1u8; 2]), 5 * BLOCK - 1)
+            .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::OutOfBounds);
         target.finish().unwrap();
         let mut buf = [0u8; 4];
@@ -121,9 +129,21 @@ mod tests {
         assert_eq!(
             disk.extents(100..5 * BLOCK).unwrap(),
             vec![
-                Extent { offset: 100, length: BLOCK - 100, zero: true },
-                Extent { offset: BLOCK, length: BLOCK, zero: false },
-                Extent { offset: 2 * BLOCK, length: 3 * BLOCK, zero: true },
+                Extent {
+                    offset: 100,
+                    length: BLOCK - 100,
+                    zero: true
+                },
+                Extent {
+                    offset: BLOCK,
+                    length: BLOCK,
+                    zero: false
+                },
+                Extent {
+                    offset: 2 * BLOCK,
+                    length: 3 * BLOCK,
+                    zero: true
+                },
             ]
         );
     }

@@ -21,7 +21,10 @@ fn run(path: &Path, cmd: &mut Command) -> Result<String> {
         .map_err(|e| tool_error(path, format!("cannot run: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(tool_error(path, format!("{}: {}", out.status, stderr.trim())));
+        return Err(tool_error(
+            path,
+            format!("{}: {}", out.status, stderr.trim()),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use vmdump_blockdev::{
-    open_source, open_target, qemu_img, BlockStatus, ErrorKind, ImageOptions, RawFile,
-    Size, Source,
+    open_source, open_target, qemu_img, BlockStatus, ErrorKind, ImageOptions, RawFile, Size, Source,
 };
 use vmdump_launch::Session;
 use vmdump_testkit::{image_sha256, pid_alive, run, sha256_bytes, MIB};
@@ -30,17 +29,18 @@ fn unlocked(path: &Path) -> bool {
 fn test_qcow2(dir: &Path) -> Result<PathBuf> {
     let img = dir.join("src.qcow2");
     qemu_img::create(&img, "qcow2", 16 * MIB, None)?;
-    run(Command::new("qemu-io").args([
-        "-f",
-        "qcow2",
-        "-c",
-        "write -P 0x11 1M 2M",
-        "-c",
-        "write -z 8M 1M",
-        "-c",
-        "write -P 0x22 12M 4k",
-    ])
-    .arg(&img))?;
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 1M 2M",
+            "-c",
+            "write -z 8M 1M",
+            "-c",
+            "write -P 0x22 12M 4k",
+        ])
+        .arg(&img))?;
     Ok(img)
 }
 
@@ -83,7 +83,10 @@ fn qcow2_source_reads_and_maps_like_qemu() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let session = Session::open(&dir.path().join("run"))?;
     let img = test_qcow2(dir.path())?;
-    let image = ImageOptions::new(&img).read_only().session(&session).open()?;
+    let image = ImageOptions::new(&img)
+        .read_only()
+        .session(&session)
+        .open()?;
     assert_eq!(image.format(), "qcow2");
     assert_eq!(image.size(), 16 * MIB);
     let pid = image.daemon().unwrap().pid();
@@ -103,7 +106,10 @@ fn qcow2_source_reads_and_maps_like_qemu() -> Result<()> {
     image.close()?;
     assert!(!pid_alive(pid), "daemon stopped after close");
     assert!(unlocked(&img));
-    assert!(session_files(&session).is_empty(), "record and sockets removed");
+    assert!(
+        session_files(&session).is_empty(),
+        "record and sockets removed"
+    );
     Ok(())
 }
 
@@ -213,7 +219,11 @@ fn failures_and_panics_leave_no_daemon() -> Result<()> {
     let pid = rx.recv()?;
     assert!(!pid_alive(pid), "daemon stopped during unwinding");
     assert!(unlocked(&raw));
-    assert!(session_files(&session).is_empty(), "{:?}", session_files(&session));
+    assert!(
+        session_files(&session).is_empty(),
+        "{:?}",
+        session_files(&session)
+    );
     Ok(())
 }
 
@@ -255,11 +265,17 @@ fn direct_io_bypasses_the_page_cache_and_default_does_not() -> Result<()> {
     vmdump_blockdev::WriteAt::write_at(&mut image, Bytes::from(vec![0x5a; 65536]), MIB)?;
     image.close()?;
 
-    let image = ImageOptions::new(&img).format("qcow2").session(&session).open()?;
+    let image = ImageOptions::new(&img)
+        .format("qcow2")
+        .session(&session)
+        .open()?;
     let pid = image.daemon().unwrap().pid();
     assert_eq!(open_direct(pid, &img), Some(false), "writable: cached");
     image.close()?;
-    let image = ImageOptions::new(&img).read_only().session(&session).open()?;
+    let image = ImageOptions::new(&img)
+        .read_only()
+        .session(&session)
+        .open()?;
     let pid = image.daemon().unwrap().pid();
     assert_eq!(open_direct(pid, &img), Some(false), "read-only: cached");
     assert!(image.read(MIB, 65536)?.iter().all(|b| *b == 0x5a));

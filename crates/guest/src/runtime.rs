@@ -732,7 +732,10 @@ impl BackupHelper {
             self.helper.wait_timeout(Duration::from_secs(10)).await,
             Ok(Some(_))
         ) {
-            warn!("backup helper QEMU (pid {}) did not quit, killing it", self.helper.pid());
+            warn!(
+                "backup helper QEMU (pid {}) did not quit, killing it",
+                self.helper.pid()
+            );
             self.helper.kill();
         }
     }

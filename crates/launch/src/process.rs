@@ -110,7 +110,11 @@ mod tests {
     fn identity_of_self_and_of_a_dead_child() {
         let me = ProcId::current();
         assert!(me.is_alive());
-        assert!(!ProcId { start: me.start + 1, ..me }.is_alive());
+        assert!(!ProcId {
+            start: me.start + 1,
+            ..me
+        }
+        .is_alive());
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();

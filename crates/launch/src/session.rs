@@ -36,7 +36,8 @@ impl Session {
         let dir = run_base
             .join(SESSIONS)
             .join(format!("{}-{}-{n}", me.pid, me.start));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create session directory", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("create session directory", &dir, e))?;
         Ok(Arc::new(Session {
             dir,
             seq: AtomicU64::new(0),
@@ -79,7 +80,10 @@ impl Session {
         let text = json!({"pid": pid, "start": id.start, "program": program, "what": what});
         if let Err(e) = std::fs::write(&record, text.to_string()) {
             // The death signal still holds; only a later run's report would miss it.
-            warn!("cannot record helper {what} (pid {pid}) in {}: {e}", record.display());
+            warn!(
+                "cannot record helper {what} (pid {pid}) in {}: {e}",
+                record.display()
+            );
         }
         Ok(Helper {
             child: Some(child),
@@ -92,7 +96,11 @@ impl Session {
 
     /// Record that `path` (and, if given, its own directory `dir`) is about to be created as a
     /// new volume: if this run dies before [`VolumeRecord::commit`], the next run removes it.
-    pub fn record_volume(self: &Arc<Self>, path: &Path, dir: Option<&Path>) -> Result<VolumeRecord> {
+    pub fn record_volume(
+        self: &Arc<Self>,
+        path: &Path,
+        dir: Option<&Path>,
+    ) -> Result<VolumeRecord> {
         let record = self.dir.join(format!("volume-{}", self.next()));
         let text = json!({"path": path, "dir": dir});
         std::fs::write(&record, text.to_string())
@@ -283,11 +291,19 @@ fn reap_session(dir: &Path, owner: u32, reaped: &mut Reaped) {
     };
     let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     // Processes first: a helper may still hold a volume open.
-    files.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("proc-")));
+    files.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("proc-"))
+    });
     for file in files {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with("proc-") {
-            let Some(v) = read_record(&file) else { continue };
+            let Some(v) = read_record(&file) else {
+                continue;
+            };
             let (Some(pid), Some(start)) = (
                 v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
                 v["start"].as_u64(),
@@ -307,7 +323,9 @@ fn reap_session(dir: &Path, owner: u32, reaped: &mut Reaped) {
                 reaped.killed.push((pid, program));
             }
         } else if name.starts_with("volume-") {
-            let Some(v) = read_record(&file) else { continue };
+            let Some(v) = read_record(&file) else {
+                continue;
+            };
             let Some(path) = v["path"].as_str().map(PathBuf::from) else {
                 continue;
             };
@@ -359,7 +377,10 @@ mod tests {
         // A dead run's session with a running stray process, a partial volume and a volume
         // record whose file was never created.
         let dead = dead_session(base.path());
-        let mut stray = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut stray = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let stray_id = ProcId::of(stray.id()).unwrap();
         std::fs::write(
             dead.join(format!("proc-{}", stray_id.pid)),
@@ -374,7 +395,11 @@ mod tests {
         .unwrap();
         let vol = base.path().join("vm-100-disk-0.qcow2");
         std::fs::write(&vol, b"partial").unwrap();
-        std::fs::write(dead.join("volume-0"), json!({"path": vol, "dir": null}).to_string()).unwrap();
+        std::fs::write(
+            dead.join("volume-0"),
+            json!({"path": vol, "dir": null}).to_string(),
+        )
+        .unwrap();
         std::fs::write(
             dead.join("volume-1"),
             json!({"path": base.path().join("never-created"), "dir": null}).to_string(),
@@ -389,7 +414,10 @@ mod tests {
         assert!(!vol.exists());
         assert!(!dead.exists());
         assert!(live.path().exists());
-        assert!(helper.try_wait().unwrap().is_none(), "the live run's helper still runs");
+        assert!(
+            helper.try_wait().unwrap().is_none(),
+            "the live run's helper still runs"
+        );
         assert!(reap_leftovers(base.path()).is_empty());
         drop(helper);
         let dir = live.path().to_path_buf();
@@ -411,7 +439,10 @@ mod tests {
         .join()
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        assert!(helper.try_wait().unwrap().is_none(), "killed with its thread");
+        assert!(
+            helper.try_wait().unwrap().is_none(),
+            "killed with its thread"
+        );
         let record = session.path().join(format!("proc-{}", helper.pid()));
         assert!(record.exists());
         helper.kill();

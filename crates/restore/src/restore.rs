@@ -224,28 +224,18 @@ pub fn restore(
     let mut disks = Vec::new();
     for p in &plans {
         let (vol, record) = allocate(
-            &storage,
-            &p.storage,
-            vmid,
-            &p.format,
-            p.size,
-            &taken,
-            &session,
+            &storage, &p.storage, vmid, &p.format, p.size, &taken, &session,
         )?;
         log(&format!("new volume ID is '{}'", vol.volid));
         allocated.volumes.push(vol.clone());
         allocated.records.push(record);
-        let target = vmdump_blockdev::open_target(
-            &vol.path,
-            &vol.format,
-            vol.preallocated,
-            Some(&session),
-        )
-        .map_err(|source| Error::Disk {
-            what: "open",
-            device: p.devname.clone(),
-            source,
-        })?;
+        let target =
+            vmdump_blockdev::open_target(&vol.path, &vol.format, vol.preallocated, Some(&session))
+                .map_err(|source| Error::Disk {
+                    what: "open",
+                    device: p.devname.clone(),
+                    source,
+                })?;
         log(&format!(
             "map '{}' to '{}' (write zeros = 0)",
             p.devname,

@@ -160,12 +160,11 @@ fn create_image(path: &Path, format: &str, size: u64, prealloc: &str) -> Result<
             source,
         })?;
     let prealloc = (format == "qcow2").then_some(prealloc);
-    let result = vmdump_blockdev::qemu_img::create(path, format, size, prealloc).map_err(|e| {
-        Error::Tool {
+    let result =
+        vmdump_blockdev::qemu_img::create(path, format, size, prealloc).map_err(|e| Error::Tool {
             tool: "qemu-img create".into(),
             detail: e.to_string(),
-        }
-    });
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -342,7 +341,8 @@ mod tests {
             "storage.cfg",
         )
         .unwrap();
-        let (v, _r) = allocate(&s, "local", 101, "qcow2", 1 << 20, &[], &session(t.path())).unwrap();
+        let (v, _r) =
+            allocate(&s, "local", 101, "qcow2", 1 << 20, &[], &session(t.path())).unwrap();
         assert!(!v.preallocated);
         // No data clusters mapped: the file holds only the header and tables (with
         // preallocated metadata it spans the whole disk).
