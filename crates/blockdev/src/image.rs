@@ -133,7 +133,7 @@ impl ImageOptions {
             path: daemon.path().to_path_buf(),
             size: client.size(),
             client: Some(client),
-            daemon: Some(daemon),
+            daemon: Some(Box::new(daemon)),
             in_flight: VecDeque::new(),
             rt,
         })
@@ -148,7 +148,8 @@ pub struct Image {
     path: PathBuf,
     size: u64,
     client: Option<Client>,
-    daemon: Option<StorageDaemon>,
+    /// Boxed: it is large, and images sit in enums next to small sources.
+    daemon: Option<Box<StorageDaemon>>,
     in_flight: VecDeque<(u64, tokio::task::JoinHandle<vmdump_nbd::Result<()>>)>,
     rt: tokio::runtime::Runtime,
 }
@@ -178,12 +179,12 @@ impl Image {
 
     /// The image format.
     pub fn format(&self) -> &str {
-        self.daemon.as_ref().map_or("", StorageDaemon::format)
+        self.daemon.as_ref().map_or("", |d| d.format())
     }
 
     /// The daemon serving the image.
     pub fn daemon(&self) -> Option<&StorageDaemon> {
-        self.daemon.as_ref()
+        self.daemon.as_deref()
     }
 
     fn client(&self) -> Result<&Client> {
@@ -257,7 +258,7 @@ impl Image {
         let closed = self.rt.block_on(async move {
             let mut result = Ok(());
             if let Some(c) = client {
-                let read_only = daemon.as_ref().is_none_or(StorageDaemon::read_only);
+                let read_only = daemon.as_ref().is_none_or(|d| d.read_only());
                 let done = async {
                     if !read_only {
                         c.flush().await?;

@@ -104,9 +104,9 @@ pub enum Error {
         what: &'static str,
         /// Archive device name.
         device: String,
-        /// The underlying error.
+        /// The underlying error (boxed: it is large).
         #[source]
-        source: vmdump_blockdev::Error,
+        source: Box<vmdump_blockdev::Error>,
     },
     /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
     #[error("{tool} failed: {detail}")]

@@ -316,7 +316,7 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
                 .map_err(|source| Error::Disk {
                     what: "write",
                     device: name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
     }
@@ -326,6 +326,6 @@ fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()>
     target.finish().map_err(|source| Error::Disk {
         what: "write",
         device: name,
-        source,
+        source: Box::new(source),
     })
 }

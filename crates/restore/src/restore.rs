@@ -234,7 +234,7 @@ pub fn restore(
                 .map_err(|source| Error::Disk {
                     what: "open",
                     device: p.devname.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         log(&format!(
             "map '{}' to '{}' (write zeros = 0)",
