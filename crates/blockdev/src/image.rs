@@ -204,15 +204,7 @@ impl Image {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(Error::OutOfRange {
-                path: self.path.clone(),
-                offset,
-                len,
-                size: self.size,
-            });
-        }
-        Ok(())
+        crate::check_range(&self.path, self.size, offset, len)
     }
 
     /// Read `len` bytes at `offset` (no copy out of the NBD reply).

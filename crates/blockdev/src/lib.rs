@@ -70,6 +70,19 @@ impl Extent {
     }
 }
 
+/// Refuse a request of `len` bytes at `offset` that reaches past `size`.
+pub(crate) fn check_range(path: &Path, size: u64, offset: u64, len: u64) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::OutOfRange {
+            path: path.to_path_buf(),
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok(())
+}
+
 /// The disk's size in bytes.
 pub trait Size {
     /// Virtual size in bytes.

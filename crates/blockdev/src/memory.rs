@@ -1,12 +1,12 @@
 //! An in-memory disk for fast tests.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::{BlockStatus, Extent, Finish, ReadAt, Size, WriteAt};
 
 /// Granularity of [`MemDisk`]'s block status.
@@ -42,16 +42,8 @@ impl MemDisk {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<Range<usize>> {
-        let size = self.size();
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(offset as usize..end as usize),
-            _ => Err(Error::OutOfRange {
-                path: PathBuf::from("<memory>"),
-                offset,
-                len,
-                size,
-            }),
-        }
+        crate::check_range(Path::new("<memory>"), self.size(), offset, len)?;
+        Ok(offset as usize..(offset + len) as usize)
     }
 }
 

@@ -127,15 +127,7 @@ impl RawFile {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(Error::OutOfRange {
-                path: self.path.clone(),
-                offset,
-                len,
-                size: self.size,
-            });
-        }
-        Ok(())
+        crate::check_range(&self.path, self.size, offset, len)
     }
 
     fn kick_writeback(&mut self) {
