@@ -287,3 +287,70 @@ fn killed_restores_leave_no_daemon_and_the_next_restore_removes_partial_volumes(
     }
     Ok(())
 }
+
+/// A running VM's backup starts no helper, so after SIGKILL only the VM itself may run; it
+/// keeps running, and the next backup removes the killed run's jobs and nodes from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_running_vm_backup_leaves_the_vm_running_and_the_next_backup_cleans_up() -> Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let hash = setup_vm(&env)?;
+    let a = env.image(100, "vm-100-disk-0.raw");
+    let vm = Qemu::paused(
+        &env.vm_dir(100)?,
+        &[Disk {
+            key: "scsi0",
+            path: &a,
+            format: "raw",
+        }],
+    )
+    .await?;
+    let vm_pid = vm.child.id();
+    // Kill points: the job just started; 1 s into the throttled copy.
+    for delay in [Duration::ZERO, Duration::from_secs(1)] {
+        let mut child = env
+            .vmdump_command(&["100", "--compress", "0", "--bwlimit", "4096"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        vm.wait_jobs(1).await?;
+        tokio::time::sleep(delay).await;
+        sigkill(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: Vec<_> = processes_under(tmp.path())
+                .into_iter()
+                .filter(|(pid, _)| *pid != vm_pid)
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{delay:?}: {left:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_no_final_archive(&env);
+        let status = vm.qmp.execute("query-status", None).await?;
+        assert_eq!(status["status"], "prelaunch", "{delay:?}");
+
+        let out = env.vmdump_backup(&["100", "--compress", "0"])?;
+        let stdout = expect_success(&out, "vmdump backup after a kill");
+        assert!(
+            stdout.contains("WARN: removed stale "),
+            "{delay:?}: {stdout}"
+        );
+        assert_eq!(vm.assert_clean().await?, "prelaunch");
+        let archive = env.dump().join(env.archive_name(".vma"));
+        assert_eq!(
+            dissect_devices(&archive)?,
+            vec![("drive-scsi0".into(), 64 * MIB, hash.clone())],
+            "{delay:?}"
+        );
+        for f in env.dump_files() {
+            std::fs::remove_file(env.dump().join(f))?;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    vm.quit().await?;
+    Ok(())
+}
