@@ -21,17 +21,23 @@ const STATUS_SPAN: u64 = 1 << 30;
 const ZERO_FLAG: u32 = 2;
 
 /// The session of images opened without an explicit one: under the run base of the
-/// environment, for the life of the process (a later run removes its directory).
+/// environment (for an unprivileged user who cannot create it, `<tmp>/vmdump-<uid>`), for
+/// the life of the process (a later run removes its directory).
 fn process_session() -> Result<Arc<Session>> {
     static SESSION: OnceLock<Arc<Session>> = OnceLock::new();
     if let Some(s) = SESSION.get() {
         return Ok(Arc::clone(s));
     }
     let base = vmdump_launch::run_base_from_env();
-    let s = Session::open(&base).map_err(|source| Error::Launch {
-        tool: "qemu-storage-daemon",
-        path: base,
-        source,
+    let s = Session::open(&base).or_else(|e| {
+        let fallback =
+            std::env::temp_dir().join(format!("vmdump-{}", rustix::process::getuid().as_raw()));
+        tracing::debug!("{e}; using {}", fallback.display());
+        Session::open(&fallback).map_err(|source| Error::Launch {
+            tool: "qemu-storage-daemon",
+            path: fallback,
+            source,
+        })
     })?;
     Ok(Arc::clone(SESSION.get_or_init(|| s)))
 }
