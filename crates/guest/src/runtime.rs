@@ -274,8 +274,9 @@ impl Runtime {
                 }
                 other => {
                     let _ = child.kill();
-                    // Killed: the reap is immediate.
-                    let _ = child.wait();
+                    process::wait_exit(child.id(), TERM_GRACE).await;
+                    // Reap the zombie (it has exited: this does not block).
+                    let _ = child.try_wait();
                     self.kill_stray(&run).await;
                     return Err(Error::Launch {
                         vmid,
@@ -736,7 +737,7 @@ impl BackupHelper {
                 "backup helper QEMU (pid {}) did not quit, killing it",
                 self.helper.pid()
             );
-            self.helper.kill();
+            self.helper.kill_async(TERM_GRACE).await;
         }
     }
 }

@@ -218,8 +218,15 @@ impl Helper {
         }
     }
 
-    /// SIGKILL and reap. A killed process exits at once (unless stuck in the kernel), so the
-    /// wait is short.
+    /// SIGKILL and wait up to `timeout` for the exit, polling (never blocks the async
+    /// runtime); true if it is gone.
+    pub async fn kill_async(&mut self, timeout: Duration) -> bool {
+        self.signal(rustix::process::Signal::KILL);
+        matches!(self.wait_timeout(timeout).await, Ok(Some(_))) || self.child.is_none()
+    }
+
+    /// SIGKILL and reap, blocking (for `Drop` and synchronous code). A killed process exits
+    /// at once (unless stuck in the kernel), so the wait is short.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
