@@ -224,21 +224,27 @@ struct Starting {
 }
 
 impl Starting {
+    /// The daemon's exit as an error, if it has exited.
+    fn exited(&mut self) -> Result<()> {
+        match self
+            .helper
+            .try_wait()
+            .map_err(|e| Error::io("wait for qemu-storage-daemon of", &self.path, e))?
+        {
+            Some(st) => Err(Error::Tool {
+                tool: "qemu-storage-daemon",
+                path: self.path.clone(),
+                detail: format!("exited with {st}: {}", read_trimmed(&self.stderr)),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Connect to the monitor; a daemon that exits is reported at once with its stderr.
     async fn connect(&mut self, qmp_sock: &Path) -> Result<vmdump_qmp::Client> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(st) = self
-                .helper
-                .try_wait()
-                .map_err(|e| Error::io("wait for qemu-storage-daemon of", &self.path, e))?
-            {
-                return Err(Error::Tool {
-                    tool: "qemu-storage-daemon",
-                    path: self.path.clone(),
-                    detail: format!("exited with {st}: {}", read_trimmed(&self.stderr)),
-                });
-            }
+            self.exited()?;
             match vmdump_qmp::Client::connect_with_timeout(qmp_sock, Duration::from_secs(5)).await {
                 Ok(c) => return Ok(c),
                 Err(vmdump_qmp::Error::Connect { .. })
@@ -247,10 +253,16 @@ impl Starting {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(source) => {
+                    // The monitor socket exists before the daemon checks its image: a daemon
+                    // that fails then may take the connection down with it. Its exit (and
+                    // stderr) is the better report.
+                    if let Ok(Some(_)) = self.helper.wait_timeout(Duration::from_secs(1)).await {
+                        self.exited()?;
+                    }
                     return Err(Error::Qmp {
                         path: self.path.clone(),
                         source,
-                    })
+                    });
                 }
             }
         }

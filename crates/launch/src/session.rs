@@ -87,6 +87,7 @@ impl Session {
         }
         Ok(Helper {
             child: Some(child),
+            status: None,
             id,
             what: what.to_string(),
             record,
@@ -145,6 +146,8 @@ impl Drop for VolumeRecord {
 #[derive(Debug)]
 pub struct Helper {
     child: Option<Child>,
+    /// How it exited, once reaped.
+    status: Option<ExitStatus>,
     id: ProcId,
     what: String,
     record: PathBuf,
@@ -162,14 +165,16 @@ impl Helper {
         &self.what
     }
 
-    /// Its exit status if it has exited (then it is reaped and its record removed).
+    /// Its exit status if it has exited (then it is reaped and its record removed; later
+    /// calls return the same status).
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
         let Some(child) = self.child.as_mut() else {
-            return Ok(None);
+            return Ok(self.status);
         };
         let status = child.try_wait()?;
         if status.is_some() {
             self.child = None;
+            self.status = status;
             let _ = std::fs::remove_file(&self.record);
         }
         Ok(status)
@@ -230,7 +235,7 @@ impl Helper {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            self.status = child.wait().ok();
             let _ = std::fs::remove_file(&self.record);
         }
     }
