@@ -24,7 +24,7 @@
 //! ```no_run
 //! # fn demo() -> vmdump_blockdev::Result<()> {
 //! use vmdump_blockdev::{open_source, ReadAt, BlockStatus, Size};
-//! let disk = open_source("/var/lib/vz/images/100/vm-100-disk-0.qcow2".as_ref(), "qcow2")?;
+//! let disk = open_source("/var/lib/vz/images/100/vm-100-disk-0.qcow2".as_ref(), "qcow2", None)?;
 //! let zeros = disk.extents(0..disk.size())?.iter().filter(|e| e.zero).count();
 //! let mut first = vec![0u8; 512];
 //! disk.read_at(&mut first, 0)?;
@@ -125,19 +125,27 @@ pub trait Target: WriteAt + Finish + Send {}
 impl<T: WriteAt + Finish + Send> Target for T {}
 
 /// Open `path` of `format` for reading: a raw file or block device directly, any other format
-/// through `qemu-storage-daemon` (in a session under the run base of the environment).
-pub fn open_source(path: &Path, format: &str) -> Result<Box<dyn Source>> {
+/// through a read-only `qemu-storage-daemon` recorded in `session` (default: a session of the
+/// process under the run base of the environment).
+pub fn open_source(
+    path: &Path,
+    format: &str,
+    session: Option<&std::sync::Arc<vmdump_launch::Session>>,
+) -> Result<Box<dyn Source>> {
     if format == "raw" {
-        Ok(Box::new(RawFile::open(path)?))
-    } else {
-        Ok(Box::new(
-            ImageOptions::new(path).format(format).read_only().open()?,
-        ))
+        return Ok(Box::new(RawFile::open(path)?));
     }
+    let mut o = ImageOptions::new(path);
+    o.format(format).read_only();
+    if let Some(s) = session {
+        o.session(s);
+    }
+    Ok(Box::new(o.open()?))
 }
 
 /// Open the existing, zero-reading image `path` of `format` for writing: raw directly, any
-/// other format through `qemu-storage-daemon`. `preallocated`: writes do not allocate (qcow2
+/// other format through `qemu-storage-daemon` recorded in `session` (default as for
+/// [`open_source`]). `preallocated`: writes do not allocate (qcow2
 /// with preallocated metadata), so the data bypasses the page cache (see
 /// [`ImageOptions::direct_io`]).
 pub fn open_target(

@@ -119,7 +119,7 @@ fn raw_source_maps_holes() -> Result<()> {
     let raw = dir.path().join("sparse.raw");
     std::fs::File::create(&raw)?.set_len(8 * MIB)?;
     vmdump_testkit::write_random(&raw, 2 * MIB, MIB, 3)?;
-    let disk = open_source(&raw, "raw")?;
+    let disk = open_source(&raw, "raw", None)?;
     assert_eq!(disk.size(), 8 * MIB);
     assert_eq!(data_bytes(&*disk)?, MIB);
     let mut buf = vec![0u8; 4096];
