@@ -264,10 +264,16 @@ async fn sigint_aborts_cleanly() -> Result<()> {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
     let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(
-        stdout.contains("ERROR: Backup of VM 100 failed - interrupted by signal"),
+        stdout.contains("ERROR: Backup of VM 100 failed - aborted by signal"),
         "{stdout}"
     );
     assert!(stdout.contains("INFO: aborting backup job"), "{stdout}");
+    // r11: nothing that reads like corruption, and no colour codes in a pipe.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for text in [&stdout, &stderr.to_string()] {
+        assert!(!text.contains("missing"), "{text}");
+        assert!(!text.contains('\x1b'), "ANSI escape in {text:?}");
+    }
     assert_eq!(vm.assert_clean().await?, "prelaunch");
     env.assert_no_archive();
     vm.quit().await?;

@@ -234,15 +234,81 @@ fn sparse_64g_disk_backs_up_in_time_proportional_to_data() -> Result<()> {
     Ok(())
 }
 
+/// r11: no backup replaces another. Names have one-second resolution, so a backup of the
+/// same guest in the same second (here: planted archives and logs for this second and the
+/// next ones, as an earlier backup would leave them) takes the next free second; every
+/// earlier file stays byte for byte. A guest named twice is backed up once.
+#[test]
+fn same_second_backups_keep_both_archives_and_logs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    setup_vm(&env)?;
+    std::fs::create_dir_all(env.dump())?;
+    let now = chrono::Local::now();
+    let mut planted = Vec::new();
+    for s in 0..8 {
+        let at = now + chrono::Duration::seconds(s);
+        let base = format!("vzdump-qemu-100-{}", at.format("%Y_%m_%d-%H_%M_%S"));
+        for ext in [".vma.zst", ".log"] {
+            let name = format!("{base}{ext}");
+            let text = format!("an earlier backup: {name}");
+            std::fs::write(env.dump().join(&name), &text)?;
+            planted.push((name, text));
+        }
+    }
+    let out = env.vmdump_backup(&["100", "100", "--compress", "zstd"])?;
+    let stdout = expect_success(&out, "vmdump backup 100 100");
+    assert_eq!(
+        stdout.matches("Starting Backup of VM 100 ").count(),
+        1,
+        "{stdout}"
+    );
+    for (name, text) in &planted {
+        assert_eq!(
+            &std::fs::read_to_string(env.dump().join(name))?,
+            text,
+            "{name} was replaced"
+        );
+    }
+    let new: Vec<String> = env
+        .dump_files()
+        .into_iter()
+        .filter(|f| !planted.iter().any(|(p, _)| p == f))
+        .collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    let archive = new
+        .iter()
+        .find(|f| f.ends_with(".vma.zst"))
+        .expect("archive");
+    let log = new.iter().find(|f| f.ends_with(".log")).expect("log");
+    assert_eq!(
+        archive.trim_end_matches(".vma.zst"),
+        log.trim_end_matches(".log")
+    );
+    assert!(
+        archive.as_str() > planted.last().expect("planted").0.as_str(),
+        "{archive} is not after the planted names"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "creating vzdump archive '{}'",
+            env.dump().join(archive).display()
+        )),
+        "{stdout}"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_options_are_clear_errors() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
     setup_vm(&env)?;
     let out = env.vmdump_backup(&["100", "--compress", "bzip2"])?;
-    assert!(!out.status.success());
+    expect_exit(&out, 2, "vmdump backup --compress bzip2");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("option 'compress': 'bzip2' is not one of"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("'--compress <COMPRESS>': 'bzip2' is not one of"),
         "{}",
         output_text(&out)
     );

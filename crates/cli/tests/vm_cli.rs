@@ -133,7 +133,7 @@ fn malformed_config_and_unknown_vm_fail_with_file_and_line() {
         "name: x\nscsi0: local:303/vm-303-disk-0.raw,size=1G,,\n",
     );
     let out = env.vm(&["start", "303"]);
-    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let conf = env.etc().join("qemu-server/303.conf");
     assert!(

@@ -58,6 +58,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A compression name that is not one of `0`, `1`, `none`, `lzo`, `gzip`, `zstd`.
+    #[error("'{0}' is not one of 0, 1, none, lzo, gzip, zstd")]
+    UnknownCodec(String),
     /// Invalid option.
     #[error("invalid {codec} option: {reason}")]
     Option {
@@ -91,6 +94,22 @@ impl std::fmt::Display for Codec {
     }
 }
 
+impl std::str::FromStr for Codec {
+    type Err = Error;
+
+    /// vzdump's `compress` values, the one spelling every command accepts: `0` or `none`,
+    /// `1` or `lzo`, `gzip`, `zstd`.
+    fn from_str(name: &str) -> Result<Codec> {
+        match name {
+            "0" | "none" => Ok(Codec::None),
+            "1" | "lzo" => Ok(Codec::Lzo),
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            _ => Err(Error::UnknownCodec(name.to_string())),
+        }
+    }
+}
+
 impl Codec {
     /// Name as vzdump's `compress` option spells it (`none` for no compression).
     pub fn name(self) -> &'static str {
@@ -102,15 +121,9 @@ impl Codec {
         }
     }
 
-    /// Parse vzdump's `compress` values: `0`/`none`, `1`/`lzo`, `gzip`, `zstd`.
+    /// [`Codec::from_str`](std::str::FromStr) without the error.
     pub fn from_name(name: &str) -> Option<Codec> {
-        match name {
-            "0" | "none" => Some(Codec::None),
-            "1" | "lzo" => Some(Codec::Lzo),
-            "gzip" | "gz" => Some(Codec::Gzip),
-            "zstd" | "zst" => Some(Codec::Zstd),
-            _ => None,
-        }
+        name.parse().ok()
     }
 
     /// File extension of a VMA archive with this codec (`.vma`, `.vma.zst`, ...).

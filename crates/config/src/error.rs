@@ -59,6 +59,14 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A guest has no config file.
+    #[error("VM {vmid} does not exist (no {})", path.display())]
+    NoSuchGuest {
+        /// The guest id.
+        vmid: u32,
+        /// The config file that is missing.
+        path: PathBuf,
+    },
     /// A storage id is not defined in storage.cfg.
     #[error("storage '{0}' does not exist")]
     NoSuchStorage(String),
@@ -89,7 +97,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Read { .. } | Error::Write { .. } => ErrorKind::Io,
-            Error::NoSuchStorage(_) => ErrorKind::NotFound,
+            Error::NoSuchStorage(_) | Error::NoSuchGuest { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Invalid,
         }
     }

@@ -44,6 +44,7 @@
 
 mod drive;
 mod error;
+mod file;
 mod guestfile;
 mod keep;
 mod lxc;
@@ -52,19 +53,23 @@ mod qemu;
 pub mod qmdump;
 mod root;
 mod storage;
+mod vmid;
 pub mod volume;
 mod vzdump;
 
 pub use drive::{format_size, parse_size, Bus, Drive, DriveKey};
 pub use error::{Error, ErrorKind, Result};
+pub use file::write_atomic;
 pub use guestfile::SectionKind;
 pub use keep::KeepOptions;
 pub use lxc::{LxcConfig, MountPoint};
 pub use propstring::{parse_bool, PropertyString};
 pub use qemu::{split_args, AgentOptions, NetDevice, QemuConfig};
-pub use root::{write_atomic, ConfigRoot, DEFAULT_ROOT, LOCAL_PATH_ENV, ROOT_ENV};
+pub use root::{ConfigRoot, DEFAULT_ROOT, LOCAL_PATH_ENV, ROOT_ENV};
 pub use storage::{
     valid_storage_id, StorageConfig, StorageEntry, StorageType, CONTENT_TYPES, DEFAULT_LOCAL_PATH,
 };
+pub use vmdump_compress::Codec;
+pub use vmid::VmId;
 pub use volume::{ResolvedVolume, VolumeId, VolumeRef};
-pub use vzdump::{Compress, Fleecing, Mode, Performance, VzdumpConf, VzdumpOptions};
+pub use vzdump::{parse_compress, Fleecing, Mode, Performance, VzdumpConf, VzdumpOptions};

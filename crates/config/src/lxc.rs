@@ -93,13 +93,13 @@ impl LxcConfig {
 
     /// Read `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::root::read_text(path)?;
+        let text = crate::file::read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::root::write_atomic(path, self.to_string().as_bytes())
+        crate::file::write_atomic(path, self.to_string().as_bytes())
     }
 
     /// A main-section value.

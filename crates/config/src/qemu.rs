@@ -161,13 +161,13 @@ impl QemuConfig {
 
     /// Read `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::root::read_text(path)?;
+        let text = crate::file::read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Write atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::root::write_atomic(path, self.to_string().as_bytes())
+        crate::file::write_atomic(path, self.to_string().as_bytes())
     }
 
     /// The name used in errors (file path).

@@ -1,6 +1,5 @@
 //! The configuration root directory and file helpers.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -97,9 +96,15 @@ impl ConfigRoot {
         VzdumpConf::load(&self.vzdump_conf_path())
     }
 
-    /// A VM config.
+    /// A VM config; a missing file is [`Error::NoSuchGuest`].
     pub fn qemu_config(&self, vmid: u32) -> Result<QemuConfig> {
-        QemuConfig::load(&self.qemu_config_path(vmid))
+        let path = self.qemu_config_path(vmid);
+        QemuConfig::load(&path).map_err(|e| match e {
+            Error::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::NoSuchGuest { vmid, path }
+            }
+            other => other,
+        })
     }
 
     /// A container config.
@@ -139,49 +144,10 @@ fn list_vmids(dir: &Path) -> Result<Vec<u32>> {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".conf")) else {
             continue;
         };
-        if let Ok(id) = stem.parse::<u32>() {
-            if id >= 100 && stem == id.to_string() {
-                ids.push(id);
-            }
+        if let Ok(id) = stem.parse::<crate::VmId>() {
+            ids.push(id.get());
         }
     }
     ids.sort_unstable();
     Ok(ids)
-}
-
-/// Read a UTF-8 text file with a path-naming error.
-pub(crate) fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Write `data` to `path` through a temp file in the same directory, fsync, rename. Creates the
-/// parent directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let werr = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(werr)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("config");
-    let tmp = parent.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
 }

@@ -31,6 +31,28 @@ pub const CONTENT_TYPES: [&str; 8] = [
     "images", "rootdir", "vztmpl", "iso", "backup", "snippets", "import", "none",
 ];
 
+/// Properties of `dir` and `btrfs` storages in Proxmox's schema; others get a warning with
+/// their line (a typo such as `contents` would otherwise be silently ignored).
+const PROPERTIES: [&str; 17] = [
+    "path",
+    "content",
+    "content-dirs",
+    "shared",
+    "disable",
+    "nodes",
+    "format",
+    "preallocation",
+    "prune-backups",
+    "max-protected-backups",
+    "maxfiles",
+    "mkdir",
+    "create-base-path",
+    "create-subdirs",
+    "is_mountpoint",
+    "bwlimit",
+    "snapshot-as-volume-chain",
+];
+
 /// Storage type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageType {
@@ -347,6 +369,8 @@ pub struct StorageConfig {
     items: Vec<Item>,
     /// Whether the text ended without a newline (kept for byte-exact output).
     no_final_eol: bool,
+    /// What parsing ignored (`file:line: ...`).
+    warnings: Vec<String>,
 }
 
 impl StorageConfig {
@@ -355,6 +379,7 @@ impl StorageConfig {
         let mut items = Vec::new();
         let mut current: Option<StorageEntry> = None;
         let mut ids = std::collections::HashMap::new();
+        let mut warnings = Vec::new();
         let lines: Vec<&str> = text.split('\n').collect();
         let no_final_eol = !text.is_empty() && !text.ends_with('\n');
         let count = if text.ends_with('\n') || text.is_empty() {
@@ -410,6 +435,12 @@ impl StorageConfig {
                         format!("duplicate property '{key}' in storage '{}'", e.id),
                     ));
                 }
+                if e.kind.is_path_based() && !PROPERTIES.contains(&key) {
+                    warnings.push(format!(
+                        "{source}:{no}: unknown property '{key}' of storage '{}' ignored",
+                        e.id
+                    ));
+                }
                 e.lines.push(PropLine::Prop {
                     raw: raw.to_string(),
                     key: key.to_string(),
@@ -418,14 +449,24 @@ impl StorageConfig {
                 });
                 continue;
             }
-            finish(&mut current, &mut items)?;
             let Some((kind, id)) = text.split_once(':') else {
+                // Most likely a property line that lost its indent: say so at this line,
+                // before the entry it belongs to is checked (and found wanting).
+                let hint = if current.is_some() {
+                    " (property lines must be indented)"
+                } else {
+                    ""
+                };
                 return Err(Error::parse(
                     source,
                     no,
-                    format!("expected '<type>: <storage id>', found '{}'", text.trim()),
+                    format!(
+                        "expected '<type>: <storage id>', found '{}'{hint}",
+                        text.trim()
+                    ),
                 ));
             };
+            finish(&mut current, &mut items)?;
             let (kind, id) = (kind.trim(), id.trim());
             if kind.is_empty() || kind.contains(char::is_whitespace) || !valid_storage_id(id) {
                 return Err(Error::parse(
@@ -450,15 +491,19 @@ impl StorageConfig {
             });
         }
         finish(&mut current, &mut items)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         Ok(StorageConfig {
             items,
             no_final_eol,
+            warnings,
         })
     }
 
     /// Read a storage.cfg file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::root::read_text(path)?;
+        let text = crate::file::read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -470,6 +515,11 @@ impl StorageConfig {
             local_path.display()
         );
         Self::parse(&text, "<default storage.cfg>").expect("the default storage.cfg is valid")
+    }
+
+    /// What parsing ignored, as `file:line: ...` messages (unknown properties).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// All entries in file order.
@@ -531,7 +581,7 @@ impl StorageConfig {
 
     /// Write atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::root::write_atomic(path, self.to_string().as_bytes())
+        crate::file::write_atomic(path, self.to_string().as_bytes())
     }
 
     /// Every storage that can hold `content` and is enabled.

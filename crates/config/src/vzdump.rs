@@ -6,15 +6,21 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use vmdump_compress::Codec;
 
 use crate::error::{Error, Result};
 use crate::keep::KeepOptions;
 use crate::propstring::{parse_bool, PropertyString};
 
-/// Consistency mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Consistency mode of a backup (`mode`); the one definition used by `vzdump.conf`, the
+/// engine and the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Live backup (default).
+    /// Live backup (default): fs-freeze, start the jobs, thaw; copy-before-write keeps the
+    /// point in time.
+    #[default]
     Snapshot,
     /// Pause the guest while the job starts.
     Suspend,
@@ -23,16 +29,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Parse `snapshot|suspend|stop`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "snapshot" => Some(Mode::Snapshot),
-            "suspend" => Some(Mode::Suspend),
-            "stop" => Some(Mode::Stop),
-            _ => None,
-        }
-    }
-
     /// The option value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,39 +39,26 @@ impl Mode {
     }
 }
 
-/// Archive compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compress {
-    /// `0`: none.
-    None,
-    /// `1` or `lzo`: lzop.
-    Lzo,
-    /// `gzip` (or pigz when `pigz` > 0).
-    Gzip,
-    /// `zstd`.
-    Zstd,
-}
+impl FromStr for Mode {
+    type Err = Error;
 
-impl Compress {
-    /// Parse `0|1|gzip|lzo|zstd`.
-    pub fn parse(s: &str) -> Option<Self> {
+    /// `snapshot`, `suspend` or `stop`.
+    fn from_str(s: &str) -> Result<Self> {
         match s {
-            "0" => Some(Compress::None),
-            "1" | "lzo" => Some(Compress::Lzo),
-            "gzip" => Some(Compress::Gzip),
-            "zstd" => Some(Compress::Zstd),
-            _ => None,
+            "snapshot" => Ok(Mode::Snapshot),
+            "suspend" => Ok(Mode::Suspend),
+            "stop" => Ok(Mode::Stop),
+            _ => Err(Error::value(
+                "mode",
+                format!("'{s}' is not one of snapshot, suspend, stop"),
+            )),
         }
     }
+}
 
-    /// Archive extension after `.vma` (`""`, `.lzo`, `.gz`, `.zst`).
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compress::None => "",
-            Compress::Lzo => ".lzo",
-            Compress::Gzip => ".gz",
-            Compress::Zstd => ".zst",
-        }
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -97,6 +80,44 @@ pub struct Performance {
     pub pbs_entries_max: Option<u64>,
 }
 
+impl Performance {
+    /// `self` with the keys `over` sets replaced (the command line over `vzdump.conf`).
+    pub fn merged(self, over: Performance) -> Performance {
+        Performance {
+            max_workers: over.max_workers.or(self.max_workers),
+            pbs_entries_max: over.pbs_entries_max.or(self.pbs_entries_max),
+        }
+    }
+}
+
+impl FromStr for Performance {
+    type Err = Error;
+
+    /// `max-workers=<1..256>,pbs-entries-max=<n>` (unknown keys are errors).
+    fn from_str(v: &str) -> Result<Self> {
+        let key = "performance";
+        let p = PropertyString::parse(v, None)?;
+        let mut perf = Performance::default();
+        for (k, val) in p.iter() {
+            match k {
+                "max-workers" => {
+                    let n: u32 = int_opt(k, val)?;
+                    if !(1..=256).contains(&n) {
+                        return Err(Error::value(
+                            key,
+                            format!("max-workers {n} is not in 1..256"),
+                        ));
+                    }
+                    perf.max_workers = Some(n);
+                }
+                "pbs-entries-max" => perf.pbs_entries_max = Some(int_opt(k, val)?),
+                other => return Err(Error::value(key, format!("unknown option '{other}'"))),
+            }
+        }
+        Ok(perf)
+    }
+}
+
 /// Typed vzdump defaults; `None` means not set in vzdump.conf.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -104,7 +125,7 @@ pub struct VzdumpOptions {
     /// `mode`.
     pub mode: Option<Mode>,
     /// `compress`.
-    pub compress: Option<Compress>,
+    pub compress: Option<Codec>,
     /// `zstd` threads (0: half the CPUs).
     pub zstd: Option<u32>,
     /// `pigz` threads.
@@ -167,6 +188,17 @@ pub struct VzdumpConf {
     lines: Vec<Line>,
     no_final_eol: bool,
     options: VzdumpOptions,
+    warnings: Vec<String>,
+}
+
+/// `compress`: `0` or `none`, `1` or `lzo`, `gzip`, `zstd` ([`Codec`]'s spellings).
+pub fn parse_compress(v: &str) -> Result<Codec> {
+    v.parse().map_err(|_| {
+        Error::value(
+            "compress",
+            format!("'{v}' is not one of 0, 1, gzip, lzo, zstd"),
+        )
+    })
 }
 
 fn bool_opt(key: &str, v: &str) -> Result<bool> {
@@ -201,16 +233,8 @@ impl VzdumpOptions {
     /// Apply one `key: value`.
     pub fn apply(&mut self, key: &str, v: &str) -> Result<()> {
         match key {
-            "mode" => {
-                self.mode = Some(Mode::parse(v).ok_or_else(|| {
-                    Error::value(key, format!("'{v}' is not one of snapshot, suspend, stop"))
-                })?);
-            }
-            "compress" => {
-                self.compress = Some(Compress::parse(v).ok_or_else(|| {
-                    Error::value(key, format!("'{v}' is not one of 0, 1, gzip, lzo, zstd"))
-                })?);
-            }
+            "mode" => self.mode = Some(v.parse()?),
+            "compress" => self.compress = Some(parse_compress(v)?),
             "zstd" => self.zstd = Some(int_opt(key, v)?),
             "pigz" => self.pigz = Some(int_opt(key, v)?),
             "storage" => {
@@ -280,29 +304,7 @@ impl VzdumpOptions {
                 }
                 self.fleecing = Some(f);
             }
-            "performance" => {
-                let p = PropertyString::parse(v, None)?;
-                let mut perf = Performance::default();
-                for (k, val) in p.iter() {
-                    match k {
-                        "max-workers" => {
-                            let n: u32 = int_opt(k, val)?;
-                            if !(1..=256).contains(&n) {
-                                return Err(Error::value(
-                                    key,
-                                    format!("max-workers {n} is not in 1..256"),
-                                ));
-                            }
-                            perf.max_workers = Some(n);
-                        }
-                        "pbs-entries-max" => perf.pbs_entries_max = Some(int_opt(k, val)?),
-                        other => {
-                            return Err(Error::value(key, format!("unknown option '{other}'")))
-                        }
-                    }
-                }
-                self.performance = Some(perf);
-            }
+            "performance" => self.performance = Some(v.parse()?),
             "pbs-change-detection-mode" => {
                 self.pbs_change_detection_mode =
                     Some(one_of(key, v, &["legacy", "data", "metadata"])?);
@@ -315,12 +317,44 @@ impl VzdumpOptions {
     }
 }
 
+/// Every key of the vzdump option schema [`VzdumpOptions::apply`] understands.
+pub const KEYS: [&str; 27] = [
+    "mode",
+    "compress",
+    "zstd",
+    "pigz",
+    "storage",
+    "dumpdir",
+    "tmpdir",
+    "bwlimit",
+    "ionice",
+    "lockwait",
+    "stopwait",
+    "prune-backups",
+    "maxfiles",
+    "remove",
+    "script",
+    "exclude-path",
+    "stdexcludes",
+    "mailto",
+    "mailnotification",
+    "notification-mode",
+    "notes-template",
+    "protected",
+    "fleecing",
+    "performance",
+    "pbs-change-detection-mode",
+    "node",
+    "quiet",
+];
+
 impl VzdumpConf {
     /// Parse text; `source` names the file in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self> {
         let mut options = VzdumpOptions::default();
         let mut lines = Vec::new();
         let mut seen = std::collections::HashMap::new();
+        let mut warnings = Vec::new();
         let no_final_eol = !text.is_empty() && !text.ends_with('\n');
         let mut raws: Vec<&str> = text.split('\n').collect();
         if text.is_empty() || text.ends_with('\n') {
@@ -350,6 +384,15 @@ impl VzdumpConf {
             if value.is_empty() {
                 return Err(Error::parse(source, no, format!("empty value for '{key}'")));
             }
+            if !KEYS.contains(&key) {
+                // Proxmox adds keys over time; a newer file must not stop every backup.
+                warnings.push(format!("{source}:{no}: unknown key '{key}' ignored"));
+                lines.push(Line {
+                    raw: raw.to_string(),
+                    entry: Some((key.to_string(), value.to_string())),
+                });
+                continue;
+            }
             if key != "exclude-path" {
                 if let Some(first) = seen.insert(key.to_string(), no) {
                     return Err(Error::parse(
@@ -365,13 +408,11 @@ impl VzdumpConf {
                 entry: Some((key.to_string(), value.to_string())),
             });
         }
-        if options.storage.is_some() && options.dumpdir.is_some() {
-            tracing::warn!("{source}: both 'storage' and 'dumpdir' are set; 'dumpdir' is ignored");
-        }
         Ok(VzdumpConf {
             lines,
             no_final_eol,
             options,
+            warnings,
         })
     }
 
@@ -390,6 +431,18 @@ impl VzdumpConf {
     /// The typed options.
     pub fn options(&self) -> &VzdumpOptions {
         &self.options
+    }
+
+    /// What parsing ignored, as `file:line: ...` messages (unknown keys).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The keys the file sets, in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.entry.as_ref().map(|(k, _)| k.as_str()))
     }
 
     /// A raw value.
@@ -428,7 +481,7 @@ impl VzdumpConf {
 
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::root::write_atomic(path, self.to_string().as_bytes())
+        crate::file::write_atomic(path, self.to_string().as_bytes())
     }
 }
 

@@ -1,22 +1,28 @@
-//! One guest's backup as vzdump does it: config, names, the task log, the push backup, the
-//! rename to the final name, notes and protection.
+//! One guest's backup as vzdump does it, in two steps: [`plan`] reads the guest config, the
+//! storage and QEMU's state and makes every check that can fail before anything is written;
+//! [`apply`](backup_vm) claims the archive name, writes the log, runs the push backup,
+//! renames the archive to its final name (never over another file), writes notes and
+//! protection.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmdump_config::{qmdump, ConfigRoot, QemuConfig};
+use vmdump_config::qmdump::{self, BackupDisk, ExcludedDisk};
+use vmdump_config::{ConfigRoot, QemuConfig, VmId, VzdumpOptions};
 use vmdump_qmp::{Client, RunState};
+use vmdump_task::{Cancel, Progress, Transfer};
 
 use crate::error::{Error, Result};
 use crate::live::{self, LiveOptions};
 use crate::lock::JobLock;
 use crate::log::TaskLog;
-use crate::name::ArchiveName;
+use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
-use crate::options::{Compression, Mode, Resolved, Settings, Target};
-use crate::progress::{format_hms, format_size, summary, Progress, Transfer};
+use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
+use crate::progress::{format_hms, format_size, summary};
+
+/// How many following seconds a backup tries when its archive name is taken.
+const NAME_TRIES: u32 = 60;
 
 /// What a backup job needs besides the guest id.
 #[derive(Debug, Clone)]
@@ -25,31 +31,34 @@ pub struct BackupJob {
     pub root: ConfigRoot,
     /// Combined settings.
     pub settings: Resolved,
-    /// Directory of the VMs' runtime sockets.
+    /// Base of the per-VM run directories (sockets) and of the node-global lock.
     pub run_dir: PathBuf,
     /// zstd compression level (vzdump leaves zstd's default; we default to 1 for speed).
     pub zstd_level: i32,
-    /// Set by a signal handler: aborts the running backup.
-    pub interrupt: Arc<AtomicBool>,
+    /// Cancelled by a signal handler: aborts the running backup.
+    pub cancel: Cancel,
     /// Host name for notes templates.
     pub node: String,
 }
 
 impl BackupJob {
-    /// A job with the settings from the command line over `vzdump.conf` of `root`; returns
-    /// warnings about the combination to log.
-    pub fn new(root: ConfigRoot, cli: &Settings) -> Result<(Self, Vec<String>)> {
-        let conf = match root.vzdump() {
-            Ok(c) => Settings::from_conf(c.options()),
-            Err(e) => {
-                return Err(Error::Config {
-                    path: root.vzdump_conf_path(),
-                    detail: e.to_string(),
-                })
-            }
-        };
-        let (settings, warnings) = Resolved::combine(cli, &conf)?;
-        let run_dir = vmdump_guest::run_base_from_env();
+    /// A job with the options from the command line (`cli`) over `vzdump.conf` of `root`,
+    /// using the run directories under `run_dir`. Returns warnings to log (unknown or
+    /// unsupported `vzdump.conf` keys, conflicting settings).
+    pub fn new(
+        root: ConfigRoot,
+        cli: &VzdumpOptions,
+        run_dir: PathBuf,
+    ) -> Result<(Self, Vec<String>)> {
+        let conf = root.vzdump()?;
+        let mut warnings: Vec<String> = conf.warnings().to_vec();
+        for key in conf.keys().filter(|k| UNSUPPORTED_KEYS.contains(k)) {
+            warnings.push(format!(
+                "vzdump.conf: '{key}' is not supported yet, ignored"
+            ));
+        }
+        let (settings, more) = Resolved::combine(cli, conf.options())?;
+        warnings.extend(more);
         let node = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -59,7 +68,7 @@ impl BackupJob {
                 settings,
                 run_dir,
                 zstd_level: 1,
-                interrupt: Arc::new(AtomicBool::new(false)),
+                cancel: Cancel::new(),
                 node,
             },
             warnings,
@@ -68,28 +77,17 @@ impl BackupJob {
 
     /// The directory archives go to.
     pub fn dump_dir(&self) -> Result<PathBuf> {
-        match &self.settings.target {
-            Target::Dumpdir(d) => Ok(d.clone()),
-            Target::Storage(id) => {
-                let storage = self.root.storage().map_err(|e| Error::Config {
-                    path: self.root.storage_cfg_path(),
-                    detail: e.to_string(),
-                })?;
-                let entry = storage.storage(id).map_err(|e| Error::Config {
-                    path: self.root.storage_cfg_path(),
-                    detail: e.to_string(),
-                })?;
+        match &self.settings.destination {
+            Destination::Dumpdir(d) => Ok(d.clone()),
+            Destination::Storage(id) => {
+                let storage = self.root.storage()?;
+                let entry = storage.storage(id)?;
                 if !entry.has_content("backup") {
-                    return Err(Error::Config {
-                        path: self.root.storage_cfg_path(),
-                        detail: format!("storage '{id}' does not allow content 'backup'"),
+                    return Err(Error::NoBackupContent {
+                        storage: id.clone(),
                     });
                 }
-                let base = storage.base_path(id).map_err(|e| Error::Config {
-                    path: self.root.storage_cfg_path(),
-                    detail: e.to_string(),
-                })?;
-                Ok(base.join("dump"))
+                Ok(storage.base_path(id)?.join("dump"))
             }
         }
     }
@@ -98,47 +96,11 @@ impl BackupJob {
     /// `lockwait` minutes; `on_wait` runs once if the lock is busy.
     pub async fn lock(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
         let wait = Duration::from_secs(self.settings.lockwait.saturating_mul(60));
-        JobLock::acquire(&self.run_dir, wait, &self.interrupt, on_wait).await
+        JobLock::acquire(&self.run_dir, wait, &self.cancel, on_wait).await
     }
 
-    /// The QMP socket of a running VM.
-    pub fn qmp_socket(&self, vmid: u32) -> PathBuf {
-        self.run_dir.join(vmid.to_string()).join("qmp.sock")
-    }
-
-    /// The guest agent socket of a running VM.
-    pub fn qga_socket(&self, vmid: u32) -> PathBuf {
-        self.run_dir.join(vmid.to_string()).join("qga.sock")
-    }
-}
-
-impl Settings {
-    /// The settings `vzdump.conf` gives (the keys the VM backup uses).
-    pub fn from_conf(o: &vmdump_config::VzdumpOptions) -> Self {
-        use vmdump_config::{Compress, Mode as CMode};
-        Settings {
-            mode: o.mode.map(|m| match m {
-                CMode::Snapshot => Mode::Snapshot,
-                CMode::Suspend => Mode::Suspend,
-                CMode::Stop => Mode::Stop,
-            }),
-            compress: o.compress.map(|c| match c {
-                Compress::None => Compression::None,
-                Compress::Lzo => Compression::Lzo,
-                Compress::Gzip => Compression::Gzip,
-                Compress::Zstd => Compression::Zstd,
-            }),
-            zstd: o.zstd,
-            storage: o.storage.clone(),
-            dumpdir: o.dumpdir.clone(),
-            bwlimit: o.bwlimit,
-            performance: crate::options::Performance {
-                max_workers: o.performance.as_ref().and_then(|p| p.max_workers),
-            },
-            notes_template: o.notes_template.clone(),
-            protected: o.protected,
-            lockwait: o.lockwait,
-        }
+    fn vm_run_dir(&self, vmid: VmId) -> vmdump_guest::RunDir {
+        vmdump_guest::RunDir::new(&self.run_dir, vmid.get())
     }
 }
 
@@ -146,7 +108,7 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct BackupReport {
     /// Guest id.
-    pub vmid: u32,
+    pub vmid: VmId,
     /// The archive.
     pub archive: PathBuf,
     /// The log next to it.
@@ -159,54 +121,150 @@ pub struct BackupReport {
     pub duration: Duration,
 }
 
-/// Backs up one VM. Every line goes to `progress` and the `.log` beside the archive; on
-/// failure the `ERROR:` line is logged, no file with the archive's name exists, and QEMU is
-/// left as it was found.
+/// How the disks are read.
+#[derive(Debug)]
+pub enum Source {
+    /// The VM runs: its QEMU, through this monitor connection.
+    Running(Client),
+    /// The VM is stopped: the VM runtime starts a backup helper QEMU (paused, only these
+    /// drives, dying with vmdump) for the backup.
+    Stopped(Vec<String>),
+}
+
+/// Everything one guest's backup will read and write, found and checked before any side
+/// effect (the result of [`plan`]).
+#[derive(Debug)]
+pub struct BackupPlan {
+    /// The guest.
+    pub vmid: VmId,
+    /// Its config file.
+    pub config_path: PathBuf,
+    config: QemuConfig,
+    /// The config carries a `lock: backup` a killed earlier run left (removed by the backup).
+    pub stale_lock: bool,
+    /// The disks that go into the archive.
+    pub disks: Vec<BackupDisk>,
+    /// The disks left out, with the reason.
+    pub excluded: Vec<ExcludedDisk>,
+    /// Where the archive, its log and notes go.
+    pub dump_dir: PathBuf,
+    /// Where the data comes from.
+    pub source: Source,
+}
+
+/// Reads and checks what a backup of `vmid` needs: the guest config (exists, parses, not
+/// locked by another operation, has disks), the dump directory of the destination, whether
+/// the VM runs (and the mode allows that), and the volumes of a stopped VM. Writes nothing.
 ///
-/// `_lock` is the proof that this process holds the node-global backup lock (see
-/// [`BackupJob::lock`]): that is what makes removing an earlier run's leftovers safe.
+/// `_lock` is the proof that this process holds the node-global backup lock, so a
+/// `lock: backup` in the config can only be a leftover.
+pub async fn plan(job: &BackupJob, _lock: &JobLock, vmid: VmId) -> Result<BackupPlan> {
+    let config_path = job.root.qemu_config_path(vmid.get());
+    let config = job.root.qemu_config(vmid.get())?;
+    let stale_lock = match config.lock() {
+        // Only a backup job sets it, and this process holds the global backup lock: a
+        // killed earlier run left it (vzdump would need `qm unlock` here).
+        Some("backup") => true,
+        Some(lock) => {
+            return Err(Error::GuestLocked {
+                vmid: vmid.get(),
+                lock: lock.to_string(),
+            })
+        }
+        None => false,
+    };
+    let (disks, excluded) = qmdump::backup_disks(&config)?;
+    if disks.is_empty() {
+        return Err(Error::NoDisks { vmid: vmid.get() });
+    }
+    let dump_dir = job.dump_dir()?;
+    let qmp_path = job.vm_run_dir(vmid).qmp_socket();
+    let running = match Client::connect_with_timeout(&qmp_path, Duration::from_secs(10)).await {
+        Ok(c) => Some(c),
+        Err(vmdump_qmp::Error::Connect { .. }) => None,
+        Err(e) => return Err(Error::qmp(format!("connect {}", qmp_path.display()), e)),
+    };
+    let source = match running {
+        Some(qmp) => {
+            if job.settings.mode != vmdump_config::Mode::Snapshot {
+                return Err(Error::Unsupported(
+                    "a mode other than snapshot for a running VM",
+                ));
+            }
+            Source::Running(qmp)
+        }
+        None => {
+            let storage = job.root.storage()?;
+            let mut keys = Vec::new();
+            for d in &disks {
+                storage
+                    .resolve_ref(&d.volume)?
+                    .ok_or_else(|| Error::NoVolume {
+                        device: d.devname.clone(),
+                    })?;
+                keys.push(d.key.to_string());
+            }
+            Source::Stopped(keys)
+        }
+    };
+    Ok(BackupPlan {
+        vmid,
+        config_path,
+        config,
+        stale_lock,
+        disks,
+        excluded,
+        dump_dir,
+        source,
+    })
+}
+
+/// Backs up one VM: [`plan`], then apply. Every line goes to `progress` and, once the archive
+/// name is claimed, to the `.log` beside the archive. On failure the `ERROR:` line is logged,
+/// no file with the archive's name exists, QEMU is left as it was found, and a failure of
+/// the plan leaves no file at all.
 pub async fn backup_vm(
     job: &BackupJob,
-    _lock: &JobLock,
-    vmid: u32,
+    lock: &JobLock,
+    vmid: VmId,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let started = Instant::now();
     let start_time = chrono::Local::now();
     let log = TaskLog::new(progress);
-    let dir = job.dump_dir();
-    let names = dir
-        .as_ref()
-        .ok()
-        .map(|d| ArchiveName::new(d, vmid, start_time, job.settings.compress));
-    let log_path = names.as_ref().map(ArchiveName::log).unwrap_or_default();
-    if let (Ok(d), Some(n)) = (&dir, &names) {
-        if std::fs::create_dir_all(d).is_ok() {
-            if let Err(e) = log.open_file(&n.log()) {
-                tracing::warn!(error = %e, "cannot write the backup log");
-            }
-        }
-    }
     log.info(&format!("Starting Backup of VM {vmid} (qemu)"));
     log.info(&format!(
         "Backup started at {}",
         start_time.format("%Y-%m-%d %H:%M:%S")
     ));
-    if let Ok(d) = &dir {
-        for path in crate::lock::remove_stale_temporaries(d, vmid) {
+    let res = async {
+        // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
+        // first, such as a backup helper QEMU still holding the disks.
+        let session = vmdump_launch::Session::open(&job.run_dir)?;
+        let plan = plan(job, lock, vmid).await?;
+        std::fs::create_dir_all(&plan.dump_dir)
+            .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;
+        let (names, file) = ArchiveName::reserve(
+            &plan.dump_dir,
+            vmid.get(),
+            start_time,
+            job.settings.compress,
+            NAME_TRIES,
+        )
+        .map_err(|e| Error::file("create backup log in", &plan.dump_dir, e))?;
+        log.attach(file);
+        for path in crate::lock::remove_stale_temporaries(&plan.dump_dir, vmid.get()) {
             log.info(&format!(
                 "removed stale temporary file '{}' (left by an interrupted backup)",
                 path.display()
             ));
         }
+        let (archive, size, transfer) = apply(job, plan, &names, &log, &session).await?;
+        Ok::<_, Error>((archive, names.log(), size, transfer))
     }
-    let res = match (dir, names) {
-        (Ok(_), Some(n)) => run(job, vmid, &n, &log).await,
-        (Err(e), _) => Err(e),
-        (Ok(_), None) => unreachable!("names exist when the directory does"),
-    };
+    .await;
     match res {
-        Ok((archive, size, transfer)) => {
+        Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
             log.info(&format!(
                 "Finished Backup of VM {vmid} ({})",
@@ -229,7 +287,7 @@ pub async fn backup_vm(
         Err(e) => {
             log.error(&format!(
                 "Backup of VM {vmid} failed - {}",
-                crate::pipeline::error_chain(&e)
+                crate::error::chain(&e)
             ));
             log.info(&format!(
                 "Failed at {}",
@@ -241,61 +299,32 @@ pub async fn backup_vm(
     }
 }
 
-async fn run(
+/// The side effects of a planned backup.
+async fn apply(
     job: &BackupJob,
-    vmid: u32,
+    plan: BackupPlan,
     names: &ArchiveName,
     log: &TaskLog<'_>,
+    session: &std::sync::Arc<vmdump_launch::Session>,
 ) -> Result<(PathBuf, u64, Transfer)> {
-    // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
-    // first, such as a backup helper QEMU still holding the disks.
-    let session = vmdump_launch::Session::open(&job.run_dir).map_err(|e| Error::Qemu {
-        detail: format!("open the run session: {e}"),
-    })?;
-    let cfg_path = job.root.qemu_config_path(vmid);
-    let cfg = job.root.qemu_config(vmid).map_err(|e| Error::Config {
-        path: cfg_path.clone(),
-        detail: e.to_string(),
-    })?;
-    match cfg.lock() {
-        // Only a backup job sets it, and this process holds the global backup lock: a
-        // killed earlier run left it (vzdump would need `qm unlock` here).
-        Some("backup") => log.warn("removing stale 'lock: backup' left by an interrupted backup"),
-        Some(lock) => {
-            return Err(Error::Config {
-                path: cfg_path,
-                detail: format!("VM is locked ({lock})"),
-            })
-        }
-        None => {}
+    let vmid = plan.vmid;
+    if plan.stale_lock {
+        log.warn("removing stale 'lock: backup' left by an interrupted backup");
     }
     // `lock: backup` while the backup runs (vzdump's per-guest lock): `vmdump vm start` and
     // `vmdump restore --force` refuse the guest meanwhile. Removed again on every way out.
-    let _config_lock = ConfigLock::set(&cfg_path, cfg.clone(), "backup")?;
-    let qmp_path = job.qmp_socket(vmid);
-    let running = match Client::connect_with_timeout(&qmp_path, Duration::from_secs(10)).await {
-        Ok(c) => Some(c),
-        Err(vmdump_qmp::Error::Connect { .. }) => None,
-        Err(e) => {
-            return Err(Error::qmp(format!("connect {}", qmp_path.display()), e));
-        }
-    };
+    let _config_lock = ConfigLock::set(&plan.config_path, plan.config.clone(), "backup")?;
     log.info(&format!(
         "status = {}",
-        if running.is_some() {
-            "running"
-        } else {
-            "stopped"
+        match plan.source {
+            Source::Running(_) => "running",
+            Source::Stopped(_) => "stopped",
         }
     ));
-    if let Some(name) = cfg.name() {
+    if let Some(name) = plan.config.name() {
         log.info(&format!("VM Name: {name}"));
     }
-    let (disks, excluded) = qmdump::backup_disks(&cfg).map_err(|e| Error::Config {
-        path: cfg_path.clone(),
-        detail: e.to_string(),
-    })?;
-    for d in &disks {
+    for d in &plan.disks {
         log.info(&format!(
             "include disk '{}' '{}'{}",
             d.key,
@@ -305,7 +334,7 @@ async fn run(
                 .unwrap_or_default()
         ));
     }
-    for x in &excluded {
+    for x in &plan.excluded {
         if x.reason == "backup=no" {
             log.info(&format!(
                 "exclude disk '{}' '{}' (backup=no)",
@@ -313,61 +342,49 @@ async fn run(
             ));
         }
     }
-    if disks.is_empty() {
-        return Err(Error::Unsupported("a VM without disks".into()));
-    }
-    let mode = job.settings.mode;
-    log.info(&format!("backup mode: {}", mode.as_str()));
+    log.info(&format!("backup mode: {}", job.settings.mode));
     if job.settings.bwlimit > 0 {
         log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
     }
-    if running.is_some() && mode != Mode::Snapshot {
-        return Err(Error::Unsupported(format!(
-            "mode '{}' for a running VM",
-            mode.as_str()
-        )));
-    }
-    let stored = qmdump::backup_copy(&cfg, &disks);
+    let stored = qmdump::backup_copy(&plan.config, &plan.disks);
     let archive = names.archive();
     log.info(&format!("creating vzdump archive '{}'", archive.display()));
 
-    let keys: Vec<String> = disks.iter().map(|d| d.key.to_string()).collect();
-    let mut opts = LiveOptions::new(vmid);
+    let keys: Vec<String> = plan.disks.iter().map(|d| d.key.to_string()).collect();
+    let mut opts = LiveOptions::new(vmid.get());
     opts.speed = job.settings.bwlimit.saturating_mul(1024);
     opts.max_workers = job.settings.max_workers;
     opts.compress = job.settings.compress;
     opts.zstd_threads = job.settings.zstd_threads;
     opts.zstd_level = job.zstd_level;
-    opts.interrupt = Arc::clone(&job.interrupt);
+    opts.cancel = job.cancel.clone();
     opts.socket_dir = session.path().to_path_buf();
     let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
     let dat = names.temporary();
 
-    let outcome = match &running {
-        Some(qmp) => {
+    let outcome = match &plan.source {
+        Source::Running(qmp) => {
             let status = qmp
                 .query_status()
                 .await
                 .map_err(|e| Error::qmp("query-status", e))?;
-            let agent = cfg
+            let agent = plan
+                .config
                 .agent()
                 .ok()
                 .filter(|a| a.enabled && a.freeze_fs_on_backup);
             if agent.is_some() && status.status == RunState::Running {
-                opts.agent = Some(job.qga_socket(vmid));
+                opts.agent = Some(job.vm_run_dir(vmid).qga_socket());
             }
             opts.was_running = status.status == RunState::Running;
             live::run(qmp, &keys, &configs, &dat, &opts, log).await?
         }
-        None => {
+        Source::Stopped(drives) => {
             log.info("starting kvm to execute backup task");
             let qemu = vmdump_guest::Runtime::new(job.root.clone())
                 .with_run_base(&job.run_dir)
-                .start_backup_helper(vmid, &keys, &session)
-                .await
-                .map_err(|e| Error::Qemu {
-                    detail: crate::pipeline::error_chain(&e),
-                })?;
+                .start_backup_helper(vmid.get(), drives, session)
+                .await?;
             let res = live::run(qemu.qmp(), &keys, &configs, &dat, &opts, log).await;
             log.info("stopping kvm after backup task");
             qemu.stop().await;
@@ -377,13 +394,17 @@ async fn run(
     for line in summary(&outcome.transfer) {
         log.info(&line);
     }
-    if let Err(e) = std::fs::rename(&dat, &archive) {
+    if let Err(e) = rename_new(&dat, &archive) {
         let _ = std::fs::remove_file(&dat);
-        return Err(Error::file("rename archive to", &archive, e));
+        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::NameTaken { path: archive }
+        } else {
+            Error::file("rename archive to", &archive, e)
+        });
     }
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     log.info(&format!("archive file size: {}", format_size(size)));
-    finish_extras(job, vmid, &cfg, names, log)?;
+    finish_extras(job, vmid.get(), &plan.config, names, log)?;
     Ok((archive, size, outcome.transfer))
 }
 
@@ -427,12 +448,8 @@ struct ConfigLock {
 impl ConfigLock {
     /// Write `cfg` (just loaded from `path`) back with `lock: <what>`.
     fn set(path: &Path, mut cfg: QemuConfig, what: &'static str) -> Result<Self> {
-        let config_err = |e: vmdump_config::Error| Error::Config {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        };
-        cfg.set("lock", what).map_err(config_err)?;
-        cfg.save(path).map_err(config_err)?;
+        cfg.set("lock", what)?;
+        cfg.save(path)?;
         Ok(ConfigLock {
             path: path.to_path_buf(),
             what,

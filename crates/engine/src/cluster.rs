@@ -134,11 +134,13 @@ impl Assembler {
     }
 
     /// Number of clusters of the device.
+    #[cfg(test)]
     pub fn clusters(&self) -> u64 {
         self.clusters
     }
 
     /// Whether every cluster has been emitted.
+    #[cfg(test)]
     pub fn is_complete(&self) -> bool {
         self.done_count == self.clusters
     }
@@ -149,6 +151,7 @@ impl Assembler {
     }
 
     /// Bytes dropped because their cluster (or those bytes) had already arrived.
+    #[cfg(test)]
     pub fn duplicate_bytes(&self) -> u64 {
         self.duplicate_bytes
     }

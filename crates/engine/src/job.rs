@@ -98,16 +98,12 @@ pub async fn resolve_disks(qmp: &Client, keys: &[String]) -> Result<Vec<SourceDi
                 })
             }
         };
-        let Some((node, size)) = found else {
-            return Err(Error::Device {
-                device: drive,
-                detail: "QEMU has no block node for this disk".into(),
-            });
-        };
+        let (node, size) = found.unwrap_or_default();
         if node.is_empty() || size == 0 {
-            return Err(Error::Device {
+            return Err(Error::NoBlockNode {
                 device: drive,
-                detail: format!("QEMU reports node '{node}' with size {size}"),
+                node,
+                size,
             });
         }
         out.push(SourceDisk {
@@ -319,7 +315,7 @@ pub async fn cancel_jobs(qmp: &Client, ids: &[String]) -> Result<()> {
         if start.elapsed() > CANCEL_WAIT {
             return Err(Error::Job {
                 job: ids.join(","),
-                detail: format!("did not conclude within {CANCEL_WAIT:?} after cancel"),
+                message: format!("did not conclude within {CANCEL_WAIT:?} after cancel"),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,21 +3,21 @@
 //! names and logs; tests call it directly on a QEMU they started.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use vmdump_config::Codec;
 use vmdump_qmp::Client;
+use vmdump_task::{Cancel, Level, Transfer};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::job::{self, Poll, SourceDisk};
 use crate::log::TaskLog;
-use crate::options::Compression;
-use crate::output::Output;
-use crate::pipeline::{error_chain, Shared, WriterThread, CHANNEL_CLUSTERS};
-use crate::progress::{ProgressLines, Transfer};
-use crate::target::{Export, Target};
+use crate::output::ArchiveFile;
+use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
+use crate::progress::ProgressLines;
+use crate::target::{DiskExport, NbdTarget};
 
 /// How often the jobs are polled.
 const POLL: Duration = Duration::from_millis(200);
@@ -32,15 +32,15 @@ pub struct LiveOptions {
     /// QEMU copy workers per job.
     pub max_workers: Option<u32>,
     /// Archive compression.
-    pub compress: Compression,
+    pub compress: Codec,
     /// zstd worker threads.
     pub zstd_threads: u32,
     /// zstd level.
     pub zstd_level: i32,
     /// Guest agent socket: freeze/thaw around the job start.
     pub agent: Option<PathBuf>,
-    /// Set from outside (signal handler) to abort the backup.
-    pub interrupt: Arc<AtomicBool>,
+    /// Cancelled from outside (signal handler) to abort the backup.
+    pub cancel: Cancel,
     /// Directory for the target socket.
     pub socket_dir: PathBuf,
     /// vmid (progress reports).
@@ -56,11 +56,11 @@ impl LiveOptions {
         Self {
             speed: 0,
             max_workers: None,
-            compress: Compression::None,
+            compress: Codec::None,
             zstd_threads: 1,
             zstd_level: 1,
             agent: None,
-            interrupt: Arc::new(AtomicBool::new(false)),
+            cancel: Cancel::new(),
             socket_dir: std::env::temp_dir(),
             vmid,
             was_running: false,
@@ -90,7 +90,9 @@ pub async fn run(
     log: &TaskLog<'_>,
 ) -> Result<LiveOutcome> {
     let res = run_inner(qmp, keys, configs, dat, opts, log).await;
-    if res.is_err() {
+    // Only what this run created is removed (and a failure to remove it reported): an
+    // archive that could not even be created leaves nothing to talk about.
+    if res.is_err() && dat.symlink_metadata().is_ok() {
         if let Err(e) = std::fs::remove_file(dat) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log.warn(&format!("could not remove '{}': {e}", dat.display()));
@@ -115,42 +117,37 @@ async fn run_inner(
 
     // Archive side.
     let uuid = uuid::Uuid::new_v4();
-    let output = Output::create(dat, opts.compress, opts.zstd_threads, opts.zstd_level)
+    let output = ArchiveFile::create(dat, opts.compress, opts.zstd_threads, opts.zstd_level)
         .map_err(|e| Error::file("create archive", dat, e))?;
     let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
     for (name, data) in configs {
-        writer.add_config(name, data).map_err(|e| Error::Archive {
-            detail: error_chain(&e),
-        })?;
+        writer.add_config(name, data).map_err(Error::Header)?;
     }
     let mut exports = Vec::new();
     let mut ids = Vec::new();
     for d in &disks {
         let id = writer
             .register_device(&d.drive, d.size)
-            .map_err(|e| Error::Archive {
-                detail: error_chain(&e),
-            })?;
-        exports.push(Arc::new(Export::new(&d.drive, id.get(), d.size)));
+            .map_err(Error::Header)?;
+        exports.push(Arc::new(DiskExport::new(&d.drive, id.get(), d.size)));
         ids.push(id);
     }
     let names = disks.iter().map(|d| d.drive.clone()).collect();
     let shared = Arc::new(Shared::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
-    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids).map_err(|e| {
-        Error::Archive {
-            detail: format!("cannot start the writer thread: {e}"),
-        }
-    })?;
+    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids)
+        .map_err(|e| Error::file("start the writer thread for", dat, e))?;
     let socket = opts
         .socket_dir
         .join(format!("vmdump-{}-{}.nbd", opts.vmid, std::process::id()));
-    let target = match Target::start(&socket, exports, tx, Arc::clone(&shared)).await {
+    let target = match NbdTarget::start(&socket, exports, tx, Arc::clone(&shared)).await {
         Ok(t) => t,
-        Err(e) => {
+        Err(source) => {
+            shared.abandon();
             writer.join();
-            return Err(Error::Nbd {
-                detail: format!("cannot listen on '{}': {e}", socket.display()),
+            return Err(Error::Listen {
+                path: socket,
+                source,
             });
         }
     };
@@ -159,6 +156,8 @@ async fn run_inner(
     let transfer = match res {
         Ok(t) => t,
         Err(e) => {
+            // Given up: the writer must not finish (and complain about) a partial stream.
+            shared.abandon();
             target.shutdown().await;
             if let Some(out) = writer.join() {
                 out.abort();
@@ -178,28 +177,19 @@ async fn run_inner(
     }
     target.shutdown().await;
     let output = writer.join();
-    if let Some((device, n)) = incomplete {
+    if let Some((device, cluster)) = incomplete {
         if let Some(out) = output {
             out.abort();
         }
-        return Err(Error::Device {
-            device,
-            detail: format!("cluster {n} never arrived from QEMU"),
-        });
+        return Err(Error::Incomplete { device, cluster });
     }
     let Some(output) = output else {
-        return Err(Error::Archive {
-            detail: shared.error().unwrap_or_else(|| "writer failed".into()),
-        });
+        return Err(archive_failed(&shared));
     };
     tokio::task::spawn_blocking(move || output.finish())
         .await
-        .map_err(|e| Error::Archive {
-            detail: format!("finishing task: {e}"),
-        })?
-        .map_err(|e| Error::Archive {
-            detail: format!("finishing '{}': {e}", dat.display()),
-        })?;
+        .map_err(|e| Error::file("finish", dat, std::io::Error::other(e)))?
+        .map_err(|e| Error::file("finish", dat, e))?;
     Ok(LiveOutcome {
         transfer,
         uuid: uuid.to_string(),
@@ -211,7 +201,7 @@ async fn run_inner(
 async fn transfer(
     qmp: &Client,
     disks: &[SourceDisk],
-    target: &Target,
+    target: &NbdTarget,
     shared: &Shared,
     opts: &LiveOptions,
     log: &TaskLog<'_>,
@@ -242,7 +232,9 @@ async fn transfer(
     match wait(qmp, disks, target, shared, opts, log, total, start).await {
         Ok(t) => Ok(t),
         Err(e) => {
-            log.error(&e.to_string());
+            if !matches!(e, Error::Interrupted) {
+                log.error(&crate::error::chain(&e));
+            }
             if qmp.is_closed() {
                 return Err(e);
             }
@@ -259,7 +251,7 @@ async fn transfer(
 async fn wait(
     qmp: &Client,
     disks: &[SourceDisk],
-    target: &Target,
+    target: &NbdTarget,
     shared: &Shared,
     opts: &LiveOptions,
     log: &TaskLog<'_>,
@@ -270,28 +262,25 @@ async fn wait(
     let mut last_update = Instant::now();
     let mut finalized = false;
     let snapshot = |elapsed| Transfer {
-        vmid: opts.vmid,
         transferred: shared.transferred(),
         zero: shared.zero(),
         total,
         elapsed,
     };
     loop {
-        if opts.interrupt.load(Ordering::Relaxed) {
+        if opts.cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
         if shared.failed() {
             if qemu_gone(qmp).await {
-                return Err(qemu_exited());
+                return Err(Error::QemuExited);
             }
-            return Err(Error::Archive {
-                detail: shared.error().unwrap_or_default(),
-            });
+            return Err(archive_failed(shared));
         }
         let state = match job::poll(qmp, disks).await {
             Ok(s) => s,
             Err(Error::Qmp { source, .. }) if source.kind() == vmdump_qmp::ErrorKind::Closed => {
-                return Err(qemu_exited())
+                return Err(Error::QemuExited)
             }
             Err(e) => return Err(e),
         };
@@ -300,7 +289,7 @@ async fn wait(
             let t = snapshot(start.elapsed());
             log.progress().update(&t);
             if let Some(line) = lines.tick(&t) {
-                log.line(crate::progress::Level::Info, &line, true);
+                log.line(Level::Info, &line, true);
             }
         }
         match state {
@@ -311,16 +300,18 @@ async fn wait(
             }
             Poll::Pending => {}
             Poll::Failed(msg) => {
+                // The archive side's failure, if any, is the cause; QEMU's is a consequence.
+                if shared.failed() {
+                    return Err(archive_failed(shared));
+                }
                 return Err(Error::Job {
                     job: disks
                         .iter()
                         .map(SourceDisk::job)
                         .collect::<Vec<_>>()
                         .join(","),
-                    detail: shared
-                        .error()
-                        .map_or(msg.clone(), |e| format!("{msg} ({e})")),
-                })
+                    message: msg,
+                });
             }
             Poll::Concluded => break,
         }
@@ -331,27 +322,26 @@ async fn wait(
     job::remove_targets(qmp, disks).await;
     let elapsed = start.elapsed();
     if !target.wait_closed(CLOSE_WAIT).await {
-        return Err(Error::Nbd {
-            detail: "QEMU did not close the NBD connections".into(),
-        });
+        return Err(Error::NotClosed);
     }
     if shared.failed() {
-        return Err(Error::Archive {
-            detail: shared.error().unwrap_or_default(),
-        });
+        return Err(archive_failed(shared));
     }
     let t = snapshot(elapsed);
     log.progress().update(&t);
     if let Some(line) = lines.finish(&t) {
-        log.line(crate::progress::Level::Info, &line, true);
+        log.line(Level::Info, &line, true);
     }
     Ok(t)
 }
 
-fn qemu_exited() -> Error {
-    Error::Qemu {
-        detail: "QEMU exited during the backup".into(),
-    }
+/// The archive side's recorded failure as an error.
+fn archive_failed(shared: &Shared) -> Error {
+    Error::Transfer(
+        shared
+            .error()
+            .unwrap_or_else(|| Arc::new(Failure::WriterStopped)),
+    )
 }
 
 /// Whether the QEMU behind `qmp` is gone (its monitor closed). A broken NBD connection is

@@ -4,10 +4,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vmdump_guest::try_lock_file;
+use vmdump_task::Cancel;
 
 use crate::error::{Error, Result};
 use crate::name::ArchiveName;
@@ -28,11 +28,11 @@ pub struct JobLock {
 impl JobLock {
     /// Take `<run_dir>/backup.lock`, waiting up to `wait` (vzdump's `lockwait`).
     /// `on_wait` is called once if the lock is busy (to log that the job waits);
-    /// `interrupt` ends the wait early.
+    /// `cancel` ends the wait early.
     pub async fn acquire(
         run_dir: &Path,
         wait: Duration,
-        interrupt: &AtomicBool,
+        cancel: &Cancel,
         on_wait: impl FnOnce(),
     ) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
@@ -48,7 +48,7 @@ impl JobLock {
             if let Some(file) = try_lock_file(&path).map_err(|e| io_err("lock", e))? {
                 return Ok(JobLock { _file: file, path });
             }
-            if interrupt.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
             if Instant::now() >= deadline {
@@ -75,8 +75,9 @@ impl JobLock {
 }
 
 /// Remove the temporary files (`vzdump-qemu-<vmid>-*.dat`, `*.vma.dat`) an earlier,
-/// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`].
-/// Returns the removed paths.
+/// killed backup of `vmid` left in `dir`. Call only while holding the [`JobLock`]. A
+/// temporary whose `.log` is locked belongs to a backup running now (a job with another run
+/// directory writing to the same directory) and is left alone. Returns the removed paths.
 pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -89,6 +90,7 @@ pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
         };
         if ArchiveName::is_temporary_of(name, vmid)
             && e.file_type().is_ok_and(|t| t.is_file())
+            && !in_use(dir, name)
             && std::fs::remove_file(e.path()).is_ok()
         {
             removed.push(e.path());
@@ -98,6 +100,18 @@ pub fn remove_stale_temporaries(dir: &Path, vmid: u32) -> Vec<PathBuf> {
     removed
 }
 
+/// Whether the backup that writes temporary `name` in `dir` still runs (holds its log's lock).
+fn in_use(dir: &Path, name: &str) -> bool {
+    let Some(log) = ArchiveName::log_of_temporary(name).map(|l| dir.join(l)) else {
+        return false;
+    };
+    if !log.exists() {
+        return false;
+    }
+    // An error (e.g. a read-only directory) counts as in use: never remove what may be live.
+    !matches!(try_lock_file(&log), Ok(Some(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,7 +119,7 @@ mod tests {
     #[tokio::test]
     async fn second_job_waits_then_times_out_and_gets_it_after_release() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stop = AtomicBool::new(false);
+        let stop = Cancel::new();
         let first = JobLock::acquire(dir.path(), Duration::ZERO, &stop, || {})
             .await
             .expect("first");
@@ -145,10 +159,25 @@ mod tests {
         for n in names {
             std::fs::write(dir.path().join(n), b"x").expect("write");
         }
+        // A backup running now (its log locked) keeps its temporary.
+        let running = "vzdump-qemu-100-2025_01_05-02_00_04.vma.dat";
+        std::fs::write(dir.path().join(running), b"x").expect("write");
+        let log = dir.path().join("vzdump-qemu-100-2025_01_05-02_00_04.log");
+        let _held = try_lock_file(&log).expect("lock").expect("free");
+        // A killed one's log is not locked any more.
+        std::fs::write(
+            dir.path().join("vzdump-qemu-100-2025_01_05-02_00_01.log"),
+            b"",
+        )
+        .expect("write");
         let removed = remove_stale_temporaries(dir.path(), 100);
         assert_eq!(
             removed,
             vec![dir.path().join(names[0]), dir.path().join(names[1])]
+        );
+        assert!(
+            dir.path().join(running).exists(),
+            "a live backup's .dat was removed"
         );
         for n in &names[2..] {
             assert!(dir.path().join(n).exists(), "{n} was removed");

@@ -3,15 +3,22 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
 use std::sync::Mutex;
 
-use crate::progress::{Level, Progress};
+use vmdump_task::{Level, Progress};
 
 /// Log sink for one guest.
 pub struct TaskLog<'a> {
     progress: &'a dyn Progress,
-    file: Mutex<Option<File>>,
+    file: Mutex<Sink>,
+}
+
+/// Where file lines go: kept until the `.log` is attached (its name is claimed only after
+/// the plan succeeded), then written, then nowhere after a write error or `close`.
+enum Sink {
+    Pending(Vec<String>),
+    Open(File),
+    Closed,
 }
 
 impl std::fmt::Debug for TaskLog<'_> {
@@ -25,29 +32,36 @@ impl<'a> TaskLog<'a> {
     pub fn new(progress: &'a dyn Progress) -> Self {
         Self {
             progress,
-            file: Mutex::new(None),
+            file: Mutex::new(Sink::Pending(Vec::new())),
         }
     }
 
-    /// Also writes every line into `path` (created or truncated).
-    pub fn open_file(&self, path: &Path) -> std::io::Result<()> {
-        let f = File::create(path)?;
+    /// Also writes every line, from the first, into `file` (the `.log` beside the archive).
+    pub fn attach(&self, mut file: File) {
         if let Ok(mut slot) = self.file.lock() {
-            *slot = Some(f);
+            if let Sink::Pending(lines) = &*slot {
+                let ok = lines.iter().all(|l| file.write_all(l.as_bytes()).is_ok());
+                *slot = if ok { Sink::Open(file) } else { Sink::Closed };
+            }
         }
-        Ok(())
     }
 
     /// Logs one line.
     pub fn line(&self, level: Level, text: &str, progress: bool) {
         self.progress.log(level, text, progress);
         if let Ok(mut slot) = self.file.lock() {
-            if let Some(f) = slot.as_mut() {
-                let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
-                if writeln!(f, "{now} {}: {text}", level.prefix()).is_err() {
-                    // A full disk must not stop the backup's cleanup; the error shows elsewhere.
-                    *slot = None;
+            let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+            let line = format!("{now} {}: {text}\n", level.prefix());
+            match &mut *slot {
+                Sink::Pending(lines) => lines.push(line),
+                Sink::Open(f) => {
+                    if f.write_all(line.as_bytes()).is_err() {
+                        // A full disk must not stop the backup's cleanup; the error shows
+                        // elsewhere.
+                        *slot = Sink::Closed;
+                    }
                 }
+                Sink::Closed => {}
             }
         }
     }
@@ -75,7 +89,7 @@ impl<'a> TaskLog<'a> {
     /// Flushes and closes the file.
     pub fn close(&self) {
         if let Ok(mut slot) = self.file.lock() {
-            if let Some(f) = slot.take() {
+            if let Sink::Open(f) = std::mem::replace(&mut *slot, Sink::Closed) {
                 let _ = f.sync_all();
             }
         }

@@ -1,11 +1,17 @@
 //! File names of a backup: `vzdump-qemu-<vmid>-YYYY_MM_DD-HH_MM_SS.vma[.zst|.lzo|.gz]` in
 //! local time, with `.log`, `.notes`, `.protected` and the `.dat` temporary beside it.
+//!
+//! Names have one-second resolution, so two backups of a guest can meet on one name (two
+//! jobs with different run directories, a clock step). [`ArchiveName::reserve`] claims a
+//! name by creating its `.log` exclusively, moving on to the next free second when a name
+//! is in use; the final rename never replaces a file ([`rename_new`]).
 
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local};
-
-use crate::options::Compression;
+use vmdump_config::Codec;
 
 /// Extension of an archive being written.
 const TEMPORARY_EXT: &str = ".dat";
@@ -20,12 +26,12 @@ fn prefix(vmid: u32) -> String {
 pub struct ArchiveName {
     dir: PathBuf,
     base: String,
-    compress: Compression,
+    compress: Codec,
 }
 
 impl ArchiveName {
     /// Names for a backup of `vmid` started at `start` (formatted in local time).
-    pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Compression) -> Self {
+    pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Codec) -> Self {
         Self {
             dir: dir.to_path_buf(),
             base: format!("{}{}", prefix(vmid), start.format("%Y_%m_%d-%H_%M_%S")),
@@ -40,7 +46,7 @@ impl ArchiveName {
 
     /// The archive's file name, e.g. `vzdump-qemu-100-2025_01_05-02_00_01.vma.zst`.
     pub fn file_name(&self) -> String {
-        format!("{}.vma{}", self.base, self.compress.extension())
+        format!("{}{}", self.base, self.compress.vma_extension())
     }
 
     /// The final archive path.
@@ -52,7 +58,7 @@ impl ArchiveName {
     /// extension replaced by `.dat` (`x.vma.zst` → `x.vma.dat`, `x.vma` → `x.dat`).
     pub fn temporary(&self) -> PathBuf {
         let name = match self.compress {
-            Compression::None => format!("{}{TEMPORARY_EXT}", self.base),
+            Codec::None => format!("{}{TEMPORARY_EXT}", self.base),
             _ => format!("{}.vma{TEMPORARY_EXT}", self.base),
         };
         self.dir.join(name)
@@ -62,6 +68,59 @@ impl ArchiveName {
     /// any time and compression.
     pub fn is_temporary_of(file_name: &str, vmid: u32) -> bool {
         file_name.starts_with(&prefix(vmid)) && file_name.ends_with(TEMPORARY_EXT)
+    }
+
+    /// The log belonging to a temporary's file name (`x.vma.dat` and `x.dat` → `x.log`).
+    pub fn log_of_temporary(file_name: &str) -> Option<String> {
+        let stem = file_name.strip_suffix(TEMPORARY_EXT)?;
+        let base = stem.strip_suffix(".vma").unwrap_or(stem);
+        Some(format!("{base}.log"))
+    }
+
+    /// Claims the first name at or after `start` (one-second steps, at most `tries`) whose
+    /// archive (any compression), temporary and log do not exist, by creating its log
+    /// exclusively. Returns the names and the open, empty log.
+    pub fn reserve(
+        dir: &Path,
+        vmid: u32,
+        start: DateTime<Local>,
+        compress: Codec,
+        tries: u32,
+    ) -> io::Result<(Self, File)> {
+        for step in 0..tries.max(1) {
+            let at = start + chrono::Duration::seconds(i64::from(step));
+            let name = ArchiveName::new(dir, vmid, at, compress);
+            if name.in_use() {
+                continue;
+            }
+            match File::options()
+                .write(true)
+                .create_new(true)
+                .open(name.log())
+            {
+                Ok(f) => return Ok((name, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free backup name in {tries} seconds after {start}"),
+        ))
+    }
+
+    /// Whether a file of a backup with this base name exists (any compression).
+    fn in_use(&self) -> bool {
+        [Codec::None, Codec::Zstd, Codec::Lzo, Codec::Gzip]
+            .iter()
+            .any(|&c| {
+                let other = ArchiveName {
+                    compress: c,
+                    ..self.clone()
+                };
+                other.archive().exists() || other.temporary().exists()
+            })
+            || self.log().exists()
     }
 
     /// The log copied next to the archive.
@@ -80,6 +139,18 @@ impl ArchiveName {
     }
 }
 
+/// Renames `from` to `to` unless `to` exists (atomically: `renameat2(RENAME_NOREPLACE)`).
+pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +162,7 @@ mod tests {
             .with_ymd_and_hms(2025, 1, 5, 2, 0, 1)
             .single()
             .expect("valid local time");
-        let n = ArchiveName::new(Path::new("/d"), 100, t, Compression::Zstd);
+        let n = ArchiveName::new(Path::new("/d"), 100, t, Codec::Zstd);
         assert_eq!(n.file_name(), "vzdump-qemu-100-2025_01_05-02_00_01.vma.zst");
         assert_eq!(
             n.temporary(),
@@ -109,14 +180,56 @@ mod tests {
             n.protected(),
             Path::new("/d/vzdump-qemu-100-2025_01_05-02_00_01.vma.zst.protected")
         );
-        let plain = ArchiveName::new(Path::new("/d"), 100, t, Compression::None);
+        let plain = ArchiveName::new(Path::new("/d"), 100, t, Codec::None);
         assert_eq!(
             plain.temporary(),
             Path::new("/d/vzdump-qemu-100-2025_01_05-02_00_01.dat")
         );
-        let lzo = ArchiveName::new(Path::new("/d"), 100, t, Compression::Lzo);
+        let lzo = ArchiveName::new(Path::new("/d"), 100, t, Codec::Lzo);
         assert!(lzo.file_name().ends_with(".vma.lzo"));
-        let gz = ArchiveName::new(Path::new("/d"), 100, t, Compression::Gzip);
+        let gz = ArchiveName::new(Path::new("/d"), 100, t, Codec::Gzip);
         assert!(gz.file_name().ends_with(".vma.gz"));
+    }
+
+    #[test]
+    fn reserve_skips_names_in_use_and_rename_never_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = Local
+            .with_ymd_and_hms(2025, 1, 5, 2, 0, 1)
+            .single()
+            .expect("valid local time");
+        // Second 01 has an archive (other compression), 02 a log, 03 a temporary.
+        std::fs::write(
+            dir.path()
+                .join("vzdump-qemu-100-2025_01_05-02_00_01.vma.gz"),
+            b"a",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("vzdump-qemu-100-2025_01_05-02_00_02.log"),
+            b"b",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("vzdump-qemu-100-2025_01_05-02_00_03.dat"),
+            b"c",
+        )
+        .expect("write");
+        let (n, _log) = ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 10).expect("reserve");
+        assert_eq!(n.base(), "vzdump-qemu-100-2025_01_05-02_00_04");
+        assert!(n.log().exists(), "the log claims the name");
+        let (n2, _) = ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 10).expect("again");
+        assert_eq!(n2.base(), "vzdump-qemu-100-2025_01_05-02_00_05");
+        assert!(ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 3).is_err());
+
+        let a = dir.path().join("a");
+        let b = dir
+            .path()
+            .join("vzdump-qemu-100-2025_01_05-02_00_01.vma.gz");
+        std::fs::write(&a, b"new").expect("write");
+        let e = rename_new(&a, &b).expect_err("must not replace");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).expect("read"), b"a");
+        rename_new(&a, &dir.path().join("c")).expect("free name");
     }
 }

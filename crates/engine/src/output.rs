@@ -8,8 +8,6 @@ use std::path::Path;
 
 use vmdump_compress::{Codec, Encoder, EncoderOptions};
 
-use crate::options::Compression;
-
 /// Output buffer size in front of the file or the encoder.
 const BUF: usize = 1 << 20;
 
@@ -18,8 +16,8 @@ const BUF: usize = 1 << 20;
 /// it a machine with lots of RAM would write the whole archive back only at the end.
 const SYNC_EVERY: u64 = 128 << 20;
 
-/// The archive output: the encoder chain plus a background syncer.
-pub struct Output {
+/// The archive file being written: the encoder chain plus a background syncer.
+pub struct ArchiveFile {
     /// `None` once finished.
     enc: Option<Encoder<BufWriter<File>>>,
     /// A second handle on the archive file, for the final fsync.
@@ -30,39 +28,34 @@ pub struct Output {
     syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
 }
 
-impl std::fmt::Debug for Output {
+impl std::fmt::Debug for ArchiveFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Output({})", self.codec.name())
+        write!(f, "ArchiveFile({})", self.codec.name())
     }
 }
 
-/// The codec and encoder settings for a vzdump compression choice.
-fn encoder_options(
-    compress: Compression,
-    zstd_threads: u32,
-    zstd_level: i32,
-) -> (Codec, EncoderOptions) {
-    let (codec, level) = match compress {
-        Compression::None => (Codec::None, None),
-        Compression::Zstd => (Codec::Zstd, Some(zstd_level)),
+/// The encoder settings for a vzdump compression choice.
+fn encoder_options(codec: Codec, zstd_threads: u32, zstd_level: i32) -> EncoderOptions {
+    let level = match codec {
+        Codec::Zstd => Some(zstd_level),
         // Speed over ratio, as for zstd: gzip level 1.
-        Compression::Gzip => (Codec::Gzip, Some(1)),
-        Compression::Lzo => (Codec::Lzo, None),
+        Codec::Gzip => Some(1),
+        _ => None,
     };
     // `vmdump-compress` runs zstd in the caller's thread for 0; one worker gains nothing.
     let threads = if zstd_threads > 1 { zstd_threads } else { 0 };
-    (codec, EncoderOptions { level, threads })
+    EncoderOptions { level, threads }
 }
 
-impl Output {
-    /// Creates `path` (which must not exist) and the encoder for `compress`.
+impl ArchiveFile {
+    /// Creates `path` (which must not exist) and the encoder for `codec`.
     pub fn create(
         path: &Path,
-        compress: Compression,
+        codec: Codec,
         zstd_threads: u32,
         zstd_level: i32,
     ) -> io::Result<Self> {
-        let (codec, opts) = encoder_options(compress, zstd_threads, zstd_level);
+        let opts = encoder_options(codec, zstd_threads, zstd_level);
         let file = File::options().write(true).create_new(true).open(path)?;
         let sync = file.try_clone()?;
         let background = file.try_clone()?;
@@ -77,7 +70,7 @@ impl Output {
                     let _ = background.sync_data();
                 }
             })?;
-        Ok(Output {
+        Ok(ArchiveFile {
             enc: Some(enc),
             file: sync,
             codec,
@@ -110,13 +103,13 @@ impl Output {
     }
 }
 
-impl Drop for Output {
+impl Drop for ArchiveFile {
     fn drop(&mut self) {
         self.stop_syncer();
     }
 }
 
-impl Output {
+impl ArchiveFile {
     fn note(&mut self, n: usize) {
         self.written += n as u64;
         if self.written >= self.next_sync {
@@ -129,7 +122,7 @@ impl Output {
     }
 }
 
-impl Write for Output {
+impl Write for ArchiveFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let enc = self.enc.as_mut().ok_or_else(finished)?;
         let n = enc.write(buf)?;

@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
-use crate::output::Output;
+use crate::error::Failure;
+use crate::output::ArchiveFile;
 use vmdump_vma::{is_zero, DeviceId, Writer};
 
 /// Clusters in flight between the NBD target and the writer (64 × 64 KiB = 4 MiB).
@@ -36,7 +37,10 @@ pub struct Shared {
     transferred: AtomicU64,
     zero: AtomicU64,
     failed: AtomicBool,
-    error: Mutex<Option<String>>,
+    /// Set when the control task gives up (cancel, QEMU error): the writer drops the archive
+    /// without finishing it, so nothing reports the missing rest as a fault of its own.
+    abandoned: AtomicBool,
+    error: Mutex<Option<Arc<Failure>>>,
 }
 
 impl Shared {
@@ -55,21 +59,29 @@ impl Shared {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// The first failure's message.
-    pub fn error(&self) -> Option<String> {
+    /// The first failure.
+    pub fn error(&self) -> Option<Arc<Failure>> {
         self.error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Marks the backup failed; the first message wins.
-    pub fn fail(&self, msg: impl Into<String>) {
+    /// Marks the backup failed; the first failure wins (it is reported by the control task).
+    pub fn fail(&self, failure: Failure) {
         if let Ok(mut e) = self.error.lock() {
             if e.is_none() {
-                let msg = msg.into();
-                tracing::error!(error = %msg, "backup failed");
-                *e = Some(msg);
+                tracing::debug!(error = %failure, "archive side failed");
+                *e = Some(Arc::new(failure));
             }
         }
         self.failed.store(true, Ordering::Release);
+    }
+
+    /// The control task gives up on this archive: the writer stops without finishing it.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     pub(crate) fn count(&self, bytes: u64, zero: bool) {
@@ -83,7 +95,7 @@ impl Shared {
 /// Handle of the writer thread.
 #[derive(Debug)]
 pub struct WriterThread {
-    handle: JoinHandle<Option<Output>>,
+    handle: JoinHandle<Option<ArchiveFile>>,
 }
 
 /// Device names by dev_id, for error messages.
@@ -92,7 +104,7 @@ pub type DeviceNames = Vec<String>;
 impl WriterThread {
     /// Starts the thread. It ends when every sender is dropped.
     pub fn spawn(
-        mut writer: Writer<Output>,
+        mut writer: Writer<ArchiveFile>,
         mut rx: mpsc::Receiver<Msg>,
         shared: Arc<Shared>,
         names: DeviceNames,
@@ -103,7 +115,7 @@ impl WriterThread {
             .spawn(move || {
                 let mut ok = true;
                 while let Some(msg) = rx.blocking_recv() {
-                    if !ok || shared.failed() {
+                    if !ok || shared.failed() || shared.abandoned() {
                         ok = false;
                         continue;
                     }
@@ -124,23 +136,23 @@ impl WriterThread {
                             let name = names
                                 .get(usize::from(dev).wrapping_sub(1))
                                 .map_or("?", String::as_str);
-                            shared.fail(format!(
-                                "device '{name}' cluster {}: {}",
-                                cluster.num,
-                                error_chain(&e)
-                            ));
+                            shared.fail(Failure::Write {
+                                device: name.to_string(),
+                                cluster: cluster.num,
+                                source: e,
+                            });
                             ok = false;
                         }
                     }
                 }
-                if !ok || shared.failed() {
+                if !ok || shared.failed() || shared.abandoned() {
                     // Dropping the writer drops the encoder; the caller deletes the file.
                     return None;
                 }
                 match writer.finish() {
                     Ok((out, _stats)) => Some(out),
                     Err(e) => {
-                        shared.fail(format!("finishing the archive: {}", error_chain(&e)));
+                        shared.fail(Failure::Finish(e));
                         None
                     }
                 }
@@ -150,19 +162,7 @@ impl WriterThread {
 
     /// Waits for the thread; `Some(output)` when the VMA stream is complete (the caller still
     /// has to finish the compressor and fsync).
-    pub fn join(self) -> Option<Output> {
+    pub fn join(self) -> Option<ArchiveFile> {
         self.handle.join().unwrap_or(None)
     }
-}
-
-/// `error: cause: cause` for messages that end up in the task log.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }

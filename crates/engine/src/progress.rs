@@ -1,66 +1,10 @@
-//! How a running backup reports itself: the [`Progress`] trait the CLI implements (indicatif
-//! bar on a terminal, plain lines otherwise), and the exact text vzdump prints (progress lines,
-//! sparse and transferred summaries, sizes and durations).
+//! The exact text vzdump prints about a running backup: progress lines, sparse and
+//! transferred summaries, sizes and durations. The lines go to a [`vmdump_task::Progress`],
+//! the interface backup and restore share.
 
 use std::time::Duration;
 
-/// Severity of a log line (`INFO:`, `WARN:`, `ERROR:` in the task log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// Normal progress.
-    Info,
-    /// Something worth a look; the job still succeeds.
-    Warn,
-    /// The guest's backup failed.
-    Error,
-}
-
-impl Level {
-    /// The prefix vzdump puts in front of the line.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Level::Info => "INFO",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
-        }
-    }
-}
-
-/// Transfer counters of one guest's backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Transfer {
-    /// Guest id.
-    pub vmid: u32,
-    /// Bytes received from QEMU so far (data and zeroes).
-    pub transferred: u64,
-    /// Of those, bytes in all-zero clusters.
-    pub zero: u64,
-    /// Sum of the sizes of all disks.
-    pub total: u64,
-    /// Time since the jobs started.
-    pub elapsed: Duration,
-}
-
-/// Receives log lines and transfer updates. Implementations must be cheap: they are called on
-/// the backup's control task.
-pub trait Progress: Send + Sync {
-    /// One task-log line. `progress` marks the periodic percentage lines, which a terminal UI
-    /// may show as a bar instead.
-    fn log(&self, level: Level, line: &str, progress: bool);
-
-    /// Transfer counters, about once a second while data moves.
-    fn update(&self, transfer: &Transfer) {
-        let _ = transfer;
-    }
-}
-
-/// A [`Progress`] that drops everything (library users that only want the report).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Silent;
-
-impl Progress for Silent {
-    fn log(&self, _level: Level, _line: &str, _progress: bool) {}
-}
+use vmdump_task::Transfer;
 
 /// Binary units with `precision` decimals: `892.0 MiB`, `18.95 GiB`.
 pub fn render_bytes(value: f64, precision: usize) -> String {
@@ -248,7 +192,6 @@ mod tests {
     fn progress_line_matches_vzdump() {
         let mut p = ProgressLines::new();
         let t = Transfer {
-            vmid: 100,
             transferred: 892 * MIB,
             zero: 0,
             total: 20 * GIB,
@@ -297,7 +240,6 @@ mod tests {
     #[test]
     fn summary_lines() {
         let t = Transfer {
-            vmid: 100,
             transferred: 20 * GIB,
             zero: 18 * GIB + 973 * MIB,
             total: 20 * GIB,

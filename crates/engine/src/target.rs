@@ -24,11 +24,12 @@ use vmdump_nbd::server::{CloseReason, Event};
 use vmdump_nbd::{Server, ServerOptions};
 
 use crate::cluster::{Assembler, Cluster};
+use crate::error::Failure;
 use crate::pipeline::{Msg, Shared};
 
 /// One disk the target exports.
 #[derive(Debug)]
-pub struct Export {
+pub struct DiskExport {
     /// Export name (the QEMU drive id).
     pub name: String,
     /// VMA dev_id of the disk.
@@ -40,7 +41,7 @@ pub struct Export {
     closed: watch::Sender<bool>,
 }
 
-impl Export {
+impl DiskExport {
     /// An export of a disk of `size` bytes.
     pub fn new(name: impl Into<String>, dev: u8, size: u64) -> Self {
         Self {
@@ -67,24 +68,24 @@ impl Export {
 /// thread ends even if a connection task outlives the server).
 type Sender = Arc<Mutex<Option<mpsc::Sender<Msg>>>>;
 
-/// The running NBD target.
+/// The running NBD target (one server, one export per disk).
 #[derive(Debug)]
-pub struct Target {
+pub struct NbdTarget {
     socket: PathBuf,
-    exports: Arc<Vec<Arc<Export>>>,
+    exports: Arc<Vec<Arc<DiskExport>>>,
     tx: Sender,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-impl Target {
+impl NbdTarget {
     /// Binds `socket` and serves `exports`. Clusters go to `tx`; failures to `shared`.
     pub async fn start(
         socket: &Path,
-        exports: Vec<Arc<Export>>,
+        exports: Vec<Arc<DiskExport>>,
         tx: mpsc::Sender<Msg>,
         shared: Arc<Shared>,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, vmdump_nbd::Error> {
         let tx: Sender = Arc::new(Mutex::new(Some(tx)));
         // QEMU's NBD client keeps at most 16 requests (1 MiB each) in flight; bound the
         // payload buffered per connection so memory stays small with many disks.
@@ -95,17 +96,14 @@ impl Target {
         for e in &exports {
             server.add_export(
                 e.name.clone(),
-                Sink {
+                ExportSink {
                     export: Arc::clone(e),
                     tx: Arc::clone(&tx),
                     shared: Arc::clone(&shared),
                 },
             );
         }
-        let mut handle = server
-            .serve_unix(socket)
-            .await
-            .map_err(|e| io::Error::other(crate::pipeline::error_chain(&e)))?;
+        let mut handle = server.serve_unix(socket).await?;
         let exports = Arc::new(exports);
         let (stop, mut stop_rx) = oneshot::channel::<()>();
         let task = {
@@ -130,10 +128,10 @@ impl Target {
                                 if d.reason == CloseReason::Disc {
                                     e.closed.send_replace(true);
                                 } else if !e.is_closed() {
-                                    shared.fail(format!(
-                                        "nbd connection for '{}' broke before the backup finished: {:?}",
-                                        e.name, d.reason
-                                    ));
+                                    shared.fail(Failure::Disconnected {
+                                        device: e.name.clone(),
+                                        reason: format!("{:?}", d.reason),
+                                    });
                                 }
                             }
                             Some(_) => {}
@@ -157,7 +155,7 @@ impl Target {
     }
 
     /// The exports.
-    pub fn exports(&self) -> &[Arc<Export>] {
+    pub fn exports(&self) -> &[Arc<DiskExport>] {
         &self.exports
     }
 
@@ -191,13 +189,13 @@ impl Target {
 }
 
 /// The `vmdump-nbd` export of one disk: assemble, hand clusters to the writer, always succeed.
-struct Sink {
-    export: Arc<Export>,
+struct ExportSink {
+    export: Arc<DiskExport>,
     tx: Sender,
     shared: Arc<Shared>,
 }
 
-impl Sink {
+impl ExportSink {
     async fn accept(&self, offset: u64, data: Option<&[u8]>, len: u64) {
         if self.shared.failed() {
             return;
@@ -209,20 +207,25 @@ impl Sink {
                 None => a.write_zeroes(offset, len, |c| ready.push(c)),
             },
             Err(_) => {
-                self.shared.fail("internal error: assembler lock poisoned");
+                // Only a panic while holding the lock poisons it; the writer is gone then.
+                self.shared.fail(Failure::WriterStopped);
                 return;
             }
         };
         if let Err(e) = res {
-            self.shared
-                .fail(format!("device '{}': {e}", self.export.name));
+            self.shared.fail(Failure::OutOfRange {
+                device: self.export.name.clone(),
+                offset: e.offset,
+                len: e.len,
+                size: e.size,
+            });
             return;
         }
         if ready.is_empty() {
             return;
         }
         let Some(tx) = self.tx.lock().ok().and_then(|t| t.clone()) else {
-            self.shared.fail("the archive writer stopped");
+            self.shared.fail(Failure::WriterStopped);
             return;
         };
         for cluster in ready {
@@ -231,14 +234,14 @@ impl Sink {
                 cluster,
             };
             if tx.send(msg).await.is_err() {
-                self.shared.fail("the archive writer stopped");
+                self.shared.fail(Failure::WriterStopped);
                 return;
             }
         }
     }
 }
 
-impl vmdump_nbd::Export for Sink {
+impl vmdump_nbd::Export for ExportSink {
     fn size(&self) -> u64 {
         self.export.size
     }
@@ -265,6 +268,85 @@ impl vmdump_nbd::Export for Sink {
 
     async fn trim(&self, _offset: u64, _len: u32) -> io::Result<()> {
         // QEMU's backup never trims its target; a trim must not lose point-in-time data.
+        Ok(())
+    }
+}
+
+/// The NBD target and the writer thread against a second real NBD client: `qemu-img convert`
+/// writes a disk whose size is not a multiple of 64 KiB into the target; the archive read back
+/// by dissect.archive must equal the source.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::Result;
+    use tokio::sync::mpsc;
+    use vmdump_testkit::{dissect_devices, run, sha256_file};
+
+    use super::{DiskExport, NbdTarget};
+    use crate::output::ArchiveFile;
+    use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qemu_img_convert_into_the_target() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let src = tmp.path().join("src.raw");
+        let size: u64 = 5 * 1024 * 1024 + 1536;
+        std::fs::File::create(&src)?.set_len(size)?;
+        run(std::process::Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x61 0 1M",
+                "-c",
+                "write -P 0x62 3145216 1536",
+            ])
+            .args(["-c", &format!("write -P 0x63 {} 1536", size - 1536)])
+            .arg(&src))?;
+
+        let dat = tmp.path().join("out.vma");
+        let out = ArchiveFile::create(&dat, vmdump_config::Codec::None, 1, 1)?;
+        let mut writer = vmdump_vma::Writer::new(out);
+        writer.add_config("qemu-server.conf", b"memory: 128\n")?;
+        let id = writer.register_device("drive-x", size)?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
+        let thread = WriterThread::spawn(
+            writer,
+            rx,
+            Arc::clone(&shared),
+            vec!["drive-x".into()],
+            vec![id],
+        )?;
+        let socket = tmp.path().join("t.sock");
+        let export = Arc::new(DiskExport::new("drive-x", id.get(), size));
+        let target =
+            NbdTarget::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
+
+        let uri = format!("nbd+unix:///drive-x?socket={}", socket.display());
+        let s = src.clone();
+        tokio::task::spawn_blocking(move || {
+            run(std::process::Command::new("qemu-img")
+                .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+                .arg(&s)
+                .arg(&uri))
+        })
+        .await??;
+        assert!(target.wait_closed(Duration::from_secs(10)).await, "no DISC");
+        assert_eq!(export.first_missing(), None);
+        target.shutdown().await;
+        let out = thread.join().expect("writer finished");
+        out.finish()?;
+        assert!(!shared.failed(), "{:?}", shared.error());
+        assert_eq!(shared.transferred(), size);
+
+        let devs = dissect_devices(&dat)?;
+        assert_eq!(
+            devs,
+            vec![("drive-x".to_string(), size, sha256_file(&src)?)]
+        );
         Ok(())
     }
 }

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use vmdump_engine::live::{self, LiveOptions};
-use vmdump_engine::log::TaskLog;
-use vmdump_engine::options::Compression;
-use vmdump_engine::progress::{Level, Progress};
+use vmdump_config::Codec;
+use vmdump_engine::{live_backup, Level, LiveOptions, Progress, TaskLog};
 use vmdump_testkit::{dissect_devices, image_sha256, run, unpack, Disk, Qemu, Rng, MIB};
 
 /// Collects log lines for assertions.
@@ -57,7 +55,7 @@ fn make_disks(dir: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
-async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
+async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     make_disks(dir, seed)?;
@@ -118,7 +116,7 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
     };
     let log = TaskLog::new(&lines);
     let backup = async {
-        let r = live::run(&qemu.qmp, &keys, &configs, &dat, &opts, &log).await;
+        let r = live_backup(&qemu.qmp, &keys, &configs, &dat, &opts, &log).await;
         writer_done.store(true, Ordering::Relaxed);
         r
     };
@@ -150,7 +148,11 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
 
     // ...but the archive holds the disks as they were when the jobs started.
     let plain = dir.join("plain.vma");
-    unpack(&dat, compress.extension(), &plain)?;
+    unpack(
+        &dat,
+        compress.vma_extension().trim_start_matches(".vma"),
+        &plain,
+    )?;
     let devs = dissect_devices(&plain)?;
     assert_eq!(
         devs,
@@ -169,14 +171,14 @@ async fn consistency_round(seed: u64, compress: Compression) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_vm_consistent_under_writes_raw_and_qcow2() -> Result<()> {
     for seed in [1, 2, 3] {
-        consistency_round(seed, Compression::None).await?;
+        consistency_round(seed, Codec::None).await?;
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_vm_consistent_compressed() -> Result<()> {
-    consistency_round(11, Compression::Zstd).await?;
-    consistency_round(12, Compression::Lzo).await?;
-    consistency_round(13, Compression::Gzip).await
+    consistency_round(11, Codec::Zstd).await?;
+    consistency_round(12, Codec::Lzo).await?;
+    consistency_round(13, Codec::Gzip).await
 }

@@ -177,6 +177,61 @@ async fn client_survives_bad_replies() {
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
 }
 
+/// The spec lets a server send a structured read's chunks in any order: data and hole chunks
+/// arriving back to front and interleaved must still land at their own offsets.
+#[tokio::test]
+async fn client_places_out_of_order_chunks_at_their_offsets() {
+    // 64 KiB read at 128 KiB, answered in 4 KiB pieces: data pieces carry a byte derived from
+    // their offset, every third piece is a hole; sent in a scrambled order.
+    const BASE: u64 = 128 << 10;
+    const PIECE: u64 = 4 << 10;
+    let order: Vec<u64> = vec![15, 3, 0, 9, 14, 1, 7, 12, 2, 11, 5, 8, 13, 4, 10, 6];
+    let is_hole = |i: u64| i % 3 == 1;
+    let byte = |i: u64| 0x40 + i as u8;
+    let order2 = order.clone();
+    let (_d, path) = fake_server(move |mut s| async move {
+        accept_handshake(&mut s).await;
+        let (cmd, cookie) = read_request(&mut s).await;
+        assert_eq!(cmd, request::CMD_READ);
+        let mut out = BytesMut::new();
+        for (n, &i) in order2.iter().enumerate() {
+            let flags = if n + 1 == order2.len() { FLAG_DONE } else { 0 };
+            let offset = BASE + i * PIECE;
+            if is_hole(i) {
+                Chunk::OffsetHole {
+                    offset,
+                    length: PIECE as u32,
+                }
+                .encode(&mut out, cookie, flags);
+            } else {
+                let data = bytes::Bytes::from(vec![byte(i); PIECE as usize]);
+                Chunk::OffsetData {
+                    offset,
+                    data: data.clone(),
+                }
+                .encode(&mut out, cookie, flags);
+                out.put_slice(&data);
+            }
+        }
+        s.write_all(&out).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    let c = connect(&path).await.unwrap();
+    let got = c.read(BASE, 16 * PIECE).await.unwrap();
+    assert_eq!(got.len() as u64, 16 * PIECE);
+    for i in 0..16u64 {
+        let piece = &got[(i * PIECE) as usize..((i + 1) * PIECE) as usize];
+        let want = if is_hole(i) { 0 } else { byte(i) };
+        assert!(
+            piece.iter().all(|&b| b == want),
+            "piece {i} (sent as chunk #{}) holds {:#x}, want {want:#x}",
+            order.iter().position(|&o| o == i).unwrap(),
+            piece[0]
+        );
+    }
+}
+
 #[tokio::test]
 async fn client_sees_closed_when_server_dies_mid_request() {
     let (_d, path) = fake_server(|mut s| async move {

@@ -108,6 +108,10 @@ pub enum Error {
         #[source]
         source: Box<vmdump_blockdev::Error>,
     },
+    /// The run's session directory (records of new volumes and helpers) could not be
+    /// written.
+    #[error("run session")]
+    Session(#[from] vmdump_launch::Error),
     /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
     #[error("{tool} failed: {detail}")]
     Tool {
@@ -115,6 +119,15 @@ pub enum Error {
         tool: String,
         /// Exit status and stderr.
         detail: String,
+    },
+    /// The VM's lock file could not be taken (run directory trouble).
+    #[error("take the VM lock in '{}'", path.display())]
+    LockFile {
+        /// The run directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<vmdump_guest::Error>,
     },
     /// Another restore or command holds the VM's lock.
     #[error("VM {vmid} is locked by another vmdump operation")]
@@ -131,7 +144,7 @@ pub enum Error {
         what: String,
     },
     /// The restore was interrupted by a signal.
-    #[error("interrupted by signal")]
+    #[error("aborted by signal")]
     Interrupted,
     /// A worker thread panicked (a bug).
     #[error("internal error: {0}")]
@@ -152,7 +165,9 @@ impl Error {
             | Error::Volume { .. }
             | Error::Write { .. }
             | Error::Disk { .. }
+            | Error::Session(_)
             | Error::Tool { .. }
+            | Error::LockFile { .. }
             | Error::Internal(_) => ErrorKind::Io,
             Error::Config(_)
             | Error::Storage { .. }

@@ -2,11 +2,13 @@
 //!
 //! # Design
 //!
-//! [`restore`] reads a `.vma[.zst|.lzo|.gz]` stream (file or stdin; the compression is
-//! detected from the magic bytes), takes `qemu-server.conf` (and `qemu-server.fw`) from the
-//! header, plans every device through its `#qmdump#map` line ([`plan`]), allocates new
-//! volumes `vm-<vmid>-disk-<N>` ([`volume`]), writes the data, rewrites the config
-//! ([`rewrite`]) and writes it last, atomically.
+//! [`restore`] is [`plan`] then apply, the same shape as a backup: the plan takes the VM
+//! lock, checks the VM to overwrite, reads a `.vma[.zst|.lzo|.gz]` stream's header (file or
+//! stdin; the compression is detected from the magic bytes), takes `qemu-server.conf` (and
+//! `qemu-server.fw`) from it and plans every device through its `#qmdump#map` line
+//! ([`DiskPlan`]); nothing is written. Apply allocates new volumes `vm-<vmid>-disk-<N>`,
+//! writes the data, rewrites the config and writes it last, atomically. Log lines and
+//! progress go to a [`Progress`] (the interface backup uses too); [`Cancel`] aborts.
 //!
 //! Data path (all stages run in parallel, connected by bounded channels):
 //!
@@ -32,10 +34,10 @@
 //! ```no_run
 //! # fn demo() -> vmdump_restore::Result<()> {
 //! let root = vmdump_config::ConfigRoot::from_env(None);
-//! let mut opts = vmdump_restore::Options::new(root, 101);
+//! let mut opts = vmdump_restore::Options::new(root, vmdump_config::VmId::new(101)?);
 //! opts.storage = Some("local".into());
 //! let archive = std::fs::File::open("vzdump-qemu-100-2025_01_01-00_00_00.vma.zst").unwrap();
-//! let summary = vmdump_restore::restore(Box::new(archive), &opts, &mut |line| println!("{line}"))?;
+//! let summary = vmdump_restore::restore(Box::new(archive), &opts, &vmdump_restore::Silent)?;
 //! println!("config written to {}", summary.config_path.display());
 //! # Ok(()) }
 //! ```
@@ -43,12 +45,15 @@
 #![warn(missing_docs)]
 
 mod error;
-pub mod input;
-pub mod pipeline;
-pub mod plan;
+mod input;
+mod pipeline;
+mod plan;
 mod restore;
-pub mod rewrite;
-pub mod volume;
+mod rewrite;
+mod volume;
 
 pub use error::{Error, ErrorKind, Result};
-pub use restore::{restore, vm_running, Options, RestoredDisk, Summary};
+pub use pipeline::{DiskStats, Stats};
+pub use plan::DiskPlan;
+pub use restore::{plan, restore, Options, RestorePlan, RestoredDisk, Summary};
+pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

@@ -6,8 +6,10 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
+use vmdump_task::Cancel;
 
 use bytes::Bytes;
 use vmdump_vma::{Reader, BLOCK_SIZE, CLUSTER_SIZE};
@@ -18,7 +20,7 @@ use crate::error::{Error, Result};
 const QUEUE_DEPTH: usize = 4;
 
 /// One device to restore and where its data goes.
-pub struct Sink {
+pub struct DiskSink {
     /// Archive device id.
     pub dev_id: u8,
     /// Archive device name (for messages).
@@ -29,9 +31,9 @@ pub struct Sink {
     pub target: Box<dyn vmdump_blockdev::Target>,
 }
 
-impl std::fmt::Debug for Sink {
+impl std::fmt::Debug for DiskSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink")
+        f.debug_struct("DiskSink")
             .field("dev_id", &self.dev_id)
             .field("name", &self.name)
             .field("size", &self.size)
@@ -41,7 +43,7 @@ impl std::fmt::Debug for Sink {
 
 /// Per-device figures of a restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStats {
+pub struct DiskStats {
     /// Archive device name.
     pub name: String,
     /// Device bytes covered by the archive's clusters (the device size when complete).
@@ -56,7 +58,7 @@ pub struct DeviceStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Per device, in archive order.
-    pub devices: Vec<DeviceStats>,
+    pub devices: Vec<DiskStats>,
     /// Archive (decompressed) bytes read.
     pub archive_bytes: u64,
     /// Seconds the data phase took.
@@ -80,7 +82,7 @@ impl Stats {
 
 /// A progress report: fraction of all clusters restored so far.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
+pub struct DataProgress {
     /// Whole percent done (0..=100).
     pub percent: u32,
     /// Device bytes processed.
@@ -98,7 +100,7 @@ struct Lane {
     /// Runs of the current extent: `(device offset, start in the extent data, length)`.
     runs: Vec<(u64, usize, usize)>,
     size: u64,
-    stats: DeviceStats,
+    stats: DiskStats,
 }
 
 impl Lane {
@@ -133,12 +135,12 @@ impl Lane {
 
 /// Run the data phase: read every extent of `reader`, write each sink's data, check that the
 /// archive is complete, and make the targets durable. On any error (corrupt archive, write
-/// failure, `interrupt` set) the writers are stopped and the first cause is returned.
+/// failure, `cancel` set) the writers are stopped and the first cause is returned.
 pub fn run<R: Read>(
     reader: Reader<R>,
-    sinks: Vec<Sink>,
-    interrupt: &AtomicBool,
-    progress: &mut dyn FnMut(Progress),
+    sinks: Vec<DiskSink>,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(DataProgress),
 ) -> Result<Stats> {
     let start = Instant::now();
     let total_clusters: u64 = sinks
@@ -160,7 +162,7 @@ pub fn run<R: Read>(
                 tx: Some(tx),
                 runs: Vec::with_capacity(64),
                 size: sink.size,
-                stats: DeviceStats {
+                stats: DiskStats {
                     name: sink.name.clone(),
                     ..Default::default()
                 },
@@ -178,7 +180,7 @@ pub fn run<R: Read>(
             &mut lanes,
             &route,
             total_clusters,
-            interrupt,
+            cancel,
             start,
             progress,
         );
@@ -224,15 +226,15 @@ fn parse<R: Read>(
     lanes: &mut [Lane],
     route: &[usize; 256],
     total_clusters: u64,
-    interrupt: &AtomicBool,
+    cancel: &Cancel,
     start: Instant,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(DataProgress),
 ) -> Result<u64> {
     let mut done_clusters = 0u64;
     let mut done_bytes = 0u64;
     let mut last_percent = None;
     loop {
-        if interrupt.load(Ordering::Relaxed) {
+        if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
         let Some(ext) = reader.next_extent()? else {
@@ -283,7 +285,7 @@ fn parse<R: Read>(
             .min(100) as u32;
         if last_percent != Some(percent) {
             last_percent = Some(percent);
-            progress(Progress {
+            progress(DataProgress {
                 percent,
                 bytes: done_bytes,
                 seconds: start.elapsed().as_secs_f64(),
@@ -302,8 +304,8 @@ fn parse<R: Read>(
     Ok(archive_bytes)
 }
 
-fn write_lane(sink: Sink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()> {
-    let Sink {
+fn write_lane(sink: DiskSink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result<()> {
+    let DiskSink {
         name, mut target, ..
     } = sink;
     for batch in rx {

@@ -37,7 +37,7 @@ fn formats(kind: &StorageType) -> &'static [&'static str] {
 /// Plan every (non-vmstate) device of the archive. The storage is `target_storage`, else the
 /// map line's storage, else `local`; the format is the map line's if the storage supports it,
 /// else the storage's default.
-pub fn plan(
+pub fn plan_disks(
     header: &Header,
     maps: &[QmdumpMap],
     storage: &StorageConfig,
@@ -160,7 +160,7 @@ mod tests {
             "c",
         )
         .unwrap();
-        let p = plan(&header(), &maps, &storage(), None).unwrap();
+        let p = plan_disks(&header(), &maps, &storage(), None).unwrap();
         assert_eq!(
             (p[0].storage.as_str(), p[0].format.as_str()),
             ("other", "qcow2")
@@ -169,9 +169,9 @@ mod tests {
             (p[1].storage.as_str(), p[1].format.as_str()),
             ("local", "raw")
         );
-        let p = plan(&header(), &maps, &storage(), Some("fast")).unwrap();
+        let p = plan_disks(&header(), &maps, &storage(), Some("fast")).unwrap();
         assert!(p.iter().all(|d| d.storage == "fast" && d.format == "raw"));
-        let p = plan(&header(), &maps, &storage(), Some("other")).unwrap();
+        let p = plan_disks(&header(), &maps, &storage(), Some("other")).unwrap();
         assert_eq!(
             p[1].format, "qcow2",
             "empty format takes the storage default"
@@ -190,14 +190,14 @@ mod tests {
             ("isos", "content 'images'"),
             ("lvm", "type 'lvmthin'"),
         ] {
-            let e = plan(&header(), &maps, &storage(), Some(sid)).unwrap_err();
+            let e = plan_disks(&header(), &maps, &storage(), Some(sid)).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
         }
-        let e = plan(&header(), &maps[..1], &storage(), None).unwrap_err();
+        let e = plan_disks(&header(), &maps[..1], &storage(), None).unwrap_err();
         assert!(e.to_string().contains("'drive-virtio1'"), "{e}");
         let extra = parse_maps("#qmdump#map:scsi3:drive-scsi3:local:raw:\n", "c").unwrap();
         let all: Vec<_> = maps.iter().chain(&extra).cloned().collect();
-        let e = plan(&header(), &all, &storage(), None).unwrap_err();
+        let e = plan_disks(&header(), &all, &storage(), None).unwrap_err();
         assert!(e.to_string().contains("drive-scsi3"), "{e}");
     }
 }

@@ -1,19 +1,22 @@
-//! The restore operation: plan, allocate, write, rewrite the config, commit.
+//! The restore operation in two steps: [`plan`] (lock, checks on the existing VM, the
+//! archive header, the target of every disk, what an overwrite removes and keeps; nothing is
+//! written) and apply (allocate, write, rewrite the config, commit, remove the old disks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use vmdump_config::qmdump::parse_maps;
-use vmdump_config::{write_atomic, ConfigRoot, QemuConfig, StorageConfig, VolumeId, VolumeRef};
+use vmdump_config::{
+    write_atomic, ConfigRoot, QemuConfig, StorageConfig, VmId, VolumeId, VolumeRef,
+};
+use vmdump_task::{Cancel, Level, Progress, Transfer};
 
 use crate::error::{Error, Result};
 use crate::input::Input;
-use crate::pipeline::{self, Sink, Stats};
-use crate::plan::{plan, DiskPlan};
+use crate::pipeline::{self, DiskSink, Stats};
+use crate::plan::{plan_disks, DiskPlan};
 use crate::rewrite::{mac_prefix_from_datacenter, rewrite_config, OsRandom, Rewrite};
 use crate::volume::{allocate, remove_volid, Volume};
 
@@ -23,7 +26,7 @@ pub struct Options {
     /// Configuration root (storage.cfg, qemu-server/).
     pub root: ConfigRoot,
     /// The VM id to restore to.
-    pub vmid: u32,
+    pub vmid: VmId,
     /// Put every disk on this storage (else the storage of each map line, else `local`).
     pub storage: Option<String>,
     /// Overwrite an existing (stopped, unprotected) VM.
@@ -34,14 +37,14 @@ pub struct Options {
     pub bwlimit: Option<u64>,
     /// Directory of running VMs' sockets (to refuse overwriting a running VM).
     pub run_dir: PathBuf,
-    /// Set (e.g. by a signal handler) to abort; the restore then cleans up.
-    pub interrupt: Arc<AtomicBool>,
+    /// Cancelled (e.g. by a signal handler) to abort; the restore then cleans up.
+    pub cancel: Cancel,
 }
 
 impl Options {
     /// Options with defaults: no storage override, no force/unique/limit, the run directory
     /// the VM runtime's ([`vmdump_guest::run_base_from_env`]).
-    pub fn new(root: ConfigRoot, vmid: u32) -> Self {
+    pub fn new(root: ConfigRoot, vmid: VmId) -> Self {
         let run_dir = vmdump_guest::run_base_from_env();
         Options {
             root,
@@ -51,7 +54,7 @@ impl Options {
             unique: false,
             bwlimit: None,
             run_dir,
-            interrupt: Arc::new(AtomicBool::new(false)),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -86,24 +89,33 @@ pub struct Summary {
     pub stats: Stats,
 }
 
-/// Removes the new volumes unless the restore committed. Each volume is also recorded in the
-/// run's session (before it is created), so a killed restore's volumes are removed by the
-/// next run.
-struct Allocated {
+/// Removes the new volumes unless the restore committed, saying so for each. Each volume is
+/// also recorded in the run's session (before it is created), so a killed restore's volumes
+/// are removed by the next run.
+struct Allocated<'a> {
     volumes: Vec<Volume>,
     records: Vec<vmdump_launch::VolumeRecord>,
     committed: bool,
+    progress: &'a dyn Progress,
 }
 
-impl Drop for Allocated {
+impl Drop for Allocated<'_> {
     fn drop(&mut self) {
         if self.committed {
             return;
         }
         for v in &self.volumes {
             match v.remove() {
-                Ok(()) => tracing::info!("temporary volume '{}' successfully removed", v.volid),
-                Err(e) => tracing::warn!("cannot remove temporary volume '{}': {e}", v.volid),
+                Ok(()) => self.progress.log(
+                    Level::Info,
+                    &format!("temporary volume '{}' successfully removed", v.volid),
+                    false,
+                ),
+                Err(e) => self.progress.log(
+                    Level::Warn,
+                    &format!("cannot remove temporary volume '{}': {e}", v.volid),
+                    false,
+                ),
             }
         }
     }
@@ -111,7 +123,7 @@ impl Drop for Allocated {
 
 /// Whether a VM is running: a live QEMU owns its run directory, or its QMP socket accepts
 /// connections.
-pub fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
+pub(crate) fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
     let rd = vmdump_guest::RunDir::new(run_dir, vmid);
     rd.live_pid().is_some()
         || UnixStream::connect(rd.qmp_socket()).is_ok()
@@ -140,28 +152,66 @@ pub(crate) fn g3(v: f64) -> String {
     }
 }
 
-/// Restore the archive read from `source` as VM `opts.vmid`. Progress and the qmrestore-style
-/// log lines go to `log`. All-or-nothing: on any error (including an interrupt) the new
-/// volumes are removed, no config is written, and an existing VM stays as it was.
-pub fn restore(
+/// Everything a restore will read and write, checked before anything is written (the
+/// result of [`plan`]). Holds the VM lock until it is applied or dropped.
+pub struct RestorePlan {
+    vmid: VmId,
+    _lock: vmdump_guest::VmLock,
+    /// The config file that will be written.
+    pub config_path: PathBuf,
+    old: Option<QemuConfig>,
+    storage: StorageConfig,
+    reader: vmdump_vma::Reader<Input>,
+    header: vmdump_vma::Header,
+    /// The archived config's text.
+    config_text: String,
+    /// Where every disk goes.
+    pub disks: Vec<DiskPlan>,
+    /// Old volumes (`--force`) that are replaced by restored disks and removed at the end.
+    pub to_remove: Vec<VolumeId>,
+    /// Old volumes that stay, referenced as `unusedN`.
+    pub kept: Vec<VolumeId>,
+    /// Volume names the old config uses (never given to a new disk).
+    taken: Vec<String>,
+}
+
+impl std::fmt::Debug for RestorePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestorePlan")
+            .field("vmid", &self.vmid)
+            .field("config_path", &self.config_path)
+            .field("disks", &self.disks)
+            .field("to_remove", &self.to_remove)
+            .field("kept", &self.kept)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes the VM lock, checks the VM to restore to (exists only with `force`; then not
+/// locked, protected or running), reads the archive header from `source`, and plans every
+/// disk. Nothing is written. The header's lines go to `progress`.
+pub fn plan(
     source: Box<dyn Read + Send>,
     opts: &Options,
-    log: &mut dyn FnMut(&str),
-) -> Result<Summary> {
+    progress: &dyn Progress,
+) -> Result<RestorePlan> {
     let vmid = opts.vmid;
-    let conf_path = opts.root.qemu_config_path(vmid);
+    let conf_path = opts.root.qemu_config_path(vmid.get());
     // The VM lock keeps `vmdump vm start` (and a second restore) away until we are done.
-    let _lock = vmdump_guest::VmLock::try_acquire(&opts.run_dir, vmid)
-        .map_err(|e| Error::Internal(format!("take the VM lock: {e}")))?
-        .ok_or(Error::Locked { vmid })?;
+    let lock = vmdump_guest::VmLock::try_acquire(&opts.run_dir, vmid.get())
+        .map_err(|source| Error::LockFile {
+            path: opts.run_dir.clone(),
+            source: Box::new(source),
+        })?
+        .ok_or(Error::Locked { vmid: vmid.get() })?;
     let old = if conf_path.exists() {
         if !opts.force {
-            return Err(Error::Exists { vmid });
+            return Err(Error::Exists { vmid: vmid.get() });
         }
         let old = QemuConfig::load(&conf_path)?;
         if let Some(what) = old.lock() {
             return Err(Error::ConfigLocked {
-                vmid,
+                vmid: vmid.get(),
                 what: what.to_string(),
             });
         }
@@ -170,19 +220,17 @@ pub fn restore(
             .and_then(vmdump_config::parse_bool)
             .unwrap_or(false)
         {
-            return Err(Error::Protected { vmid });
+            return Err(Error::Protected { vmid: vmid.get() });
         }
-        if vm_running(&opts.run_dir, vmid) {
-            return Err(Error::Running { vmid });
+        if vm_running(&opts.run_dir, vmid.get()) {
+            return Err(Error::Running { vmid: vmid.get() });
         }
         Some(old)
     } else {
         None
     };
     let storage = opts.root.storage()?;
-    // Records this run's helpers and new volumes; reaps what killed runs left first.
-    let session = vmdump_launch::Session::open(&opts.run_dir)
-        .map_err(|e| Error::Internal(format!("open the run session: {e}")))?;
+    let log = |line: &str| progress.log(Level::Info, line, false);
 
     let input = Input::open(source, opts.bwlimit.map(|k| k.saturating_mul(1024)))?;
     log(&format!("archive compression: {}", input.codec()));
@@ -198,10 +246,11 @@ pub fn restore(
         ));
     }
     let conf = header.config("qemu-server.conf").ok_or(Error::NoConfig)?;
-    let text = std::str::from_utf8(&conf.data)
-        .map_err(|e| Error::Mapping(format!("qemu-server.conf is not UTF-8: {e}")))?;
-    let maps = parse_maps(text, "qemu-server.conf")?;
-    let plans = plan(&header, &maps, &storage, opts.storage.as_deref())?;
+    let config_text = std::str::from_utf8(&conf.data)
+        .map_err(|e| Error::Mapping(format!("qemu-server.conf is not UTF-8: {e}")))?
+        .to_string();
+    let maps = parse_maps(&config_text, "qemu-server.conf")?;
+    let disks = plan_disks(&header, &maps, &storage, opts.storage.as_deref())?;
 
     // Names the old config uses stay reserved, so old and new disks never collide.
     let taken: Vec<String> = old
@@ -214,11 +263,65 @@ pub fn restore(
                 .collect()
         })
         .unwrap_or_default();
+    // --force: old disks that were restored are replaced; other owned volumes stay as unusedN.
+    let (to_remove, kept) = match &old {
+        Some(o) => old_volumes(o, vmid.get(), &storage, &disks)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(RestorePlan {
+        vmid,
+        _lock: lock,
+        config_path: conf_path,
+        old,
+        storage,
+        reader,
+        header,
+        config_text,
+        disks,
+        to_remove,
+        kept,
+        taken,
+    })
+}
 
+/// Restore the archive read from `source` as VM `opts.vmid`: [`plan`], then apply. Progress
+/// and the qmrestore-style log lines go to `progress`. All-or-nothing: on any error
+/// (including a cancel) the new volumes are removed (each removal is logged), no config is
+/// written, and an existing VM stays as it was.
+pub fn restore(
+    source: Box<dyn Read + Send>,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let plan = plan(source, opts, progress)?;
+    apply(plan, opts, progress)
+}
+
+/// The side effects of a planned restore.
+fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    let RestorePlan {
+        vmid,
+        _lock,
+        config_path: conf_path,
+        old,
+        storage,
+        reader,
+        header,
+        config_text: text,
+        disks: plans,
+        to_remove,
+        kept,
+        taken,
+    } = plan;
+    let vmid = vmid.get();
+    let log = |line: &str| progress.log(Level::Info, line, false);
+    // Records this run's helpers and new volumes; reaps what killed runs left first.
+    let session = vmdump_launch::Session::open(&opts.run_dir)?;
     let mut allocated = Allocated {
         volumes: Vec::new(),
         records: Vec::new(),
         committed: false,
+        progress,
     };
     let mut sinks = Vec::new();
     let mut disks = Vec::new();
@@ -241,7 +344,7 @@ pub fn restore(
             p.devname,
             vol.path.display()
         ));
-        sinks.push(Sink {
+        sinks.push(DiskSink {
             dev_id: p.dev_id,
             name: p.devname.clone(),
             size: p.size,
@@ -256,11 +359,22 @@ pub fn restore(
         });
     }
 
-    let stats = pipeline::run(reader, sinks, &opts.interrupt, &mut |p| {
-        log(&format!(
-            "progress {}% (read {} bytes, duration {} sec)",
-            p.percent, p.bytes, p.seconds as u64
-        ));
+    let total_size: u64 = plans.iter().map(|p| p.size).sum();
+    let stats = pipeline::run(reader, sinks, &opts.cancel, &mut |p| {
+        progress.log(
+            Level::Info,
+            &format!(
+                "progress {}% (read {} bytes, duration {} sec)",
+                p.percent, p.bytes, p.seconds as u64
+            ),
+            true,
+        );
+        progress.update(&Transfer {
+            transferred: p.bytes,
+            zero: 0,
+            total: total_size,
+            elapsed: std::time::Duration::from_secs_f64(p.seconds),
+        });
     })?;
     let total = stats.total();
     if total == 0 {
@@ -291,13 +405,7 @@ pub fn restore(
         unique: opts.unique,
         mac_prefix,
     };
-    let mut new_text = rewrite_config(text, &rw, &mut OsRandom, "qemu-server.conf")?;
-
-    // --force: old disks that were restored are replaced; other owned volumes stay as unusedN.
-    let (to_remove, kept) = match &old {
-        Some(o) => old_volumes(o, vmid, &storage, &plans)?,
-        None => (Vec::new(), Vec::new()),
-    };
+    let mut new_text = rewrite_config(&text, &rw, &mut OsRandom, "qemu-server.conf")?;
     let mut next_unused = 0;
     for v in &kept {
         if new_text.contains(&v.to_string()) {
@@ -315,7 +423,7 @@ pub fn restore(
     let display = conf_path.display().to_string();
     QemuConfig::parse(&new_text, &display)?;
 
-    if opts.interrupt.load(Ordering::Relaxed) {
+    if opts.cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
     let fw_path = opts.root.dir().join("firewall").join(format!("{vmid}.fw"));
@@ -336,7 +444,11 @@ pub fn restore(
                 log(&format!("removed old volume '{v}'"));
                 removed.push(v.to_string());
             }
-            Err(e) => log(&format!("WARN: cannot remove old volume '{v}': {e}")),
+            Err(e) => progress.log(
+                Level::Warn,
+                &format!("cannot remove old volume '{v}': {e}"),
+                false,
+            ),
         }
     }
     Ok(Summary {

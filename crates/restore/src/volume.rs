@@ -74,9 +74,7 @@ pub fn allocate(
             path: image_dir.clone(),
             source,
         })?;
-        let record = session
-            .record_volume(&path, subvol_dir.as_deref())
-            .map_err(|e| Error::Internal(format!("record the new volume: {e}")))?;
+        let record = session.record_volume(&path, subvol_dir.as_deref())?;
         if let Some(sv) = &subvol_dir {
             match create_subvolume(sv) {
                 Ok(()) => {}

@@ -1,21 +1,19 @@
 //! `vmdump backup`: live backup of VMs into VMA archives (the vzdump of vmdump).
 //!
-//! Maps the vzdump options onto [`vmdump_engine::options::Settings`], runs one guest after the
+//! Maps the vzdump options onto a `vmdump_config::VzdumpOptions` (the layer over `vzdump.conf`), runs one guest after the
 //! other (a failed guest does not stop the others), prints the task log as vzdump does
 //! (`INFO: ...` on stdout), with an indicatif bar instead of the percentage lines on a
 //! terminal. Exit status 0 when every guest succeeded, 1 when any failed.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use vmdump_engine::options::{Compression, Mode, Performance, Settings};
-use vmdump_engine::progress::{render_bytes, Level, Progress, Transfer};
+use vmdump_config::{Codec, Mode, Performance, VmId, VzdumpOptions};
 use vmdump_engine::BackupJob;
+use vmdump_task::Level;
+
+use crate::ui::{cancel_on_signals, Style, Ui};
 
 /// Arguments of `vmdump backup` (boxed: the subcommand enum stays small).
 #[derive(clap::Args, Debug)]
@@ -24,39 +22,40 @@ pub struct Args {
     opts: Box<Opts>,
 }
 
-/// The options of `vmdump backup` (names and meanings as vzdump's options).
+/// The options of `vmdump backup` (names, meanings and spellings as vzdump's; the value
+/// types and their parsing are `vmdump-config`'s, shared with `vzdump.conf`).
 #[derive(clap::Args, Debug)]
 struct Opts {
-    /// Guests to back up.
+    /// Guests to back up (100..999999999; a guest named twice is backed up once).
     #[arg(value_name = "VMID")]
-    vmids: Vec<u32>,
+    vmids: Vec<VmId>,
     /// Back up all guests of this host.
     #[arg(long)]
     all: bool,
     /// Skip these guests (comma-separated); implies --all.
     #[arg(long, value_delimiter = ',', value_name = "VMID")]
-    exclude: Vec<u32>,
+    exclude: Vec<VmId>,
     /// Consistency mode: snapshot (default), suspend, stop.
     #[arg(long)]
-    mode: Option<String>,
+    mode: Option<Mode>,
     /// Target storage (from storage.cfg).
     #[arg(long, conflicts_with = "dumpdir")]
     storage: Option<String>,
     /// Target directory.
     #[arg(long)]
     dumpdir: Option<PathBuf>,
-    /// Compression: 0, 1 (lzo), gzip, lzo, zstd.
+    /// Compression: 0 (none), 1 (lzo), gzip, lzo, zstd.
     #[arg(long)]
-    compress: Option<String>,
+    compress: Option<Codec>,
     /// zstd threads (0 = half the CPUs).
     #[arg(long)]
     zstd: Option<u32>,
     /// Bandwidth limit in KiB/s (0 = none).
-    #[arg(long)]
+    #[arg(long, value_name = "KiB/s", allow_hyphen_values = true, value_parser = non_negative)]
     bwlimit: Option<u64>,
     /// Performance options, e.g. max-workers=16.
     #[arg(long)]
-    performance: Option<String>,
+    performance: Option<Performance>,
     /// Longest wait for the node-global backup lock, in minutes (default 180; 0 = fail
     /// at once if another backup job runs).
     #[arg(long)]
@@ -65,100 +64,93 @@ struct Opts {
     #[arg(long)]
     notes_template: Option<String>,
     /// Mark the backup protected (1/0).
-    #[arg(long, num_args = 0..=1, default_missing_value = "1")]
-    protected: Option<String>,
-    /// Configuration root (default $VMDUMP_ROOT or /etc/vmdump).
-    #[arg(long)]
-    root: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = boolean)]
+    protected: Option<bool>,
+}
+
+/// A count that may be 0 (`--bwlimit`): negative values get their own message.
+pub(crate) fn non_negative(s: &str) -> Result<u64, String> {
+    match s.parse::<i128>() {
+        Ok(n) if n < 0 => Err("the value must be ≥ 0".into()),
+        Ok(n) => u64::try_from(n).map_err(|_| "the value is too large".into()),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    vmdump_config::parse_bool(s).ok_or_else(|| format!("'{s}' is not a boolean (1/0)"))
 }
 
 /// Run `vmdump backup`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     let args = *args.opts;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(args, global))
 }
 
-fn settings(args: &Opts) -> anyhow::Result<Settings> {
-    Ok(Settings {
-        mode: args.mode.as_deref().map(Mode::parse).transpose()?,
-        compress: args
-            .compress
-            .as_deref()
-            .map(Compression::parse)
-            .transpose()?,
-        zstd: args.zstd,
-        storage: args.storage.clone(),
-        dumpdir: args.dumpdir.clone(),
-        bwlimit: args.bwlimit,
-        lockwait: args.lockwait,
-        performance: args
-            .performance
-            .as_deref()
-            .map(Performance::parse)
-            .transpose()?
-            .unwrap_or_default(),
-        notes_template: args.notes_template.clone(),
-        protected: match args.protected.as_deref() {
-            None => None,
-            Some("1" | "yes" | "true" | "on") => Some(true),
-            Some("0" | "no" | "false" | "off") => Some(false),
-            Some(other) => bail!("--protected: '{other}' is not a boolean"),
-        },
-    })
+/// The command line as the top layer of options.
+fn options(args: &Opts) -> VzdumpOptions {
+    let mut o = VzdumpOptions::default();
+    o.mode = args.mode;
+    o.compress = args.compress;
+    o.zstd = args.zstd;
+    o.storage = args.storage.clone();
+    o.dumpdir = args.dumpdir.clone();
+    o.bwlimit = args.bwlimit;
+    o.lockwait = args.lockwait;
+    o.performance = args.performance;
+    o.notes_template = args.notes_template.clone();
+    o.protected = args.protected;
+    o
 }
 
-async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
-    let root = vmdump_config::ConfigRoot::from_env(args.root.as_deref());
+/// The guests to back up, each once, in command-line order.
+fn guests(args: &Opts, root: &vmdump_config::ConfigRoot) -> anyhow::Result<Vec<VmId>> {
     let all = args.all || !args.exclude.is_empty();
     if all && !args.vmids.is_empty() {
         bail!("VMIDs cannot be combined with --all or --exclude");
     }
-    let vmids: Vec<u32> = if all {
+    let vmids: Vec<VmId> = if all {
         root.qemu_vmids()
             .with_context(|| format!("list guests in {}", root.dir().display()))?
             .into_iter()
+            .filter_map(|id| VmId::new(id).ok())
             .filter(|id| !args.exclude.contains(id))
             .collect()
     } else {
-        args.vmids.clone()
+        let mut seen = Vec::new();
+        for id in &args.vmids {
+            if !seen.contains(id) {
+                seen.push(*id);
+            }
+        }
+        seen
     };
     if vmids.is_empty() {
         bail!("no guests to back up (give VMIDs or --all)");
     }
-    let cli = settings(&args)?;
-    let (job, warnings) = BackupJob::new(root, &cli)?;
+    Ok(vmids)
+}
 
-    let ui = Ui::new();
-    let cmdline: Vec<String> = std::env::args().skip(2).collect();
+async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCode> {
+    let root = global.config_root();
+    let vmids = guests(&args, &root)?;
+    let (job, warnings) = BackupJob::new(root, &options(&args), global.run_base())?;
+
+    let ui = Ui::new(Style::Vzdump);
+    let cmdline: Vec<String> = std::env::args().skip(1).collect();
     ui.print(
         Level::Info,
-        &format!(
-            "starting new backup job: vmdump backup {}",
-            cmdline.join(" ")
-        ),
+        &format!("starting new backup job: vmdump {}", cmdline.join(" ")),
     );
     for w in warnings {
         ui.print(Level::Warn, &w);
     }
-
-    let interrupt = std::sync::Arc::clone(&job.interrupt);
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        interrupt.store(true, Ordering::Relaxed);
-    });
+    cancel_on_signals(job.cancel.clone());
 
     // One backup job at a time on this host (vzdump's global lock).
     let waited = std::cell::Cell::new(false);
@@ -182,11 +174,11 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
 
     let mut failed = Vec::new();
     for vmid in vmids {
-        if job.interrupt.load(Ordering::Relaxed) {
+        if job.cancel.is_cancelled() {
             failed.push(vmid);
             continue;
         }
-        ui.start(vmid);
+        ui.start(format!("VM {vmid}"));
         let res = vmdump_engine::backup_vm(&job, &lock, vmid, &ui).await;
         ui.done();
         if res.is_err() {
@@ -200,76 +192,5 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
         ui.print(Level::Info, "Backup job finished with errors");
         println!("TASK ERROR: job errors");
         Ok(ExitCode::from(1))
-    }
-}
-
-/// Task-log printer: plain `INFO:` lines, plus a bar on a terminal.
-struct Ui {
-    tty: bool,
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl Ui {
-    fn new() -> Self {
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            bar: Mutex::new(None),
-        }
-    }
-
-    fn start(&self, vmid: u32) {
-        if !self.tty {
-            return;
-        }
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:40}] {percent:>3}% {msg} ({elapsed_precise}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("VM {vmid}"));
-        if let Ok(mut b) = self.bar.lock() {
-            *b = Some(bar);
-        }
-    }
-
-    fn done(&self) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(bar) = b.take() {
-                bar.finish_and_clear();
-            }
-        }
-    }
-
-    fn print(&self, level: Level, line: &str) {
-        let text = format!("{}: {line}", level.prefix());
-        match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.suspend(|| println!("{text}")),
-            None => println!("{text}"),
-        }
-    }
-}
-
-impl Progress for Ui {
-    fn log(&self, level: Level, line: &str, progress: bool) {
-        if progress && self.tty {
-            // The bar shows it; the log file still gets the line.
-            return;
-        }
-        self.print(level, line);
-    }
-
-    fn update(&self, t: &Transfer) {
-        if let Some(bar) = self.bar.lock().ok().and_then(|b| b.clone()) {
-            bar.set_length(t.total);
-            bar.set_position(t.transferred);
-            bar.set_message(format!(
-                "{} of {}",
-                render_bytes(t.transferred as f64, 1),
-                render_bytes(t.total as f64, 1)
-            ));
-        }
     }
 }

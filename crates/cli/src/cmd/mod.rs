@@ -21,11 +21,11 @@ pub enum Cmd {
 }
 
 /// Dispatch a parsed subcommand.
-pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Backup(args) => backup::run(args),
-        Cmd::Restore(args) => restore::run(args),
-        Cmd::Vm(args) => vm::run(args),
+        Cmd::Backup(args) => backup::run(args, global),
+        Cmd::Restore(args) => restore::run(args, global),
+        Cmd::Vm(args) => vm::run(args, global),
         Cmd::Vma(args) => vma::run(args),
     }
 }

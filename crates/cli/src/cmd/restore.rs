@@ -1,25 +1,28 @@
 //! `vmdump restore`: restore of VMA archives (the qmrestore of vmdump).
 //!
 //! Log lines go to stdout in qmrestore's words (`new volume ID is ...`, `map ... to ...`,
-//! `progress N% ...`); errors go to stderr and exit 255. SIGINT/SIGTERM abort the restore,
-//! which then removes what it created.
+//! `progress N% ...`; a bar instead of the percentages on a terminal); errors go to stderr
+//! and exit 1. SIGINT/SIGTERM abort the restore, which then removes what it created (and
+//! says so, volume by volume).
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::io::Read;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use vmdump_config::VmId;
+use vmdump_task::Level;
+
+use crate::cmd::backup::non_negative;
+use crate::ui::{cancel_on_signals, Style, Ui};
 
 /// Arguments of `vmdump restore`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The archive (`.vma`, `.vma.zst`, `.vma.lzo`, `.vma.gz`), or `-` for stdin.
     archive: String,
-    /// The VM id to restore to.
-    vmid: u32,
+    /// The VM id to restore to (100..999999999).
+    vmid: VmId,
     /// Restore every disk to this storage (default: the storage each disk came from, or
     /// `local`).
     #[arg(long)]
@@ -32,45 +35,40 @@ pub struct Args {
     #[arg(long)]
     unique: bool,
     /// Limit the read rate of the archive, in KiB/s (0: unlimited).
-    #[arg(long, value_name = "KiB/s")]
+    #[arg(long, value_name = "KiB/s", allow_hyphen_values = true, value_parser = non_negative)]
     bwlimit: Option<u64>,
-    /// Configuration root (default: $VMDUMP_ROOT or /etc/vmdump).
-    #[arg(long)]
-    root: Option<PathBuf>,
 }
 
 /// Run `vmdump restore`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(100..=999_999_999).contains(&args.vmid) {
-        bail!("invalid VM id {} (100..999999999)", args.vmid);
-    }
-    let root = vmdump_config::ConfigRoot::from_env(args.root.as_deref());
-    let mut opts = vmdump_restore::Options::new(root, args.vmid);
+pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
+    let mut opts = vmdump_restore::Options::new(global.config_root(), args.vmid);
+    opts.run_dir = global.run_base();
     opts.storage = args.storage;
     opts.force = args.force;
     opts.unique = args.unique;
     opts.bwlimit = args.bwlimit.filter(|&b| b > 0);
-    watch_signals(Arc::clone(&opts.interrupt));
 
     let source: Box<dyn Read + Send> = if args.archive == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            File::open(&args.archive).with_context(|| format!("open archive {}", args.archive))?,
-        )
+        let file =
+            File::open(&args.archive).with_context(|| format!("open archive {}", args.archive))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            bail!("'{}' is a directory, not an archive", args.archive);
+        }
+        Box::new(file)
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    cancel_on_signals(opts.cancel.clone());
+    let ui = Ui::new(Style::Qmrestore);
     let name = if args.archive == "-" {
         "<stdin>"
     } else {
         &args.archive
     };
-    writeln!(out, "restore vma archive: {name}")?;
-    let result = vmdump_restore::restore(source, &opts, &mut |line| {
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    });
+    ui.print(Level::Info, &format!("restore vma archive: {name}"));
+    ui.start(format!("VM {}", args.vmid));
+    let result = vmdump_restore::restore(source, &opts, &ui);
+    ui.done();
     match result {
         Ok(summary) => {
             println!(
@@ -81,50 +79,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            if opts.interrupt.load(Ordering::Relaxed) {
-                Err(anyhow::Error::new(e).context("restore aborted, new volumes removed"))
-            } else {
-                Err(anyhow::Error::new(e).context(format!(
-                    "restore of VM {} failed, new volumes removed",
-                    args.vmid
-                )))
-            }
-        }
-    }
-}
-
-/// Set `flag` on SIGINT or SIGTERM (a small runtime on its own thread).
-fn watch_signals(flag: Arc<std::sync::atomic::AtomicBool>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("restore-signals".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    let _ = ready_tx.send(());
-                    return;
-                };
-                let _ = ready_tx.send(());
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                flag.store(true, Ordering::Relaxed);
-            });
-        });
-    if spawned.is_ok() {
-        // Handlers are installed before any work starts.
-        let _ = ready_rx.recv();
+        Err(e) => Err(anyhow::Error::new(e).context(format!("restore of VM {} failed", args.vmid))),
     }
 }

@@ -3,12 +3,11 @@
 //! QEMU is daemonized, so `vmdump vm start 100` returns once the VM runs and a later
 //! `vmdump vm status 100` (any process) finds it through its run directory.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use vmdump_config::ConfigRoot;
+use vmdump_config::VmId;
 use vmdump_guest::{Accel, Runtime, ShutdownOutcome, StartOptions, State};
 
 /// Arguments of `vmdump vm`.
@@ -16,12 +15,6 @@ use vmdump_guest::{Accel, Runtime, ShutdownOutcome, StartOptions, State};
 pub struct Args {
     #[command(subcommand)]
     action: Action,
-    /// Configuration root (storage.cfg, qemu-server/<vmid>.conf, ...).
-    #[arg(long, global = true, env = "VMDUMP_ROOT", default_value = vmdump_config::DEFAULT_ROOT)]
-    root: PathBuf,
-    /// Base of the per-VM run directories (sockets, pid file, serial log).
-    #[arg(long, global = true, env = "VMDUMP_RUN_DIR", default_value = vmdump_guest::DEFAULT_RUN_BASE)]
-    run_dir: PathBuf,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -29,7 +22,7 @@ enum Action {
     /// Start a VM (QEMU keeps running after this command returns).
     Start {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
         /// Start with the CPUs stopped (`prelaunch`); `vmdump vm resume` runs it.
         #[arg(long)]
         paused: bool,
@@ -44,7 +37,7 @@ enum Action {
     /// Shut a VM down cleanly: ACPI power button, then the guest agent, then a hard stop.
     Shutdown {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
         /// Seconds to wait for each clean step before escalating.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -52,7 +45,7 @@ enum Action {
     /// Stop a VM hard (QMP quit, then SIGTERM, then SIGKILL).
     Stop {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
         /// Seconds to wait for QEMU to quit before signals.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -60,17 +53,17 @@ enum Action {
     /// Pause a running VM.
     Suspend {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
     },
     /// Resume a paused (or prelaunch) VM.
     Resume {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
     },
     /// Print a VM's state (`status: running|stopped`, QEMU's run state, pid).
     Status {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output_format: Format,
@@ -84,7 +77,7 @@ enum Action {
     /// Print the QEMU command line `start` would run (shell-quoted).
     Showcmd {
         /// The VM.
-        vmid: u32,
+        vmid: VmId,
         /// As for a paused start.
         #[arg(long)]
         paused: bool,
@@ -130,17 +123,16 @@ fn parse_accel(s: &str) -> Result<Accel, String> {
 }
 
 /// Run `vmdump vm`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(args, global))
 }
 
-async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
-    let root = ConfigRoot::from_env(Some(&args.root));
-    let vms = Runtime::new(root).with_run_base(&args.run_dir);
+async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
+    let vms = Runtime::new(global.config_root()).with_run_base(global.run_base());
     match args.action {
         Action::Start {
             vmid,
@@ -153,7 +145,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                 accel,
                 skiplock,
             };
-            let started = vms.start(vmid, &opts).await?;
+            let started = vms.start(vmid.get(), &opts).await?;
             println!(
                 "VM {vmid} started (pid {}, {}{})",
                 started.pid,
@@ -162,7 +154,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
         Action::Shutdown { vmid, timeout } => {
-            let outcome = vms.shutdown(vmid, Duration::from_secs(timeout)).await?;
+            let outcome = vms
+                .shutdown(vmid.get(), Duration::from_secs(timeout))
+                .await?;
             let what = match outcome {
                 ShutdownOutcome::AlreadyStopped => "was not running",
                 ShutdownOutcome::Acpi => "shut down (ACPI)",
@@ -172,25 +166,23 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             println!("VM {vmid} {what}");
         }
         Action::Stop { vmid, timeout } => {
-            let was = vms.stop(vmid, Duration::from_secs(timeout)).await?;
+            let was = vms.stop(vmid.get(), Duration::from_secs(timeout)).await?;
             println!(
                 "VM {vmid} {}",
                 if was { "stopped" } else { "was not running" }
             );
         }
-        Action::Suspend { vmid } => vms.suspend(vmid).await?,
-        Action::Resume { vmid } => vms.resume(vmid).await?,
+        Action::Suspend { vmid } => vms.suspend(vmid.get()).await?,
+        Action::Resume { vmid } => vms.resume(vmid.get()).await?,
         Action::Status {
             vmid,
             output_format,
         } => {
             // A missing config is an error even if nothing runs.
-            vms.root()
-                .qemu_config(vmid)
-                .with_context(|| format!("VM {vmid}"))?;
-            let state = vms.status(vmid).await?;
+            vms.root().qemu_config(vmid.get())?;
+            let state = vms.status(vmid.get()).await?;
             if output_format == Format::Json {
-                println!("{}", state_json(vmid, &state));
+                println!("{}", state_json(vmid.get(), &state));
                 return Ok(ExitCode::SUCCESS);
             }
             println!("status: {}", state.as_str());
@@ -207,7 +199,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             accel,
         } => {
             let plan = vms.plan(
-                vmid,
+                vmid.get(),
                 &StartOptions {
                     paused,
                     accel,

@@ -1,0 +1,113 @@
+//! What a long-running operation (a backup, a restore) shares with whoever runs it: one
+//! interface for its log lines and transfer counters ([`Progress`]), and one cancellation
+//! token ([`Cancel`]).
+//!
+//! Backup and restore report through the same trait, so the CLI has one implementation
+//! (plain lines, or an indicatif bar on a terminal) and one signal handler that sets the one
+//! token. Library crates never print: they call [`Progress::log`] with a [`Level`], and the
+//! caller decides how a line looks (vzdump's `INFO: ` prefix, qmrestore's plain lines).
+//!
+//! Non-goals: formatting (each operation keeps its own tool's wording), persistence (the
+//! backup's task log file is the engine's).
+//!
+//! ```
+//! use vmdump_task::{Cancel, Level, Progress, Transfer};
+//!
+//! struct Print;
+//! impl Progress for Print {
+//!     fn log(&self, level: Level, line: &str, _progress: bool) {
+//!         println!("{}: {line}", level.prefix());
+//!     }
+//! }
+//! let cancel = Cancel::new();
+//! let watcher = cancel.clone();
+//! Print.log(Level::Info, "starting", false);
+//! cancel.cancel();
+//! assert!(watcher.is_cancelled());
+//! Print.update(&Transfer::default());
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Severity of a log line (`INFO:`, `WARN:`, `ERROR:` in vzdump's task log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Normal progress.
+    Info,
+    /// Something worth a look; the operation still succeeds.
+    Warn,
+    /// The operation failed.
+    Error,
+}
+
+impl Level {
+    /// The prefix vzdump puts in front of the line.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+}
+
+/// Transfer counters of one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfer {
+    /// Bytes processed so far (data and zeroes).
+    pub transferred: u64,
+    /// Of those, bytes that were all zero.
+    pub zero: u64,
+    /// Bytes in all (sum of the disk sizes).
+    pub total: u64,
+    /// Time since the data phase started.
+    pub elapsed: Duration,
+}
+
+/// Receives log lines and transfer updates. Implementations must be cheap: they are called
+/// on the operation's control path.
+pub trait Progress: Send + Sync {
+    /// One log line. `progress` marks the periodic percentage lines, which a terminal UI may
+    /// show as a bar instead.
+    fn log(&self, level: Level, line: &str, progress: bool);
+
+    /// Transfer counters, about once a second (backup) or per percent (restore).
+    fn update(&self, transfer: &Transfer) {
+        let _ = transfer;
+    }
+}
+
+/// A [`Progress`] that drops everything (library users that only want the result).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn log(&self, _level: Level, _line: &str, _progress: bool) {}
+}
+
+/// A shared cancellation flag: set once (by a signal handler or a caller), seen by every
+/// clone. Every long loop of an operation checks it and then cleans up.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A token nobody has cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask every holder to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
