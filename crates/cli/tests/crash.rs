@@ -296,16 +296,7 @@ async fn killed_running_vm_backup_leaves_the_vm_running_and_the_next_backup_clea
     let tmp = tempfile::tempdir()?;
     let env = Env::new(tmp.path())?;
     let hash = setup_vm(&env)?;
-    let a = env.image(100, "vm-100-disk-0.raw");
-    let vm = Qemu::paused(
-        &env.vm_dir(100)?,
-        &[Disk {
-            key: "scsi0",
-            path: &a,
-            format: "raw",
-        }],
-    )
-    .await?;
+    let vm = env.paused_vm(100, "scsi0", "vm-100-disk-0.raw").await?;
     let vm_pid = vm.child.id();
     // Kill points: the job just started; 1 s into the throttled copy.
     for delay in [Duration::ZERO, Duration::from_secs(1)] {

@@ -114,12 +114,6 @@ pub enum Error {
     /// QEMU went away during the backup.
     #[error("QEMU exited during the backup")]
     QemuExited,
-    /// Starting a QEMU for a stopped VM failed; `output` is what QEMU printed.
-    #[error("qemu: {output}")]
-    Qemu {
-        /// QEMU's own message (its log), or what could not be run.
-        output: String,
-    },
     /// The VM runtime (run directory, QEMU process) failed.
     #[error(transparent)]
     Guest(#[from] vmdump_guest::Error),
@@ -250,7 +244,6 @@ impl Error {
             | Error::Listen { .. }
             | Error::NotClosed
             | Error::QemuExited
-            | Error::Qemu { .. }
             | Error::Guest(_) => ErrorKind::Qemu,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Interrupted => ErrorKind::Interrupted,
