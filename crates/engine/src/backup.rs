@@ -240,7 +240,7 @@ pub async fn backup_vm(
     let res = async {
         // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
         // first, such as a backup helper QEMU still holding the disks.
-        let session = vmdump_launch::Session::open(&job.run_dir)?;
+        let session = vmdump_launch::Session::open_async(&job.run_dir).await?;
         let plan = plan(job, lock, vmid).await?;
         std::fs::create_dir_all(&plan.dump_dir)
             .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;

@@ -254,7 +254,7 @@ impl Runtime {
             });
         }
         let _lock = self.lock(vmid).await?;
-        let run = self.prepare_run_dir(vmid)?;
+        let run = self.prepare_run_dir(vmid).await?;
         let plan = self.plan_for(vmid, &cfg, opts, None)?;
         info!(vmid, accel = %plan.accel, paused = opts.paused, "starting QEMU");
         // QEMU daemonizes: the process we start exits once the VM runs, and the VM outlives
@@ -326,8 +326,8 @@ impl Runtime {
 
     /// Refuse a VM whose QEMU runs; remove stale run files (after reaping what crashed vmdump
     /// runs left, which may include a QEMU in this run directory); create the directory.
-    fn prepare_run_dir(&self, vmid: u32) -> Result<RunDir> {
-        vmdump_launch::reap_leftovers(&self.run_base);
+    async fn prepare_run_dir(&self, vmid: u32) -> Result<RunDir> {
+        vmdump_launch::reap_leftovers_async(&self.run_base).await;
         let run = self.run_dir(vmid);
         if let Some(pid) = run.live_pid() {
             return Err(Error::AlreadyRunning { vmid, pid });
@@ -379,7 +379,7 @@ impl Runtime {
     ) -> Result<BackupHelper> {
         let cfg = self.config(vmid)?;
         let lock = self.lock(vmid).await?;
-        let run = self.prepare_run_dir(vmid)?;
+        let run = self.prepare_run_dir(vmid).await?;
         let plan = self.plan_for(vmid, &cfg, &StartOptions::default(), Some(keys))?;
         info!(vmid, "starting QEMU as a backup helper");
         let (cmd, log) = self.command(vmid, &run, &plan)?;
@@ -479,7 +479,7 @@ impl Runtime {
     /// The VM's state. What crashed vmdump runs left is reaped first (with a warning), and a
     /// stale run directory (dead QEMU) is cleaned.
     pub async fn status(&self, vmid: u32) -> Result<State> {
-        vmdump_launch::reap_leftovers(&self.run_base);
+        vmdump_launch::reap_leftovers_async(&self.run_base).await;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             // Only clean up when no other process is in the middle of starting this VM.

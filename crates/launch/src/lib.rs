@@ -35,7 +35,7 @@ pub mod spawn;
 
 pub use error::{Error, Result};
 pub use process::ProcId;
-pub use session::{reap_leftovers, Helper, Reaped, Session, VolumeRecord};
+pub use session::{reap_leftovers, reap_leftovers_async, Helper, Reaped, Session, VolumeRecord};
 
 use std::path::PathBuf;
 

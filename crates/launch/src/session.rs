@@ -44,6 +44,15 @@ impl Session {
         }))
     }
 
+    /// [`Session::open`] for async code: the reaping (which may wait for killed helpers to
+    /// exit) runs on the blocking pool.
+    pub async fn open_async(run_base: &Path) -> Result<Arc<Self>> {
+        let base = run_base.to_path_buf();
+        tokio::task::spawn_blocking(move || Session::open(&base))
+            .await
+            .map_err(|e| Error::io("open a session in", run_base, std::io::Error::other(e)))?
+    }
+
     /// The session directory.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -266,6 +275,14 @@ impl Reaped {
     pub fn is_empty(&self) -> bool {
         self.killed.is_empty() && self.volumes.is_empty() && self.sessions.is_empty()
     }
+}
+
+/// [`reap_leftovers`] for async code (on the blocking pool).
+pub async fn reap_leftovers_async(run_base: &Path) -> Reaped {
+    let base = run_base.to_path_buf();
+    tokio::task::spawn_blocking(move || reap_leftovers(&base))
+        .await
+        .unwrap_or_default()
 }
 
 /// Clean up after runs that died (SIGKILL, power loss, a crash) under `run_base`: kill their
