@@ -176,15 +176,7 @@ async fn backup_in_progress(env: &Env, seed: u64) -> Result<(Qemu, std::process:
         100,
         "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=64M\n",
     )?;
-    let vm = Qemu::paused(
-        &env.vm_dir(100)?,
-        &[Disk {
-            key: "scsi0",
-            path: &a,
-            format: "raw",
-        }],
-    )
-    .await?;
+    let vm = env.paused_vm(100, "scsi0", "vm-100-disk-0.raw").await?;
     let child = env
         .vmdump_command(&["100", "--bwlimit", "8192"])
         .stdout(Stdio::piped())

@@ -426,3 +426,50 @@ fn global_lock_waits_and_stale_temporaries_are_removed() -> Result<()> {
     assert!(other.exists(), "another guest's temporary was removed");
     Ok(())
 }
+
+/// A storage path containing `,` (QEMU's option separator) backs up like any other: the helper
+/// QEMU gets its disks from the VM runtime's command line, which never splits a path.
+#[test]
+fn stopped_vm_on_a_storage_path_with_commas() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let store = tmp.path().join("st,ore,,x");
+    std::fs::create_dir_all(store.join("images/100"))?;
+    let mut cfg = std::fs::read_to_string(env.root.join("storage.cfg"))?;
+    cfg.push_str(&format!(
+        "\ndir: comma\n\tpath {}\n\tcontent images\n",
+        store.display()
+    ));
+    std::fs::write(env.root.join("storage.cfg"), cfg)?;
+    let raw = store.join("images/100/vm-100-disk-0.raw");
+    std::fs::File::create(&raw)?.set_len(8 * MIB)?;
+    write_random(&raw, MIB, 2 * MIB, 3)?;
+    let qcow = store.join("images/100/vm-100-disk-1.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg((4 * MIB).to_string()))?;
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x3c 1M 1M"])
+        .arg(&qcow))?;
+    env.write_config(
+        100,
+        "cores: 1\nmemory: 256\nscsi0: comma:100/vm-100-disk-0.raw,size=8M\nscsi1: comma:100/vm-100-disk-1.qcow2,size=4M\n",
+    )?;
+    let out = env.vmdump_backup(&["100", "--compress", "0"])?;
+    let stdout = expect_success(&out, "vmdump backup");
+    assert!(stdout.contains("INFO: status = stopped"), "{stdout}");
+    let archive = env.dump().join(env.archive_name(".vma"));
+    assert_eq!(
+        dissect_devices(&archive)?,
+        vec![
+            ("drive-scsi0".into(), 8 * MIB, sha256_file(&raw)?),
+            (
+                "drive-scsi1".into(),
+                4 * MIB,
+                image_sha256(&qcow, "qcow2", tmp.path())?
+            ),
+        ]
+    );
+    Ok(())
+}

@@ -20,7 +20,6 @@ use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
 use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
 use crate::progress::{format_hms, format_size, summary};
-use crate::stopped::{PausedQemu, StoppedDisk};
 
 /// How many following seconds a backup tries when its archive name is taken.
 const NAME_TRIES: u32 = 60;
@@ -127,8 +126,9 @@ pub struct BackupReport {
 pub enum Source {
     /// The VM runs: its QEMU, through this monitor connection.
     Running(Client),
-    /// The VM is stopped: a QEMU started paused for the backup opens these images.
-    Stopped(Vec<StoppedDisk>),
+    /// The VM is stopped: the VM runtime starts a backup helper QEMU (paused, only these
+    /// drives, dying with vmdump) for the backup.
+    Stopped(Vec<String>),
 }
 
 /// Everything one guest's backup will read and write, found and checked before any side
@@ -195,20 +195,16 @@ pub async fn plan(job: &BackupJob, _lock: &JobLock, vmid: VmId) -> Result<Backup
         }
         None => {
             let storage = job.root.storage()?;
-            let mut stopped = Vec::new();
+            let mut keys = Vec::new();
             for d in &disks {
-                let r = storage
+                storage
                     .resolve_ref(&d.volume)?
                     .ok_or_else(|| Error::NoVolume {
                         device: d.devname.clone(),
                     })?;
-                stopped.push(StoppedDisk {
-                    drive: d.devname.clone(),
-                    path: r.path,
-                    format: d.format.clone(),
-                });
+                keys.push(d.key.to_string());
             }
-            Source::Stopped(stopped)
+            Source::Stopped(keys)
         }
     };
     Ok(BackupPlan {
@@ -242,6 +238,9 @@ pub async fn backup_vm(
         start_time.format("%Y-%m-%d %H:%M:%S")
     ));
     let res = async {
+        // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
+        // first, such as a backup helper QEMU still holding the disks.
+        let session = vmdump_launch::Session::open_async(&job.run_dir).await?;
         let plan = plan(job, lock, vmid).await?;
         std::fs::create_dir_all(&plan.dump_dir)
             .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;
@@ -260,7 +259,7 @@ pub async fn backup_vm(
                 path.display()
             ));
         }
-        let (archive, size, transfer) = apply(job, plan, &names, &log).await?;
+        let (archive, size, transfer) = apply(job, plan, &names, &log, &session).await?;
         Ok::<_, Error>((archive, names.log(), size, transfer))
     }
     .await;
@@ -306,6 +305,7 @@ async fn apply(
     plan: BackupPlan,
     names: &ArchiveName,
     log: &TaskLog<'_>,
+    session: &std::sync::Arc<vmdump_launch::Session>,
 ) -> Result<(PathBuf, u64, Transfer)> {
     let vmid = plan.vmid;
     if plan.stale_lock {
@@ -358,7 +358,7 @@ async fn apply(
     opts.zstd_threads = job.settings.zstd_threads;
     opts.zstd_level = job.zstd_level;
     opts.cancel = job.cancel.clone();
-    opts.socket_dir = std::env::temp_dir();
+    opts.socket_dir = session.path().to_path_buf();
     let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
     let dat = names.temporary();
 
@@ -379,10 +379,13 @@ async fn apply(
             opts.was_running = status.status == RunState::Running;
             live::run(qmp, &keys, &configs, &dat, &opts, log).await?
         }
-        Source::Stopped(disks) => {
+        Source::Stopped(drives) => {
             log.info("starting kvm to execute backup task");
-            let qemu = PausedQemu::start(&job.run_dir.join(vmid.to_string()), disks).await?;
-            let res = live::run(&qemu.qmp, &keys, &configs, &dat, &opts, log).await;
+            let qemu = vmdump_guest::Runtime::new(job.root.clone())
+                .with_run_base(&job.run_dir)
+                .start_backup_helper(vmid.get(), drives, session)
+                .await?;
+            let res = live::run(qemu.qmp(), &keys, &configs, &dat, &opts, log).await;
             log.info("stopping kvm after backup task");
             qemu.stop().await;
             res?

@@ -114,15 +114,12 @@ pub enum Error {
     /// QEMU went away during the backup.
     #[error("QEMU exited during the backup")]
     QemuExited,
-    /// Starting a QEMU for a stopped VM failed; `output` is what QEMU printed.
-    #[error("qemu: {output}")]
-    Qemu {
-        /// QEMU's own message (its log), or what could not be run.
-        output: String,
-    },
     /// The VM runtime (run directory, QEMU process) failed.
     #[error(transparent)]
     Guest(#[from] vmdump_guest::Error),
+    /// The run's session directory (records of helper processes) could not be written.
+    #[error("run session")]
+    Session(#[from] vmdump_launch::Error),
     /// The feature is not implemented.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
@@ -231,7 +228,9 @@ impl Error {
             | Error::NoVolume { .. }
             | Error::NoDisks { .. } => ErrorKind::Config,
             Error::GuestLocked { .. } | Error::Lock { .. } => ErrorKind::Busy,
-            Error::File { .. } | Error::NameTaken { .. } | Error::Header(_) => ErrorKind::Io,
+            Error::File { .. } | Error::NameTaken { .. } | Error::Header(_) | Error::Session(_) => {
+                ErrorKind::Io
+            }
             Error::Transfer(f) => match **f {
                 Failure::Write { .. } | Failure::Finish(_) | Failure::WriterStopped => {
                     ErrorKind::Io
@@ -245,7 +244,6 @@ impl Error {
             | Error::Listen { .. }
             | Error::NotClosed
             | Error::QemuExited
-            | Error::Qemu { .. }
             | Error::Guest(_) => ErrorKind::Qemu,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Interrupted => ErrorKind::Interrupted,

@@ -23,7 +23,8 @@
 //! (`job::abort`). Thaw is sent on every path. Jobs and nodes are named `vmdump-*`, so a run
 //! killed with SIGKILL leaves nothing the next run cannot find and remove
 //! (`job::clean_stale`). A VM that is not running is backed up from a QEMU started paused
-//! for the purpose (`stopped`) and quit afterwards.
+//! for the purpose by the VM runtime (`vmdump_guest::Runtime::start_backup_helper`: the VM's
+//! node names, only its disks, dies with vmdump) and quit afterwards.
 //!
 //! **Layers**: [`live_backup`] is one push backup of a QEMU's disks into one file (tests call
 //! it directly); [`backup_vm`] is [`plan`] (every check before a side effect) then apply: the
@@ -61,7 +62,6 @@ mod options;
 mod output;
 mod pipeline;
 mod progress;
-mod stopped;
 mod target;
 
 pub use backup::{backup_vm, plan, BackupJob, BackupPlan, BackupReport, Source};
@@ -73,5 +73,4 @@ pub use log::TaskLog;
 pub use name::ArchiveName;
 pub use options::{Destination, Resolved, DEFAULT_LOCKWAIT, UNSUPPORTED_KEYS};
 pub use progress::{format_hms, format_size, render_bytes, render_duration};
-pub use stopped::StoppedDisk;
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

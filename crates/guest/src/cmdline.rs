@@ -29,7 +29,7 @@
 //! Networks: `netN` become `-netdev user` (slirp) backends with the configured model and MAC;
 //! vmdump runs standalone without Proxmox's bridges and tap scripts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 use tracing::{debug, warn};
@@ -98,6 +98,9 @@ pub(crate) struct BuildInput<'a> {
     pub accel: Accel,
     pub paused: bool,
     pub daemonize: bool,
+    /// A backup helper: only the drives with these keys, as block nodes without guest
+    /// devices, under `-machine none` (no firmware, memory or CPU setup).
+    pub only: Option<&'a [String]>,
 }
 
 /// The node names of a disk key (without building anything).
@@ -115,6 +118,8 @@ pub fn qom_path(key: DriveKey) -> String {
 
 struct Builder<'a> {
     vmid: u32,
+    /// Whether guest devices are added (false for a backup helper).
+    devices: bool,
     args: Vec<String>,
     machine_is_q35: bool,
     boot: Vec<String>,
@@ -175,8 +180,12 @@ pub(crate) fn build(
     let vmid = input.vmid;
     let cerr = |source| Error::Config { vmid, source };
     let machine = machine_type(cfg);
+    if let Some(only) = input.only {
+        return build_helper(cfg, storage, input, only);
+    }
     let mut b = Builder {
         vmid,
+        devices: true,
         args: Vec::new(),
         machine_is_q35: machine.contains("q35"),
         boot: cfg.boot_order(),
@@ -225,16 +234,7 @@ pub(crate) fn build(
             b.push("-cpu", t);
         }
     }
-    b.args
-        .extend(["-nodefaults".into(), "-no-user-config".into()]);
-    b.push("-display", "none");
-    for (id, sock) in [("qmp", run.qmp_socket()), ("qmp-ctl", run.control_socket())] {
-        b.push(
-            "-chardev",
-            format!("socket,id={id},path={},server=on,wait=off", comma(&sock)),
-        );
-        b.push("-mon", format!("chardev={id},mode=control"));
-    }
+    monitors(&mut b, run);
     b.push(
         "-chardev",
         format!("file,id=serial0,path={}", comma(&run.serial_log())),
@@ -320,6 +320,61 @@ pub(crate) fn build(
     })
 }
 
+/// `-nodefaults`, no display, the two QMP monitors of the run directory.
+fn monitors(b: &mut Builder<'_>, run: &RunDir) {
+    b.args
+        .extend(["-nodefaults".into(), "-no-user-config".into()]);
+    b.push("-display", "none");
+    for (id, sock) in [("qmp", run.qmp_socket()), ("qmp-ctl", run.control_socket())] {
+        b.push(
+            "-chardev",
+            format!("socket,id={id},path={},server=on,wait=off", comma(&sock)),
+        );
+        b.push("-mon", format!("chardev={id},mode=control"));
+    }
+}
+
+/// The command line of a backup helper: the drives `only` under the VM's node names, paused,
+/// `-machine none`, the VM's monitors and pid file, no guest devices.
+fn build_helper(
+    cfg: &QemuConfig,
+    storage: &StorageConfig,
+    input: &BuildInput<'_>,
+    only: &[String],
+) -> Result<LaunchPlan> {
+    let vmid = input.vmid;
+    let cerr = |source| Error::Config { vmid, source };
+    let mut b = Builder {
+        vmid,
+        devices: false,
+        args: vec!["-machine".into(), "none".into(), "-S".into()],
+        machine_is_q35: false,
+        boot: Vec::new(),
+        scsihw: "lsi",
+        scsi_controllers: Default::default(),
+        ahci: false,
+    };
+    monitors(&mut b, input.run);
+    b.push("-pidfile", input.run.pidfile().display().to_string());
+    let mut disks = Vec::new();
+    for drive in cfg.drives().map_err(cerr)? {
+        if !only.iter().any(|k| *k == drive.key.to_string()) {
+            continue;
+        }
+        if let Some(d) = add_drive(&mut b, storage, &drive)? {
+            disks.push(d);
+        }
+    }
+    debug!(vmid, args = ?b.args, "backup helper command line");
+    Ok(LaunchPlan {
+        vmid,
+        args: b.args,
+        disks,
+        accel: input.accel,
+        agent: false,
+    })
+}
+
 fn ovmf_code(cfg: &QemuConfig) -> Option<PathBuf> {
     let four_m = cfg
         .get("efidisk0")
@@ -338,10 +393,7 @@ fn ovmf_code(cfg: &QemuConfig) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-/// Escape commas for QEMU's `key=value` option syntax.
-fn comma(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
-}
+use vmdump_launch::qemu_opt_path as comma;
 
 fn add_drive(
     b: &mut Builder<'_>,
@@ -365,7 +417,7 @@ fn add_drive(
             .expect("volumes and paths resolve to a file"),
     };
     let path = resolved.path;
-    let meta = std::fs::metadata(&path).map_err(|_| Error::MissingImage {
+    let proto = vmdump_blockdev::raw::protocol_driver(&path).map_err(|_| Error::MissingImage {
         vmid,
         key: key.to_string(),
         path: path.clone(),
@@ -377,15 +429,10 @@ fn add_drive(
     let direct = match cache {
         Some("none") | Some("directsync") => true,
         Some(_) => false,
-        None => vmdump_nbd::image::supports_direct_io(&path),
+        None => vmdump_blockdev::raw::supports_direct_io(&path),
     };
     let no_flush = cache == Some("unsafe");
     let write_cache_off = matches!(cache, Some("writethrough") | Some("directsync"));
-    let proto = if meta.file_type().is_file() {
-        "file"
-    } else {
-        "host_device"
-    };
     let mut file = json!({
         "driver": proto, "node-name": file_node_name, "filename": path,
         "cache": {"direct": direct, "no-flush": no_flush},
@@ -402,6 +449,19 @@ fn add_drive(
     }
     b.push("-blockdev", file.to_string());
     b.push("-blockdev", fmt.to_string());
+    if !b.devices {
+        return Ok(Some(DiskNode {
+            key,
+            node_name,
+            file_node_name,
+            qdev_id: None,
+            qom_path: None,
+            path,
+            format,
+            read_only,
+            cdrom,
+        }));
+    }
 
     let mut opts = String::new();
     if write_cache_off {

@@ -7,7 +7,13 @@
 //!   `vmdump vm status` in another process finds it through the run directory
 //!   ([`RunDir`], default `/run/vmdump/<vmid>/`). A pid file whose process is gone (or is no
 //!   longer our QEMU: the command line must name that pid file) is stale and cleaned on the
-//!   next `start`/`status`.
+//!   next `start`/`status`. Every QEMU is started through `vmdump-launch` (the one place
+//!   vmdump starts processes), which also reaps what killed vmdump runs left before a
+//!   `start` or `status`.
+//! - **Backup helper:** a stopped VM is backed up from a QEMU started by
+//!   [`Runtime::start_backup_helper`]: the same command-line builder (node names, comma
+//!   escaping), but `-machine none`, paused, only the backed-up disks, not daemonized; it
+//!   dies with vmdump and is recorded in the run's session.
 //! - **Monitors:** two QMP sockets, `qmp.sock` for long-lived clients (the backup engine) and
 //!   `ctl.sock` for the runtime's short exchanges, because QEMU serves one client per monitor.
 //! - **Block nodes:** the naming scheme the backup engine relies on is documented in
@@ -41,16 +47,15 @@
 pub mod accel;
 pub mod cmdline;
 mod error;
-mod process;
 mod rundir;
 mod runtime;
 
 pub use accel::Accel;
 pub use cmdline::{node_names, qom_path, DiskNode, LaunchPlan};
 pub use error::{Error, ErrorKind, Result};
-pub use rundir::{
-    run_base_from_env, try_lock_file, RunDir, VmLock, DEFAULT_RUN_BASE, RUN_BASE_ENV,
-};
+pub use rundir::{try_lock_file, RunDir, VmLock};
 pub use runtime::{
-    run_state_name, Runtime, ShutdownOutcome, StartOptions, Started, State, VmSummary, QEMU_ENV,
+    run_state_name, BackupHelper, Runtime, ShutdownOutcome, StartOptions, Started, State,
+    VmSummary, QEMU_ENV,
 };
+pub use vmdump_launch::{run_base_from_env, DEFAULT_RUN_BASE, RUN_BASE_ENV};

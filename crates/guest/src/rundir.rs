@@ -9,6 +9,13 @@
 //! | `qga.sock` | guest agent channel (only with `agent: 1`) |
 //! | `qemu.pid` | QEMU's pid (`-pidfile`) |
 //! | `serial.log` | the guest's first serial port |
+//! | `qemu.log` | QEMU's stdout and stderr while it starts (and of a backup helper) |
+//!
+//! The helper processes of a vmdump run (the paused QEMU of a stopped-VM backup,
+//! `qemu-storage-daemon`) and the volumes a restore is creating are recorded in the run's
+//! session under `<run base>/session/` (see `vmdump-launch`). A backup helper QEMU uses this
+//! VM's run directory like the VM itself (same sockets and pid file), so `vmdump vm status`
+//! shows it and `vmdump vm start` refuses to start a second QEMU on the same disks.
 //!
 //! QEMU serves one client per monitor, so a backup holding `qmp.sock` does not block status
 //! queries on `ctl.sock`. Events are delivered on both.
@@ -18,20 +25,6 @@ use std::path::{Path, PathBuf};
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::process;
-
-/// Default base of run directories.
-pub const DEFAULT_RUN_BASE: &str = "/run/vmdump";
-/// Environment variable overriding the run base.
-pub const RUN_BASE_ENV: &str = "VMDUMP_RUN_DIR";
-
-/// The run base every vmdump command uses: `$VMDUMP_RUN_DIR` if set and not empty, else
-/// [`DEFAULT_RUN_BASE`]. The VM runtime, the backup engine and restore must agree on it.
-pub fn run_base_from_env() -> PathBuf {
-    std::env::var_os(RUN_BASE_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_RUN_BASE), PathBuf::from)
-}
 
 /// Take an exclusive `flock` on `path` (created if missing) without waiting: the open file
 /// holds it until dropped, and the kernel drops it if the process dies. `None` if another
@@ -99,6 +92,11 @@ impl RunDir {
         self.dir.join("serial.log")
     }
 
+    /// QEMU's own stdout and stderr (the start of a VM, the backup helper).
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+
     /// Create the directory (mode 0700 for a fresh one).
     pub fn create(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
@@ -114,7 +112,7 @@ impl RunDir {
     pub fn live_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.pidfile()).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
-        process::is_ours(pid, &self.pidfile()).then_some(pid)
+        vmdump_launch::process::has_arg(pid, &self.pidfile()).then_some(pid)
     }
 
     /// Remove sockets and the pid file (the serial log stays for post-mortems) and the

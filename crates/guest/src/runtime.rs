@@ -10,8 +10,11 @@ use vmdump_qmp::{qga, Client, RunState};
 
 use crate::accel::Accel;
 use crate::cmdline::{self, BuildInput, LaunchPlan};
+use std::sync::Arc;
+
+use vmdump_launch::{process, Helper, Session};
+
 use crate::error::{Error, Result};
-use crate::process;
 use crate::rundir::{RunDir, VmLock};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
@@ -154,7 +157,7 @@ impl Runtime {
     /// A runtime for `root`; run directories under `$VMDUMP_RUN_DIR` or `/run/vmdump`; QEMU
     /// from `$VMDUMP_QEMU` or `qemu-system-x86_64`.
     pub fn new(root: ConfigRoot) -> Self {
-        let run_base = crate::rundir::run_base_from_env();
+        let run_base = vmdump_launch::run_base_from_env();
         let qemu = std::env::var_os(QEMU_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
@@ -207,10 +210,16 @@ impl Runtime {
     /// Build the command line (and disk node table) without starting anything.
     pub fn plan(&self, vmid: u32, opts: &StartOptions) -> Result<LaunchPlan> {
         let cfg = self.config(vmid)?;
-        self.plan_for(vmid, &cfg, opts)
+        self.plan_for(vmid, &cfg, opts, None)
     }
 
-    fn plan_for(&self, vmid: u32, cfg: &QemuConfig, opts: &StartOptions) -> Result<LaunchPlan> {
+    fn plan_for(
+        &self,
+        vmid: u32,
+        cfg: &QemuConfig,
+        opts: &StartOptions,
+        only: Option<&[String]>,
+    ) -> Result<LaunchPlan> {
         let storage = self
             .root
             .storage()
@@ -227,8 +236,9 @@ impl Runtime {
                 vmid,
                 run: &run,
                 accel: Accel::choose(opts.accel, kvm_enabled),
-                paused: opts.paused,
-                daemonize: true,
+                paused: opts.paused || only.is_some(),
+                daemonize: only.is_none(),
+                only,
             },
         )
     }
@@ -244,49 +254,48 @@ impl Runtime {
             });
         }
         let _lock = self.lock(vmid).await?;
-        let run = self.run_dir(vmid);
-        if let Some(pid) = run.live_pid() {
-            return Err(Error::AlreadyRunning { vmid, pid });
-        }
-        if run.has_leftovers() {
-            info!(
-                "VM {vmid}: removing stale run files in {}",
-                run.path().display()
-            );
-        }
-        run.clean()?;
-        let plan = self.plan_for(vmid, &cfg, opts)?;
-        run.create()?;
+        let run = self.prepare_run_dir(vmid).await?;
+        let plan = self.plan_for(vmid, &cfg, opts, None)?;
         info!(vmid, accel = %plan.accel, paused = opts.paused, "starting QEMU");
-        let mut cmd = tokio::process::Command::new(&self.qemu);
-        cmd.args(&plan.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let out = cmd.output();
-        let out = match tokio::time::timeout(LAUNCH_TIMEOUT, out).await {
-            Ok(r) => r.map_err(|source| Error::Spawn {
-                vmid,
-                program: self.qemu.display().to_string(),
-                source,
-            })?,
-            Err(_) => {
-                self.kill_stray(&run).await;
-                return Err(Error::Launch {
-                    vmid,
-                    status: format!("no answer within {LAUNCH_TIMEOUT:?}"),
-                    stderr: String::new(),
-                });
+        // QEMU daemonizes: the process we start exits once the VM runs, and the VM outlives
+        // vmdump (no death signal).
+        let (cmd, log) = self.command(vmid, &run, &plan)?;
+        let mut child = vmdump_launch::spawn::spawn(cmd).map_err(|source| Error::Spawn {
+            vmid,
+            program: self.qemu.display().to_string(),
+            source,
+        })?;
+        let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => {
+                    let _ = child.kill();
+                    process::wait_exit(child.id(), TERM_GRACE).await;
+                    // Reap the zombie (it has exited: this does not block).
+                    let _ = child.try_wait();
+                    self.kill_stray(&run).await;
+                    return Err(Error::Launch {
+                        vmid,
+                        status: match other {
+                            Err(e) => format!("cannot wait for it: {e}"),
+                            _ => format!("no answer within {LAUNCH_TIMEOUT:?}"),
+                        },
+                        stderr: read_log(&log),
+                    });
+                }
             }
         };
-        if !out.status.success() {
+        if !status.success() {
             self.kill_stray(&run).await;
             run.clean()?;
             return Err(Error::Launch {
                 vmid,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                status: status.to_string(),
+                stderr: read_log(&log),
             });
         }
         let Some(pid) = run.live_pid() else {
@@ -294,7 +303,7 @@ impl Runtime {
             return Err(Error::Launch {
                 vmid,
                 status: "exited right after start".into(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr: read_log(&log),
             });
         };
         // The control monitor must answer; otherwise the start failed.
@@ -313,6 +322,117 @@ impl Runtime {
             }
         }
         Ok(Started { pid, plan })
+    }
+
+    /// Refuse a VM whose QEMU runs; remove stale run files (after reaping what crashed vmdump
+    /// runs left, which may include a QEMU in this run directory); create the directory.
+    async fn prepare_run_dir(&self, vmid: u32) -> Result<RunDir> {
+        vmdump_launch::reap_leftovers_async(&self.run_base).await;
+        let run = self.run_dir(vmid);
+        if let Some(pid) = run.live_pid() {
+            return Err(Error::AlreadyRunning { vmid, pid });
+        }
+        if run.has_leftovers() {
+            info!(
+                "VM {vmid}: removing stale run files in {}",
+                run.path().display()
+            );
+        }
+        run.clean()?;
+        run.create()?;
+        Ok(run)
+    }
+
+    /// The QEMU command of `plan`, its stdout and stderr going to the run dir's QEMU log.
+    fn command(
+        &self,
+        vmid: u32,
+        run: &RunDir,
+        plan: &LaunchPlan,
+    ) -> Result<(std::process::Command, PathBuf)> {
+        let log = run.qemu_log();
+        let io = |source| Error::Io {
+            vmid,
+            path: log.clone(),
+            source,
+        };
+        let out = std::fs::File::create(&log).map_err(io)?;
+        let err = out.try_clone().map_err(io)?;
+        let mut cmd = std::process::Command::new(&self.qemu);
+        cmd.args(&plan.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        Ok((cmd, log))
+    }
+
+    /// Start a backup helper for the stopped VM `vmid`: QEMU paused with `-machine none` and
+    /// only the drives `keys` as block nodes under the VM's node names (`drive-<key>`), in the
+    /// VM's run directory (its sockets and pid file, so `vmdump vm status` sees it and `vmdump
+    /// vm start` refuses a second QEMU on the same disks). It is a helper of `session`: it
+    /// dies with vmdump and is recorded. Refused if the VM runs.
+    pub async fn start_backup_helper(
+        &self,
+        vmid: u32,
+        keys: &[String],
+        session: &Arc<Session>,
+    ) -> Result<BackupHelper> {
+        let cfg = self.config(vmid)?;
+        let lock = self.lock(vmid).await?;
+        let run = self.prepare_run_dir(vmid).await?;
+        let plan = self.plan_for(vmid, &cfg, &StartOptions::default(), Some(keys))?;
+        info!(vmid, "starting QEMU as a backup helper");
+        let (cmd, log) = self.command(vmid, &run, &plan)?;
+        let helper = session
+            .spawn("qemu-system-x86_64 (backup helper)", cmd)
+            .map_err(|e| Error::Launch {
+                vmid,
+                status: e.to_string(),
+                stderr: String::new(),
+            })?;
+        let mut helper = BackupHelper {
+            helper,
+            qmp: None,
+            run,
+            plan,
+        };
+        // A QEMU that exits at once (a disk it cannot open) is reported at once.
+        let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT;
+        let qmp_path = helper.run.qmp_socket();
+        loop {
+            if let Some(st) = helper.helper.try_wait().map_err(|source| Error::Io {
+                vmid,
+                path: log.clone(),
+                source,
+            })? {
+                helper.run.clean()?;
+                return Err(Error::Launch {
+                    vmid,
+                    status: st.to_string(),
+                    stderr: read_log(&log),
+                });
+            }
+            match Client::connect_with_timeout(&qmp_path, vmdump_qmp::DEFAULT_TIMEOUT).await {
+                Ok(c) => {
+                    helper.qmp = Some(c);
+                    break;
+                }
+                Err(vmdump_qmp::Error::Connect { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Qmp {
+                        vmid,
+                        step: format!("connect to {}", qmp_path.display()),
+                        source,
+                    })
+                }
+            }
+        }
+        drop(lock);
+        Ok(helper)
     }
 
     async fn lock(&self, vmid: u32) -> Result<VmLock> {
@@ -356,8 +476,10 @@ impl Runtime {
             })
     }
 
-    /// The VM's state. A stale run directory (dead QEMU) is cleaned.
+    /// The VM's state. What crashed vmdump runs left is reaped first (with a warning), and a
+    /// stale run directory (dead QEMU) is cleaned.
     pub async fn status(&self, vmid: u32) -> Result<State> {
+        vmdump_launch::reap_leftovers_async(&self.run_base).await;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             // Only clean up when no other process is in the middle of starting this VM.
@@ -565,5 +687,66 @@ impl Runtime {
             });
         }
         Ok(out)
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A paused QEMU serving a stopped VM's disks for a backup (see
+/// [`Runtime::start_backup_helper`]). [`BackupHelper::stop`] quits it; dropping it kills it.
+/// Either way the run directory is cleaned.
+#[derive(Debug)]
+pub struct BackupHelper {
+    helper: Helper,
+    qmp: Option<Client>,
+    run: RunDir,
+    plan: LaunchPlan,
+}
+
+impl BackupHelper {
+    /// Its QMP monitor (`qmp.sock`).
+    pub fn qmp(&self) -> &Client {
+        self.qmp.as_ref().expect("connected at start")
+    }
+
+    /// The command line and disk nodes.
+    pub fn plan(&self) -> &LaunchPlan {
+        &self.plan
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.helper.pid()
+    }
+
+    /// Quit QEMU (killed if it does not exit within 10 s) and clean the run directory.
+    pub async fn stop(mut self) {
+        if let Some(q) = self.qmp.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), q.quit()).await;
+        }
+        if !matches!(
+            self.helper.wait_timeout(Duration::from_secs(10)).await,
+            Ok(Some(_))
+        ) {
+            warn!(
+                "backup helper QEMU (pid {}) did not quit, killing it",
+                self.helper.pid()
+            );
+            self.helper.kill_async(TERM_GRACE).await;
+        }
+    }
+}
+
+impl Drop for BackupHelper {
+    fn drop(&mut self) {
+        self.helper.kill();
+        if let Err(e) = self.run.clean() {
+            warn!("{e}");
+        }
     }
 }

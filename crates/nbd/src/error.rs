@@ -1,10 +1,8 @@
 //! The crate's error type.
 
-use std::path::PathBuf;
-
 use crate::proto::{errno, ProtocolError};
 
-/// Everything that can go wrong speaking NBD or driving the QEMU tools behind [`crate::image`].
+/// Everything that can go wrong speaking NBD.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -59,16 +57,6 @@ pub enum Error {
     /// The caller asked for something the export or this crate cannot do.
     #[error("invalid request: {0}")]
     Usage(String),
-    /// A QEMU tool (`qemu-img`, `qemu-storage-daemon`) failed.
-    #[error("{tool} failed for {path}: {detail}")]
-    Tool {
-        /// The program.
-        tool: &'static str,
-        /// The image it worked on.
-        path: PathBuf,
-        /// Exit status and stderr excerpt.
-        detail: String,
-    },
 }
 
 fn fmt_msg(message: &str) -> String {
@@ -83,7 +71,7 @@ fn fmt_msg(message: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// Local or socket I/O, or a QEMU tool failure.
+    /// Local or socket I/O.
     Io,
     /// The peer broke the protocol.
     Protocol,
@@ -103,7 +91,7 @@ impl Error {
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Connect { .. } | Self::Io(_) | Self::Tool { .. } => ErrorKind::Io,
+            Self::Connect { .. } | Self::Io(_) => ErrorKind::Io,
             Self::Protocol(_) => ErrorKind::Protocol,
             Self::Refused { .. } => ErrorKind::Refused,
             Self::Remote { errno, .. } => ErrorKind::Remote(*errno),

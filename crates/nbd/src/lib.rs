@@ -1,5 +1,6 @@
-//! NBD (Network Block Device) protocol: a server for push backups, a client for snapshot
-//! reads, and offline image access through `qemu-storage-daemon`.
+//! NBD (Network Block Device) protocol: a server for push backups and a client for snapshot
+//! reads. A pure protocol crate: it starts no processes and knows nothing of QEMU's tools
+//! (offline image access through `qemu-storage-daemon` lives in `vmdump-blockdev`).
 //!
 //! # Purpose
 //! - **Push mode** (`blockdev-backup` to an NBD target): QEMU is the client and writes the
@@ -11,13 +12,11 @@
 //!   structured replies, `base:allocation` and `qemu:dirty-bitmap:*` block status, and can
 //!   split every READ/BLOCK_STATUS/TRIM into 64 KiB-aligned pieces ([`ClientOptions::align_64k`])
 //!   to dodge QEMU 7.2's snapshot-access bugs.
-//! - **Offline images**: [`image::Image`] opens qcow2/raw/vmdk/... by starting
-//!   `qemu-storage-daemon` with a private NBD export and always stops it again.
 //!
 //! # Layout
 //! `proto/` is sans-I/O: every message decodes from a `BytesMut` and encodes into one, with
 //! every peer-supplied length checked before anything is allocated (32 MiB payloads, 64 KiB
-//! options, 4 KiB strings). `server`, `client` and `image` are thin tokio layers on top.
+//! options, 4 KiB strings). `server` and `client` are thin tokio layers on top.
 //!
 //! # Non-goals
 //! TLS, oldstyle negotiation, extended headers, `NBD_CMD_RESIZE`.
@@ -41,7 +40,6 @@
 pub mod client;
 mod error;
 pub mod export;
-pub mod image;
 pub mod proto;
 pub mod server;
 

@@ -97,6 +97,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a device's new volume failed (its disk says where and why).
+    #[error("{what} device '{device}'")]
+    Disk {
+        /// `open` or `write`.
+        what: &'static str,
+        /// Archive device name.
+        device: String,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
+    },
+    /// The run's session directory (records of new volumes and helpers) could not be
+    /// written.
+    #[error("run session")]
+    Session(#[from] vmdump_launch::Error),
     /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
     #[error("{tool} failed: {detail}")]
     Tool {
@@ -149,6 +164,8 @@ impl Error {
             | Error::Decompress { .. }
             | Error::Volume { .. }
             | Error::Write { .. }
+            | Error::Disk { .. }
+            | Error::Session(_)
             | Error::Tool { .. }
             | Error::LockFile { .. }
             | Error::Internal(_) => ErrorKind::Io,

@@ -44,7 +44,6 @@
 
 #![warn(missing_docs)]
 
-mod disk;
 mod error;
 mod input;
 mod pipeline;

@@ -14,7 +14,6 @@ use vmdump_task::Cancel;
 use bytes::Bytes;
 use vmdump_vma::{ReadTally, Reader, BLOCK_SIZE, CLUSTER_SIZE};
 
-use crate::disk::DiskTarget;
 use crate::error::{Error, Result};
 
 /// Batches waiting in a disk's queue.
@@ -29,7 +28,7 @@ pub struct DiskSink {
     /// Device size in bytes.
     pub size: u64,
     /// The target.
-    pub target: Box<dyn DiskTarget>,
+    pub target: Box<dyn vmdump_blockdev::Target>,
 }
 
 impl std::fmt::Debug for DiskSink {
@@ -301,16 +300,20 @@ fn write_lane(sink: DiskSink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result
         }
         for (offset, data) in batch {
             target
-                .write_bytes(data, offset)
-                .map_err(|source| Error::Write {
+                .write_at(data, offset)
+                .map_err(|source| Error::Disk {
+                    what: "write",
                     device: name.clone(),
-                    offset,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
     }
     if abort.load(Ordering::Relaxed) {
         return Ok(());
     }
-    target.finish()
+    target.finish().map_err(|source| Error::Disk {
+        what: "write",
+        device: name,
+        source: Box::new(source),
+    })
 }

@@ -13,7 +13,6 @@ use vmdump_config::{
 };
 use vmdump_task::{Cancel, Level, Progress, Transfer};
 
-use crate::disk::{DiskTarget, ImageTarget, RawTarget};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::pipeline::{self, DiskSink, Stats};
@@ -90,9 +89,12 @@ pub struct Summary {
     pub stats: Stats,
 }
 
-/// Removes the new volumes unless the restore committed, saying so for each.
+/// Removes the new volumes unless the restore committed, saying so for each. Each volume is
+/// also recorded in the run's session (before it is created), so a killed restore's volumes
+/// are removed by the next run.
 struct Allocated<'a> {
     volumes: Vec<Volume>,
+    records: Vec<vmdump_launch::VolumeRecord>,
     committed: bool,
     progress: &'a dyn Progress,
 }
@@ -291,18 +293,30 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
     } = plan;
     let vmid = vmid.get();
     let log = |line: &str| progress.log(Level::Info, line, false);
+    // Records this run's helpers and new volumes; reaps what killed runs left first.
+    let session = vmdump_launch::Session::open(&opts.run_dir)?;
     let mut allocated = Allocated {
         volumes: Vec::new(),
+        records: Vec::new(),
         committed: false,
         progress,
     };
     let mut sinks = Vec::new();
     let mut disks = Vec::new();
     for p in &plans {
-        let vol = allocate(&storage, &p.storage, vmid, &p.format, p.size, &taken)?;
+        let (vol, record) = allocate(
+            &storage, &p.storage, vmid, &p.format, p.size, &taken, &session,
+        )?;
         log(&format!("new volume ID is '{}'", vol.volid));
         allocated.volumes.push(vol.clone());
-        let target = open_target(&vol)?;
+        allocated.records.push(record);
+        let target =
+            vmdump_blockdev::open_target(&vol.path, &vol.format, vol.preallocated, Some(&session))
+                .map_err(|source| Error::Disk {
+                    what: "open",
+                    device: p.devname.clone(),
+                    source: Box::new(source),
+                })?;
         log(&format!(
             "map '{}' to '{}' (write zeros = 0)",
             p.devname,
@@ -463,16 +477,4 @@ fn old_volumes(
         }
     }
     Ok((remove, keep))
-}
-
-fn open_target(vol: &Volume) -> Result<Box<dyn DiskTarget>> {
-    if vol.format == "raw" {
-        Ok(Box::new(RawTarget::open(&vol.path)?))
-    } else {
-        Ok(Box::new(ImageTarget::open(
-            &vol.path,
-            &vol.format,
-            vol.preallocated,
-        )?))
-    }
 }

@@ -13,6 +13,10 @@ use std::process::Command;
 
 use vmdump_config::{StorageConfig, StorageType, VolumeId};
 
+use std::sync::Arc;
+
+use vmdump_launch::{Session, VolumeRecord};
+
 use crate::error::{Error, Result};
 
 /// A volume created by this restore.
@@ -33,7 +37,9 @@ pub struct Volume {
 
 /// Create a new, zero-reading volume of `size` bytes rounded up to whole 512-byte sectors
 /// (what QEMU creates for every format; see [`vmdump_vma::round_to_sectors`]) for `vmid` on
-/// `storage`, picking the smallest free `vm-<vmid>-disk-<N>` not in `taken`.
+/// `storage`, picking the smallest free `vm-<vmid>-disk-<N>` not in `taken`. The volume is
+/// recorded in `session` before it is created: if this process dies before the record is
+/// dropped, the next run removes the volume.
 pub fn allocate(
     storage: &StorageConfig,
     sid: &str,
@@ -41,7 +47,8 @@ pub fn allocate(
     format: &str,
     size: u64,
     taken: &[String],
-) -> Result<Volume> {
+    session: &Arc<Session>,
+) -> Result<(Volume, VolumeRecord)> {
     let entry = storage.storage(sid)?;
     let btrfs = *entry.kind() == StorageType::Btrfs;
     let mut taken: Vec<String> = taken.to_vec();
@@ -68,6 +75,7 @@ pub fn allocate(
             path: image_dir.clone(),
             source,
         })?;
+        let record = session.record_volume(&path, subvol_dir.as_deref())?;
         if let Some(sv) = &subvol_dir {
             match create_subvolume(sv) {
                 Ok(()) => {}
@@ -93,13 +101,14 @@ pub fn allocate(
         };
         match created {
             Ok(()) => {
-                return Ok(Volume {
+                let volume = Volume {
                     volid,
                     path,
                     format: format.to_string(),
                     subvol_dir,
                     preallocated: format == "qcow2" && prealloc != "off",
-                })
+                };
+                return Ok((volume, record));
             }
             Err(Error::Volume { source, .. }) if source.kind() == IoKind::AlreadyExists => {
                 taken.push(volid.to_string());
@@ -150,36 +159,16 @@ fn create_image(path: &Path, format: &str, size: u64, prealloc: &str) -> Result<
             path: path.to_path_buf(),
             source,
         })?;
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", format]);
-    if format == "qcow2" {
-        cmd.args(["-o", &format!("preallocation={prealloc}")]);
-    }
-    cmd.arg(path).arg(size.to_string());
-    let result = run_tool(&mut cmd, "qemu-img create");
+    let prealloc = (format == "qcow2").then_some(prealloc);
+    let result =
+        vmdump_blockdev::qemu_img::create(path, format, size, prealloc).map_err(|e| Error::Tool {
+            tool: "qemu-img create".into(),
+            detail: e.to_string(),
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// Run a tool; a non-zero exit becomes [`Error::Tool`] with its stderr.
-pub(crate) fn run_tool(cmd: &mut Command, name: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Tool {
-        tool: name.to_string(),
-        detail: format!("cannot run: {e}"),
-    })?;
-    if !out.status.success() {
-        return Err(Error::Tool {
-            tool: name.to_string(),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
 }
 
 fn is_btrfs(dir: &Path) -> bool {
@@ -289,15 +278,24 @@ mod tests {
         .unwrap()
     }
 
+    fn session(dir: &Path) -> Arc<Session> {
+        Session::open(&dir.join("run")).unwrap()
+    }
+
     #[test]
     fn raw_qcow2_and_btrfs_volumes() {
         let t = tempfile::tempdir().unwrap();
         let s = storage(t.path());
-        let a = allocate(&s, "local", 101, "raw", 1 << 20, &[]).unwrap();
+        let run = session(t.path());
+        let (a, ra) = allocate(&s, "local", 101, "raw", 1 << 20, &[], &run).unwrap();
+        let record = std::fs::read_to_string(run.path().join("volume-0")).unwrap();
+        assert!(record.contains("vm-101-disk-0.raw"), "{record}");
+        ra.commit();
+        assert!(!run.path().join("volume-0").exists());
         assert_eq!(a.volid.to_string(), "local:101/vm-101-disk-0.raw");
         let md = std::fs::metadata(&a.path).unwrap();
         assert_eq!(md.len(), 1 << 20);
-        let b = allocate(&s, "local", 101, "qcow2", 1 << 20, &[]).unwrap();
+        let (b, _rb) = allocate(&s, "local", 101, "qcow2", 1 << 20, &[], &run).unwrap();
         assert_eq!(b.volid.to_string(), "local:101/vm-101-disk-1.qcow2");
         assert!(!a.preallocated, "raw");
         assert!(
@@ -308,17 +306,18 @@ mod tests {
             std::fs::metadata(&b.path).unwrap().len() >= 1 << 20,
             "clusters mapped"
         );
-        let c = allocate(
+        let (c, _rc) = allocate(
             &s,
             "local",
             101,
             "raw",
             4096,
             &["local:101/vm-101-disk-2.raw".into()],
+            &run,
         )
         .unwrap();
         assert_eq!(c.volid.name, "101/vm-101-disk-3.raw");
-        let d = allocate(&s, "b", 101, "raw", 4096, &[]).unwrap();
+        let (d, _rd) = allocate(&s, "b", 101, "raw", 4096, &[], &run).unwrap();
         assert!(
             d.path.ends_with("images/101/vm-101-disk-0/disk.raw"),
             "{d:?}"
@@ -342,7 +341,8 @@ mod tests {
             "storage.cfg",
         )
         .unwrap();
-        let v = allocate(&s, "local", 101, "qcow2", 1 << 20, &[]).unwrap();
+        let (v, _r) =
+            allocate(&s, "local", 101, "qcow2", 1 << 20, &[], &session(t.path())).unwrap();
         assert!(!v.preallocated);
         // No data clusters mapped: the file holds only the header and tables (with
         // preallocated metadata it spans the whole disk).

@@ -651,141 +651,61 @@ impl DeviceSink for FileSink<'_> {
     }
 }
 
-/// An open disk to archive.
-enum Source {
-    /// A raw image file or block device, read with `pread`.
-    Raw { file: File, size: u64 },
-    /// Any other QEMU image format (qcow2, vmdk, ...), served read-only by a private
-    /// `qemu-storage-daemon` that is stopped when this is dropped.
-    Image(vmdump_nbd::image::Image),
-}
+/// A disk to archive: a raw file or block device, or any QEMU image format (served
+/// read-only by a private `qemu-storage-daemon`), through `vmdump-blockdev`.
+struct Source(Box<dyn vmdump_blockdev::Source>);
 
 impl Source {
     fn open(spec: &DiskSpec) -> anyhow::Result<Self> {
-        let ctx = || format!("bdrv_open '{}' failed", spec.path);
-        if spec.format == "raw" {
-            let mut file = File::open(&spec.path).with_context(ctx)?;
-            let size =
-                file_size(&mut file).with_context(|| format!("can't get size of {}", spec.path))?;
-            return Ok(Source::Raw { file, size });
-        }
-        let image = vmdump_nbd::image::Image::open(Path::new(&spec.path), Some(&spec.format), true)
-            .with_context(ctx)?;
-        Ok(Source::Image(image))
+        vmdump_blockdev::open_source(Path::new(&spec.path), &spec.format, None)
+            .map(Source)
+            .with_context(|| format!("bdrv_open '{}' failed", spec.path))
     }
 }
 
 impl DiskSource for Source {
     fn size(&self) -> u64 {
-        match self {
-            Source::Raw { size, .. } => *size,
-            Source::Image(image) => image.size(),
-        }
+        self.0.size()
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        match self {
-            Source::Raw { file, .. } => file.read_exact_at(buf, offset),
-            Source::Image(image) => image.read_at(buf, offset).map_err(io::Error::other),
-        }
+        self.0.read_at(buf, offset).map_err(io::Error::other)
     }
 
     fn data_map(&self) -> Option<Box<dyn DataMap + '_>> {
-        match self {
-            Source::Raw { file, size } => file
-                .metadata()
-                .is_ok_and(|m| m.is_file())
-                .then(|| Box::new(SeekDataMap::new(file, *size)) as Box<dyn DataMap>),
-            Source::Image(image) => Some(Box::new(BlockStatusMap::new(image))),
-        }
-    }
-}
-
-/// Holes of a raw file, found with SEEK_DATA/SEEK_HOLE.
-struct SeekDataMap<'a> {
-    file: &'a File,
-    size: u64,
-    supported: bool,
-    data_start: u64,
-    data_end: u64,
-}
-
-impl<'a> SeekDataMap<'a> {
-    fn new(file: &'a File, size: u64) -> Self {
-        SeekDataMap {
-            file,
-            size,
-            supported: true,
-            data_start: 0,
-            data_end: 0,
-        }
-    }
-}
-
-impl DataMap for SeekDataMap<'_> {
-    fn is_hole(&mut self, start: u64, end: u64) -> bool {
-        if !self.supported {
-            return false;
-        }
-        if start >= self.data_end {
-            match rustix::fs::seek(self.file, rustix::fs::SeekFrom::Data(start)) {
-                Ok(ds) => {
-                    self.data_start = ds;
-                    self.data_end = rustix::fs::seek(self.file, rustix::fs::SeekFrom::Hole(ds))
-                        .unwrap_or(self.size)
-                        .max(ds + 1);
-                }
-                Err(rustix::io::Errno::NXIO) => {
-                    self.data_start = self.size;
-                    self.data_end = u64::MAX;
-                }
-                Err(_) => {
-                    self.supported = false;
-                    return false;
-                }
-            }
-        }
-        self.data_start >= end
-    }
-}
-
-/// How far ahead one block-status query looks on an image source.
-const BLOCK_STATUS_SPAN: u64 = 1 << 30;
-
-/// Holes of a QEMU image: NBD block status (`base:allocation`, zero flag).
-struct BlockStatusMap<'a> {
-    image: &'a vmdump_nbd::image::Image,
-    supported: bool,
-    /// Block-status extents cached for `[.., extents_end)`.
-    extents: Vec<vmdump_nbd::client::BlockExtent>,
-    extents_end: u64,
-}
-
-impl<'a> BlockStatusMap<'a> {
-    fn new(image: &'a vmdump_nbd::image::Image) -> Self {
-        BlockStatusMap {
-            image,
+        Some(Box::new(ExtentMap {
+            disk: &*self.0,
             supported: true,
             extents: Vec::new(),
             extents_end: 0,
-        }
+        }))
     }
 }
 
-impl DataMap for BlockStatusMap<'_> {
+/// How far ahead one block-status query looks.
+const BLOCK_STATUS_SPAN: u64 = 1 << 30;
+
+/// Holes of a source from its block status (`SEEK_DATA`/`SEEK_HOLE` on raw files, NBD
+/// `base:allocation` on images), queried a span at a time.
+struct ExtentMap<'a> {
+    disk: &'a dyn vmdump_blockdev::Source,
+    supported: bool,
+    /// Extents cached for `[.., extents_end)`.
+    extents: Vec<vmdump_blockdev::Extent>,
+    extents_end: u64,
+}
+
+impl DataMap for ExtentMap<'_> {
     fn is_hole(&mut self, start: u64, end: u64) -> bool {
         if !self.supported {
             return false;
         }
         if end > self.extents_end {
-            let size = self.image.size();
+            let size = self.disk.size();
             let until = size.min(start.saturating_add(BLOCK_STATUS_SPAN)).max(end);
-            match self.image.extents(start..until) {
+            match self.disk.extents(start..until) {
                 Ok(extents) if !extents.is_empty() => {
-                    self.extents_end = extents
-                        .last()
-                        .map_or(start, |e| e.offset + e.length)
-                        .min(until);
+                    self.extents_end = extents.last().map_or(start, |e| e.end()).min(until);
                     self.extents = extents;
                 }
                 _ => {
@@ -798,11 +718,10 @@ impl DataMap for BlockStatusMap<'_> {
                 return false;
             }
         }
-        const ZERO: u32 = 2;
         self.extents
             .iter()
-            .filter(|e| e.offset < end && e.offset + e.length > start)
-            .all(|e| e.flags & ZERO != 0)
+            .filter(|e| e.offset < end && e.end() > start)
+            .all(|e| e.zero)
     }
 }
 

@@ -56,6 +56,21 @@ impl Env {
         Ok(dir)
     }
 
+    /// QEMU paused in the run dir of `vmid` (so vmdump sees a running VM) with one raw disk
+    /// `images/<vmid>/<name>` as `key`.
+    pub async fn paused_vm(&self, vmid: u32, key: &str, name: &str) -> Result<Qemu> {
+        let path = self.image(vmid, name);
+        Qemu::paused(
+            &self.vm_dir(vmid)?,
+            &[Disk {
+                key,
+                path: &path,
+                format: "raw",
+            }],
+        )
+        .await
+    }
+
     pub fn dump(&self) -> PathBuf {
         self.store.join("dump")
     }

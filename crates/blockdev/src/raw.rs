@@ -1,0 +1,240 @@
+//! Raw image files and block devices.
+
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::{BlockStatus, Extent, Finish, ReadAt, Size, WriteAt};
+
+/// Whether the image file `path` can be opened with `O_DIRECT`: not every file system
+/// allows it, and QEMU fails to open an image with `cache.direct=on` where it does not.
+pub fn supports_direct_io(path: &Path) -> bool {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
+/// Whether `path` is a block device (an error if it does not exist).
+pub fn is_block_device(path: &Path) -> std::io::Result<bool> {
+    Ok(std::fs::metadata(path)?.file_type().is_block_device())
+}
+
+/// QEMU's protocol driver for `path`: `host_device` for a block device, `file` otherwise.
+pub fn protocol_driver(path: &Path) -> std::io::Result<&'static str> {
+    Ok(if is_block_device(path)? {
+        "host_device"
+    } else {
+        "file"
+    })
+}
+
+/// Start writeback after this many bytes were written since the last kick.
+const WRITEBACK_KICK: u64 = 64 << 20;
+
+/// A raw image file or block device, read and written with positional I/O.
+///
+/// Written for a restore, every 64 MiB the written range is handed to the kernel for
+/// writeback (`posix_fadvise(DONTNEED)` starts it without waiting and then drops the clean
+/// pages), so the final fsync has little left to do and the page cache is not evicted. The
+/// kicks run on a helper thread: submitting writeback can block on a full device queue, and
+/// the writer should go on copying meanwhile.
+#[derive(Debug)]
+pub struct RawFile {
+    file: Arc<File>,
+    path: PathBuf,
+    size: u64,
+    dirty: Option<(u64, u64)>,
+    dirty_bytes: u64,
+    /// The writeback helper (writable files only; none if it could not start: then the final
+    /// fsync does all the writeback).
+    kicker: Option<Kicker>,
+}
+
+/// The writeback helper of a [`RawFile`]: written ranges go to `tx`, `handle` is the thread.
+#[derive(Debug)]
+struct Kicker {
+    tx: std::sync::mpsc::SyncSender<(u64, u64)>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl RawFile {
+    /// Open a raw file or block device for reading.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        Self::new(Arc::new(file), path, None)
+    }
+
+    /// Open an existing raw file or block device for writing (a restore target: it must
+    /// read as zeros where nothing is written).
+    pub fn open_write(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let file = Arc::new(file);
+        // A few ranges may wait; beyond that the writer waits too (bounded dirty memory).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(4);
+        let kicker = {
+            let file = Arc::clone(&file);
+            std::thread::Builder::new()
+                .name("disk-writeback".into())
+                .spawn(move || {
+                    for (lo, hi) in rx {
+                        // Advice only: a failure costs speed, never data.
+                        let _ = rustix::fs::fadvise(
+                            &*file,
+                            lo,
+                            std::num::NonZeroU64::new(hi - lo),
+                            rustix::fs::Advice::DontNeed,
+                        );
+                    }
+                })
+                .ok()
+                .map(|handle| Kicker { tx, handle })
+        };
+        Self::new(file, path, kicker)
+    }
+
+    fn new(file: Arc<File>, path: &Path, kicker: Option<Kicker>) -> Result<Self> {
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let size = if meta.file_type().is_block_device() {
+            rustix::fs::seek(&*file, rustix::fs::SeekFrom::End(0))
+                .map_err(|e| Error::io("size of", path, e.into()))?
+        } else {
+            meta.len()
+        };
+        Ok(RawFile {
+            file,
+            path: path.to_path_buf(),
+            size,
+            dirty: None,
+            dirty_bytes: 0,
+            kicker,
+        })
+    }
+
+    /// The path it was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(&self.path, self.size, offset, len)
+    }
+
+    fn kick_writeback(&mut self) {
+        if let (Some((lo, hi)), Some(Kicker { tx, .. })) = (self.dirty.take(), &self.kicker) {
+            let _ = tx.send((lo, hi));
+        }
+        self.dirty_bytes = 0;
+    }
+}
+
+impl Size for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl ReadAt for RawFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| Error::IoAt {
+                what: "read",
+                path: self.path.clone(),
+                offset,
+                source,
+            })
+    }
+}
+
+impl BlockStatus for RawFile {
+    /// Holes (`SEEK_HOLE`) read as zeros; everything else is data. Where the file system or
+    /// device cannot tell, the whole range is data.
+    fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
+        use rustix::fs::{seek, SeekFrom};
+        let end = range.end.min(self.size);
+        let mut out = Vec::new();
+        let mut pos = range.start;
+        while pos < end {
+            let data = match seek(&*self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                // No data after `pos`: the rest is a hole.
+                Err(rustix::io::Errno::NXIO) => end,
+                Err(_) => {
+                    out.push(Extent {
+                        offset: pos,
+                        length: end - pos,
+                        zero: false,
+                    });
+                    break;
+                }
+            };
+            if data > pos {
+                out.push(Extent {
+                    offset: pos,
+                    length: data - pos,
+                    zero: true,
+                });
+                pos = data;
+                continue;
+            }
+            let hole = seek(&*self.file, SeekFrom::Hole(pos))
+                .unwrap_or(end)
+                .min(end);
+            out.push(Extent {
+                offset: pos,
+                length: hole.max(pos + 1) - pos,
+                zero: false,
+            });
+            pos = hole.max(pos + 1);
+        }
+        Ok(out)
+    }
+}
+
+impl WriteAt for RawFile {
+    fn write_at(&mut self, data: Bytes, offset: u64) -> Result<()> {
+        self.check(offset, data.len() as u64)?;
+        self.file
+            .write_all_at(&data, offset)
+            .map_err(|source| Error::IoAt {
+                what: "write",
+                path: self.path.clone(),
+                offset,
+                source,
+            })?;
+        let end = offset + data.len() as u64;
+        self.dirty = Some(match self.dirty {
+            Some((lo, hi)) => (lo.min(offset), hi.max(end)),
+            None => (offset, end),
+        });
+        self.dirty_bytes += data.len() as u64;
+        if self.dirty_bytes >= WRITEBACK_KICK {
+            self.kick_writeback();
+        }
+        Ok(())
+    }
+}
+
+impl Finish for RawFile {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        if let Some(Kicker { tx, handle }) = self.kicker.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("sync", &self.path, e))
+    }
+}
