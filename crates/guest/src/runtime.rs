@@ -246,6 +246,9 @@ impl Runtime {
     /// Start the VM. QEMU daemonizes (it outlives this process); its pid is in the run
     /// directory. Stale run directories (dead pid) are cleaned first.
     pub async fn start(&self, vmid: u32, opts: &StartOptions) -> Result<Started> {
+        // The lock first: a restore of this VM holds it while the config does not exist yet,
+        // and must be reported as such, not as a missing VM.
+        let _lock = self.lock(vmid).await?;
         let cfg = self.config(vmid)?;
         if let (Some(lock), false) = (cfg.lock(), opts.skiplock) {
             return Err(Error::Locked {
@@ -253,7 +256,6 @@ impl Runtime {
                 lock: lock.to_string(),
             });
         }
-        let _lock = self.lock(vmid).await?;
         let run = self.prepare_run_dir(vmid).await?;
         let plan = self.plan_for(vmid, &cfg, opts, None)?;
         info!(vmid, accel = %plan.accel, paused = opts.paused, "starting QEMU");
