@@ -10,9 +10,8 @@
 set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/.." && pwd)
-size_gib=${1:-8}
-size=$((size_gib * 1024 * 1024 * 1024))
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench.XXXXXX")
+source "$root/bench/lib.sh"
+bench_init backup 8 "$@"
 qemu_pid=
 cleanup() {
   [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null || true
@@ -20,26 +19,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
-target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-vmdump="$target_dir/release/vmdump"
+vmdump=$(bench_vmdump)
 
 # The disk: first half data (alternating 64 MiB of random bytes and of text, so zstd has
 # something to do), second half never written (sparse).
 img="$work/store/images/100/vm-100-disk-0.raw"
 mkdir -p "$(dirname "$img")" "$work/etc/qemu-server" "$work/run/100"
-truncate -s "$size" "$img"
-chunks=$((size / 2 / (64 << 20)))
-echo "bench: writing $((chunks * 64)) MiB of data into a ${size_gib} GiB disk"
-for ((i = 0; i < chunks; i++)); do
-  if ((i % 2 == 0)); then
-    head -c $((64 << 20)) /dev/urandom
-  else
-    (yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true) |
-      head -c $((64 << 20))
-  fi
-done | dd of="$img" bs=4M conv=notrunc status=none
+bench_half_data "$img" "$size"
 printf 'dir: local\n\tpath %s\n\tcontent images,backup\n' "$work/store" > "$work/etc/storage.cfg"
 printf 'memory: 256\nname: bench\nscsi0: local:100/vm-100-disk-0.raw,size=%sG\n' "$size_gib" \
   > "$work/etc/qemu-server/100.conf"

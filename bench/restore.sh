@@ -14,9 +14,8 @@
 # the two data paths compete on equal terms.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-size_gib=${1:-8}
-size=$((size_gib * 1024 * 1024 * 1024))
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench-restore.XXXXXX")
+source "$root/bench/lib.sh"
+bench_init restore 8 "$@"
 shm=
 # tmpfs contenders need room for one restored disk (half the size is data) plus slack.
 if [[ -d /dev/shm ]] && (($(df --output=avail -B1 /dev/shm | tail -1) > size / 2 + (1 << 30))); then
@@ -24,26 +23,12 @@ if [[ -d /dev/shm ]] && (($(df --output=avail -B1 /dev/shm | tail -1) > size / 2
 fi
 trap 'rm -rf "$work" ${shm:+"$shm"}' EXIT
 
-cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
-target_dir=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-vmdump="$target_dir/release/vmdump"
+vmdump=$(bench_vmdump)
 
 # The source disk: first half data (alternating 64 MiB of random bytes and of text, so zstd has
 # something to do), second half never written (sparse).
 img="$work/src.raw"
-truncate -s "$size" "$img"
-chunks=$((size / 2 / (64 << 20)))
-echo "bench: writing $((chunks * 64)) MiB of data into a ${size_gib} GiB disk"
-for ((i = 0; i < chunks; i++)); do
-  if ((i % 2 == 0)); then
-    head -c $((64 << 20)) /dev/urandom
-  else
-    # yes dies of SIGPIPE when head is done: not an error (pipefail).
-    { yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true; } |
-      head -c $((64 << 20))
-  fi
-done | dd of="$img" bs=4M conv=notrunc status=none
+bench_half_data "$img" "$size"
 
 # The "backup": the archived config has an empty format in its map line, so the target
 # storage's default format decides (raw on `local`, qcow2 on `q`).

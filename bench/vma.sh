@@ -17,8 +17,8 @@ work=$(mktemp -d "${TMPDIR:-/var/tmp}/vma-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 command -v /usr/bin/time >/dev/null || { echo "install the Debian package 'time'" >&2; exit 1; }
 
-cargo build -q --release -p vmdump
-bin="${CARGO_TARGET_DIR:-$root/target}/release/vmdump"
+source "$root/bench/lib.sh"
+bin=$(bench_vmdump)
 
 size=$((size_gib << 30))
 clusters=$((size >> 16))

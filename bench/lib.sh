@@ -1,0 +1,40 @@
+# Shared pieces of the benchmark scripts: `source "$root/bench/lib.sh"` after setting $root.
+
+# The cargo target directory of the workspace (honours CARGO_TARGET_DIR and config files).
+bench_target_dir() {
+  cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+# Builds the release `vmdump` binary and prints its path.
+bench_vmdump() {
+  cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
+  echo "$(bench_target_dir)/release/vmdump"
+}
+
+# bench_half_data IMG SIZE: a sparse disk image of SIZE bytes whose first half is data,
+# alternating 64 MiB of random bytes and of repeated text (so a compressor has work to do),
+# and whose second half is never written.
+bench_half_data() {
+  local img=$1 size=$2 chunks i
+  truncate -s "$size" "$img"
+  chunks=$((size / 2 / (64 << 20)))
+  echo "bench: writing $((chunks * 64)) MiB of data into a $((size >> 20)) MiB disk"
+  for ((i = 0; i < chunks; i++)); do
+    if ((i % 2 == 0)); then
+      head -c $((64 << 20)) /dev/urandom
+    else
+      # yes dies of SIGPIPE when head is done: not an error (pipefail).
+      { yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true; } |
+        head -c $((64 << 20))
+    fi
+  done | dd of="$img" bs=4M conv=notrunc status=none
+}
+
+# bench_init NAME DEFAULT_GIB [SIZE_GIB]: sets size_gib, size (bytes) and work, a new scratch
+# directory under $BENCH_DIR (default /var/tmp) that the caller removes.
+bench_init() {
+  size_gib=${3:-$2}
+  size=$((size_gib << 30))
+  work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench-$1.XXXXXX")
+}
