@@ -473,3 +473,35 @@ fn stopped_vm_on_a_storage_path_with_commas() -> Result<()> {
     );
     Ok(())
 }
+
+/// A backup helper QEMU that exits at once (here: a "qcow2" disk that is not one) is reported
+/// at once, with QEMU's own words, not after the launch timeout; nothing is left running.
+#[test]
+fn helper_qemu_that_exits_at_once_is_reported_at_once() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let bad = env.image(100, "vm-100-disk-0.qcow2");
+    std::fs::write(&bad, vec![0x5au8; 1 << 20])?;
+    env.write_config(
+        100,
+        "memory: 128\nvirtio0: local:100/vm-100-disk-0.qcow2,size=1M\n",
+    )?;
+    let t0 = Instant::now();
+    let out = env.vmdump_backup(&["100"])?;
+    let took = t0.elapsed();
+    let stdout = expect_exit(&out, 1, "vmdump backup");
+    assert!(
+        stdout.contains("ERROR: Backup of VM 100 failed - "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Image is not in qcow2 format"),
+        "QEMU's own message is missing:\n{stdout}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the failure took {took:?} to report"
+    );
+    env.assert_no_archive();
+    Ok(())
+}
