@@ -26,6 +26,9 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a lifecycle operation waits for another one on the same VM.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a backup helper whose monitor failed may take to exit, so its own message is
+/// reported instead of the monitor's.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Grace periods of the hard stop: after `quit`, after SIGTERM, after SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
@@ -398,21 +401,13 @@ impl Runtime {
             run,
             plan,
         };
-        // A QEMU that exits at once (a disk it cannot open) is reported at once.
+        // A QEMU that exits at once (a disk it cannot open) is reported at once, with its
+        // own message: also when it exits while we connect (the monitor then resets).
         let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT;
         let qmp_path = helper.run.qmp_socket();
         loop {
-            if let Some(st) = helper.helper.try_wait().map_err(|source| Error::Io {
-                vmid,
-                path: log.clone(),
-                source,
-            })? {
-                helper.run.clean()?;
-                return Err(Error::Launch {
-                    vmid,
-                    status: st.to_string(),
-                    stderr: read_log(&log),
-                });
+            if let Some(e) = helper.launch_failure(vmid, &log)? {
+                return Err(e);
             }
             match Client::connect_with_timeout(&qmp_path, vmdump_qmp::DEFAULT_TIMEOUT).await {
                 Ok(c) => {
@@ -425,11 +420,18 @@ impl Runtime {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(source) => {
+                    let grace = tokio::time::Instant::now() + EXIT_GRACE;
+                    while tokio::time::Instant::now() < grace {
+                        if let Some(e) = helper.launch_failure(vmid, &log)? {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     return Err(Error::Qmp {
                         vmid,
                         step: format!("connect to {}", qmp_path.display()),
                         source,
-                    })
+                    });
                 }
             }
         }
@@ -711,6 +713,24 @@ pub struct BackupHelper {
 }
 
 impl BackupHelper {
+    /// If the helper has exited: its run dir cleaned, and the launch error with its stderr.
+    fn launch_failure(&mut self, vmid: u32, log: &Path) -> Result<Option<Error>> {
+        let status = self.helper.try_wait().map_err(|source| Error::Io {
+            vmid,
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let Some(st) = status else {
+            return Ok(None);
+        };
+        self.run.clean()?;
+        Ok(Some(Error::Launch {
+            vmid,
+            status: st.to_string(),
+            stderr: read_log(log),
+        }))
+    }
+
     /// Its QMP monitor (`qmp.sock`).
     pub fn qmp(&self) -> &Client {
         self.qmp.as_ref().expect("connected at start")
