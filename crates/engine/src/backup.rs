@@ -179,7 +179,7 @@ pub async fn backup_vm(
     let names = dir
         .as_ref()
         .ok()
-        .map(|d| ArchiveName::new(d, vmid, start_time, job.settings.compress));
+        .map(|d| ArchiveName::new(d, vmid, start_time, job.settings.compress.extension()));
     let log_path = names.as_ref().map(ArchiveName::log).unwrap_or_default();
     if let (Ok(d), Some(n)) = (&dir, &names) {
         if std::fs::create_dir_all(d).is_ok() {

@@ -53,7 +53,8 @@ pub mod job;
 pub mod live;
 pub mod lock;
 pub mod log;
-pub mod name;
+/// Archive names live in the backup storage crate (one home for the naming rule).
+pub use vmdump_store::layout as name;
 pub mod notes;
 pub mod options;
 pub mod output;
