@@ -45,8 +45,10 @@
 mod drive;
 mod error;
 mod guestfile;
+pub mod jobs;
 mod keep;
 mod lxc;
+pub mod notifications;
 mod propstring;
 mod qemu;
 pub mod qmdump;
@@ -58,6 +60,7 @@ mod vzdump;
 pub use drive::{format_size, parse_size, Bus, Drive, DriveKey};
 pub use error::{Error, ErrorKind, Result};
 pub use guestfile::SectionKind;
+pub use jobs::{BackupJobConfig, JobsConfig};
 pub use keep::KeepOptions;
 pub use lxc::{LxcConfig, MountPoint};
 pub use propstring::{parse_bool, PropertyString};
