@@ -53,6 +53,28 @@ impl Item {
 struct Field(Option<Vec<Item>>);
 
 impl Field {
+    /// systemd's form: values zero-padded, `start/step` kept when it runs to the maximum,
+    /// other repetitions spelled out.
+    fn to_systemd(&self, max: u32) -> String {
+        let Some(items) = &self.0 else {
+            return "*".into();
+        };
+        let parts: Vec<String> = items
+            .iter()
+            .map(|i| match *i {
+                Item::Single(n) => format!("{n:02}"),
+                Item::Range(a, b) => format!("{a:02}..{b:02}"),
+                Item::Repeat { start, end, step } if end == max => format!("{start:02}/{step}"),
+                Item::Repeat { start, end, step } => (start..=end)
+                    .step_by(step as usize)
+                    .map(|n| format!("{n:02}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+            .collect();
+        parts.join(",")
+    }
+
     fn exactly(v: u32) -> Self {
         Field(Some(vec![Item::Single(v)]))
     }
@@ -269,6 +291,37 @@ impl CalendarEvent {
         &self.text
     }
 
+    /// The same event in systemd's `OnCalendar=` syntax (fully spelled out:
+    /// `Sat *-*-* 02:00:00`).
+    pub fn to_systemd(&self) -> String {
+        let mut out = String::new();
+        if self.weekdays != 0x7f {
+            let names: Vec<String> = WEEKDAYS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.weekdays & (1 << i) != 0)
+                .map(|(_, (short, _))| {
+                    let mut c = short.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            out.push_str(&names.join(","));
+            out.push(' ');
+        }
+        out.push_str(&format!(
+            "{}-{}-{} {}:{}:{}",
+            self.years.to_systemd(9999),
+            self.months.to_systemd(12),
+            self.days.to_systemd(31),
+            self.hours.to_systemd(23),
+            self.minutes.to_systemd(59),
+            self.seconds.to_systemd(59)
+        ));
+        out
+    }
+
     fn date_matches(&self, d: NaiveDate) -> bool {
         self.weekdays & (1 << d.weekday().num_days_from_monday()) != 0
             && self.days.matches(d.day())
@@ -456,6 +509,18 @@ mod tests {
         }
         let e = CalendarEvent::parse("25:00").expect_err("bad hour");
         assert!(e.to_string().contains("hour 25"), "{e}");
+    }
+
+    #[test]
+    fn systemd_form() {
+        let sd = |s: &str| CalendarEvent::parse(s).expect("parses").to_systemd();
+        assert_eq!(sd("sat 02:00"), "Sat *-*-* 02:00:00");
+        assert_eq!(sd("mon..fri 21:30"), "Mon,Tue,Wed,Thu,Fri *-*-* 21:30:00");
+        assert_eq!(sd("*/2:00"), "*-*-* 00/2:00:00");
+        assert_eq!(sd("monthly"), "*-*-01 00:00:00");
+        assert_eq!(sd("Sat *-1..7 15:00"), "Sat *-*-01..07 15:00:00");
+        assert_eq!(sd("8..17/3:00"), "*-*-* 08,11,14,17:00:00");
+        assert_eq!(sd("*/5"), "*-*-* *:00/5:00");
     }
 
     #[test]
