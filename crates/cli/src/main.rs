@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cmd;
+mod output;
 
 /// Live backup and restore of QEMU/KVM virtual machines.
 #[derive(Parser, Debug)]

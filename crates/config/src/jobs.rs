@@ -147,7 +147,10 @@ fn job_from(e: &StorageEntry) -> Result<BackupJobConfig> {
         }
     }
     if job.schedule.trim().is_empty() {
-        return Err(Error::value("schedule", format!("job '{}' has no schedule", job.id)));
+        return Err(Error::value(
+            "schedule",
+            format!("job '{}' has no schedule", job.id),
+        ));
     }
     if !job.exclude.is_empty() {
         job.all = true;
@@ -155,7 +158,10 @@ fn job_from(e: &StorageEntry) -> Result<BackupJobConfig> {
     if job.all && !job.vmids.is_empty() {
         return Err(Error::value(
             "vmid",
-            format!("job '{}': 'vmid' cannot be combined with 'all' or 'exclude'", job.id),
+            format!(
+                "job '{}': 'vmid' cannot be combined with 'all' or 'exclude'",
+                job.id
+            ),
         ));
     }
     if !job.all && job.vmids.is_empty() {
@@ -216,7 +222,10 @@ impl JobsConfig {
             return Err(Error::value("id", format!("job '{id}' already exists")));
         }
         let props: Vec<(String, String)> = props.iter().map(|(k, v)| encode(k, v)).collect();
-        let refs: Vec<(&str, &str)> = props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let refs: Vec<(&str, &str)> = props
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let entry = StorageEntry::new(StorageType::Other(JOB_TYPE.into()), id, &refs)?;
         job_from(&entry)?;
         self.sections.add(entry)
@@ -315,18 +324,44 @@ mod tests {
     #[test]
     fn edits_validate() {
         let mut cfg = JobsConfig::parse(SAMPLE, "jobs.cfg").expect("valid");
-        cfg.add("weekly", &[("schedule", "sun 03:00"), ("vmid", "100"), ("comment", "a%b\nc")])
-            .expect("add");
-        assert_eq!(cfg.get("weekly").expect("added").comment.as_deref(), Some("a%b\nc"));
-        assert!(cfg.add("weekly", &[("schedule", "x"), ("all", "1")]).is_err());
+        cfg.add(
+            "weekly",
+            &[
+                ("schedule", "sun 03:00"),
+                ("vmid", "100"),
+                ("comment", "a%b\nc"),
+            ],
+        )
+        .expect("add");
+        assert_eq!(
+            cfg.get("weekly").expect("added").comment.as_deref(),
+            Some("a%b\nc")
+        );
+        assert!(cfg
+            .add("weekly", &[("schedule", "x"), ("all", "1")])
+            .is_err());
         assert!(cfg.add("bad", &[("vmid", "100")]).is_err(), "no schedule");
-        assert!(cfg.add("bad", &[("schedule", "daily"), ("compress", "rar"), ("all", "1")]).is_err());
-        assert!(cfg.add("bad", &[("schedule", "daily"), ("frobnicate", "1"), ("all", "1")]).is_err());
-        cfg.set("weekly", &[("enabled", Some("0")), ("comment", None)]).expect("set");
+        assert!(cfg
+            .add(
+                "bad",
+                &[("schedule", "daily"), ("compress", "rar"), ("all", "1")]
+            )
+            .is_err());
+        assert!(cfg
+            .add(
+                "bad",
+                &[("schedule", "daily"), ("frobnicate", "1"), ("all", "1")]
+            )
+            .is_err());
+        cfg.set("weekly", &[("enabled", Some("0")), ("comment", None)])
+            .expect("set");
         let w = cfg.get("weekly").expect("exists");
         assert!(!w.enabled);
         assert_eq!(w.comment, None);
-        assert!(cfg.set("weekly", &[("vmid", None)]).is_err(), "selects nothing");
+        assert!(
+            cfg.set("weekly", &[("vmid", None)]).is_err(),
+            "selects nothing"
+        );
         assert!(cfg.remove("weekly"));
         assert!(!cfg.remove("weekly"));
         assert!(JobsConfig::parse("vzdump: x\n\tall 1\n", "jobs.cfg").is_err());

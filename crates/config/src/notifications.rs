@@ -102,7 +102,9 @@ fn list(v: &str) -> Vec<String> {
 }
 
 fn target_from(e: &StorageEntry) -> Result<Option<NotificationTarget>> {
-    if e.get("disable").is_some_and(|v| parse_bool(v) == Some(true)) {
+    if e.get("disable")
+        .is_some_and(|v| parse_bool(v) == Some(true))
+    {
         return Ok(None);
     }
     let name = e.id().to_string();
@@ -154,7 +156,10 @@ fn target_from(e: &StorageEntry) -> Result<Option<NotificationTarget>> {
         "webhook" => {
             let url = need("url")?;
             if !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(Error::value("url", format!("'{url}' is not an http(s) URL")));
+                return Err(Error::value(
+                    "url",
+                    format!("'{url}' is not an http(s) URL"),
+                ));
             }
             NotificationTarget::Webhook { name, url }
         }
@@ -210,14 +215,23 @@ mod tests {
         let t = parse_targets(text, "notifications.cfg").expect("valid");
         assert_eq!(t.len(), 3);
         match &t[0] {
-            NotificationTarget::Smtp { port, mode, mailto, from, .. } => {
+            NotificationTarget::Smtp {
+                port,
+                mode,
+                mailto,
+                from,
+                ..
+            } => {
                 assert_eq!((*port, *mode), (587, SmtpMode::Starttls));
                 assert_eq!(mailto, &["a@x", "b@x"]);
                 assert_eq!(from, DEFAULT_FROM);
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse_targets("smtp: m\n\tmailto a@x\n", "n").is_err(), "no server");
+        assert!(
+            parse_targets("smtp: m\n\tmailto a@x\n", "n").is_err(),
+            "no server"
+        );
         assert!(parse_targets("webhook: w\n\turl ftp://x\n", "n").is_err());
         assert!(parse_targets("pager: p\n\tnumber 1\n", "n").is_err());
     }

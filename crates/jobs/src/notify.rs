@@ -94,10 +94,16 @@ impl Summary {
     /// vzdump's subject line.
     pub fn subject(&self) -> String {
         if self.ok() {
-            format!("vzdump backup status ({}): backup successful", self.hostname)
+            format!(
+                "vzdump backup status ({}): backup successful",
+                self.hostname
+            )
         } else {
             let err = self.job_error.as_deref().unwrap_or("job errors");
-            format!("vzdump backup status ({}): backup failed: {err}", self.hostname)
+            format!(
+                "vzdump backup status ({}): backup failed: {err}",
+                self.hostname
+            )
         }
     }
 
@@ -117,7 +123,11 @@ impl Summary {
                 g.name.clone(),
                 g.status.to_string(),
                 format_hms(Duration::from_secs(g.time)),
-                if g.status == "ok" { format_size(g.size) } else { "0".into() },
+                if g.status == "ok" {
+                    format_size(g.size)
+                } else {
+                    "0".into()
+                },
                 g.filename
                     .clone()
                     .or_else(|| g.error.clone())
@@ -230,7 +240,10 @@ fn send(target: &NotificationTarget, summary: &Summary) -> Result<(), String> {
                     password.clone().unwrap_or_default(),
                 ));
             }
-            b.build().send(&msg).map(|_| ()).map_err(|e| error_chain(&e))
+            b.build()
+                .send(&msg)
+                .map(|_| ())
+                .map_err(|e| error_chain(&e))
         }
         NotificationTarget::Sendmail { from, mailto, .. } => {
             let msg = message(from, mailto, summary)?;
@@ -271,9 +284,7 @@ fn tls_params(server: &str) -> Result<TlsParameters, String> {
 }
 
 fn message(from: &str, mailto: &[String], summary: &Summary) -> Result<Message, String> {
-    let from: Mailbox = from
-        .parse()
-        .map_err(|e| format!("sender '{from}': {e}"))?;
+    let from: Mailbox = from.parse().map_err(|e| format!("sender '{from}': {e}"))?;
     let mut b = Message::builder()
         .from(from)
         .subject(summary.subject())

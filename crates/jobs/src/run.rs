@@ -46,7 +46,8 @@ impl Retention {
             }
             Target::Dumpdir(dir) => (Storage::at("dumpdir", dir), None),
         };
-        let keep = prune::effective_keep(job_keep, storage_keep.as_ref(), conf.prune_backups.as_ref());
+        let keep =
+            prune::effective_keep(job_keep, storage_keep.as_ref(), conf.prune_backups.as_ref());
         let remove = prune::effective_remove(job_remove.or(conf.remove), &keep);
         Ok(Retention {
             storage,
@@ -75,7 +76,10 @@ impl Retention {
         }
         log(
             Level::Info,
-            &format!("prune older backups with retention: {}", describe(&self.keep)),
+            &format!(
+                "prune older backups with retention: {}",
+                describe(&self.keep)
+            ),
         );
         let removed = prune::prune_guest(&self.storage, GuestType::Qemu, vmid, &self.keep)?;
         for b in &removed {
@@ -115,7 +119,10 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn take(&self) -> Vec<String> {
-        self.lines.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 }
 
@@ -149,11 +156,7 @@ pub fn selected_vmids(root: &ConfigRoot, job: &BackupJobConfig) -> Result<Vec<u3
 /// retention around each, then one notification per the job's `mailnotification` policy to
 /// every target of notifications.cfg and the job's `mailto` (by sendmail). Returns the
 /// summary; `Err` only for what stops the job before any guest (configuration, lock).
-pub async fn run_job(
-    root: &ConfigRoot,
-    job: &BackupJobConfig,
-    progress: &dyn Progress,
-) -> Summary {
+pub async fn run_job(root: &ConfigRoot, job: &BackupJobConfig, progress: &dyn Progress) -> Summary {
     let started = Instant::now();
     let mut summary = Summary {
         hostname: hostname(),
@@ -264,7 +267,11 @@ pub async fn backup_one(
 ) -> std::result::Result<vmdump_engine::BackupReport, String> {
     if let Err(e) = retention.before_backup(vmid, bjob.settings.protected) {
         let msg = error_chain(&e);
-        progress.log(Level::Error, &format!("Backup of VM {vmid} failed - {msg}"), false);
+        progress.log(
+            Level::Error,
+            &format!("Backup of VM {vmid} failed - {msg}"),
+            false,
+        );
         return Err(msg);
     }
     let report = vmdump_engine::backup_vm(bjob, lock, vmid, progress)
@@ -364,7 +371,10 @@ impl Runner for BackupRunner {
             message: if summary.ok() {
                 "OK".into()
             } else {
-                summary.job_error.clone().unwrap_or_else(|| "job errors".into())
+                summary
+                    .job_error
+                    .clone()
+                    .unwrap_or_else(|| "job errors".into())
             },
         }
     }

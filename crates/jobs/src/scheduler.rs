@@ -49,10 +49,7 @@ pub fn event_of(job: &BackupJobConfig) -> Result<CalendarEvent> {
 }
 
 /// When a job with this state runs next (`None`: never again).
-pub fn next_run(
-    event: &CalendarEvent,
-    state: &JobState,
-) -> Option<DateTime<Local>> {
+pub fn next_run(event: &CalendarEvent, state: &JobState) -> Option<DateTime<Local>> {
     let base = Local.timestamp_opt(state.base(), 0).earliest()?;
     event.next_after(&base)
 }
@@ -75,7 +72,11 @@ pub struct NextRun {
 }
 
 /// The next run of every job (a job the scheduler has not seen yet counts from `now`).
-pub fn next_runs(root: &ConfigRoot, states: &StateStore, now: DateTime<Local>) -> Result<Vec<NextRun>> {
+pub fn next_runs(
+    root: &ConfigRoot,
+    states: &StateStore,
+    now: DateTime<Local>,
+) -> Result<Vec<NextRun>> {
     let mut out = Vec::new();
     for job in root.jobs()?.jobs() {
         let event = event_of(&job)?;

@@ -21,21 +21,28 @@ pub struct Unit {
 
 /// The service for `vmdump scheduler`.
 pub fn scheduler_unit(root: &ConfigRoot, exe: &Path) -> Unit {
+    let root_dir = absolute(root.dir());
     Unit {
         file_name: "vmdump-scheduler.service".into(),
         text: format!(
             "[Unit]\nDescription=vmdump backup job scheduler\nAfter=network-online.target\n\n\
              [Service]\nEnvironment=VMDUMP_ROOT={}\nExecStart={} scheduler\nRestart=on-failure\n\n\
              [Install]\nWantedBy=multi-user.target\n",
-            root.dir().display(),
-            exe.display()
+            root_dir.display(),
+            absolute(exe).display()
         ),
     }
+}
+
+/// Units run from `/`: relative paths would not resolve.
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The service and timer of each enabled job.
 pub fn job_units(root: &ConfigRoot, exe: &Path, jobs: &[BackupJobConfig]) -> Result<Vec<Unit>> {
     let mut out = Vec::new();
+    let (root_dir, exe) = (absolute(root.dir()), absolute(exe));
     for job in jobs.iter().filter(|j| j.enabled) {
         let event = event_of(job)?;
         let service = format!("vmdump-job-{}.service", job.id);
@@ -46,7 +53,7 @@ pub fn job_units(root: &ConfigRoot, exe: &Path, jobs: &[BackupJobConfig]) -> Res
                  [Service]\nType=oneshot\nEnvironment=VMDUMP_ROOT={root}\n\
                  ExecStart={exe} jobs run {id}\n",
                 id = job.id,
-                root = root.dir().display(),
+                root = root_dir.display(),
                 exe = exe.display()
             ),
         });

@@ -107,7 +107,10 @@ fn smtp_with_login_delivers_the_summary() {
     let mail = received(&out);
     assert_eq!(mail["authenticated"], true);
     assert_eq!(mail["from"], "vmdump@node1.example");
-    assert_eq!(mail["to"], serde_json::json!(["admin@example.com", "ops@example.com"]));
+    assert_eq!(
+        mail["to"],
+        serde_json::json!(["admin@example.com", "ops@example.com"])
+    );
     let data = mail["data"].as_str().expect("text");
     assert!(
         data.contains("Subject: vzdump backup status (node1): backup failed: job errors"),
@@ -115,7 +118,10 @@ fn smtp_with_login_delivers_the_summary() {
     );
     assert!(data.contains("VMID"), "{data}");
     assert!(data.contains("web1"), "{data}");
-    assert!(data.contains("101: ERROR: Backup of VM 101 failed"), "{data}");
+    assert!(
+        data.contains("101: ERROR: Backup of VM 101 failed"),
+        "{data}"
+    );
     assert!(data.contains("Total running time: 00:03:13"), "{data}");
 
     // Wrong password: the delivery fails, is reported, nothing panics.
@@ -135,7 +141,9 @@ fn smtp_with_starttls() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -173,7 +181,8 @@ fn webhook_receiver() -> (u16, std::thread::JoinHandle<(String, String)>) {
     let port = listener.local_addr().expect("addr").port();
     let h = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let mut r = BufReader::new(s.try_clone().expect("clone"));
         let mut head = String::new();
         let mut len = 0usize;
@@ -214,7 +223,10 @@ fn webhook_receives_json() {
     assert_eq!(v["guests"][1]["vmid"], 101);
     assert_eq!(v["guests"][1]["status"], "err");
     assert_eq!(v["guests"][0]["size"], 5u64 << 30);
-    assert!(v["title"].as_str().expect("title").contains("backup failed"));
+    assert!(v["title"]
+        .as_str()
+        .expect("title")
+        .contains("backup failed"));
 }
 
 #[test]

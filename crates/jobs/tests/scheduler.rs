@@ -54,7 +54,10 @@ fn a_due_job_runs_exactly_once_and_a_disabled_one_never() {
     assert_eq!(s.tick(at(2, 0, 5)).expect("tick"), ["hourly"]);
     assert!(s.tick(at(2, 0, 30)).expect("tick").is_empty());
     assert!(s.tick(at(2, 59, 0)).expect("tick").is_empty());
-    assert_eq!(s.tick(at(3, 0, 1)).expect("tick"), ["hourly", "catchup", "skip"]);
+    assert_eq!(
+        s.tick(at(3, 0, 1)).expect("tick"),
+        ["hourly", "catchup", "skip"]
+    );
     assert_eq!(counter.runs.borrow().len(), 4);
     assert!(!counter.runs.borrow().contains(&"off".to_string()));
     let st = states.load("hourly").expect("load").expect("exists");
@@ -116,11 +119,20 @@ fn changing_a_schedule_resets_the_base() {
     let mut s = Scheduler::new(root, states, &counter);
     s.tick(at(1, 0, 0)).expect("tick");
     s.tick(at(1, 1, 0)).expect("tick");
-    std::fs::write(tmp.path().join("jobs.cfg"), "vzdump: j\n\tschedule 02:00\n\tvmid 100\n")
-        .expect("edit");
-    assert!(s.tick(at(2, 30, 0)).expect("tick").is_empty(), "the change happened at 02:30");
-    std::fs::write(tmp.path().join("jobs.cfg"), "vzdump: j\n\tschedule 03:00\n\tvmid 100\n")
-        .expect("edit");
+    std::fs::write(
+        tmp.path().join("jobs.cfg"),
+        "vzdump: j\n\tschedule 02:00\n\tvmid 100\n",
+    )
+    .expect("edit");
+    assert!(
+        s.tick(at(2, 30, 0)).expect("tick").is_empty(),
+        "the change happened at 02:30"
+    );
+    std::fs::write(
+        tmp.path().join("jobs.cfg"),
+        "vzdump: j\n\tschedule 03:00\n\tvmid 100\n",
+    )
+    .expect("edit");
     assert!(s.tick(at(2, 40, 0)).expect("tick").is_empty());
     assert_eq!(s.tick(at(3, 0, 0)).expect("tick"), ["j"]);
 }

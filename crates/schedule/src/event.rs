@@ -41,9 +41,7 @@ impl Item {
         match self {
             Item::Single(n) => v == n,
             Item::Range(a, b) => (a..=b).contains(&v),
-            Item::Repeat { start, end, step } => {
-                v >= start && v <= end && (v - start) % step == 0
-            }
+            Item::Repeat { start, end, step } => v >= start && v <= end && (v - start) % step == 0,
         }
     }
 }
@@ -427,7 +425,9 @@ mod tests {
     use chrono::Utc;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("valid")
     }
 
     fn next(ev: &str, from: DateTime<Utc>) -> DateTime<Utc> {
@@ -443,21 +443,42 @@ mod tests {
         let sat_noon = at(2025, 1, 4, 12, 0, 0);
         assert_eq!(next("sat 02:00", sat_noon), at(2025, 1, 11, 2, 0, 0));
         assert_eq!(next("mon..fri 22:30", sat_noon), at(2025, 1, 6, 22, 30, 0));
-        assert_eq!(next("*/2:00", at(2025, 1, 4, 12, 0, 0)), at(2025, 1, 4, 14, 0, 0));
-        assert_eq!(next("*/2:00", at(2025, 1, 4, 13, 5, 0)), at(2025, 1, 4, 14, 0, 0));
-        assert_eq!(next("*/5", at(2025, 1, 4, 12, 3, 0)), at(2025, 1, 4, 12, 5, 0));
+        assert_eq!(
+            next("*/2:00", at(2025, 1, 4, 12, 0, 0)),
+            at(2025, 1, 4, 14, 0, 0)
+        );
+        assert_eq!(
+            next("*/2:00", at(2025, 1, 4, 13, 5, 0)),
+            at(2025, 1, 4, 14, 0, 0)
+        );
+        assert_eq!(
+            next("*/5", at(2025, 1, 4, 12, 3, 0)),
+            at(2025, 1, 4, 12, 5, 0)
+        );
         assert_eq!(next("12,14,16:05", sat_noon), at(2025, 1, 4, 12, 5, 0));
-        assert_eq!(next("12,14,16:05", at(2025, 1, 4, 16, 5, 0)), at(2025, 1, 5, 12, 5, 0));
+        assert_eq!(
+            next("12,14,16:05", at(2025, 1, 4, 16, 5, 0)),
+            at(2025, 1, 5, 12, 5, 0)
+        );
         // First Saturday of the month.
         assert_eq!(next("Sat *-1..7 15:00", sat_noon), at(2025, 1, 4, 15, 0, 0));
-        assert_eq!(next("Sat *-1..7 15:00", at(2025, 1, 4, 15, 0, 0)), at(2025, 2, 1, 15, 0, 0));
-        assert_eq!(next("2015-10-21", at(2015, 1, 1, 0, 0, 0)), at(2015, 10, 21, 0, 0, 0));
+        assert_eq!(
+            next("Sat *-1..7 15:00", at(2025, 1, 4, 15, 0, 0)),
+            at(2025, 2, 1, 15, 0, 0)
+        );
+        assert_eq!(
+            next("2015-10-21", at(2015, 1, 1, 0, 0, 0)),
+            at(2015, 10, 21, 0, 0, 0)
+        );
         assert!(CalendarEvent::parse("2015-10-21")
             .expect("parses")
             .next_after(&sat_noon)
             .is_none());
         assert_eq!(next("mon", sat_noon), at(2025, 1, 6, 0, 0, 0));
-        assert_eq!(next("sat..mon 03:00", at(2025, 1, 6, 4, 0, 0)), at(2025, 1, 11, 3, 0, 0));
+        assert_eq!(
+            next("sat..mon 03:00", at(2025, 1, 6, 4, 0, 0)),
+            at(2025, 1, 11, 3, 0, 0)
+        );
     }
 
     #[test]
@@ -476,22 +497,49 @@ mod tests {
 
     #[test]
     fn strictly_after_and_seconds() {
-        assert_eq!(next("02:00", at(2025, 1, 1, 2, 0, 0)), at(2025, 1, 2, 2, 0, 0));
-        assert_eq!(next("*:*:0/20", at(2025, 1, 1, 2, 0, 0)), at(2025, 1, 1, 2, 0, 20));
-        assert_eq!(next("0/30", at(2025, 1, 1, 2, 10, 0)), at(2025, 1, 1, 2, 30, 0));
+        assert_eq!(
+            next("02:00", at(2025, 1, 1, 2, 0, 0)),
+            at(2025, 1, 2, 2, 0, 0)
+        );
+        assert_eq!(
+            next("*:*:0/20", at(2025, 1, 1, 2, 0, 0)),
+            at(2025, 1, 1, 2, 0, 20)
+        );
+        assert_eq!(
+            next("0/30", at(2025, 1, 1, 2, 10, 0)),
+            at(2025, 1, 1, 2, 30, 0)
+        );
     }
 
     #[test]
     fn month_ends_and_leap_days() {
         // Day 31 skips the months without one.
-        assert_eq!(next("*-*-31 01:00", at(2025, 1, 31, 2, 0, 0)), at(2025, 3, 31, 1, 0, 0));
-        assert_eq!(next("*-*-31 01:00", at(2025, 4, 1, 0, 0, 0)), at(2025, 5, 31, 1, 0, 0));
+        assert_eq!(
+            next("*-*-31 01:00", at(2025, 1, 31, 2, 0, 0)),
+            at(2025, 3, 31, 1, 0, 0)
+        );
+        assert_eq!(
+            next("*-*-31 01:00", at(2025, 4, 1, 0, 0, 0)),
+            at(2025, 5, 31, 1, 0, 0)
+        );
         // The 29th of February only in leap years.
-        assert_eq!(next("*-02-29", at(2025, 1, 1, 0, 0, 0)), at(2028, 2, 29, 0, 0, 0));
-        assert_eq!(next("*-02-29", at(2024, 2, 28, 23, 0, 0)), at(2024, 2, 29, 0, 0, 0));
+        assert_eq!(
+            next("*-02-29", at(2025, 1, 1, 0, 0, 0)),
+            at(2028, 2, 29, 0, 0, 0)
+        );
+        assert_eq!(
+            next("*-02-29", at(2024, 2, 28, 23, 0, 0)),
+            at(2024, 2, 29, 0, 0, 0)
+        );
         // Every day at 23:30 crosses from the 28th of February to the 1st of March.
-        assert_eq!(next("23:30", at(2025, 2, 28, 23, 30, 0)), at(2025, 3, 1, 23, 30, 0));
-        assert_eq!(next("monthly", at(2024, 12, 31, 23, 59, 59)), at(2025, 1, 1, 0, 0, 0));
+        assert_eq!(
+            next("23:30", at(2025, 2, 28, 23, 30, 0)),
+            at(2025, 3, 1, 23, 30, 0)
+        );
+        assert_eq!(
+            next("monthly", at(2024, 12, 31, 23, 59, 59)),
+            at(2025, 1, 1, 0, 0, 0)
+        );
         // Never: the 30th of February.
         assert!(CalendarEvent::parse("*-02-30")
             .expect("parses")
@@ -502,10 +550,25 @@ mod tests {
     #[test]
     fn rejects_bad_events() {
         for bad in [
-            "", "funday", "25:00", "12:60", "*-13-01", "*-0-01", "1..", "*/0", "mon 1 2", "5..3",
-            "1:2:3:4", "*-1-2-3-4", "a,", "12:00 x",
+            "",
+            "funday",
+            "25:00",
+            "12:60",
+            "*-13-01",
+            "*-0-01",
+            "1..",
+            "*/0",
+            "mon 1 2",
+            "5..3",
+            "1:2:3:4",
+            "*-1-2-3-4",
+            "a,",
+            "12:00 x",
         ] {
-            assert!(CalendarEvent::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                CalendarEvent::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         let e = CalendarEvent::parse("25:00").expect_err("bad hour");
         assert!(e.to_string().contains("hour 25"), "{e}");

@@ -254,12 +254,12 @@ mod tests {
         assert_eq!(i.format, "vma");
         assert_eq!(i.compression, Some("zst"));
         assert_eq!(i.base, "vzdump-qemu-100-2025_01_05-02_00_01");
-        assert_eq!(
-            i.time.expect("standard").to_string(),
-            "2025-01-05 02:00:01"
-        );
+        assert_eq!(i.time.expect("standard").to_string(), "2025-01-05 02:00:01");
         let t = parse_archive_name("vzdump-lxc-101-2025_01_05-02_00_01.tar").expect("ok");
-        assert_eq!((t.kind, t.format, t.compression), (GuestType::Lxc, "tar", None));
+        assert_eq!(
+            (t.kind, t.format, t.compression),
+            (GuestType::Lxc, "tar", None)
+        );
         // Renamed: an archive, but not a standard name.
         let r = parse_archive_name("vzdump-qemu-100-before-upgrade.vma.gz").expect("archive");
         assert_eq!(r.time, None);

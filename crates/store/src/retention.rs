@@ -167,10 +167,19 @@ pub fn plan(group: &[Candidate], keep: &KeepOptions) -> Vec<Decision> {
         if count == 0 {
             continue;
         }
-        let period = |i: usize| rule.period(&group[i].time.expect("only dated backups are planned"));
+        let period =
+            |i: usize| rule.period(&group[i].time.expect("only dated backups are planned"));
         let covered: std::collections::HashSet<_> = order
             .iter()
-            .filter(|&&i| matches!(out[i], Some(Decision { mark: Mark::Keep, .. })))
+            .filter(|&&i| {
+                matches!(
+                    out[i],
+                    Some(Decision {
+                        mark: Mark::Keep,
+                        ..
+                    })
+                )
+            })
             .map(|&i| period(i))
             .collect();
         let mut newly = std::collections::HashSet::new();
@@ -220,21 +229,54 @@ mod tests {
     #[test]
     fn reports_the_rule_that_kept_each_backup() {
         let group = [
-            Candidate { time: t("2025-01-05 02:00"), protected: false },
-            Candidate { time: t("2025-01-04 02:00"), protected: false },
-            Candidate { time: t("2025-01-04 01:00"), protected: false },
-            Candidate { time: t("2024-12-20 02:00"), protected: true },
-            Candidate { time: None, protected: false },
+            Candidate {
+                time: t("2025-01-05 02:00"),
+                protected: false,
+            },
+            Candidate {
+                time: t("2025-01-04 02:00"),
+                protected: false,
+            },
+            Candidate {
+                time: t("2025-01-04 01:00"),
+                protected: false,
+            },
+            Candidate {
+                time: t("2024-12-20 02:00"),
+                protected: true,
+            },
+            Candidate {
+                time: None,
+                protected: false,
+            },
         ];
         let keep = KeepOptions::parse("keep-last=1,keep-daily=5").expect("valid");
         let p = plan(&group, &keep);
-        assert_eq!(p[0], Decision { mark: Mark::Keep, rule: Some(Rule::Last) });
-        assert_eq!(p[1], Decision { mark: Mark::Keep, rule: Some(Rule::Daily) });
+        assert_eq!(
+            p[0],
+            Decision {
+                mark: Mark::Keep,
+                rule: Some(Rule::Last)
+            }
+        );
+        assert_eq!(
+            p[1],
+            Decision {
+                mark: Mark::Keep,
+                rule: Some(Rule::Daily)
+            }
+        );
         assert_eq!(p[2].mark, Mark::Remove);
         assert_eq!(p[3].mark, Mark::Protected);
         assert_eq!(p[4].mark, Mark::Renamed);
         let all = plan(&group, &KeepOptions::keep_all());
-        assert_eq!(all[2], Decision { mark: Mark::Keep, rule: Some(Rule::All) });
+        assert_eq!(
+            all[2],
+            Decision {
+                mark: Mark::Keep,
+                rule: Some(Rule::All)
+            }
+        );
         assert_eq!(all[3].mark, Mark::Protected);
     }
 
@@ -242,9 +284,18 @@ mod tests {
     fn weeks_are_iso_weeks_across_the_year_end() {
         // 2024-12-30 (Mon) and 2025-01-05 (Sun) are the same ISO week 2025-W01.
         let group = [
-            Candidate { time: t("2025-01-05 10:00"), protected: false },
-            Candidate { time: t("2024-12-30 10:00"), protected: false },
-            Candidate { time: t("2024-12-29 10:00"), protected: false },
+            Candidate {
+                time: t("2025-01-05 10:00"),
+                protected: false,
+            },
+            Candidate {
+                time: t("2024-12-30 10:00"),
+                protected: false,
+            },
+            Candidate {
+                time: t("2024-12-29 10:00"),
+                protected: false,
+            },
         ];
         let keep = KeepOptions::parse("keep-weekly=2").expect("valid");
         let marks: Vec<_> = plan(&group, &keep).iter().map(|d| d.mark).collect();

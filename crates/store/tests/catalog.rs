@@ -18,8 +18,11 @@ fn storage_with_backups() -> (tempfile::TempDir, Storage) {
         touch(d, &format!("{base}.vma.zst"), size);
         touch(d, &format!("{base}.log"), 1);
     }
-    std::fs::write(d.join("vzdump-qemu-100-2025_01_01-02_00_00.vma.zst.notes"), "first\n")
-        .expect("notes");
+    std::fs::write(
+        d.join("vzdump-qemu-100-2025_01_01-02_00_00.vma.zst.notes"),
+        "first\n",
+    )
+    .expect("notes");
     touch(d, "vzdump-lxc-101-2025_01_01-02_00_00.tar.gz", 5);
     touch(d, "vzdump-qemu-100-before-upgrade.vma", 7);
     // Not archives.
@@ -57,7 +60,16 @@ fn lists_archives_with_their_markers() {
         .keys()
         .map(String::as_str)
         .collect();
-    for k in ["volid", "vmid", "type", "time", "size", "compression", "notes", "protected"] {
+    for k in [
+        "volid",
+        "vmid",
+        "type",
+        "time",
+        "size",
+        "compression",
+        "notes",
+        "protected",
+    ] {
         assert!(keys.contains(&k), "{k} missing in {json}");
     }
     assert_eq!(json["type"], "qemu");
@@ -81,7 +93,10 @@ fn notes_protection_and_removal() {
     let other = s
         .backup("vzdump-qemu-100-2025_01_03-02_00_00.vma.zst")
         .expect("exists");
-    assert!(matches!(s.set_protected(&other, true), Err(Error::Limit(_))));
+    assert!(matches!(
+        s.set_protected(&other, true),
+        Err(Error::Limit(_))
+    ));
     // A protected backup cannot be removed.
     assert!(matches!(s.remove(&b), Err(Error::Protected(_))));
     assert!(tmp.path().join(&b.file_name).exists());
@@ -95,8 +110,14 @@ fn notes_protection_and_removal() {
         assert!(!tmp.path().join(gone).exists(), "{gone}");
     }
     assert!(matches!(s.backup(volid), Err(Error::NotFound(_))));
-    assert!(matches!(s.backup("other:backup/x.vma"), Err(Error::InvalidVolid(_))));
-    assert!(matches!(s.backup("backups:backup/../x.vma"), Err(Error::InvalidVolid(_))));
+    assert!(matches!(
+        s.backup("other:backup/x.vma"),
+        Err(Error::InvalidVolid(_))
+    ));
+    assert!(matches!(
+        s.backup("backups:backup/../x.vma"),
+        Err(Error::InvalidVolid(_))
+    ));
 }
 
 #[test]
@@ -113,7 +134,10 @@ fn apply_removes_what_the_plan_says_and_twice_changes_nothing() {
         .iter()
         .map(|e| (e.backup.file_name.as_str(), e.decision.mark))
         .collect();
-    assert!(marks.contains(&("vzdump-qemu-100-2025_01_01-02_00_00.vma.zst", Mark::Protected)));
+    assert!(marks.contains(&(
+        "vzdump-qemu-100-2025_01_01-02_00_00.vma.zst",
+        Mark::Protected
+    )));
     assert!(marks.contains(&("vzdump-qemu-100-2025_01_02-02_00_00.vma.zst", Mark::Remove)));
     assert!(marks.contains(&("vzdump-qemu-100-before-upgrade.vma", Mark::Renamed)));
     assert!(marks.contains(&("vzdump-lxc-101-2025_01_01-02_00_00.tar.gz", Mark::Keep)));
@@ -144,10 +168,16 @@ fn limits_before_a_backup() {
     let job = KeepOptions::parse("keep-last=1").expect("valid");
     let st = KeepOptions::parse("keep-daily=1").expect("valid");
     let conf = KeepOptions::parse("keep-weekly=1").expect("valid");
-    assert_eq!(prune::effective_keep(Some(&job), Some(&st), Some(&conf)), job);
+    assert_eq!(
+        prune::effective_keep(Some(&job), Some(&st), Some(&conf)),
+        job
+    );
     assert_eq!(prune::effective_keep(None, Some(&st), Some(&conf)), st);
     assert_eq!(prune::effective_keep(None, None, Some(&conf)), conf);
     assert!(prune::effective_keep(None, None, None).is_keep_all());
-    assert!(!prune::effective_remove(Some(true), &KeepOptions::keep_all()));
+    assert!(!prune::effective_remove(
+        Some(true),
+        &KeepOptions::keep_all()
+    ));
     assert!(prune::effective_remove(None, &job));
 }

@@ -43,24 +43,54 @@ fn proxmox_cases() {
     let g = default_group();
     let cases: [(&str, [&str; 5]); 14] = [
         ("keep-last=3", ["remove", "remove", "keep", "keep", "keep"]),
-        ("keep-weekly=2", ["keep", "remove", "remove", "remove", "keep"]),
+        (
+            "keep-weekly=2",
+            ["keep", "remove", "remove", "remove", "keep"],
+        ),
         (
             "keep-hourly=0,keep-daily=1,keep-weekly=1,keep-monthly=1",
             ["keep", "remove", "keep", "remove", "keep"],
         ),
-        ("keep-hourly=4,keep-daily=0", ["keep", "remove", "keep", "keep", "keep"]),
+        (
+            "keep-hourly=4,keep-daily=0",
+            ["keep", "remove", "keep", "keep", "keep"],
+        ),
         (
             "keep-hourly=0,keep-daily=0,keep-weekly=0,keep-monthly=0,keep-yearly=2",
             ["remove", "remove", "keep", "remove", "keep"],
         ),
-        ("keep-last=2,keep-hourly=2", ["keep", "remove", "keep", "keep", "keep"]),
-        ("keep-last=1,keep-monthly=2", ["keep", "remove", "keep", "remove", "keep"]),
-        ("keep-monthly=3", ["keep", "remove", "keep", "remove", "keep"]),
-        ("keep-last=1,keep-daily=1,keep-weekly=1", ["keep", "remove", "keep", "remove", "keep"]),
-        ("keep-daily=2", ["remove", "remove", "keep", "remove", "keep"]),
-        ("keep-weekly=1,keep-monthly=1", ["keep", "remove", "remove", "remove", "keep"]),
-        ("keep-weekly=1,keep-yearly=1", ["keep", "remove", "remove", "remove", "keep"]),
-        ("keep-last=0,keep-daily=0", ["keep", "keep", "keep", "keep", "keep"]),
+        (
+            "keep-last=2,keep-hourly=2",
+            ["keep", "remove", "keep", "keep", "keep"],
+        ),
+        (
+            "keep-last=1,keep-monthly=2",
+            ["keep", "remove", "keep", "remove", "keep"],
+        ),
+        (
+            "keep-monthly=3",
+            ["keep", "remove", "keep", "remove", "keep"],
+        ),
+        (
+            "keep-last=1,keep-daily=1,keep-weekly=1",
+            ["keep", "remove", "keep", "remove", "keep"],
+        ),
+        (
+            "keep-daily=2",
+            ["remove", "remove", "keep", "remove", "keep"],
+        ),
+        (
+            "keep-weekly=1,keep-monthly=1",
+            ["keep", "remove", "remove", "remove", "keep"],
+        ),
+        (
+            "keep-weekly=1,keep-yearly=1",
+            ["keep", "remove", "remove", "remove", "keep"],
+        ),
+        (
+            "keep-last=0,keep-daily=0",
+            ["keep", "keep", "keep", "keep", "keep"],
+        ),
         ("", ["keep", "keep", "keep", "keep", "keep"]),
     ];
     for (keep, expected) in cases {
@@ -91,7 +121,10 @@ fn proxmox_year_boundary_and_week_boundary_cases() {
         at("2020_12_04-12_18_21"),
         at("2020_12_07-12_18_21"),
     ];
-    assert_eq!(marks(&g, "keep-daily=1,keep-weekly=1"), ["remove", "keep", "keep"]);
+    assert_eq!(
+        marks(&g, "keep-daily=1,keep-weekly=1"),
+        ["remove", "keep", "keep"]
+    );
 }
 
 #[test]

@@ -67,6 +67,14 @@ struct Opts {
     /// Mark the backup protected (1/0).
     #[arg(long, num_args = 0..=1, default_missing_value = "1")]
     protected: Option<String>,
+    /// Retention for this run, e.g. keep-last=3,keep-weekly=4 (over the storage's
+    /// prune-backups and vzdump.conf).
+    #[arg(long)]
+    prune_backups: Option<String>,
+    /// Prune the guest's older backups after its backup (1, the default) or not (0; then the
+    /// keep values are a hard limit).
+    #[arg(long, value_parser = ["0", "1"])]
+    remove: Option<String>,
     /// Configuration root (default $VMDUMP_ROOT or /etc/vmdump).
     #[arg(long)]
     root: Option<PathBuf>,
@@ -131,7 +139,19 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
         bail!("no guests to back up (give VMIDs or --all)");
     }
     let cli = settings(&args)?;
+    let keep = args
+        .prune_backups
+        .as_deref()
+        .map(vmdump_config::KeepOptions::parse)
+        .transpose()
+        .context("--prune-backups")?;
     let (job, warnings) = BackupJob::new(root, &cli)?;
+    let retention = vmdump_jobs::run::Retention::resolve(
+        &job.root,
+        &job.settings.target,
+        keep.as_ref(),
+        args.remove.as_deref().map(|r| r == "1"),
+    )?;
 
     let ui = Ui::new();
     let cmdline: Vec<String> = std::env::args().skip(2).collect();
@@ -187,7 +207,7 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
             continue;
         }
         ui.start(vmid);
-        let res = vmdump_engine::backup_vm(&job, &lock, vmid, &ui).await;
+        let res = vmdump_jobs::run::backup_one(&job, &lock, &retention, vmid, &ui).await;
         ui.done();
         if res.is_err() {
             failed.push(vmid);
