@@ -15,6 +15,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SendmailTransport, SmtpTransport, Transport};
 use serde::Serialize;
 use vmdump_config::notifications::{NotificationTarget, SmtpMode};
+use vmdump_engine::pipeline::error_chain;
 use vmdump_engine::progress::{format_hms, format_size};
 
 use crate::error::Error;
@@ -301,15 +302,4 @@ fn message(from: &str, mailto: &[String], summary: &Summary) -> Result<Message, 
             .map_err(|e| format!("recipient '{to}': {e}"))?);
     }
     b.body(summary.body()).map_err(|e| e.to_string())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

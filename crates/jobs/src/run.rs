@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use vmdump_config::{BackupJobConfig, ConfigRoot, KeepOptions};
 use vmdump_engine::options::{Settings, Target};
+use vmdump_engine::pipeline::error_chain;
 use vmdump_engine::progress::{Level, Progress, Transfer};
 use vmdump_engine::BackupJob;
 use vmdump_store::{prune, GuestType, Storage};
@@ -315,17 +316,6 @@ fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The scheduler's runner: a fresh async runtime per job, task-log lines to `tracing`.
