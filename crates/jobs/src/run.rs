@@ -201,6 +201,8 @@ async fn run_guests(
     let vmids = selected_vmids(root, job)?;
     let settings = Settings::from_conf(&job.options);
     let (bjob, warnings) = BackupJob::new(root.clone(), &settings)?;
+    // The engine's node name (notes templates) is the summary's host name too.
+    summary.hostname = bjob.node.clone();
     for w in warnings {
         progress.log(Level::Warn, &w, false);
     }
