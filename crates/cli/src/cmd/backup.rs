@@ -146,12 +146,6 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("--prune-backups")?;
     let (job, warnings) = BackupJob::new(root, &cli)?;
-    let retention = vmdump_jobs::run::Retention::resolve(
-        &job.root,
-        &job.settings.target,
-        keep.as_ref(),
-        args.remove.as_deref().map(|r| r == "1"),
-    )?;
 
     let ui = Ui::new();
     let cmdline: Vec<String> = std::env::args().skip(2).collect();
@@ -165,6 +159,21 @@ async fn run_async(args: Opts) -> anyhow::Result<ExitCode> {
     for w in warnings {
         ui.print(Level::Warn, &w);
     }
+    // Retention of the target (command line over storage over vzdump.conf).
+    let retention = match vmdump_jobs::run::Retention::resolve(
+        &job.root,
+        &job.settings.target,
+        keep.as_ref(),
+        args.remove.as_deref().map(|r| r == "1"),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = vmdump_engine::pipeline::error_chain(&e);
+            ui.print(Level::Error, &msg);
+            println!("TASK ERROR: {msg}");
+            return Ok(ExitCode::from(1));
+        }
+    };
 
     let interrupt = std::sync::Arc::clone(&job.interrupt);
     tokio::spawn(async move {
