@@ -584,6 +584,22 @@ mod tests {
         assert_eq!(sd("Sat *-1..7 15:00"), "Sat *-*-01..07 15:00:00");
         assert_eq!(sd("8..17/3:00"), "*-*-* 08,11,14,17:00:00");
         assert_eq!(sd("*/5"), "*-*-* *:00/5:00");
+        // Our parser reads systemd's spelling back to the same event.
+        let t = at(2025, 5, 17, 10, 20, 30);
+        for ev in [
+            "sat 02:00",
+            "mon..fri 21:30",
+            "*/2:00",
+            "quarterly",
+            "Sat *-1..7 15:00",
+            "8..17/3:00",
+            "*/5",
+            "2030-02-29",
+        ] {
+            let a = CalendarEvent::parse(ev).expect("parses");
+            let b = CalendarEvent::parse(&a.to_systemd()).expect("systemd form parses");
+            assert_eq!(a.next_after(&t), b.next_after(&t), "{ev}");
+        }
     }
 
     #[test]
