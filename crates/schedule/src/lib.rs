@@ -10,7 +10,7 @@
 //! `yearly`/`annually`, `quarterly`, `semiannually`.
 //!
 //! Non-goals: no I/O, no clock. [`CalendarEvent::next_after`] is generic over a chrono
-//! [`TimeZone`]; callers pass `chrono::Local` (which follows `TZ`).
+//! `TimeZone`; callers pass `chrono::Local` (which follows `TZ`).
 //!
 //! Invariants: matching is done on the local wall clock. A wall-clock time that does not exist
 //! (spring-forward gap) runs right after the gap at the same distance past the hour's start

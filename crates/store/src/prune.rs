@@ -1,5 +1,5 @@
 //! Pruning a storage: which policy applies, the limits checked before a backup, and applying
-//! a [`retention`](crate::retention) plan.
+//! a [`crate::retention`] plan.
 
 use serde::Serialize;
 use vmdump_config::KeepOptions;
