@@ -33,6 +33,9 @@ fi
 # Python oracle for VMA interop tests (independent reader).
 python3 -c 'import dissect.archive' 2>/dev/null || pip install -q dissect.archive
 
+# A real SMTP server for the notification tests (crates/jobs/tests/notify.rs).
+python3 -c 'import aiosmtpd' 2>/dev/null || pip install -q aiosmtpd
+
 # The tiny test guest (kernel + initramfs + disks), cached under .cache/.
 if [ -x "$root/testguest/build.sh" ]; then
   "$root/testguest/build.sh"

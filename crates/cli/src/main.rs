@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cmd;
+mod output;
 mod ui;
 
 /// Live backup and restore of QEMU/KVM virtual machines.

@@ -157,6 +157,16 @@ impl StorageEntry {
         })
     }
 
+    /// All properties in file order; flags without a value read as `"1"`.
+    pub fn props(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.lines.iter().filter_map(|l| match l {
+            PropLine::Prop { key, value, .. } => {
+                Some((key.as_str(), value.as_deref().unwrap_or("1")))
+            }
+            PropLine::Comment(_) => None,
+        })
+    }
+
     /// Set a property (replacing its line, or appending `\t<key> <value>`).
     pub fn set(&mut self, key: &str, value: &str) {
         let raw = format!("\t{key} {value}");

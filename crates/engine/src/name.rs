@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local};
 use vmdump_config::Codec;
+use vmdump_store::{layout, GuestType};
 
 /// Extension of an archive being written.
 const TEMPORARY_EXT: &str = ".dat";
 
-/// Start of every file name of a backup of `vmid`.
+/// Start of every file name of a backup of `vmid` (the naming rule lives in the store).
 fn prefix(vmid: u32) -> String {
-    format!("vzdump-qemu-{vmid}-")
+    layout::prefix(GuestType::Qemu, vmid)
 }
 
 /// The names of one guest's backup in one directory.
@@ -34,7 +35,7 @@ impl ArchiveName {
     pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Codec) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            base: format!("{}{}", prefix(vmid), start.format("%Y_%m_%d-%H_%M_%S")),
+            base: layout::base_name(GuestType::Qemu, vmid, start),
             compress,
         }
     }

@@ -66,6 +66,14 @@ struct Opts {
     /// Mark the backup protected (1/0).
     #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = boolean)]
     protected: Option<bool>,
+    /// Retention for this run, e.g. keep-last=3,keep-weekly=4 (over the storage's
+    /// prune-backups and vzdump.conf).
+    #[arg(long, value_parser = keep_options)]
+    prune_backups: Option<vmdump_config::KeepOptions>,
+    /// Prune the guest's older backups after its backup (1, the default) or not (0; then the
+    /// keep values are a hard limit).
+    #[arg(long, value_parser = boolean)]
+    remove: Option<bool>,
 }
 
 /// A count that may be 0 (`--bwlimit`): negative values get their own message.
@@ -75,6 +83,10 @@ pub(crate) fn non_negative(s: &str) -> Result<u64, String> {
         Ok(n) => u64::try_from(n).map_err(|_| "the value is too large".into()),
         Err(_) => Err(format!("'{s}' is not a whole number")),
     }
+}
+
+fn keep_options(s: &str) -> Result<vmdump_config::KeepOptions, String> {
+    vmdump_config::KeepOptions::parse(s).map_err(|e| e.to_string())
 }
 
 fn boolean(s: &str) -> Result<bool, String> {
@@ -150,6 +162,21 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     for w in warnings {
         ui.print(Level::Warn, &w);
     }
+    // Retention of the target (command line over storage over vzdump.conf).
+    let retention = match vmdump_jobs::run::Retention::resolve(
+        &job.root,
+        &job.settings.destination,
+        args.prune_backups.as_ref(),
+        args.remove,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = vmdump_jobs::error_chain(&e);
+            ui.print(Level::Error, &msg);
+            println!("TASK ERROR: {msg}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     cancel_on_signals(job.cancel.clone());
 
     // One backup job at a time on this host (vzdump's global lock).
@@ -179,7 +206,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
             continue;
         }
         ui.start(format!("VM {vmid}"));
-        let res = vmdump_engine::backup_vm(&job, &lock, vmid, &ui).await;
+        let res = vmdump_jobs::run::backup_one(&job, &lock, &retention, vmid.get(), &ui).await;
         ui.done();
         if res.is_err() {
             failed.push(vmid);

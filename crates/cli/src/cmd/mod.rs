@@ -2,8 +2,13 @@
 
 use std::process::ExitCode;
 
+pub mod archive;
 pub mod backup;
+pub mod jobs;
+pub mod list;
+pub mod prune;
 pub mod restore;
+pub mod scheduler;
 pub mod vm;
 pub mod vma;
 
@@ -18,6 +23,20 @@ pub enum Cmd {
     Vm(vm::Args),
     /// Drop-in replacement for Proxmox's `vma` tool (list, config, verify, extract, create).
     Vma(vma::Args),
+    /// List the backups on a storage.
+    List(list::Args),
+    /// Prune backups by keep rules (--dry-run shows the plan).
+    Prune(prune::Args),
+    /// Show or set a backup's notes.
+    Notes(archive::NotesArgs),
+    /// Protect (1) or unprotect (0) a backup.
+    Protect(archive::ProtectArgs),
+    /// Remove a backup (refused for protected ones).
+    Remove(archive::RemoveArgs),
+    /// Scheduled backup jobs (jobs.cfg).
+    Jobs(jobs::Args),
+    /// Run scheduled jobs as a long-running service.
+    Scheduler(scheduler::Args),
 }
 
 /// Dispatch a parsed subcommand.
@@ -27,5 +46,12 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Restore(args) => restore::run(args, global),
         Cmd::Vm(args) => vm::run(args, global),
         Cmd::Vma(args) => vma::run(args),
+        Cmd::List(args) => list::run(args, global),
+        Cmd::Prune(args) => prune::run(args, global),
+        Cmd::Notes(args) => archive::notes(args, global),
+        Cmd::Protect(args) => archive::protect(args, global),
+        Cmd::Remove(args) => archive::remove(args, global),
+        Cmd::Jobs(args) => jobs::run(args, global),
+        Cmd::Scheduler(args) => scheduler::run(args, global),
     }
 }

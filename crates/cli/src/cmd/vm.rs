@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use vmdump_config::VmId;
 use vmdump_guest::{Accel, Runtime, ShutdownOutcome, StartOptions, State};
 
+use crate::output::Format;
+
 /// Arguments of `vmdump vm`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -85,15 +87,6 @@ enum Action {
         #[arg(long, value_parser = parse_accel)]
         accel: Option<Accel>,
     },
-}
-
-/// Output format of `status` and `list`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    /// Human-readable lines.
-    Text,
-    /// One JSON document.
-    Json,
 }
 
 fn state_json(vmid: u32, state: &State) -> serde_json::Value {
