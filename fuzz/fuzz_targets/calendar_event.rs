@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         let systemd = ev.to_systemd();
         // systemd's spelling is ours too (with the year field always present).
         if let Ok(again) = CalendarEvent::parse(&systemd) {
-            assert_eq!(again.next_after(&from), Some(next), "{text:?} -> {systemd:?}");
+            assert_eq!(
+                again.next_after(&from),
+                Some(next),
+                "{text:?} -> {systemd:?}"
+            );
         }
     }
 });
