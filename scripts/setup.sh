@@ -12,7 +12,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static
       e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time fuse3
       # runtime libraries of Proxmox's own `vma` (../shared/tools/pve-vma), the reference in tests
-      libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1)
+      libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1
+      # a real local MTA as /usr/sbin/sendmail for the sendmail notification test
+      msmtp-mta)
 
 need_apt=0
 for p in "${pkgs[@]}"; do
