@@ -6,8 +6,13 @@ bench_target_dir() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
-# Builds the release `vmdump` binary and prints its path.
+# Builds the release `vmdump` binary and prints its path; $VMDUMP names another binary to
+# measure instead (bench/compare.sh: an earlier revision's).
 bench_vmdump() {
+  if [ -n "${VMDUMP:-}" ]; then
+    echo "$VMDUMP"
+    return
+  fi
   cargo build --release -q -p vmdump --manifest-path "$root/Cargo.toml"
   echo "$(bench_target_dir)/release/vmdump"
 }

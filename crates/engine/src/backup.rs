@@ -287,7 +287,7 @@ pub async fn backup_vm(
         Err(e) => {
             log.error(&format!(
                 "Backup of VM {vmid} failed - {}",
-                crate::error::chain(&e)
+                vmdump_task::one_line(&e)
             ));
             log.info(&format!(
                 "Failed at {}",

@@ -277,18 +277,6 @@ impl Error {
     }
 }
 
-/// `error: cause: cause`, for messages that end up in the task log.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
-
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -308,7 +296,7 @@ mod tests {
             },
         }));
         assert_eq!(e.kind(), ErrorKind::Io);
-        let text = chain(&e);
+        let text = vmdump_task::one_line(&e);
         assert!(
             text.starts_with("writing the archive failed: device 'drive-scsi0' cluster 7: "),
             "{text}"

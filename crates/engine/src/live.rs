@@ -233,7 +233,7 @@ async fn transfer(
         Ok(t) => Ok(t),
         Err(e) => {
             if !matches!(e, Error::Interrupted) {
-                log.error(&crate::error::chain(&e));
+                log.error(&vmdump_task::one_line(&e));
             }
             if qmp.is_closed() {
                 return Err(e);

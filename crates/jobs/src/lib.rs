@@ -33,4 +33,4 @@ pub mod scheduler;
 pub mod state;
 pub mod systemd;
 
-pub use error::{error_chain, Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -17,7 +17,8 @@ use serde::Serialize;
 use vmdump_config::notifications::{NotificationTarget, SmtpMode};
 use vmdump_engine::{format_hms, format_size};
 
-use crate::error::{error_chain, Error};
+use crate::error::Error;
+use vmdump_task::one_line;
 
 /// Logs longer than this are not sent (vzdump's limit).
 pub const LOG_CAP: usize = 1024 * 1024;
@@ -240,16 +241,13 @@ fn send(target: &NotificationTarget, summary: &Summary) -> Result<(), String> {
                     password.clone().unwrap_or_default(),
                 ));
             }
-            b.build()
-                .send(&msg)
-                .map(|_| ())
-                .map_err(|e| error_chain(&e))
+            b.build().send(&msg).map(|_| ()).map_err(|e| one_line(&e))
         }
         NotificationTarget::Sendmail { from, mailto, .. } => {
             let msg = message(from, mailto, summary)?;
             SendmailTransport::new()
                 .send(&msg)
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| one_line(&e))
         }
         NotificationTarget::Webhook { url, .. } => {
             let payload = Webhook {
@@ -265,7 +263,7 @@ fn send(target: &NotificationTarget, summary: &Summary) -> Result<(), String> {
                 .post(url.as_str())
                 .send_json(&payload)
                 .map(|_| ())
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| one_line(&e))
         }
     }
 }
@@ -280,7 +278,7 @@ struct Webhook<'a> {
 }
 
 fn tls_params(server: &str) -> Result<TlsParameters, String> {
-    TlsParameters::new(server.to_string()).map_err(|e| error_chain(&e))
+    TlsParameters::new(server.to_string()).map_err(|e| one_line(&e))
 }
 
 fn message(from: &str, mailto: &[String], summary: &Summary) -> Result<Message, String> {

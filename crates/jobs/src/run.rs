@@ -11,9 +11,10 @@ use vmdump_engine::{BackupJob, Destination, JobLock};
 use vmdump_store::{prune, GuestType, Storage};
 use vmdump_task::{Level, Progress, Transfer};
 
-use crate::error::{error_chain, Result};
+use crate::error::Result;
 use crate::notify::{self, GuestLine, Policy, Summary};
 use crate::scheduler::{RunOutcome, Runner};
+use vmdump_task::one_line;
 
 /// The retention that applies to one backup target, resolved once per job.
 #[derive(Debug, Clone)]
@@ -173,7 +174,7 @@ pub async fn run_job(
         job_error: None,
     };
     if let Err(e) = run_guests(root, run_dir, job, progress, &mut summary).await {
-        let msg = error_chain(&e);
+        let msg = one_line(&e);
         progress.log(Level::Error, &msg, false);
         summary.job_error = Some(msg);
     }
@@ -275,9 +276,9 @@ pub async fn backup_one(
     vmid: u32,
     progress: &dyn Progress,
 ) -> std::result::Result<vmdump_engine::BackupReport, String> {
-    let id = VmId::new(vmid).map_err(|e| error_chain(&e))?;
+    let id = VmId::new(vmid).map_err(|e| one_line(&e))?;
     if let Err(e) = retention.before_backup(vmid, bjob.settings.protected) {
-        let msg = error_chain(&e);
+        let msg = one_line(&e);
         progress.log(
             Level::Error,
             &format!("Backup of VM {vmid} failed - {msg}"),
@@ -287,10 +288,10 @@ pub async fn backup_one(
     }
     let report = vmdump_engine::backup_vm(bjob, lock, id, progress)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| one_line(&e))?;
     let log = |level: Level, line: &str| progress.log(level, line, false);
     if let Err(e) = retention.after_backup(vmid, &log) {
-        let msg = error_chain(&e);
+        let msg = one_line(&e);
         progress.log(Level::Error, &msg, false);
         return Err(msg);
     }
@@ -302,7 +303,7 @@ pub fn notify_job(root: &ConfigRoot, job: &BackupJobConfig, summary: &Summary) {
     let mut targets = match root.notification_targets() {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %error_chain(&e), "notifications.cfg unusable, no notification sent");
+            tracing::warn!(error = %one_line(&e), "notifications.cfg unusable, no notification sent");
             Vec::new()
         }
     };

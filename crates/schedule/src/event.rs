@@ -424,127 +424,128 @@ mod tests {
     use super::*;
     use chrono::Utc;
 
-    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .single()
-            .expect("valid")
+    /// A UTC instant written `YYYY-MM-DD HH:MM:SS`.
+    fn at(s: &str) -> DateTime<Utc> {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+            .expect("valid instant")
+            .and_utc()
     }
 
-    fn next(ev: &str, from: DateTime<Utc>) -> DateTime<Utc> {
+    fn next(ev: &str, from: &str) -> Option<DateTime<Utc>> {
         CalendarEvent::parse(ev)
             .expect("parses")
-            .next_after(&from)
-            .expect("fires again")
+            .next_after(&at(from))
+    }
+
+    /// Each case: event, the instant after which it is asked, its next run (`None`: never).
+    fn expect_next(cases: &[(&str, &str, Option<&str>)]) {
+        for (ev, from, want) in cases {
+            assert_eq!(next(ev, from), want.map(at), "{ev:?} after {from}");
+        }
     }
 
     #[test]
     fn documented_examples() {
         // 2025-01-04 is a Saturday.
-        let sat_noon = at(2025, 1, 4, 12, 0, 0);
-        assert_eq!(next("sat 02:00", sat_noon), at(2025, 1, 11, 2, 0, 0));
-        assert_eq!(next("mon..fri 22:30", sat_noon), at(2025, 1, 6, 22, 30, 0));
-        assert_eq!(
-            next("*/2:00", at(2025, 1, 4, 12, 0, 0)),
-            at(2025, 1, 4, 14, 0, 0)
-        );
-        assert_eq!(
-            next("*/2:00", at(2025, 1, 4, 13, 5, 0)),
-            at(2025, 1, 4, 14, 0, 0)
-        );
-        assert_eq!(
-            next("*/5", at(2025, 1, 4, 12, 3, 0)),
-            at(2025, 1, 4, 12, 5, 0)
-        );
-        assert_eq!(next("12,14,16:05", sat_noon), at(2025, 1, 4, 12, 5, 0));
-        assert_eq!(
-            next("12,14,16:05", at(2025, 1, 4, 16, 5, 0)),
-            at(2025, 1, 5, 12, 5, 0)
-        );
-        // First Saturday of the month.
-        assert_eq!(next("Sat *-1..7 15:00", sat_noon), at(2025, 1, 4, 15, 0, 0));
-        assert_eq!(
-            next("Sat *-1..7 15:00", at(2025, 1, 4, 15, 0, 0)),
-            at(2025, 2, 1, 15, 0, 0)
-        );
-        assert_eq!(
-            next("2015-10-21", at(2015, 1, 1, 0, 0, 0)),
-            at(2015, 10, 21, 0, 0, 0)
-        );
-        assert!(CalendarEvent::parse("2015-10-21")
-            .expect("parses")
-            .next_after(&sat_noon)
-            .is_none());
-        assert_eq!(next("mon", sat_noon), at(2025, 1, 6, 0, 0, 0));
-        assert_eq!(
-            next("sat..mon 03:00", at(2025, 1, 6, 4, 0, 0)),
-            at(2025, 1, 11, 3, 0, 0)
-        );
+        let sat_noon = "2025-01-04 12:00:00";
+        expect_next(&[
+            ("sat 02:00", sat_noon, Some("2025-01-11 02:00:00")),
+            ("mon..fri 22:30", sat_noon, Some("2025-01-06 22:30:00")),
+            ("*/2:00", sat_noon, Some("2025-01-04 14:00:00")),
+            ("*/2:00", "2025-01-04 13:05:00", Some("2025-01-04 14:00:00")),
+            ("*/5", "2025-01-04 12:03:00", Some("2025-01-04 12:05:00")),
+            ("12,14,16:05", sat_noon, Some("2025-01-04 12:05:00")),
+            (
+                "12,14,16:05",
+                "2025-01-04 16:05:00",
+                Some("2025-01-05 12:05:00"),
+            ),
+            // First Saturday of the month.
+            ("Sat *-1..7 15:00", sat_noon, Some("2025-01-04 15:00:00")),
+            (
+                "Sat *-1..7 15:00",
+                "2025-01-04 15:00:00",
+                Some("2025-02-01 15:00:00"),
+            ),
+            (
+                "2015-10-21",
+                "2015-01-01 00:00:00",
+                Some("2015-10-21 00:00:00"),
+            ),
+            ("2015-10-21", sat_noon, None),
+            ("mon", sat_noon, Some("2025-01-06 00:00:00")),
+            (
+                "sat..mon 03:00",
+                "2025-01-06 04:00:00",
+                Some("2025-01-11 03:00:00"),
+            ),
+        ]);
     }
 
     #[test]
     fn shorthands() {
-        let t = at(2025, 5, 17, 10, 20, 30);
-        assert_eq!(next("minutely", t), at(2025, 5, 17, 10, 21, 0));
-        assert_eq!(next("hourly", t), at(2025, 5, 17, 11, 0, 0));
-        assert_eq!(next("daily", t), at(2025, 5, 18, 0, 0, 0));
-        assert_eq!(next("weekly", t), at(2025, 5, 19, 0, 0, 0));
-        assert_eq!(next("monthly", t), at(2025, 6, 1, 0, 0, 0));
-        assert_eq!(next("yearly", t), at(2026, 1, 1, 0, 0, 0));
-        assert_eq!(next("annually", t), at(2026, 1, 1, 0, 0, 0));
-        assert_eq!(next("quarterly", t), at(2025, 7, 1, 0, 0, 0));
-        assert_eq!(next("semiannually", t), at(2025, 7, 1, 0, 0, 0));
+        let t = "2025-05-17 10:20:30";
+        expect_next(&[
+            ("minutely", t, Some("2025-05-17 10:21:00")),
+            ("hourly", t, Some("2025-05-17 11:00:00")),
+            ("daily", t, Some("2025-05-18 00:00:00")),
+            ("weekly", t, Some("2025-05-19 00:00:00")),
+            ("monthly", t, Some("2025-06-01 00:00:00")),
+            ("yearly", t, Some("2026-01-01 00:00:00")),
+            ("annually", t, Some("2026-01-01 00:00:00")),
+            ("quarterly", t, Some("2025-07-01 00:00:00")),
+            ("semiannually", t, Some("2025-07-01 00:00:00")),
+        ]);
     }
 
     #[test]
     fn strictly_after_and_seconds() {
-        assert_eq!(
-            next("02:00", at(2025, 1, 1, 2, 0, 0)),
-            at(2025, 1, 2, 2, 0, 0)
-        );
-        assert_eq!(
-            next("*:*:0/20", at(2025, 1, 1, 2, 0, 0)),
-            at(2025, 1, 1, 2, 0, 20)
-        );
-        assert_eq!(
-            next("0/30", at(2025, 1, 1, 2, 10, 0)),
-            at(2025, 1, 1, 2, 30, 0)
-        );
+        expect_next(&[
+            ("02:00", "2025-01-01 02:00:00", Some("2025-01-02 02:00:00")),
+            (
+                "*:*:0/20",
+                "2025-01-01 02:00:00",
+                Some("2025-01-01 02:00:20"),
+            ),
+            ("0/30", "2025-01-01 02:10:00", Some("2025-01-01 02:30:00")),
+        ]);
     }
 
     #[test]
     fn month_ends_and_leap_days() {
-        // Day 31 skips the months without one.
-        assert_eq!(
-            next("*-*-31 01:00", at(2025, 1, 31, 2, 0, 0)),
-            at(2025, 3, 31, 1, 0, 0)
-        );
-        assert_eq!(
-            next("*-*-31 01:00", at(2025, 4, 1, 0, 0, 0)),
-            at(2025, 5, 31, 1, 0, 0)
-        );
-        // The 29th of February only in leap years.
-        assert_eq!(
-            next("*-02-29", at(2025, 1, 1, 0, 0, 0)),
-            at(2028, 2, 29, 0, 0, 0)
-        );
-        assert_eq!(
-            next("*-02-29", at(2024, 2, 28, 23, 0, 0)),
-            at(2024, 2, 29, 0, 0, 0)
-        );
-        // Every day at 23:30 crosses from the 28th of February to the 1st of March.
-        assert_eq!(
-            next("23:30", at(2025, 2, 28, 23, 30, 0)),
-            at(2025, 3, 1, 23, 30, 0)
-        );
-        assert_eq!(
-            next("monthly", at(2024, 12, 31, 23, 59, 59)),
-            at(2025, 1, 1, 0, 0, 0)
-        );
-        // Never: the 30th of February.
-        assert!(CalendarEvent::parse("*-02-30")
-            .expect("parses")
-            .next_after(&at(2025, 1, 1, 0, 0, 0))
-            .is_none());
+        expect_next(&[
+            // Day 31 skips the months without one.
+            (
+                "*-*-31 01:00",
+                "2025-01-31 02:00:00",
+                Some("2025-03-31 01:00:00"),
+            ),
+            (
+                "*-*-31 01:00",
+                "2025-04-01 00:00:00",
+                Some("2025-05-31 01:00:00"),
+            ),
+            // The 29th of February only in leap years.
+            (
+                "*-02-29",
+                "2025-01-01 00:00:00",
+                Some("2028-02-29 00:00:00"),
+            ),
+            (
+                "*-02-29",
+                "2024-02-28 23:00:00",
+                Some("2024-02-29 00:00:00"),
+            ),
+            // Every day at 23:30 crosses from the 28th of February to the 1st of March.
+            ("23:30", "2025-02-28 23:30:00", Some("2025-03-01 23:30:00")),
+            (
+                "monthly",
+                "2024-12-31 23:59:59",
+                Some("2025-01-01 00:00:00"),
+            ),
+            // Never: the 30th of February.
+            ("*-02-30", "2025-01-01 00:00:00", None),
+        ]);
     }
 
     #[test]
@@ -585,7 +586,7 @@ mod tests {
         assert_eq!(sd("8..17/3:00"), "*-*-* 08,11,14,17:00:00");
         assert_eq!(sd("*/5"), "*-*-* *:00/5:00");
         // Our parser reads systemd's spelling back to the same event.
-        let t = at(2025, 5, 17, 10, 20, 30);
+        let t = at("2025-05-17 10:20:30");
         for ev in [
             "sat 02:00",
             "mon..fri 21:30",

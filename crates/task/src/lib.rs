@@ -34,6 +34,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An error and its causes in one line, `error: cause: cause`: how a failure reads in a task
+/// log, a job summary or a notification, where `{:#}` chains are not at hand.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Severity of a log line (`INFO:`, `WARN:`, `ERROR:` in vzdump's task log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -171,7 +171,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     ) {
         Ok(r) => r,
         Err(e) => {
-            let msg = vmdump_jobs::error_chain(&e);
+            let msg = vmdump_task::one_line(&e);
             ui.print(Level::Error, &msg);
             println!("TASK ERROR: {msg}");
             return Ok(ExitCode::from(1));
