@@ -291,7 +291,7 @@ fn a_failing_target_is_the_reported_cause() {
     let err = stats.unwrap_err();
     match &err {
         Error::Disk { what, device, .. } => {
-            assert_eq!((*what, device.as_str()), ("write", "drive-scsi0"))
+            assert_eq!((*what, device.as_str()), ("write", "drive-scsi0"));
         }
         other => panic!("not the writer's error: {other:?}"),
     }
