@@ -12,10 +12,10 @@
 #   nbd       vmdump-nbd       src/proto/**         unit tests + tests/hostile.rs
 #   blockdev  vmdump-blockdev  src/memory.rs src/raw.rs  unit tests
 #   store     vmdump-store     src/retention.rs src/prune.rs  unit + integration tests
-#   engine    vmdump-engine    src/cluster.rs src/target.rs  unit tests (assembly, commit point)
+#   engine    vmdump-engine    src/cluster.rs       unit tests (cluster assembly)
 #   restore   vmdump-restore   src/pipeline.rs src/plan.rs  unit tests
 #
-# One mutant at a time (`-j 1`; the machine is shared), each test run bounded by a timeout,
+# One mutant at a time (`--in-place` implies `-j 1`; the machine is shared), each test run bounded by a timeout,
 # in place (`--in-place`: the 8 GB target dir is reused, not copied). So: commit or stash
 # first; an interrupted run is restored by cargo-mutants, but check `git status` after.
 # Results: mutants.out/<target>/ (outcomes.json, caught.txt, missed.txt, timeout.txt,
@@ -41,7 +41,7 @@ args_for() {
     nbd) echo "-p vmdump-nbd -f crates/nbd/src/proto/*.rs --cargo-test-arg=--lib --cargo-test-arg=--test=hostile" ;;
     blockdev) echo "-p vmdump-blockdev -f crates/blockdev/src/memory.rs -f crates/blockdev/src/raw.rs --cargo-test-arg=--lib" ;;
     store) echo "-p vmdump-store -f crates/store/src/retention.rs -f crates/store/src/prune.rs --cargo-test-arg=--tests" ;;
-    engine) echo "-p vmdump-engine -f crates/engine/src/cluster.rs -f crates/engine/src/target.rs --cargo-test-arg=--lib" ;;
+    engine) echo "-p vmdump-engine -f crates/engine/src/cluster.rs --cargo-test-arg=--lib" ;;
     restore) echo "-p vmdump-restore -f crates/restore/src/pipeline.rs -f crates/restore/src/plan.rs --cargo-test-arg=--lib" ;;
     *) echo "unknown target '$1' (vma compress nbd blockdev store engine restore)" >&2; return 1 ;;
   esac
@@ -63,7 +63,7 @@ for t in "${targets[@]}"; do
   [ -z "$diff_file" ] || extra+=(--in-diff "$diff_file")
   # shellcheck disable=SC2086 # word splitting of the target's arguments is intended
   set +e
-  cargo mutants --in-place -j 1 --timeout "${MUTANTS_TIMEOUT:-120}" --build-timeout 600 \
+  cargo mutants --in-place --timeout "${MUTANTS_TIMEOUT:-30}" --build-timeout 600 \
     --no-shuffle --output "$out" $a "${extra[@]}" ${MUTANTS_ARGS:-}
   rc=$?
   set -e

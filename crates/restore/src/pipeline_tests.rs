@@ -206,6 +206,8 @@ fn restores_every_byte_of_odd_sized_disks_and_skips_the_vmstate() {
     assert!(progress.windows(2).all(|w| w[0].bytes < w[1].bytes));
     assert!(progress.last().unwrap().percent >= 100);
     assert_eq!(progress.last().unwrap().bytes, stats.tally.bytes_read());
+    // The tally counts the disks' 14 + 5 clusters, not the vmstate stream's 3.
+    assert_eq!(stats.tally.bytes_read(), 19 * CS);
 }
 
 #[test]
@@ -275,6 +277,30 @@ fn a_truncated_archive_fails_and_finishes_no_target() {
             "a failed restore finished"
         );
     }
+}
+
+#[test]
+fn an_archive_that_ends_at_an_extent_boundary_is_incomplete() {
+    // Enough clusters for several extents; cut after the first one: every extent read is
+    // valid, but clusters are missing.
+    let a = image(150 * CS, 3);
+    let bytes = archive(&[("drive-scsi0", &a)], false);
+    let mut reader = Reader::new(&bytes[..]).unwrap();
+    reader.next_extent().unwrap().expect("a first extent");
+    let cut = reader.offset() as usize;
+    assert!(cut < bytes.len());
+    let r = Recorder::new(a.len() as u64);
+    let (stats, _) = restore_into(
+        &bytes[..cut],
+        vec![r.sink(1, "drive-scsi0", a.len() as u64)],
+        &Cancel::new(),
+    );
+    let err = stats.unwrap_err();
+    assert!(
+        matches!(err, Error::Archive(vmdump_vma::Error::MissingCluster { .. })),
+        "{err:?}"
+    );
+    assert!(!r.finished.load(Ordering::SeqCst));
 }
 
 #[test]
