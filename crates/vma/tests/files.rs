@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vmdump_vma::{
-    Error, ExtractDir, MapEntry, OutputFile, ReadTally, Reader, Selection, Writer, CLUSTER_SIZE,
-    VMSTATE_NAME,
+    DeviceSink, Error, Extract, ExtractDir, MapEntry, OutputFile, ReadTally, Reader, Selection,
+    Writer, CLUSTER_SIZE, VMSTATE_NAME,
 };
 
 fn names(dir: &Path) -> Vec<String> {
@@ -42,9 +42,7 @@ fn archive() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
     w.add_config("qemu-server.conf", b"memory: 64\n").unwrap();
     let da = w.register_device("drive-scsi0", a.len() as u64).unwrap();
     let db = w.register_device("drive-scsi1", b.len() as u64).unwrap();
-    let ds = w
-        .register_device(VMSTATE_NAME, state.len() as u64)
-        .unwrap();
+    let ds = w.register_device(VMSTATE_NAME, state.len() as u64).unwrap();
     for (id, data) in [(da, &a), (db, &b), (ds, &state)] {
         for (c, chunk) in data.chunks(CLUSTER_SIZE).enumerate() {
             w.write_cluster(id, c as u64, chunk).unwrap();
@@ -54,11 +52,7 @@ fn archive() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 /// Extracts `bytes` into `dir` with `select`; returns the announced `DEVINFO` targets.
-fn extract(
-    bytes: &[u8],
-    dir: &Path,
-    select: Selection<'_>,
-) -> Result<Vec<(PathBuf, u64)>, Error> {
+fn extract(bytes: &[u8], dir: &Path, select: Selection<'_>) -> Result<Vec<(PathBuf, u64)>, Error> {
     let reader = Reader::new(bytes)?;
     let header = reader.header().clone();
     let mut target = ExtractDir::create(dir, &header)?;
@@ -153,7 +147,10 @@ fn extract_through_a_device_map() {
     // A device without a line, a target of the wrong size or format: refused, and the
     // directory is gone again.
     for (lines, want) in [
-        (vec!["skip=drive-scsi1".to_string()], "no device name mapping"),
+        (
+            vec!["skip=drive-scsi1".to_string()],
+            "no device name mapping",
+        ),
         (
             vec![
                 format!("0:drive-scsi0={}", tmp.path().join("small.raw").display()),
@@ -210,7 +207,9 @@ fn a_failed_extract_removes_everything_it_created() {
     std::fs::write(dir.join("mine"), b"x").unwrap();
     let err = extract(&bytes, &dir, Selection::default()).unwrap_err();
     assert!(matches!(err, Error::TargetDir { .. }), "{err}");
-    assert!(err.to_string().contains("unable to create target directory"));
+    assert!(err
+        .to_string()
+        .contains("unable to create target directory"));
     assert_eq!(names(&dir), ["mine"]);
 }
 
@@ -233,4 +232,82 @@ fn output_file_stays_only_when_committed() {
     let err = OutputFile::open(&path).unwrap_err();
     assert!(err.to_string().contains("can't open file"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"VMA");
+}
+
+/// Names from the archive that would leave the target directory are refused, and the
+/// directory goes again.
+#[test]
+fn unsafe_names_from_the_archive_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("x");
+    for bad in ["..", ".", "a/b", "../evil"] {
+        for as_device in [false, true] {
+            let mut w = Writer::with_identity(Vec::new(), [2; 16], Some(1));
+            let (config, device) = if as_device {
+                ("qemu-server.conf", bad)
+            } else {
+                (bad, "drive-scsi0")
+            };
+            w.add_config(config, b"x").unwrap();
+            let id = w.register_device(device, 4096).unwrap();
+            w.write_cluster(id, 0, &[1u8; 4096]).unwrap();
+            let bytes = w.finish().unwrap().0;
+            let err = extract(&bytes, &dir, Selection::default()).unwrap_err();
+            assert!(
+                matches!(&err, Error::UnsafeName { name, .. } if name == bad),
+                "{bad:?}: {err}"
+            );
+            assert!(!dir.exists(), "{bad:?}");
+            assert!(!tmp.path().join("evil").exists());
+        }
+    }
+}
+
+/// With `0:` in the map, blocks the archive does not store are left as they are in the
+/// target; a target of exactly the device size is fine for a device of some MiB.
+#[test]
+fn mapped_targets_without_write_zero_keep_unstored_blocks() {
+    let size = 3 << 20;
+    let mut d = vec![0u8; size];
+    d[..4096].fill(7);
+    d[size - 4096..].fill(8);
+    let mut w = Writer::with_identity(Vec::new(), [4; 16], Some(1));
+    let id = w.register_device("drive-scsi0", size as u64).unwrap();
+    for (c, chunk) in d.chunks(CLUSTER_SIZE).enumerate() {
+        w.write_cluster(id, c as u64, chunk).unwrap();
+    }
+    let bytes = w.finish().unwrap().0;
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("t.raw");
+    std::fs::write(&target, vec![0xffu8; size]).unwrap();
+    let map: HashMap<String, MapEntry> =
+        [vmdump_vma::parse_map_line(&format!("0:drive-scsi0={}", target.display())).unwrap()]
+            .into_iter()
+            .collect();
+    let select = Selection {
+        drives: None,
+        map: Some(&map),
+    };
+    extract(&bytes, &tmp.path().join("x"), select).unwrap();
+    let got = std::fs::read(&target).unwrap();
+    assert!(got[..4096].iter().all(|&b| b == 7));
+    assert!(got[4096..size - 4096].iter().all(|&b| b == 0xff));
+    assert!(got[size - 4096..].iter().all(|&b| b == 8));
+}
+
+struct Nowhere;
+
+impl DeviceSink for Nowhere {
+    fn write_at(&mut self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn extract_says_which_devices_it_writes() {
+    let mut sink = Nowhere;
+    let mut job = Extract::new();
+    job.add(3, &mut sink, false);
+    assert!(job.writes(3));
+    assert!(!job.writes(2) && !job.writes(4));
 }
