@@ -348,14 +348,10 @@ mod tests {
         assert!(d[6000..].iter().all(|&b| b == 3));
         assert_eq!(a.duplicate_bytes(), 2000);
         // A cluster that arrives whole twice: the second copy is dropped and counted.
-        a.write(CLUSTER_SIZE, &vec![4; CLUSTER_SIZE as usize], |c| {
-            out.push(c)
-        })
-        .expect("ok");
-        a.write(CLUSTER_SIZE, &vec![5; CLUSTER_SIZE as usize], |c| {
-            out.push(c)
-        })
-        .expect("ok");
+        let whole = vec![4; CLUSTER_SIZE as usize];
+        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
+        let whole = vec![5; CLUSTER_SIZE as usize];
+        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
         assert_eq!(out.len(), 2);
         assert!(out[1].data.as_ref().expect("data").iter().all(|&b| b == 4));
         assert_eq!(a.duplicate_bytes(), 2000 + CLUSTER_SIZE);

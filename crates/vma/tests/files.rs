@@ -224,7 +224,7 @@ fn output_file_stays_only_when_committed() {
     assert!(!path.exists(), "an uncommitted output stayed");
 
     let out = OutputFile::open(&path).unwrap();
-    (&*out.file()).write_all(b"VMA").unwrap();
+    out.file().write_all(b"VMA").unwrap();
     out.commit().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"VMA");
 
