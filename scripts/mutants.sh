@@ -58,6 +58,7 @@ status=0
 for t in "${targets[@]}"; do
   a=$(args_for "$t")
   out=mutants.out/$t
+  rm -rf "$out"
   mkdir -p "$out"
   extra=()
   [ -z "$diff_file" ] || extra+=(--in-diff "$diff_file")
