@@ -329,6 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn a_write_over_two_filled_pieces_keeps_both() {
+        // Two separate pieces of cluster 0 arrive first; a whole-cluster write then fills
+        // only the gaps around and between them: the first copies win.
+        let mut a = Assembler::new(2 * CLUSTER_SIZE);
+        let mut out = Vec::new();
+        a.write(1000, &[1; 1000], |c| out.push(c)).expect("ok");
+        a.write(5000, &[2; 1000], |c| out.push(c)).expect("ok");
+        assert!(out.is_empty());
+        a.write(0, &vec![3; CLUSTER_SIZE as usize], |c| out.push(c))
+            .expect("ok");
+        assert_eq!(out.len(), 1);
+        let d = out[0].data.as_ref().expect("data");
+        assert!(d[..1000].iter().all(|&b| b == 3));
+        assert!(d[1000..2000].iter().all(|&b| b == 1));
+        assert!(d[2000..5000].iter().all(|&b| b == 3));
+        assert!(d[5000..6000].iter().all(|&b| b == 2));
+        assert!(d[6000..].iter().all(|&b| b == 3));
+        assert_eq!(a.duplicate_bytes(), 2000);
+        // A cluster that arrives whole twice: the second copy is dropped and counted.
+        let whole = vec![4; CLUSTER_SIZE as usize];
+        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
+        let whole = vec![5; CLUSTER_SIZE as usize];
+        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
+        assert_eq!(out.len(), 2);
+        assert!(out[1].data.as_ref().expect("data").iter().all(|&b| b == 4));
+        assert_eq!(a.duplicate_bytes(), 2000 + CLUSTER_SIZE);
+    }
+
+    #[test]
     fn unaligned_pieces_assemble_and_first_copy_wins() {
         let mut a = Assembler::new(2 * CLUSTER_SIZE);
         let mut out = Vec::new();

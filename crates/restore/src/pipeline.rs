@@ -317,3 +317,7 @@ fn write_lane(sink: DiskSink, rx: Receiver<Batch>, abort: &AtomicBool) -> Result
         source: Box::new(source),
     })
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

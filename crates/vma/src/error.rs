@@ -272,6 +272,73 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A file of `create` or `extract` could not be created, written, sized or fsynced.
+    #[error("can't {op} {}", path.display())]
+    File {
+        /// What was done: `open file`, `create file`, `fsync`, ...
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The target directory of an extract could not be created (Proxmox's message).
+    #[error("unable to create target directory {}", path.display())]
+    TargetDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Giving an extracted disk its final name failed.
+    #[error("rename {} to {} failed", from.display(), to.display())]
+    Rename {
+        /// The temporary name.
+        from: std::path::PathBuf,
+        /// The final name.
+        to: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A config or device name from the archive cannot be a file name.
+    #[error("refusing unsafe {what} name '{}' from the archive", name.escape_debug())]
+    UnsafeName {
+        /// `config` or `device`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The `extract -r` device map has no line for a device.
+    #[error("no device name mapping for {device}")]
+    NoMapping {
+        /// Device name.
+        device: String,
+    },
+    /// The `extract -r` device map asks for a target format other than raw.
+    #[error(
+        "unsupported format '{format}' for device {device} (only raw targets are supported so far)"
+    )]
+    TargetFormat {
+        /// Device name.
+        device: String,
+        /// The format asked for.
+        format: String,
+    },
+    /// An `extract -r` target's size does not fit the device (Proxmox's message).
+    #[error(
+        "vma_reader_register_bs for stream {device} failed - unexpected size {size} != {expected}"
+    )]
+    TargetSize {
+        /// Device name.
+        device: String,
+        /// The target's size.
+        size: u64,
+        /// The device's size.
+        expected: u64,
+    },
 }
 
 fn location(extent: Option<u64>, offset: Option<u64>) -> String {
@@ -286,12 +353,23 @@ impl Error {
     /// Category of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } | Error::DeviceWrite { .. } | Error::DiskRead { .. } => ErrorKind::Io,
+            Error::Io { .. }
+            | Error::DeviceWrite { .. }
+            | Error::DiskRead { .. }
+            | Error::File { .. }
+            | Error::TargetDir { .. }
+            | Error::Rename { .. } => ErrorKind::Io,
             Error::UnsupportedVersion { .. } => ErrorKind::Unsupported,
             Error::Limit { .. } | Error::ClusterOutOfRange { .. } | Error::BlockPastEnd { .. } => {
                 ErrorKind::OutOfBounds
             }
-            Error::Usage(_) | Error::Poisoned | Error::DeviceMap(_) => ErrorKind::Usage,
+            Error::Usage(_)
+            | Error::Poisoned
+            | Error::DeviceMap(_)
+            | Error::UnsafeName { .. }
+            | Error::NoMapping { .. }
+            | Error::TargetFormat { .. }
+            | Error::TargetSize { .. } => ErrorKind::Usage,
             _ => ErrorKind::Corrupt,
         }
     }

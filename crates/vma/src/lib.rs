@@ -30,7 +30,12 @@
 //!   Proxmox's arithmetic; [`write_listing`] prints the `vma list` lines;
 //!   [`read_device_map`] reads the `extract -r` device map qmrestore writes.
 //!
-//! The crate knows no files, processes or QEMU: callers implement the small traits.
+//! * [`OutputFile`] and [`ExtractDir`] are the files of `vma create` and `vma extract`: a
+//!   new archive file counts only once fsynced, an extract directory is complete (every
+//!   target fsynced, then `tmp-disk-*` renamed) or removed with all it created.
+//!
+//! Beyond those two, the crate knows no files, and no processes or QEMU: callers implement
+//! the small traits.
 //! Non-goals: compression (see `vmdump-compress`), async.
 //!
 //! # Example
@@ -65,6 +70,7 @@ mod cluster_set;
 mod devmap;
 mod error;
 mod extract;
+mod files;
 mod format;
 mod header;
 mod index;
@@ -79,6 +85,7 @@ pub use archive::{
 pub use devmap::{parse_map_line, read_device_map, MapEntry};
 pub use error::{Error, ErrorKind, Result};
 pub use extract::{write_cluster, DeviceSink, Extract};
+pub use files::{ExtractDir, OutputFile, Selection};
 pub use format::{
     cluster_count, uuid_to_string, BlockInfo, BLOCKS_PER_CLUSTER, BLOCK_SIZE, CLUSTER_SIZE,
     EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE, MAGIC, MAX_BLOB_LEN, MAX_CONFIGS,

@@ -8,14 +8,14 @@
 //! gzip) is detected and decompressed in-process.
 
 //!
-//! This is the clap layer and the adapters (files, block devices, QEMU images) behind the
-//! traits of `vmdump-vma`, which holds the logic: [`archive_disks`], [`Extract`],
-//! [`ReadTally`].
+//! This is the clap layer, the output command and the disk adapter (raw files, block
+//! devices, QEMU images through `vmdump-blockdev`) behind the traits of `vmdump-vma`, which
+//! holds the logic: [`archive_disks`], [`ExtractDir`] (extract targets, fsync, tmp names),
+//! [`OutputFile`] (a new archive file counts once fsynced), [`ReadTally`].
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitCode, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use vmdump_compress::{Codec, Decoder, Encoder, EncoderOptions};
 use vmdump_vma::{
-    archive_disks, ArchiveDisk, ArchiveProgress, DataMap, DeviceSink, DiskSource, Extract, Header,
-    MapEntry, ReadTally, Reader, Writer,
+    archive_disks, ArchiveDisk, ArchiveProgress, DataMap, DiskSource, ExtractDir, Header, MapEntry,
+    OutputFile, ReadTally, Reader, Selection, Writer,
 };
 
 /// Arguments of `vmdump vma`.
@@ -265,28 +265,9 @@ fn verify(file: &str, verbose: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A name from the archive used as a file name must not escape the target directory.
-fn safe_component(name: &str, what: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        bail!(
-            "refusing unsafe {what} name '{}' from the archive",
-            name.escape_debug()
-        );
-    }
-    Ok(())
-}
-
 fn read_map(fifo: &Path) -> anyhow::Result<HashMap<String, MapEntry>> {
     let f = File::open(fifo).with_context(|| format!("unable to open fifo {}", fifo.display()))?;
     Ok(vmdump_vma::read_device_map(BufReader::new(f))?)
-}
-
-/// One device being extracted: its file, and for a new file the size to set at the end.
-struct Target {
-    dev_id: u8,
-    file: File,
-    set_len: Option<u64>,
-    write_zeros: bool,
 }
 
 fn extract(
@@ -299,12 +280,7 @@ fn extract(
     let input = open_archive(file)?;
     let reader = Reader::new(input).with_context(|| format!("unable to read archive {file}"))?;
     let header = reader.header().clone();
-    std::fs::create_dir(dir).with_context(|| format!("unable to create target directory {dir}"))?;
-    for c in &header.configs {
-        safe_component(&c.name, "config")?;
-        let path = format!("{dir}/{}", c.name);
-        std::fs::write(&path, &c.data).with_context(|| format!("unable to write file {path}"))?;
-    }
+    let mut target = ExtractDir::create(Path::new(dir), &header)?;
     let mut out = io::stdout().lock();
     let map = match readmap {
         Some(fifo) => {
@@ -314,105 +290,23 @@ fn extract(
         None => None,
     };
     let wanted: Option<Vec<&str>> = drives.map(|d| d.split(',').collect());
-
-    let mut targets = Vec::new();
-    let mut renames = Vec::new();
-    for d in &header.devices {
-        if d.is_vmstate() {
-            let path = format!("{dir}/vmstate.bin");
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .with_context(|| format!("create vmstate file '{path}' failed"))?;
-            targets.push(Target {
-                dev_id: d.id,
-                file: f,
-                set_len: None,
-                write_zeros: true,
-            });
-            continue;
-        }
-        if let Some(list) = &wanted {
-            if !list.contains(&d.name.as_str()) {
-                continue;
-            }
-        }
-        let target = if let Some(map) = &map {
-            let Some(entry) = map.get(&d.name) else {
-                bail!("no device name mapping for {}", d.name);
-            };
-            if entry.skip {
-                continue;
-            }
-            if let Some(fmt) = entry.format.as_deref().filter(|f| *f != "raw") {
-                bail!(
-                    "unsupported format '{fmt}' for device {} (only raw targets are supported so far)",
-                    d.name
-                );
-            }
-            let path = entry.path.as_deref().unwrap_or_default();
-            let mut f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .with_context(|| format!("can't open file {path}"))?;
-            let len = file_size(&mut f).with_context(|| format!("can't get size of {path}"))?;
-            if len < d.size || len - d.size >= 4 * 1024 * 1024 {
-                bail!(
-                    "vma_reader_register_bs for stream {} failed - unexpected size {len} != {}",
-                    d.name,
-                    d.size
-                );
-            }
-            Target {
-                dev_id: d.id,
-                file: f,
-                set_len: None,
-                write_zeros: entry.write_zero,
-            }
-        } else {
-            safe_component(&d.name, "device")?;
-            let tmp = format!("{dir}/tmp-disk-{}.raw", d.name);
-            writeln!(out, "DEVINFO {tmp} {}", d.size)?;
-            out.flush()?;
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .with_context(|| format!("can't create file {tmp}"))?;
-            renames.push((tmp, format!("{dir}/disk-{}.raw", d.name)));
-            Target {
-                dev_id: d.id,
-                file: f,
-                set_len: Some(d.size),
-                write_zeros: false,
-            }
-        };
-        targets.push(target);
-    }
+    let select = Selection {
+        drives: wanted.as_deref(),
+        map: map.as_ref(),
+    };
+    target.add_devices(&header, select, |path, size| -> anyhow::Result<()> {
+        writeln!(out, "DEVINFO {} {size}", path.display())?;
+        out.flush()?;
+        Ok(())
+    })?;
 
     // Proxmox's extract counts every device but the vmstate stream.
     let mut tally = ReadTally::new(&header, |d| !d.is_vmstate());
-    {
-        let mut sinks: Vec<FileSink<'_>> = targets.iter().map(|t| FileSink(&t.file)).collect();
-        let mut job = Extract::new();
-        for (t, sink) in targets.iter().zip(sinks.iter_mut()) {
-            job.add(t.dev_id, sink, t.write_zeros);
-        }
-        job.run(reader, &mut tally, progress_printer(verbose, &mut out))
-            .context("restore failed")?;
-    }
-    for t in &targets {
-        if let Some(size) = t.set_len {
-            t.file.set_len(size)?;
-        }
-        t.file.sync_all()?;
-    }
+    target
+        .run(reader, &mut tally, progress_printer(verbose, &mut out))
+        .context("restore failed")?;
     if verbose {
         tally.write_summary(&mut out)?;
-    }
-    for (tmp, fin) in renames {
-        std::fs::rename(&tmp, &fin).with_context(|| format!("rename {tmp} to {fin} failed"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -462,7 +356,8 @@ fn parse_disks(disks: &[String], positional: &[String]) -> anyhow::Result<Vec<Di
 
 /// Output of `create`.
 enum Output {
-    File(File),
+    /// A new file (removed unless committed) or a FIFO.
+    File(OutputFile),
     Exec(Child),
     Stdout(io::Stdout),
 }
@@ -470,7 +365,7 @@ enum Output {
 impl Output {
     fn writer(&mut self) -> Box<dyn Write + '_> {
         match self {
-            Output::File(f) => Box::new(f),
+            Output::File(f) => Box::new(f.file()),
             Output::Exec(c) => match c.stdin.as_mut() {
                 Some(s) => Box::new(s),
                 None => Box::new(io::sink()),
@@ -479,11 +374,11 @@ impl Output {
         }
     }
 
+    /// The archive is complete: fsync a new file (see [`OutputFile::commit`]), wait for an
+    /// output command.
     fn close(self) -> anyhow::Result<()> {
         match self {
-            // No fsync: like vzdump's compressors writing the archive, durability is
-            // left to the page cache (Proxmox's own `vma create` uses O_DIRECT).
-            Output::File(mut f) => f.flush()?,
+            Output::File(f) => f.commit()?,
             Output::Exec(mut c) => {
                 drop(c.stdin.take());
                 let st = c.wait()?;
@@ -530,29 +425,18 @@ fn create(
         .map(Source::open)
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let (mut output, remove_on_error) = if let Some(cmd) = file.strip_prefix("exec:") {
+    let mut output = if let Some(cmd) = file.strip_prefix("exec:") {
         let child = Process::new("sh")
             .arg("-c")
             .arg(cmd)
             .stdin(Stdio::piped())
             .spawn()
             .with_context(|| format!("can't popen command '{cmd}'"))?;
-        (Output::Exec(child), false)
+        Output::Exec(child)
     } else if file == "-" {
-        (Output::Stdout(io::stdout()), false)
-    } else if std::fs::metadata(file).is_ok_and(|m| m.file_type().is_fifo()) {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(file)
-            .with_context(|| format!("can't open file {file}"))?;
-        (Output::File(f), false)
+        Output::Stdout(io::stdout())
     } else {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(file)
-            .with_context(|| format!("can't open file {file}"))?;
-        (Output::File(f), true)
+        Output::File(OutputFile::open(Path::new(file))?)
     };
 
     let disks: Vec<ArchiveDisk<'_>> = specs
@@ -563,14 +447,10 @@ fn create(
             source,
         })
         .collect();
-    let result = write_archive(&mut output, verbose, &config_data, &disks, codec, opts)
-        .and_then(|()| output.close());
-    if let Err(e) = result {
-        if remove_on_error {
-            let _ = std::fs::remove_file(file);
-        }
-        return Err(e.context("creating vma archive failed"));
-    }
+    // A new output file that is not committed is removed when `output` is dropped.
+    write_archive(&mut output, verbose, &config_data, &disks, codec, opts)
+        .and_then(|()| output.close())
+        .context("creating vma archive failed")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -596,8 +476,8 @@ fn write_archive(
         // Uncompressed into a regular file: cluster data goes out as it is read and each
         // extent header is filled in afterwards, so the read buffers stay small and hot in
         // the CPU cache (the cost is then close to `cp`'s).
-        Output::File(f) if codec == Codec::None && f.metadata().is_ok_and(|m| m.is_file()) => {
-            let mut w = Writer::new_in_place(&*f);
+        Output::File(f) if codec == Codec::None && f.is_regular() => {
+            let mut w = Writer::new_in_place(f.file());
             archive_disks(&mut w, configs, disks, IN_PLACE_READ_CLUSTERS, progress)?;
             // finish() flushes the output.
             w.finish()?.1
@@ -635,21 +515,6 @@ fn write_archive(
 
 // ---------------------------------------------------------------------------------
 // Adapters: files, block devices and QEMU images behind the vma crate's traits.
-
-fn file_size(file: &mut File) -> io::Result<u64> {
-    let len = file.seek(SeekFrom::End(0))?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(len)
-}
-
-/// An extract target file (raw image, block device, vmstate file).
-struct FileSink<'a>(&'a File);
-
-impl DeviceSink for FileSink<'_> {
-    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(data, offset)
-    }
-}
 
 /// A disk to archive: a raw file or block device, or any QEMU image format (served
 /// read-only by a private `qemu-storage-daemon`), through `vmdump-blockdev`.
