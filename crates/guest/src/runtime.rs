@@ -502,8 +502,8 @@ impl Runtime {
         self.probe(vmid).await
     }
 
-    /// The VM's state, without reaping or recovery.
-    async fn probe(&self, vmid: u32) -> Result<State> {
+    /// The VM's state, without reaping or recovery (a backup of the VM asks this).
+    pub async fn probe(&self, vmid: u32) -> Result<State> {
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             // Only clean up when no other process is in the middle of starting this VM.
@@ -689,7 +689,12 @@ impl Runtime {
     /// Resume the guest (QMP `cont`; also leaves `prelaunch`). Refused while the guest is
     /// locked (a backup runs).
     pub async fn resume(&self, vmid: u32) -> Result<()> {
-        self.check_lock(vmid, false)?;
+        self.resume_with(vmid, false).await
+    }
+
+    /// [`Runtime::resume`], also on a locked guest with `skiplock` (the backup that locked it).
+    pub async fn resume_with(&self, vmid: u32, skiplock: bool) -> Result<()> {
+        self.check_lock(vmid, skiplock)?;
         self.cont(vmid).await
     }
 
