@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vmdump_config::qmdump::{self, BackupDisk, ExcludedDisk};
 use std::sync::{Arc, Mutex};
+use vmdump_config::qmdump::{self, BackupDisk, ExcludedDisk};
 
 use vmdump_config::{ConfigRoot, Mode, QemuConfig, VmId, VzdumpOptions};
 use vmdump_guest::{BackupMark, MarkState, Runtime};
@@ -18,13 +18,13 @@ use vmdump_task::{Cancel, Level, Progress, Transfer};
 use crate::error::{Error, Result};
 use crate::hook::{GuestCall, Hook, Phase};
 use crate::live::{self, LiveOptions};
-use crate::vm::modes::{self, Cx, Restore};
 use crate::lock::JobLock;
 use crate::log::TaskLog;
 use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
 use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
 use crate::progress::{format_hms, format_size, summary};
+use crate::vm::modes::{self, Cx, Restore};
 
 /// How many following seconds a backup tries when its archive name is taken.
 const NAME_TRIES: u32 = 60;
@@ -53,7 +53,8 @@ pub struct BackupJob {
 /// the guest's task log; an error fails the guest (the archive stays).
 pub trait AfterArchive: Sync {
     /// Runs for `vmid`; `log` writes into the guest's task log.
-    fn run(&self, vmid: u32, log: &(dyn Fn(Level, &str) + Sync)) -> std::result::Result<(), String>;
+    fn run(&self, vmid: u32, log: &(dyn Fn(Level, &str) + Sync))
+        -> std::result::Result<(), String>;
 }
 
 /// No work after the archive.
@@ -107,11 +108,7 @@ impl BackupJob {
     }
 
     /// Runs a job phase of the hook script (none configured: nothing).
-    pub async fn job_hook(
-        &self,
-        phase: Phase,
-        log: &(dyn Fn(Level, &str) + Sync),
-    ) -> Result<()> {
+    pub async fn job_hook(&self, phase: Phase, log: &(dyn Fn(Level, &str) + Sync)) -> Result<()> {
         match &self.hook {
             Some(h) => h.job(phase, log).await,
             None => Ok(()),
@@ -458,7 +455,11 @@ impl Apply<'_> {
             }
         }
         // A guest that is not running is always backed up as `stop` (vzdump).
-        let mode = if running { job.settings.mode } else { Mode::Stop };
+        let mode = if running {
+            job.settings.mode
+        } else {
+            Mode::Stop
+        };
         log.info(&format!("backup mode: {mode}"));
         if job.settings.bwlimit > 0 {
             log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
@@ -525,12 +526,20 @@ impl Apply<'_> {
                 let freeze = agent
                     .as_ref()
                     .is_some_and(|a| a.enabled && a.freeze_fs_on_backup);
-                if agent.as_ref().is_some_and(|a| a.enabled && !a.freeze_fs_on_backup) {
+                if agent
+                    .as_ref()
+                    .is_some_and(|a| a.enabled && !a.freeze_fs_on_backup)
+                {
                     log.info("skipping guest-agent 'fs-freeze' (freeze-fs-on-backup=0)");
                 }
                 // Each clean step (ACPI, then the agent) gets its share of `stopwait`.
-                let steps = if agent.is_some_and(|a| a.enabled) { 2 } else { 1 };
-                let stopwait = Duration::from_secs(job.settings.stopwait.saturating_mul(60)) / steps;
+                let steps = if agent.is_some_and(|a| a.enabled) {
+                    2
+                } else {
+                    1
+                };
+                let stopwait =
+                    Duration::from_secs(job.settings.stopwait.saturating_mul(60)) / steps;
                 let prepared = modes::prepare(cx, qmp, stopwait, freeze, restore).await?;
                 if prepared.freeze {
                     opts.agent = Some(job.vm_run_dir(vmid).qga_socket());

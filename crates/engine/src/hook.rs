@@ -87,8 +87,7 @@ impl Hook {
     /// A hook `script` (must exist and be executable, as vzdump requires).
     pub fn new(script: &Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(script)
-            .map_err(|e| Error::file("hook script", script, e))?;
+        let meta = std::fs::metadata(script).map_err(|e| Error::file("hook script", script, e))?;
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             return Err(Error::option(
                 "script",
@@ -145,7 +144,9 @@ impl Hook {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut shown = vec![self.script.display().to_string(), phase.as_str().into()];
-        for var in ["STOREID", "DUMPDIR", "VMTYPE", "HOSTNAME", "TARGET", "LOGFILE"] {
+        for var in [
+            "STOREID", "DUMPDIR", "VMTYPE", "HOSTNAME", "TARGET", "LOGFILE",
+        ] {
             cmd.env_remove(var);
         }
         if let Some(s) = &self.storeid {
@@ -233,14 +234,19 @@ mod tests {
             target: Some(Path::new("/d/a.vma")),
             logfile: None,
         };
-        hook.guest(Phase::PreStop, &call, &log).await.expect("pre-stop");
+        hook.guest(Phase::PreStop, &call, &log)
+            .await
+            .expect("pre-stop");
         let e = hook
             .guest(Phase::BackupEnd, &call, &log)
             .await
             .expect_err("fails");
         assert_eq!(
             e.to_string(),
-            format!("command '{} backup-end stop 100' failed: exit code 1", p.display())
+            format!(
+                "command '{} backup-end stop 100' failed: exit code 1",
+                p.display()
+            )
         );
         let lines = lines.into_inner().expect("lock");
         assert_eq!(

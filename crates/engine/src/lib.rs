@@ -70,8 +70,8 @@ pub use backup::{
     backup_vm, backup_vm_with, plan, AfterArchive, BackupJob, BackupPlan, BackupReport, NoAfter,
     Source,
 };
-pub use hook::{GuestCall, Hook, Phase};
 pub use error::{Error, ErrorKind, Failure, Result};
+pub use hook::{GuestCall, Hook, Phase};
 pub use job::SourceDisk;
 pub use live::{run as live_backup, LiveOptions, LiveOutcome};
 pub use lock::JobLock;

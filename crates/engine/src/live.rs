@@ -108,11 +108,14 @@ pub(crate) fn set_hold(
     log: &TaskLog<'_>,
 ) {
     if let Some(m) = mark {
-        let res = m.lock().map_err(|_| "poisoned".to_string()).and_then(|mut m| {
-            m.set(hold).map_err(|e| e.to_string())
-        });
+        let res = m
+            .lock()
+            .map_err(|_| "poisoned".to_string())
+            .and_then(|mut m| m.set(hold).map_err(|e| e.to_string()));
         if let Err(e) = res {
-            log.warn(&format!("cannot record the guest's state in the backup mark: {e}"));
+            log.warn(&format!(
+                "cannot record the guest's state in the backup mark: {e}"
+            ));
         }
     }
 }
@@ -191,7 +194,17 @@ async fn run_inner(
     };
 
     let mut windows = Windows::default();
-    let res = transfer(qmp, &disks, &target, &shared, opts, log, &uuid, &mut windows).await;
+    let res = transfer(
+        qmp,
+        &disks,
+        &target,
+        &shared,
+        opts,
+        log,
+        &uuid,
+        &mut windows,
+    )
+    .await;
     let transfer = match res {
         Ok(t) => t,
         Err(e) => {

@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn stopwait_ionice_tmpdir_script_layer_over_the_defaults() {
         let (r, _) = Resolved::combine(&cli(), &cli()).expect("ok");
-        assert_eq!((r.stopwait, r.ionice, r.tmpdir, r.script), (10, 7, None, None));
+        assert_eq!(
+            (r.stopwait, r.ionice, r.tmpdir, r.script),
+            (10, 7, None, None)
+        );
         let c = conf("stopwait: 3\nionice: 8\ntmpdir: /t\nscript: /h\n");
         let (r, _) = Resolved::combine(&cli(), &c).expect("ok");
         assert_eq!(r.stopwait, 3);

@@ -565,9 +565,7 @@ impl Runtime {
         };
         match cfg.lock() {
             None => Ok(()),
-            Some("backup")
-                if BackupMark::inspect(&self.run_base, vmid)? == MarkState::Free =>
-            {
+            Some("backup") if BackupMark::inspect(&self.run_base, vmid)? == MarkState::Free => {
                 warn!("VM {vmid}: ignoring a stale 'lock: backup' (no backup runs)");
                 Ok(())
             }
@@ -766,7 +764,10 @@ impl Runtime {
                 }
             }
             if !opts.force {
-                return Err(Error::ShutdownTimeout { vmid, after: timeout });
+                return Err(Error::ShutdownTimeout {
+                    vmid,
+                    after: timeout,
+                });
             }
             warn!("VM {vmid}: guest did not power off within the timeout, stopping QEMU");
         } else if let Some(s) = &status {

@@ -231,45 +231,45 @@ async fn run_guests(
     let (bjob_ref, lock_ref, retention_ref) = (&bjob, &lock, &retention);
     let guests = &mut summary.guests;
     let res = with_job_hooks(&bjob, progress, move || async move {
-    for vmid in vmids {
-        if bjob_ref.cancel.is_cancelled() {
-            break;
-        }
-        let (bjob, lock, retention) = (bjob_ref, lock_ref, retention_ref);
-        let rec = Recorder {
-            inner: progress,
-            lines: Mutex::new(Vec::new()),
-        };
-        let name = root
-            .qemu_config(vmid)
-            .ok()
-            .and_then(|c| c.name().map(str::to_string))
-            .unwrap_or_else(|| format!("VM {vmid}"));
-        let t0 = Instant::now();
-        let res = backup_one(&bjob, &lock, &retention, vmid, &rec).await;
-        let mut line = GuestLine {
-            vmid,
-            name,
-            status: "ok",
-            error: None,
-            time: t0.elapsed().as_secs(),
-            size: 0,
-            filename: None,
-            log: Vec::new(),
-        };
-        match res {
-            Ok(report) => {
-                line.size = report.size;
-                line.filename = Some(report.archive.display().to_string());
+        for vmid in vmids {
+            if bjob_ref.cancel.is_cancelled() {
+                break;
             }
-            Err(e) => {
-                line.status = "err";
-                line.error = Some(e);
+            let (bjob, lock, retention) = (bjob_ref, lock_ref, retention_ref);
+            let rec = Recorder {
+                inner: progress,
+                lines: Mutex::new(Vec::new()),
+            };
+            let name = root
+                .qemu_config(vmid)
+                .ok()
+                .and_then(|c| c.name().map(str::to_string))
+                .unwrap_or_else(|| format!("VM {vmid}"));
+            let t0 = Instant::now();
+            let res = backup_one(bjob, lock, retention, vmid, &rec).await;
+            let mut line = GuestLine {
+                vmid,
+                name,
+                status: "ok",
+                error: None,
+                time: t0.elapsed().as_secs(),
+                size: 0,
+                filename: None,
+                log: Vec::new(),
+            };
+            match res {
+                Ok(report) => {
+                    line.size = report.size;
+                    line.filename = Some(report.archive.display().to_string());
+                }
+                Err(e) => {
+                    line.status = "err";
+                    line.error = Some(e);
+                }
             }
+            line.log = rec.take();
+            guests.push(line);
         }
-        line.log = rec.take();
-        guests.push(line);
-    }
     })
     .await;
     if let Err(msg) = res {

@@ -181,10 +181,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         ui.print(Level::Warn, &w);
     }
     let hook_log = |level: Level, line: &str| ui.print(level, line);
-    if let Err(e) = job
-        .job_hook(vmdump_engine::Phase::JobInit, &hook_log)
-        .await
-    {
+    if let Err(e) = job.job_hook(vmdump_engine::Phase::JobInit, &hook_log).await {
         let msg = vmdump_jobs::error_chain(&e);
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
         println!("TASK ERROR: {msg}");
@@ -237,14 +234,9 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
                 continue;
             }
             ui_ref.start(format!("VM {vmid}"));
-            let res = vmdump_jobs::run::backup_one(
-                job_ref,
-                lock_ref,
-                retention_ref,
-                vmid.get(),
-                ui_ref,
-            )
-            .await;
+            let res =
+                vmdump_jobs::run::backup_one(job_ref, lock_ref, retention_ref, vmid.get(), ui_ref)
+                    .await;
             ui_ref.done();
             if res.is_err() {
                 failed_ref.push(vmid);

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmdump_config::Mode;
-use vmdump_guest::{run_state_name, BackupMark, Hold, Runtime, ShutdownOptions, StartOptions, State};
+use vmdump_guest::{
+    run_state_name, BackupMark, Hold, Runtime, ShutdownOptions, StartOptions, State,
+};
 use vmdump_qmp::{Client, RunState};
 
 use crate::error::{chain, Error, Result};
@@ -40,7 +42,7 @@ impl Cx<'_> {
             None => Ok(()),
             Some(h) => {
                 h.guest(phase, &self.call, &|level, line| {
-                    self.log.line(level, line, false)
+                    self.log.line(level, line, false);
                 })
                 .await
             }
@@ -269,8 +271,8 @@ impl Restore {
                         let d = self.since.map(|s| s.elapsed()).unwrap_or_default();
                         self.down = Some(d);
                         cx.log.info(&format!(
-                        "guest downtime: {} ms ({})",
-                        d.as_millis(),
+                            "guest downtime: {} ms ({})",
+                            d.as_millis(),
                             downtime_kind(cx.mode)
                         ));
                         d
@@ -281,10 +283,9 @@ impl Restore {
                     down.as_secs()
                 ));
             }
-            Err(e) => cx.log.error(&format!(
-                "cannot bring the guest back: {}",
-                chain(&e)
-            )),
+            Err(e) => cx
+                .log
+                .error(&format!("cannot bring the guest back: {}", chain(&e))),
         }
         self.undo = Undo::Nothing;
     }
