@@ -546,7 +546,7 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
     // and a second start are refused. Then killed with the jobs running: the guest keeps
     // running, and the next backup cleans up.
     let mut child = g
-        .vmdump(&["backup", "100", "--bwlimit", "4096"])
+        .vmdump(&["backup", "100", "--bwlimit", "4096", "--ionice", "8"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -557,6 +557,16 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // --ionice 8: vmdump's threads (the archive writer's among them) are in the idle class.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))?;
+    let mut idle = 0;
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let prio = run(Command::new("ionice").args(["-p", &tid]))?;
+        assert_eq!(prio.trim(), "idle", "thread {tid}");
+        idle += 1;
+    }
+    assert!(idle > 2, "{idle} threads");
     for (args, want) in [
         (&["vm", "stop", "100"][..], "VM 100 is locked (backup)"),
         (&["vm", "suspend", "100"][..], "VM 100 is locked (backup)"),

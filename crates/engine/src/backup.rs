@@ -283,6 +283,9 @@ pub async fn backup_vm_with(
     ));
     // What the backup-abort and log-end hooks are told, once known.
     let mut known: (Option<ArchiveName>, Option<String>, Mode) = (None, None, job.settings.mode);
+    if let Err(e) = crate::ionice::apply(job.settings.ionice) {
+        log.warn(&format!("cannot set the I/O priority: {e}"));
+    }
     let res = async {
         // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
         // first, such as a backup helper QEMU still holding the disks.

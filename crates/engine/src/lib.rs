@@ -53,6 +53,7 @@ mod cluster;
 mod error;
 mod freeze;
 mod hook;
+mod ionice;
 mod job;
 mod live;
 mod lock;
