@@ -2,7 +2,8 @@
 # Guest downtime of each backup mode on the test guest (TCG), idle and while its writer runs
 # (a tick every 50 ms: write + fsync + rename of two files), from vmdump's own task-log line
 # `guest downtime: N ms (...)`:
-#   snapshot: filesystems frozen (fs-freeze .. fs-thaw around the job start; target < 100 ms)
+#   snapshot: filesystems frozen (the fs-freeze command .. the fs-thaw reply, around the job
+#             start; target < 100 ms)
 #   suspend:  QMP stop .. cont (the jobs start in between)
 #   stop:     shutdown request .. cont of the QEMU started again paused
 # against the baseline the same guest would be down for without vmdump's modes: a plain
@@ -35,6 +36,11 @@ boot() {
   "$vmdump" vm stop 100 --skiplock >/dev/null 2>&1 || true
   sed "s/quiet\"/quiet $1\"/" "$tg/vm.conf" > "$work/etc/qemu-server/100.conf"
   "$vmdump" vm start 100 >/dev/null
+  ready
+}
+
+# ready: wait until the guest (also one started again by a stop-mode backup) has booted.
+ready() {
   for _ in $(seq 600); do
     grep -q 'vmdump-testguest: ready' "$work/run/100/serial.log" 2>/dev/null && break
     sleep 0.1
@@ -46,6 +52,7 @@ boot() {
 # downtime MODE: one backup in MODE, prints the downtime in ms from its task log.
 downtime() {
   local out
+  ready
   out=$("$vmdump" backup 100 --mode "$1" --dumpdir "$work/dump" --stopwait 2)
   rm -f "$work"/dump/*.vma
   sed -n 's/^INFO: guest downtime: \([0-9]*\) ms.*/\1/p' <<<"$out"
@@ -58,6 +65,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 # returns with the guest running again.
 baseline() {
   local t0 t1
+  ready
   t0=$(date +%s%N)
   "$vmdump" vm shutdown 100 --timeout 120 >/dev/null
   "$vmdump" backup 100 --dumpdir "$work/dump" >/dev/null

@@ -266,7 +266,6 @@ async fn transfer(
     job::add_targets(qmp, disks, target.socket()).await?;
 
     let mark = opts.mark.as_ref();
-    let frozen_at = Instant::now();
     let agent = match &opts.agent {
         Some(path) => {
             set_hold(mark, Hold::Frozen, log);
@@ -283,7 +282,7 @@ async fn transfer(
     }
     log.info("starting backup via QMP command");
     let started = job::start_jobs(qmp, disks, opts.speed, opts.max_workers).await;
-    if let Some(agent) = agent {
+    if let Some((agent, frozen_at)) = agent {
         crate::freeze::thaw(&agent, log).await;
         let window = frozen_at.elapsed();
         windows.frozen = Some(window);
