@@ -59,7 +59,7 @@ fn stopped_vm_backup_names_config_log_and_data() -> Result<()> {
             "INFO: status = stopped",
             "INFO: VM Name: stopped-vm",
             "INFO: include disk 'virtio0' 'local:100/vm-100-disk-0.raw' 32M",
-            "INFO: backup mode: snapshot",
+            "INFO: backup mode: stop",
             "INFO: starting kvm to execute backup task",
             "INFO: starting backup via QMP command",
             "INFO: stopping kvm after backup task",

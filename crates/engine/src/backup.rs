@@ -7,12 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
 use vmdump_config::qmdump::{self, BackupDisk, ExcludedDisk};
-use vmdump_config::{ConfigRoot, QemuConfig, VmId, VzdumpOptions};
-use vmdump_qmp::{Client, RunState};
-use vmdump_task::{Cancel, Progress, Transfer};
+
+use vmdump_config::{ConfigRoot, Mode, QemuConfig, VmId, VzdumpOptions};
+use vmdump_guest::{BackupMark, MarkState, Runtime};
+use vmdump_qmp::Client;
+use vmdump_task::{Cancel, Level, Progress, Transfer};
 
 use crate::error::{Error, Result};
+use crate::hook::{GuestCall, Hook, Phase};
 use crate::live::{self, LiveOptions};
 use crate::lock::JobLock;
 use crate::log::TaskLog;
@@ -20,6 +24,7 @@ use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
 use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
 use crate::progress::{format_hms, format_size, summary};
+use crate::vm::modes::{self, Cx, Restore};
 
 /// How many following seconds a backup tries when its archive name is taken.
 const NAME_TRIES: u32 = 60;
@@ -39,6 +44,27 @@ pub struct BackupJob {
     pub cancel: Cancel,
     /// Host name for notes templates.
     pub node: String,
+    /// The hook script (`--script`, `script:`), with the job's `STOREID`/`DUMPDIR`.
+    pub hook: Option<Hook>,
+}
+
+/// Work the caller does once a guest's archive is in place, before the `backup-end` hook
+/// (the job runner's pruning, as vzdump prunes inside the guest's backup). Its lines go to
+/// the guest's task log; an error fails the guest (the archive stays).
+pub trait AfterArchive: Sync {
+    /// Runs for `vmid`; `log` writes into the guest's task log.
+    fn run(&self, vmid: u32, log: &(dyn Fn(Level, &str) + Sync))
+        -> std::result::Result<(), String>;
+}
+
+/// No work after the archive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAfter;
+
+impl AfterArchive for NoAfter {
+    fn run(&self, _: u32, _: &(dyn Fn(Level, &str) + Sync)) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 impl BackupJob {
@@ -62,17 +88,31 @@ impl BackupJob {
         let node = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
-        Ok((
-            Self {
-                root,
-                settings,
-                run_dir,
-                zstd_level: 1,
-                cancel: Cancel::new(),
-                node,
-            },
-            warnings,
-        ))
+        let mut job = Self {
+            root,
+            settings,
+            run_dir,
+            zstd_level: 1,
+            cancel: Cancel::new(),
+            node,
+            hook: None,
+        };
+        if let Some(script) = &job.settings.script {
+            let storeid = match &job.settings.destination {
+                Destination::Storage(id) => Some(id.clone()),
+                Destination::Dumpdir(_) => None,
+            };
+            job.hook = Some(Hook::new(script)?.with_target(storeid, job.dump_dir().ok()));
+        }
+        Ok((job, warnings))
+    }
+
+    /// Runs a job phase of the hook script (none configured: nothing).
+    pub async fn job_hook(&self, phase: Phase, log: &(dyn Fn(Level, &str) + Sync)) -> Result<()> {
+        match &self.hook {
+            Some(h) => h.job(phase, log).await,
+            None => Ok(()),
+        }
     }
 
     /// The directory archives go to.
@@ -185,14 +225,7 @@ pub async fn plan(job: &BackupJob, _lock: &JobLock, vmid: VmId) -> Result<Backup
         Err(e) => return Err(Error::qmp(format!("connect {}", qmp_path.display()), e)),
     };
     let source = match running {
-        Some(qmp) => {
-            if job.settings.mode != vmdump_config::Mode::Snapshot {
-                return Err(Error::Unsupported(
-                    "a mode other than snapshot for a running VM",
-                ));
-            }
-            Source::Running(qmp)
-        }
+        Some(qmp) => Source::Running(qmp),
         None => {
             let storage = job.root.storage()?;
             let mut keys = Vec::new();
@@ -229,6 +262,17 @@ pub async fn backup_vm(
     vmid: VmId,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
+    backup_vm_with(job, lock, vmid, progress, &NoAfter).await
+}
+
+/// [`backup_vm`] with work after the archive (`after`, before `backup-end`: pruning).
+pub async fn backup_vm_with(
+    job: &BackupJob,
+    lock: &JobLock,
+    vmid: VmId,
+    progress: &dyn Progress,
+    after: &dyn AfterArchive,
+) -> Result<BackupReport> {
     let started = Instant::now();
     let start_time = chrono::Local::now();
     let log = TaskLog::new(progress);
@@ -237,11 +281,39 @@ pub async fn backup_vm(
         "Backup started at {}",
         start_time.format("%Y-%m-%d %H:%M:%S")
     ));
+    // What the backup-abort and log-end hooks are told, once known.
+    let mut known: (Option<ArchiveName>, Option<String>, Mode) = (None, None, job.settings.mode);
+    if let Err(e) = crate::ionice::apply(job.settings.ionice) {
+        log.warn(&format!("cannot set the I/O priority: {e}"));
+    }
     let res = async {
         // Records this run's helpers (and holds the NBD socket); reaps what killed runs left
         // first, such as a backup helper QEMU still holding the disks.
         let session = vmdump_launch::Session::open_async(&job.run_dir).await?;
+        let runtime = Runtime::new(job.root.clone()).with_run_base(&job.run_dir);
+        // The backup mark: held for the whole backup. A live one is another backup of this
+        // guest; one a killed backup left is taken over and its hold undone first.
+        let mark = match BackupMark::acquire(&job.run_dir, vmid.get())? {
+            Err(MarkState::Live { .. }) => {
+                return Err(Error::GuestLocked {
+                    vmid: vmid.get(),
+                    lock: "backup".into(),
+                })
+            }
+            Err(MarkState::Free) => unreachable!("acquire reports only a live mark"),
+            Ok(left) => {
+                for line in runtime.undo_hold(vmid.get(), &left).await? {
+                    log.warn(&line);
+                }
+                left.mark
+            }
+        };
+        let mark = Arc::new(Mutex::new(mark));
         let plan = plan(job, lock, vmid).await?;
+        known.1 = plan.config.name().map(str::to_string);
+        if matches!(plan.source, Source::Stopped(_)) {
+            known.2 = Mode::Stop;
+        }
         std::fs::create_dir_all(&plan.dump_dir)
             .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;
         let (names, file) = ArchiveName::reserve(
@@ -253,16 +325,38 @@ pub async fn backup_vm(
         )
         .map_err(|e| Error::file("create backup log in", &plan.dump_dir, e))?;
         log.attach(file);
+        known.0 = Some(names.clone());
         for path in crate::lock::remove_stale_temporaries(&plan.dump_dir, vmid.get()) {
             log.info(&format!(
                 "removed stale temporary file '{}' (left by an interrupted backup)",
                 path.display()
             ));
         }
-        let (archive, size, transfer) = apply(job, plan, &names, &log, &session).await?;
+        let ctx = Apply {
+            job,
+            names: &names,
+            log: &log,
+            session: &session,
+            runtime: &runtime,
+            mark: &mark,
+            after,
+        };
+        let (archive, size, transfer) = ctx.apply(plan).await?;
         Ok::<_, Error>((archive, names.log(), size, transfer))
     }
     .await;
+    let hostname = known.1.clone().unwrap_or_else(|| format!("VM {vmid}"));
+    let archive = known.0.as_ref().map(ArchiveName::archive);
+    let log_path = known.0.as_ref().map(ArchiveName::log);
+    let call = GuestCall {
+        mode: known.2.as_str(),
+        vmid: vmid.get(),
+        vmtype: "qemu",
+        hostname: &hostname,
+        target: archive.as_deref(),
+        logfile: log_path.as_deref(),
+    };
+    let to_task = |level: Level, line: &str| progress.log(level, line, false);
     match res {
         Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
@@ -275,6 +369,11 @@ pub async fn backup_vm(
                 chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
             ));
             log.close();
+            if let Some(h) = &job.hook {
+                if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
+                    to_task(Level::Warn, &crate::error::chain(&e));
+                }
+            }
             Ok(BackupReport {
                 vmid,
                 archive,
@@ -293,125 +392,224 @@ pub async fn backup_vm(
                 "Failed at {}",
                 chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
             ));
+            if let Some(h) = &job.hook {
+                let to_log = |level: Level, line: &str| log.line(level, line, false);
+                if let Err(e) = h.guest(Phase::BackupAbort, &call, &to_log).await {
+                    log.warn(&crate::error::chain(&e));
+                }
+            }
             log.close();
+            if let Some(h) = &job.hook {
+                if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
+                    to_task(Level::Warn, &crate::error::chain(&e));
+                }
+            }
             Err(e)
         }
     }
 }
 
-/// The side effects of a planned backup.
-async fn apply(
-    job: &BackupJob,
-    plan: BackupPlan,
-    names: &ArchiveName,
-    log: &TaskLog<'_>,
-    session: &std::sync::Arc<vmdump_launch::Session>,
-) -> Result<(PathBuf, u64, Transfer)> {
-    let vmid = plan.vmid;
-    if plan.stale_lock {
-        log.warn("removing stale 'lock: backup' left by an interrupted backup");
-    }
-    // `lock: backup` while the backup runs (vzdump's per-guest lock): `vmdump vm start` and
-    // `vmdump restore --force` refuse the guest meanwhile. Removed again on every way out.
-    let _config_lock = ConfigLock::set(&plan.config_path, plan.config.clone(), "backup")?;
-    log.info(&format!(
-        "status = {}",
-        match plan.source {
-            Source::Running(_) => "running",
-            Source::Stopped(_) => "stopped",
+/// The side effects of a planned backup, and what they need.
+struct Apply<'a> {
+    job: &'a BackupJob,
+    names: &'a ArchiveName,
+    log: &'a TaskLog<'a>,
+    session: &'a Arc<vmdump_launch::Session>,
+    runtime: &'a Runtime,
+    mark: &'a Arc<Mutex<BackupMark>>,
+    after: &'a dyn AfterArchive,
+}
+
+impl Apply<'_> {
+    async fn apply(&self, plan: BackupPlan) -> Result<(PathBuf, u64, Transfer)> {
+        let (job, log) = (self.job, self.log);
+        let vmid = plan.vmid;
+        if plan.stale_lock {
+            log.warn("removing stale 'lock: backup' left by an interrupted backup");
         }
-    ));
-    if let Some(name) = plan.config.name() {
-        log.info(&format!("VM Name: {name}"));
-    }
-    for d in &plan.disks {
+        // `lock: backup` while the backup runs (vzdump's per-guest lock): `vmdump vm start`,
+        // `vm stop`/`shutdown`/`suspend`/`resume` and `vmdump restore --force` refuse the
+        // guest meanwhile. Removed again on every way out.
+        let _config_lock = ConfigLock::set(&plan.config_path, plan.config.clone(), "backup")?;
+        let running = matches!(plan.source, Source::Running(_));
         log.info(&format!(
-            "include disk '{}' '{}'{}",
-            d.key,
-            d.drive.file(),
-            d.size
-                .map(|s| format!(" {}", vmdump_config::format_size(s)))
-                .unwrap_or_default()
+            "status = {}",
+            if running { "running" } else { "stopped" }
         ));
-    }
-    for x in &plan.excluded {
-        if x.reason == "backup=no" {
+        if let Some(name) = plan.config.name() {
+            log.info(&format!("VM Name: {name}"));
+        }
+        for d in &plan.disks {
             log.info(&format!(
-                "exclude disk '{}' '{}' (backup=no)",
-                x.key, x.volume
+                "include disk '{}' '{}'{}",
+                d.key,
+                d.drive.file(),
+                d.size
+                    .map(|s| format!(" {}", vmdump_config::format_size(s)))
+                    .unwrap_or_default()
             ));
         }
-    }
-    log.info(&format!("backup mode: {}", job.settings.mode));
-    if job.settings.bwlimit > 0 {
-        log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
-    }
-    let stored = qmdump::backup_copy(&plan.config, &plan.disks);
-    let archive = names.archive();
-    log.info(&format!("creating vzdump archive '{}'", archive.display()));
-
-    let keys: Vec<String> = plan.disks.iter().map(|d| d.key.to_string()).collect();
-    let mut opts = LiveOptions::new(vmid.get());
-    opts.speed = job.settings.bwlimit.saturating_mul(1024);
-    opts.max_workers = job.settings.max_workers;
-    opts.compress = job.settings.compress;
-    opts.zstd_threads = job.settings.zstd_threads;
-    opts.zstd_level = job.zstd_level;
-    opts.cancel = job.cancel.clone();
-    opts.socket_dir = session.path().to_path_buf();
-    let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
-    let dat = names.temporary();
-
-    let outcome = match &plan.source {
-        Source::Running(qmp) => {
-            let status = qmp
-                .query_status()
-                .await
-                .map_err(|e| Error::qmp("query-status", e))?;
-            let agent = plan
-                .config
-                .agent()
-                .ok()
-                .filter(|a| a.enabled && a.freeze_fs_on_backup);
-            if agent.is_some() && status.status == RunState::Running {
-                opts.agent = Some(job.vm_run_dir(vmid).qga_socket());
+        for x in &plan.excluded {
+            if x.reason == "backup=no" {
+                log.info(&format!(
+                    "exclude disk '{}' '{}' (backup=no)",
+                    x.key, x.volume
+                ));
             }
-            opts.was_running = status.status == RunState::Running;
-            live::run(qmp, &keys, &configs, &dat, &opts, log).await?
         }
-        Source::Stopped(drives) => {
-            log.info("starting kvm to execute backup task");
-            let qemu = vmdump_guest::Runtime::new(job.root.clone())
-                .with_run_base(&job.run_dir)
-                .start_backup_helper(vmid.get(), drives, session)
-                .await?;
-            let res = live::run(qemu.qmp(), &keys, &configs, &dat, &opts, log).await;
-            log.info("stopping kvm after backup task");
-            qemu.stop().await;
-            res?
-        }
-    };
-    for line in summary(&outcome.transfer) {
-        log.info(&line);
-    }
-    if let Err(e) = rename_new(&dat, &archive) {
-        let _ = std::fs::remove_file(&dat);
-        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::NameTaken { path: archive }
+        // A guest that is not running is always backed up as `stop` (vzdump).
+        let mode = if running {
+            job.settings.mode
         } else {
-            Error::file("rename archive to", &archive, e)
-        });
-    }
-    let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-    log.info(&format!("archive file size: {}", format_size(size)));
-    if let Err(e) = finish_extras(job, vmid.get(), &plan.config, names, log) {
-        // A failed backup leaves no archive: take back the rename (and the extras).
-        for path in [&archive, &names.notes(), &names.protected()] {
-            let _ = std::fs::remove_file(path);
+            Mode::Stop
+        };
+        log.info(&format!("backup mode: {mode}"));
+        if job.settings.bwlimit > 0 {
+            log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
         }
-        return Err(e);
+        log.info(&format!("ionice priority: {}", job.settings.ionice));
+        let hostname = plan
+            .config
+            .name()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("VM {vmid}"));
+        let archive = self.names.archive();
+        let log_path = self.names.log();
+        let cx = Cx {
+            vmid: vmid.get(),
+            mode,
+            hook: job.hook.as_ref(),
+            call: GuestCall {
+                mode: mode.as_str(),
+                vmid: vmid.get(),
+                vmtype: "qemu",
+                hostname: &hostname,
+                target: Some(&archive),
+                logfile: Some(&log_path),
+            },
+            log,
+            mark: self.mark,
+            runtime: self.runtime,
+        };
+        cx.hook(Phase::BackupStart).await?;
+        let mut restore = Restore::default();
+        let res = self.archive(plan, &cx, &mut restore).await;
+        // vzdump's cleanup: the guest back to the state it was in, on every way out.
+        restore.finish(&cx).await;
+        res
     }
-    Ok((archive, size, outcome.transfer))
+
+    /// From the mode's preparation to `backup-end`.
+    async fn archive(
+        &self,
+        plan: BackupPlan,
+        cx: &Cx<'_>,
+        restore: &mut Restore,
+    ) -> Result<(PathBuf, u64, Transfer)> {
+        let (job, log, names) = (self.job, self.log, self.names);
+        let vmid = plan.vmid;
+        let stored = qmdump::backup_copy(&plan.config, &plan.disks);
+        let archive = names.archive();
+        let keys: Vec<String> = plan.disks.iter().map(|d| d.key.to_string()).collect();
+        let mut opts = LiveOptions::new(vmid.get());
+        opts.speed = job.settings.bwlimit.saturating_mul(1024);
+        opts.max_workers = job.settings.max_workers;
+        opts.compress = job.settings.compress;
+        opts.zstd_threads = job.settings.zstd_threads;
+        opts.zstd_level = job.zstd_level;
+        opts.cancel = job.cancel.clone();
+        opts.socket_dir = self.session.path().to_path_buf();
+        opts.mark = Some(Arc::clone(self.mark));
+        let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
+        let dat = names.temporary();
+
+        let outcome = match plan.source {
+            Source::Running(qmp) => {
+                let agent = plan.config.agent().ok();
+                let freeze = agent
+                    .as_ref()
+                    .is_some_and(|a| a.enabled && a.freeze_fs_on_backup);
+                if agent
+                    .as_ref()
+                    .is_some_and(|a| a.enabled && !a.freeze_fs_on_backup)
+                {
+                    log.info("skipping guest-agent 'fs-freeze' (freeze-fs-on-backup=0)");
+                }
+                // Each clean step (ACPI, then the agent) gets its share of `stopwait`.
+                let steps = if agent.is_some_and(|a| a.enabled) {
+                    2
+                } else {
+                    1
+                };
+                let stopwait =
+                    Duration::from_secs(job.settings.stopwait.saturating_mul(60)) / steps;
+                let prepared = modes::prepare(cx, qmp, stopwait, freeze, restore).await?;
+                if prepared.freeze {
+                    opts.agent = Some(job.vm_run_dir(vmid).qga_socket());
+                }
+                opts.was_running = prepared.was_running;
+                opts.resume = prepared.resume;
+                log.info(&format!("creating vzdump archive '{}'", archive.display()));
+                let outcome = live::run(&prepared.qmp, &keys, &configs, &dat, &opts, log).await?;
+                if let Some(f) = outcome.frozen {
+                    log.info(&format!(
+                        "guest downtime: {} ms ({})",
+                        f.as_millis(),
+                        modes::downtime_kind(Mode::Snapshot)
+                    ));
+                }
+                if let Some(d) = outcome.down {
+                    restore.down = Some(d);
+                    log.info(&format!(
+                        "guest downtime: {} ms ({})",
+                        d.as_millis(),
+                        modes::downtime_kind(cx.mode)
+                    ));
+                }
+                outcome
+            }
+            Source::Stopped(drives) => {
+                log.info(&format!("creating vzdump archive '{}'", archive.display()));
+                log.info("starting kvm to execute backup task");
+                let qemu = self
+                    .runtime
+                    .start_backup_helper(vmid.get(), &drives, self.session)
+                    .await?;
+                let res = live::run(qemu.qmp(), &keys, &configs, &dat, &opts, log).await;
+                log.info("stopping kvm after backup task");
+                qemu.stop().await;
+                res?
+            }
+        };
+        for line in summary(&outcome.transfer) {
+            log.info(&line);
+        }
+        if let Err(e) = rename_new(&dat, &archive) {
+            let _ = std::fs::remove_file(&dat);
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::NameTaken { path: archive }
+            } else {
+                Error::file("rename archive to", &archive, e)
+            });
+        }
+        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+        log.info(&format!("archive file size: {}", format_size(size)));
+        if let Err(e) = finish_extras(job, vmid.get(), &plan.config, names, log) {
+            // A failed backup leaves no archive: take back the rename (and the extras).
+            for path in [&archive, &names.notes(), &names.protected()] {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        // Pruning and backup-end come after the archive is complete; as in vzdump, their
+        // failure fails the guest but keeps the archive.
+        let to_log = |level: Level, line: &str| log.line(level, line, false);
+        self.after
+            .run(vmid.get(), &to_log)
+            .map_err(Error::AfterArchive)?;
+        cx.hook(Phase::BackupEnd).await?;
+        Ok((archive, size, outcome.transfer))
+    }
 }
 
 fn finish_extras(

@@ -34,6 +34,21 @@ pub enum Error {
         /// The lock's value (`migrate`, `snapshot`, ...).
         lock: String,
     },
+    /// The hook script failed (non-zero exit, or could not run).
+    #[error("command '{command}' failed: {detail}")]
+    Hook {
+        /// The command line (`<script> <phase> [<mode> <vmid>]`).
+        command: String,
+        /// `exit code N` or why it did not run.
+        detail: String,
+    },
+    /// The work after the archive (pruning) failed; the archive stays.
+    #[error("{0}")]
+    AfterArchive(String),
+    /// The guest did not reach the state the backup mode needs (it did not power off in time
+    /// in stop mode, ...); what was done to it has been undone.
+    #[error("{0}")]
+    Mode(String),
     /// A disk has no volume to read.
     #[error("device '{device}' has no volume")]
     NoVolume {
@@ -227,6 +242,8 @@ impl Error {
             | Error::NoBackupContent { .. }
             | Error::NoVolume { .. }
             | Error::NoDisks { .. } => ErrorKind::Config,
+            Error::Hook { .. } | Error::Mode(_) => ErrorKind::Qemu,
+            Error::AfterArchive(_) => ErrorKind::Io,
             Error::GuestLocked { .. } | Error::Lock { .. } => ErrorKind::Busy,
             Error::File { .. } | Error::NameTaken { .. } | Error::Header(_) | Error::Session(_) => {
                 ErrorKind::Io

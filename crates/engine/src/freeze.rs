@@ -2,7 +2,7 @@
 //! path, with its own deadline and retries: the agent never thaws by itself on Linux.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmdump_qmp::qga;
 
@@ -19,8 +19,9 @@ fn timeouts() -> qga::Timeouts {
 }
 
 /// Freezes the guest's filesystems if the agent answers. Returns the agent connection when a
-/// thaw is needed afterwards (also after a failed or timed-out freeze).
-pub async fn freeze(socket: &Path, log: &TaskLog<'_>) -> Option<qga::Client> {
+/// thaw is needed afterwards (also after a failed or timed-out freeze), with the instant the
+/// freeze command was sent (the start of the frozen window).
+pub async fn freeze(socket: &Path, log: &TaskLog<'_>) -> Option<(qga::Client, Instant)> {
     let agent = match qga::Client::connect_with(socket, timeouts()).await {
         Ok(a) => a,
         Err(e) => {
@@ -45,11 +46,12 @@ pub async fn freeze(socket: &Path, log: &TaskLog<'_>) -> Option<qga::Client> {
         }
     }
     log.info("issuing guest-agent 'fs-freeze' command");
+    let at = Instant::now();
     if let Err(e) = agent.fsfreeze_freeze().await {
         log.warn(&format!("guest-fsfreeze-freeze problems - {e}"));
     }
     // Even after an error the agent may have frozen some filesystems: always thaw.
-    Some(agent)
+    Some((agent, at))
 }
 
 /// Thaws, retrying for about 20 s; failures are logged.

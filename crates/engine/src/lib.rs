@@ -52,6 +52,8 @@ mod backup;
 mod cluster;
 mod error;
 mod freeze;
+mod hook;
+mod ionice;
 mod job;
 mod live;
 mod lock;
@@ -63,14 +65,21 @@ mod output;
 mod pipeline;
 mod progress;
 mod target;
+mod vm;
 
-pub use backup::{backup_vm, plan, BackupJob, BackupPlan, BackupReport, Source};
+pub use backup::{
+    backup_vm, backup_vm_with, plan, AfterArchive, BackupJob, BackupPlan, BackupReport, NoAfter,
+    Source,
+};
 pub use error::{Error, ErrorKind, Failure, Result};
+pub use hook::{GuestCall, Hook, Phase};
 pub use job::SourceDisk;
 pub use live::{run as live_backup, LiveOptions, LiveOutcome};
 pub use lock::JobLock;
 pub use log::TaskLog;
 pub use name::ArchiveName;
-pub use options::{Destination, Resolved, DEFAULT_LOCKWAIT, UNSUPPORTED_KEYS};
+pub use options::{
+    Destination, Resolved, DEFAULT_IONICE, DEFAULT_LOCKWAIT, DEFAULT_STOPWAIT, UNSUPPORTED_KEYS,
+};
 pub use progress::{format_hms, format_size, render_bytes, render_duration};
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

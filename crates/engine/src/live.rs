@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use vmdump_config::Codec;
+use vmdump_guest::{BackupMark, Hold};
 use vmdump_qmp::Client;
 use vmdump_task::{Cancel, Level, Transfer};
 
@@ -48,6 +49,13 @@ pub struct LiveOptions {
     /// The guest was running: log vzdump's `resuming VM again` after the job start (the VM
     /// is never paused in snapshot mode, so there is nothing to resume).
     pub was_running: bool,
+    /// The guest was paused (suspend mode) or started paused after a shutdown (stop mode)
+    /// for the backup at this instant: `cont` it as soon as the jobs run, and log how long
+    /// it was down.
+    pub resume: Option<Instant>,
+    /// The backup mark of the guest: the hold is recorded there before a freeze and cleared
+    /// after the thaw or `cont`, so a killed run's hold can be undone by the next one.
+    pub mark: Option<Arc<std::sync::Mutex<BackupMark>>>,
 }
 
 impl LiveOptions {
@@ -64,6 +72,8 @@ impl LiveOptions {
             socket_dir: std::env::temp_dir(),
             vmid,
             was_running: false,
+            resume: None,
+            mark: None,
         }
     }
 }
@@ -77,6 +87,37 @@ pub struct LiveOutcome {
     pub uuid: String,
     /// The disks backed up.
     pub disks: Vec<SourceDisk>,
+    /// How long the guest's filesystems were frozen (snapshot mode with the agent).
+    pub frozen: Option<Duration>,
+    /// How long the guest was down, from [`LiveOptions::resume`] to its `cont`.
+    pub down: Option<Duration>,
+}
+
+/// The windows of one job start.
+#[derive(Debug, Default)]
+struct Windows {
+    frozen: Option<Duration>,
+    down: Option<Duration>,
+}
+
+/// Records `hold` in the backup mark, if there is one. A failure only warns: the mark is
+/// there for a crash, and the backup itself does not need it.
+pub(crate) fn set_hold(
+    mark: Option<&Arc<std::sync::Mutex<BackupMark>>>,
+    hold: Hold,
+    log: &TaskLog<'_>,
+) {
+    if let Some(m) = mark {
+        let res = m
+            .lock()
+            .map_err(|_| "poisoned".to_string())
+            .and_then(|mut m| m.set(hold).map_err(|e| e.to_string()));
+        if let Err(e) = res {
+            log.warn(&format!(
+                "cannot record the guest's state in the backup mark: {e}"
+            ));
+        }
+    }
 }
 
 /// Backs up `keys` (config keys like `scsi0`) of the QEMU behind `qmp` into `dat` (created
@@ -152,7 +193,18 @@ async fn run_inner(
         }
     };
 
-    let res = transfer(qmp, &disks, &target, &shared, opts, log, &uuid).await;
+    let mut windows = Windows::default();
+    let res = transfer(
+        qmp,
+        &disks,
+        &target,
+        &shared,
+        opts,
+        log,
+        &uuid,
+        &mut windows,
+    )
+    .await;
     let transfer = match res {
         Ok(t) => t,
         Err(e) => {
@@ -194,10 +246,13 @@ async fn run_inner(
         transfer,
         uuid: uuid.to_string(),
         disks,
+        frozen: windows.frozen,
+        down: windows.down,
     })
 }
 
-/// Targets, freeze, jobs, thaw, wait, commit; on failure cancel everything in QEMU.
+/// Targets, freeze, jobs, thaw, `cont`, wait, commit; on failure cancel everything in QEMU.
+#[allow(clippy::too_many_arguments)]
 async fn transfer(
     qmp: &Client,
     disks: &[SourceDisk],
@@ -206,24 +261,51 @@ async fn transfer(
     opts: &LiveOptions,
     log: &TaskLog<'_>,
     uuid: &uuid::Uuid,
+    windows: &mut Windows,
 ) -> Result<Transfer> {
     job::add_targets(qmp, disks, target.socket()).await?;
 
+    let mark = opts.mark.as_ref();
     let agent = match &opts.agent {
-        Some(path) => crate::freeze::freeze(path, log).await,
+        Some(path) => {
+            set_hold(mark, Hold::Frozen, log);
+            let agent = crate::freeze::freeze(path, log).await;
+            if agent.is_none() {
+                set_hold(mark, Hold::None, log);
+            }
+            agent
+        }
         None => None,
     };
+    if agent.is_some() {
+        crate::vm::stall("frozen");
+    }
     log.info("starting backup via QMP command");
     let started = job::start_jobs(qmp, disks, opts.speed, opts.max_workers).await;
-    if let Some(agent) = agent {
+    if let Some((agent, frozen_at)) = agent {
         crate::freeze::thaw(&agent, log).await;
+        let window = frozen_at.elapsed();
+        windows.frozen = Some(window);
+        set_hold(mark, Hold::None, log);
     }
     if let Err(e) = started {
         job::remove_targets(qmp, disks).await;
         return Err(e);
     }
     log.info(&format!("started backup task '{uuid}'"));
-    if opts.was_running {
+    if let Some(since) = opts.resume {
+        if let Err(e) = qmp.cont().await {
+            log.warn(&format!("cannot resume the guest: {e}"));
+        } else {
+            let down = since.elapsed();
+            windows.down = Some(down);
+            set_hold(mark, Hold::None, log);
+            log.info(&format!(
+                "resuming VM again after {} seconds",
+                down.as_secs()
+            ));
+        }
+    } else if opts.was_running {
         log.info("resuming VM again");
     }
 

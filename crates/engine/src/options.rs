@@ -22,13 +22,9 @@ pub enum Destination {
 
 /// `vzdump.conf` keys of the schema this engine does not implement yet: set, they get a
 /// warning (vzdump would act on them).
-pub const UNSUPPORTED_KEYS: [&str; 16] = [
-    "ionice",
-    "stopwait",
-    "tmpdir",
+pub const UNSUPPORTED_KEYS: [&str; 12] = [
     "remove",
     "prune-backups",
-    "script",
     "mailto",
     "mailnotification",
     "notification-mode",
@@ -40,6 +36,12 @@ pub const UNSUPPORTED_KEYS: [&str; 16] = [
     "node",
     "pbs-change-detection-mode",
 ];
+
+/// vzdump's default `stopwait`, in minutes.
+pub const DEFAULT_STOPWAIT: u64 = 10;
+
+/// vzdump's default `ionice`.
+pub const DEFAULT_IONICE: u8 = 7;
 
 /// vzdump's default `lockwait`, in minutes.
 pub const DEFAULT_LOCKWAIT: u64 = 180;
@@ -65,6 +67,15 @@ pub struct Resolved {
     pub protected: bool,
     /// Longest wait for the node-global lock, in minutes (vzdump's default 180).
     pub lockwait: u64,
+    /// Longest wait for a clean shutdown in stop mode, in minutes (vzdump's default 10).
+    pub stopwait: u64,
+    /// I/O priority of vmdump's own I/O and compressor threads: 0..=7 best-effort level,
+    /// 8 idle (vzdump's default 7).
+    pub ionice: u8,
+    /// Temporary directory (vzdump's `tmpdir`): scratch space of the run.
+    pub tmpdir: Option<PathBuf>,
+    /// Hook script.
+    pub script: Option<PathBuf>,
 }
 
 impl Resolved {
@@ -124,6 +135,16 @@ impl Resolved {
                 notes_template,
                 protected: storage_target && cli.protected.or(conf.protected).unwrap_or(false),
                 lockwait: cli.lockwait.or(conf.lockwait).unwrap_or(DEFAULT_LOCKWAIT),
+                stopwait: cli.stopwait.or(conf.stopwait).unwrap_or(DEFAULT_STOPWAIT),
+                ionice: {
+                    let n = cli.ionice.or(conf.ionice).unwrap_or(DEFAULT_IONICE);
+                    if n > 8 {
+                        return Err(Error::option("ionice", format!("{n} is not in 0..=8")));
+                    }
+                    n
+                },
+                tmpdir: cli.tmpdir.clone().or_else(|| conf.tmpdir.clone()),
+                script: cli.script.clone().or_else(|| conf.script.clone()),
             },
             warnings,
         ))
@@ -217,6 +238,28 @@ mod tests {
         cl.lockwait = Some(0);
         let (r, _) = Resolved::combine(&cl, &c).expect("ok");
         assert_eq!(r.lockwait, 0);
+    }
+
+    #[test]
+    fn stopwait_ionice_tmpdir_script_layer_over_the_defaults() {
+        let (r, _) = Resolved::combine(&cli(), &cli()).expect("ok");
+        assert_eq!(
+            (r.stopwait, r.ionice, r.tmpdir, r.script),
+            (10, 7, None, None)
+        );
+        let c = conf("stopwait: 3\nionice: 8\ntmpdir: /t\nscript: /h\n");
+        let (r, _) = Resolved::combine(&cli(), &c).expect("ok");
+        assert_eq!(r.stopwait, 3);
+        assert_eq!(r.ionice, 8);
+        assert_eq!(r.tmpdir, Some("/t".into()));
+        assert_eq!(r.script, Some("/h".into()));
+        let mut cl = cli();
+        cl.stopwait = Some(1);
+        cl.script = Some("/h2".into());
+        let (r, _) = Resolved::combine(&cl, &c).expect("ok");
+        assert_eq!((r.stopwait, r.script), (1, Some("/h2".into())));
+        cl.ionice = Some(9);
+        assert!(Resolved::combine(&cl, &c).is_err());
     }
 
     #[test]

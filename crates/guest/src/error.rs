@@ -105,6 +105,14 @@ pub enum Error {
         #[source]
         source: vmdump_qmp::Error,
     },
+    /// A clean shutdown without force: the guest did not power off in time (it still runs).
+    #[error("VM {vmid}: the guest did not power off within {after:?} (no forced stop)")]
+    ShutdownTimeout {
+        /// The VMID.
+        vmid: u32,
+        /// The deadline of each clean step.
+        after: Duration,
+    },
     /// A process did not exit within its deadline, even after SIGKILL.
     #[error("VM {vmid}: QEMU (pid {pid}) did not exit within {after:?}")]
     Timeout {

@@ -47,15 +47,17 @@
 pub mod accel;
 pub mod cmdline;
 mod error;
+mod mark;
 mod rundir;
 mod runtime;
 
 pub use accel::Accel;
 pub use cmdline::{node_names, qom_path, DiskNode, LaunchPlan};
 pub use error::{Error, ErrorKind, Result};
+pub use mark::{BackupMark, Hold, Leftover, MarkState};
 pub use rundir::{try_lock_file, RunDir, VmLock};
 pub use runtime::{
-    run_state_name, BackupHelper, Runtime, ShutdownOutcome, StartOptions, Started, State,
-    VmSummary, QEMU_ENV,
+    run_state_name, BackupHelper, Runtime, ShutdownOptions, ShutdownOutcome, StartOptions, Started,
+    State, VmSummary, QEMU_ENV,
 };
 pub use vmdump_launch::{run_base_from_env, DEFAULT_RUN_BASE, RUN_BASE_ENV};

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use vmdump_launch::{process, Helper, Session};
 
 use crate::error::{Error, Result};
+use crate::mark::{BackupMark, Hold, Leftover, MarkState};
 use crate::rundir::{RunDir, VmLock};
 
 /// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
@@ -112,6 +113,17 @@ pub struct Started {
     pub pid: u32,
     /// The command line and disk nodes it was started with.
     pub plan: LaunchPlan,
+}
+
+/// How to shut a VM down (see [`Runtime::shutdown_with`]).
+#[derive(Debug, Clone)]
+pub struct ShutdownOptions {
+    /// How long each clean step (ACPI power button, then the guest agent) may take.
+    pub timeout: Duration,
+    /// Stop QEMU hard when the clean steps do not power the guest off in time.
+    pub force: bool,
+    /// Shut down even if the config has a `lock:` (the backup that set it).
+    pub skiplock: bool,
 }
 
 /// How a shutdown ended.
@@ -484,6 +496,14 @@ impl Runtime {
     /// stale run directory (dead QEMU) is cleaned.
     pub async fn status(&self, vmid: u32) -> Result<State> {
         vmdump_launch::reap_leftovers_async(&self.run_base).await;
+        for line in self.recover(vmid).await? {
+            warn!("{line}");
+        }
+        self.probe(vmid).await
+    }
+
+    /// The VM's state, without reaping or recovery (a backup of the VM asks this).
+    pub async fn probe(&self, vmid: u32) -> Result<State> {
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
             // Only clean up when no other process is in the middle of starting this VM.
@@ -533,14 +553,150 @@ impl Runtime {
         })
     }
 
-    /// Pause the guest (QMP `stop`).
+    /// Refuses a user's lifecycle operation on a locked guest (`lock:` in its config), as
+    /// `qm` does without `--skiplock`. A `lock: backup` whose backup mark has no live owner is
+    /// stale (a killed backup left it) and does not refuse.
+    fn check_lock(&self, vmid: u32, skiplock: bool) -> Result<()> {
+        if skiplock {
+            return Ok(());
+        }
+        let Ok(cfg) = self.config(vmid) else {
+            return Ok(());
+        };
+        match cfg.lock() {
+            None => Ok(()),
+            Some("backup") if BackupMark::inspect(&self.run_base, vmid)? == MarkState::Free => {
+                warn!("VM {vmid}: ignoring a stale 'lock: backup' (no backup runs)");
+                Ok(())
+            }
+            Some(lock) => Err(Error::Locked {
+                vmid,
+                lock: lock.to_string(),
+            }),
+        }
+    }
+
+    /// Undo what a backup that died in the middle left the guest in, as its backup mark
+    /// `left` (taken over from the dead owner) says: thaw the filesystems, `cont` a guest it
+    /// paused, start a guest it shut down. Returns one line per action, for the log. The
+    /// mark itself stays with the caller.
+    pub async fn undo_hold(&self, vmid: u32, left: &Leftover) -> Result<Vec<String>> {
+        let who = match left.pid {
+            Some(p) => format!("an interrupted backup (pid {p})"),
+            None => "an interrupted backup".to_string(),
+        };
+        let mut done = Vec::new();
+        match left.hold {
+            Hold::None => {}
+            Hold::Frozen => {
+                if self.run_dir(vmid).live_pid().is_some() {
+                    match self.thaw(vmid).await {
+                        Ok(0) => {}
+                        Ok(_) => done.push(format!(
+                            "VM {vmid}: thawed the guest filesystems {who} left frozen"
+                        )),
+                        Err(e) => done.push(format!(
+                            "VM {vmid}: cannot thaw the guest filesystems {who} may have left frozen: {e}"
+                        )),
+                    }
+                }
+            }
+            Hold::Paused | Hold::Stopped => match self.probe(vmid).await? {
+                State::Stopped => {
+                    self.start(
+                        vmid,
+                        &StartOptions {
+                            skiplock: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    done.push(format!("VM {vmid}: started again, {who} had shut it down"));
+                }
+                State::Running {
+                    status: RunState::Paused | RunState::Prelaunch,
+                    ..
+                } => {
+                    self.cont(vmid).await?;
+                    done.push(format!("VM {vmid}: resumed, {who} had paused it"));
+                }
+                _ => {}
+            },
+        }
+        Ok(done)
+    }
+
+    /// Finds a backup of `vmid` that died in the middle (its backup mark without a live
+    /// owner) and undoes what it left: the guest's hold ([`Runtime::undo_hold`]) and its
+    /// `lock: backup`. Returns one line per action (`vmdump vm status` prints them as
+    /// warnings). A failed undo keeps the mark for the next try.
+    pub async fn recover(&self, vmid: u32) -> Result<Vec<String>> {
+        if !BackupMark::path(&self.run_base, vmid).exists() {
+            return Ok(Vec::new());
+        }
+        let Ok(left) = BackupMark::acquire(&self.run_base, vmid)? else {
+            // A backup runs now: nothing is stale.
+            return Ok(Vec::new());
+        };
+        let mut done = match self.undo_hold(vmid, &left).await {
+            Ok(d) => d,
+            Err(e) => {
+                left.mark.keep();
+                return Err(e);
+            }
+        };
+        let path = self.root.qemu_config_path(vmid);
+        if let Ok(mut cfg) = self.config(vmid) {
+            if cfg.lock() == Some("backup") {
+                cfg.remove("lock");
+                cfg.save(&path)
+                    .map_err(|source| Error::Config { vmid, source })?;
+                done.push(format!(
+                    "VM {vmid}: removed the stale 'lock: backup' of an interrupted backup"
+                ));
+            }
+        }
+        Ok(done)
+    }
+
+    async fn thaw(&self, vmid: u32) -> Result<u64> {
+        let path = self.run_dir(vmid).qga_socket();
+        let timeouts = qga::Timeouts {
+            command: Duration::from_secs(5),
+            sync: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let step = |source| Error::Qmp {
+            vmid,
+            step: "guest-fsfreeze-thaw".into(),
+            source,
+        };
+        let agent = qga::Client::connect_with(&path, timeouts)
+            .await
+            .map_err(step)?;
+        agent.fsfreeze_thaw().await.map_err(step)
+    }
+
+    /// Pause the guest (QMP `stop`). Refused while the guest is locked (a backup runs).
     pub async fn suspend(&self, vmid: u32) -> Result<()> {
+        self.check_lock(vmid, false)?;
         let c = self.control(vmid).await?;
         Self::qmp_step(vmid, "stop", c.stop()).await
     }
 
-    /// Resume the guest (QMP `cont`; also leaves `prelaunch`).
+    /// Resume the guest (QMP `cont`; also leaves `prelaunch`). Refused while the guest is
+    /// locked (a backup runs).
     pub async fn resume(&self, vmid: u32) -> Result<()> {
+        self.resume_with(vmid, false).await
+    }
+
+    /// [`Runtime::resume`], also on a locked guest with `skiplock` (the backup that locked it).
+    pub async fn resume_with(&self, vmid: u32, skiplock: bool) -> Result<()> {
+        self.check_lock(vmid, skiplock)?;
+        self.cont(vmid).await
+    }
+
+    async fn cont(&self, vmid: u32) -> Result<()> {
         let c = self.control(vmid).await?;
         Self::qmp_step(vmid, "cont", c.cont()).await
     }
@@ -548,8 +704,29 @@ impl Runtime {
     /// Clean shutdown: ACPI power button and wait up to `timeout`; then, with `agent: 1`, the
     /// agent's `guest-shutdown` and wait up to `timeout` again; then a hard stop (`quit`,
     /// SIGTERM, SIGKILL). A paused or never-started guest cannot react, so it is stopped hard
-    /// at once. The run directory is cleaned.
+    /// at once. The run directory is cleaned. Refused while the guest is locked.
     pub async fn shutdown(&self, vmid: u32, timeout: Duration) -> Result<ShutdownOutcome> {
+        self.shutdown_with(
+            vmid,
+            &ShutdownOptions {
+                timeout,
+                force: true,
+                skiplock: false,
+            },
+        )
+        .await
+    }
+
+    /// [`Runtime::shutdown`] with its choices: without `force`, a guest that does not power
+    /// off within `timeout` per clean step (ACPI, then the agent) is left running and the
+    /// result is [`Error::ShutdownTimeout`] (a backup's stop mode: no forced stop).
+    pub async fn shutdown_with(
+        &self,
+        vmid: u32,
+        opts: &ShutdownOptions,
+    ) -> Result<ShutdownOutcome> {
+        self.check_lock(vmid, opts.skiplock)?;
+        let timeout = opts.timeout;
         let _lock = self.lock(vmid).await?;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {
@@ -586,6 +763,12 @@ impl Runtime {
                     return Ok(ShutdownOutcome::Agent);
                 }
             }
+            if !opts.force {
+                return Err(Error::ShutdownTimeout {
+                    vmid,
+                    after: timeout,
+                });
+            }
             warn!("VM {vmid}: guest did not power off within the timeout, stopping QEMU");
         } else if let Some(s) = &status {
             info!(
@@ -620,8 +803,15 @@ impl Runtime {
     }
 
     /// Hard stop: QMP `quit` (waiting up to `timeout`), then SIGTERM, then SIGKILL. Returns
-    /// whether QEMU had been running. The run directory is cleaned.
+    /// whether QEMU had been running. The run directory is cleaned. Refused while the guest
+    /// is locked (see [`Runtime::stop_with`]).
     pub async fn stop(&self, vmid: u32, timeout: Duration) -> Result<bool> {
+        self.stop_with(vmid, timeout, false).await
+    }
+
+    /// [`Runtime::stop`], also on a locked guest with `skiplock`.
+    pub async fn stop_with(&self, vmid: u32, timeout: Duration, skiplock: bool) -> Result<bool> {
+        self.check_lock(vmid, skiplock)?;
         let _lock = self.lock(vmid).await?;
         let run = self.run_dir(vmid);
         let Some(pid) = run.live_pid() else {

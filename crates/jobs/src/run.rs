@@ -211,6 +211,8 @@ async fn run_guests(
     for w in warnings {
         progress.log(Level::Warn, &w, false);
     }
+    let log = |level: Level, line: &str| progress.log(level, line, false);
+    bjob.job_hook(vmdump_engine::Phase::JobInit, &log).await?;
     let retention = Retention::resolve(
         root,
         &bjob.settings.destination,
@@ -227,43 +229,53 @@ async fn run_guests(
     if waited.load(std::sync::atomic::Ordering::Relaxed) {
         progress.log(Level::Info, "got global lock", false);
     }
-    for vmid in vmids {
-        if bjob.cancel.is_cancelled() {
-            break;
-        }
-        let rec = Recorder {
-            inner: progress,
-            lines: Mutex::new(Vec::new()),
-        };
-        let name = root
-            .qemu_config(vmid)
-            .ok()
-            .and_then(|c| c.name().map(str::to_string))
-            .unwrap_or_else(|| format!("VM {vmid}"));
-        let t0 = Instant::now();
-        let res = backup_one(&bjob, &lock, &retention, vmid, &rec).await;
-        let mut line = GuestLine {
-            vmid,
-            name,
-            status: "ok",
-            error: None,
-            time: t0.elapsed().as_secs(),
-            size: 0,
-            filename: None,
-            log: Vec::new(),
-        };
-        match res {
-            Ok(report) => {
-                line.size = report.size;
-                line.filename = Some(report.archive.display().to_string());
+    let (bjob_ref, lock_ref, retention_ref) = (&bjob, &lock, &retention);
+    let guests = &mut summary.guests;
+    let res = with_job_hooks(&bjob, progress, move || async move {
+        for vmid in vmids {
+            if bjob_ref.cancel.is_cancelled() {
+                break;
             }
-            Err(e) => {
-                line.status = "err";
-                line.error = Some(e);
+            let (bjob, lock, retention) = (bjob_ref, lock_ref, retention_ref);
+            let rec = Recorder {
+                inner: progress,
+                lines: Mutex::new(Vec::new()),
+            };
+            let name = root
+                .qemu_config(vmid)
+                .ok()
+                .and_then(|c| c.name().map(str::to_string))
+                .unwrap_or_else(|| format!("VM {vmid}"));
+            let t0 = Instant::now();
+            let res = backup_one(bjob, lock, retention, vmid, &rec).await;
+            let mut line = GuestLine {
+                vmid,
+                name,
+                status: "ok",
+                error: None,
+                time: t0.elapsed().as_secs(),
+                size: 0,
+                filename: None,
+                log: Vec::new(),
+            };
+            match res {
+                Ok(report) => {
+                    line.size = report.size;
+                    line.filename = Some(report.archive.display().to_string());
+                }
+                Err(e) => {
+                    line.status = "err";
+                    line.error = Some(e);
+                }
             }
+            line.log = rec.take();
+            guests.push(line);
         }
-        line.log = rec.take();
-        summary.guests.push(line);
+    })
+    .await;
+    if let Err(msg) = res {
+        progress.log(Level::Error, &format!("Backup job failed - {msg}"), false);
+        summary.job_error = Some(msg);
     }
     Ok(())
 }
@@ -286,16 +298,51 @@ pub async fn backup_one(
         );
         return Err(msg);
     }
-    let report = vmdump_engine::backup_vm(bjob, lock, id, progress)
+    // Pruning runs inside the guest's backup, before its backup-end hook (as in vzdump).
+    vmdump_engine::backup_vm_with(bjob, lock, id, progress, retention)
         .await
-        .map_err(|e| one_line(&e))?;
+        .map_err(|e| one_line(&e))
+}
+
+impl vmdump_engine::AfterArchive for Retention {
+    fn run(
+        &self,
+        vmid: u32,
+        log: &(dyn Fn(Level, &str) + Sync),
+    ) -> std::result::Result<(), String> {
+        self.after_backup(vmid, &|level, line| log(level, line))
+            .map(|_| ())
+            .map_err(|e| one_line(&e))
+    }
+}
+
+/// Runs the job's guests with the job hook phases around them: `job-start` once the global
+/// lock is held, `job-end` after the last guest, `job-abort` when the loop itself fails (a
+/// failing `job-start` or `job-end` hook). `each` backs up one guest.
+pub async fn with_job_hooks<F, Fut>(
+    bjob: &BackupJob,
+    progress: &dyn Progress,
+    each: F,
+) -> std::result::Result<(), String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let log = |level: Level, line: &str| progress.log(level, line, false);
-    if let Err(e) = retention.after_backup(vmid, &log) {
+    let res = async {
+        bjob.job_hook(vmdump_engine::Phase::JobStart, &log).await?;
+        each().await;
+        bjob.job_hook(vmdump_engine::Phase::JobEnd, &log).await
+    }
+    .await;
+    if let Err(e) = res {
         let msg = one_line(&e);
-        progress.log(Level::Error, &msg, false);
+        if let Err(e2) = bjob.job_hook(vmdump_engine::Phase::JobAbort, &log).await {
+            progress.log(Level::Warn, &one_line(&e2), false);
+        }
         return Err(msg);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Sends the job's notification; failures are only logged.

@@ -97,10 +97,22 @@ pub fn testguest_dir() -> PathBuf {
 /// files' checksums, the writer's files) and returns the writer tick it holds; an error when
 /// the check fails, prints no `ok tick=<n>` or the tick is below `min_tick`.
 pub fn check_disk(disk: &Path, min_tick: u64) -> Result<u64> {
-    let out = run(Command::new("bash")
-        .arg(repo_root().join("testguest/check.sh"))
-        .arg(disk)
-        .arg(min_tick.to_string()))?;
+    check_disk_with(disk, min_tick, false)
+}
+
+/// [`check_disk`] of a crash-consistent image (taken without a freeze, e.g. in suspend mode):
+/// `check.sh --recover` replays the ext4 journal on a copy first.
+pub fn check_disk_recover(disk: &Path, min_tick: u64) -> Result<u64> {
+    check_disk_with(disk, min_tick, true)
+}
+
+fn check_disk_with(disk: &Path, min_tick: u64, recover: bool) -> Result<u64> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("testguest/check.sh"));
+    if recover {
+        cmd.arg("--recover");
+    }
+    let out = run(cmd.arg(disk).arg(min_tick.to_string()))?;
     let tick = out
         .strip_prefix("ok tick=")
         .and_then(|r| r.split_whitespace().next())

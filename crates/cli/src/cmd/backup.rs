@@ -74,6 +74,20 @@ struct Opts {
     /// keep values are a hard limit).
     #[arg(long, value_parser = boolean)]
     remove: Option<bool>,
+    /// Hook script, called for every job and guest phase (must be executable).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Longest wait for a clean guest shutdown in stop mode, in minutes (default 10; the
+    /// guest is never stopped hard).
+    #[arg(long, value_name = "MINUTES")]
+    stopwait: Option<u64>,
+    /// Temporary directory for the run's scratch files.
+    #[arg(long)]
+    tmpdir: Option<PathBuf>,
+    /// I/O priority of vmdump's own I/O and compressor threads: 0..7 best-effort level, 8
+    /// idle (default 7).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
+    ionice: Option<u8>,
 }
 
 /// A count that may be 0 (`--bwlimit`): negative values get their own message.
@@ -117,6 +131,10 @@ fn options(args: &Opts) -> VzdumpOptions {
     o.performance = args.performance;
     o.notes_template = args.notes_template.clone();
     o.protected = args.protected;
+    o.script = args.script.clone();
+    o.stopwait = args.stopwait;
+    o.tmpdir = args.tmpdir.clone();
+    o.ionice = args.ionice;
     o
 }
 
@@ -162,6 +180,13 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     for w in warnings {
         ui.print(Level::Warn, &w);
     }
+    let hook_log = |level: Level, line: &str| ui.print(level, line);
+    if let Err(e) = job.job_hook(vmdump_engine::Phase::JobInit, &hook_log).await {
+        let msg = vmdump_task::one_line(&e);
+        ui.print(Level::Error, &format!("Backup job failed - {msg}"));
+        println!("TASK ERROR: {msg}");
+        return Ok(ExitCode::from(1));
+    }
     // Retention of the target (command line over storage over vzdump.conf).
     let retention = match vmdump_jobs::run::Retention::resolve(
         &job.root,
@@ -200,17 +225,29 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     }
 
     let mut failed = Vec::new();
-    for vmid in vmids {
-        if job.cancel.is_cancelled() {
-            failed.push(vmid);
-            continue;
+    let (job_ref, lock_ref, retention_ref, ui_ref) = (&job, &lock, &retention, &ui);
+    let failed_ref = &mut failed;
+    let res = vmdump_jobs::run::with_job_hooks(&job, &ui, move || async move {
+        for vmid in vmids {
+            if job_ref.cancel.is_cancelled() {
+                failed_ref.push(vmid);
+                continue;
+            }
+            ui_ref.start(format!("VM {vmid}"));
+            let res =
+                vmdump_jobs::run::backup_one(job_ref, lock_ref, retention_ref, vmid.get(), ui_ref)
+                    .await;
+            ui_ref.done();
+            if res.is_err() {
+                failed_ref.push(vmid);
+            }
         }
-        ui.start(format!("VM {vmid}"));
-        let res = vmdump_jobs::run::backup_one(&job, &lock, &retention, vmid.get(), &ui).await;
-        ui.done();
-        if res.is_err() {
-            failed.push(vmid);
-        }
+    })
+    .await;
+    if let Err(msg) = res {
+        ui.print(Level::Error, &format!("Backup job failed - {msg}"));
+        println!("TASK ERROR: {msg}");
+        return Ok(ExitCode::from(1));
     }
     if failed.is_empty() {
         ui.print(Level::Info, "Backup job finished successfully");

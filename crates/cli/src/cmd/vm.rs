@@ -43,6 +43,9 @@ enum Action {
         /// Seconds to wait for each clean step before escalating.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Shut down even if the config is locked (e.g. by a backup).
+        #[arg(long)]
+        skiplock: bool,
     },
     /// Stop a VM hard (QMP quit, then SIGTERM, then SIGKILL).
     Stop {
@@ -51,6 +54,9 @@ enum Action {
         /// Seconds to wait for QEMU to quit before signals.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Stop even if the config is locked (e.g. by a backup).
+        #[arg(long)]
+        skiplock: bool,
     },
     /// Pause a running VM.
     Suspend {
@@ -146,9 +152,20 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                 if paused { ", paused" } else { "" }
             );
         }
-        Action::Shutdown { vmid, timeout } => {
+        Action::Shutdown {
+            vmid,
+            timeout,
+            skiplock,
+        } => {
             let outcome = vms
-                .shutdown(vmid.get(), Duration::from_secs(timeout))
+                .shutdown_with(
+                    vmid.get(),
+                    &vmdump_guest::ShutdownOptions {
+                        timeout: Duration::from_secs(timeout),
+                        force: true,
+                        skiplock,
+                    },
+                )
                 .await?;
             let what = match outcome {
                 ShutdownOutcome::AlreadyStopped => "was not running",
@@ -158,8 +175,14 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
             };
             println!("VM {vmid} {what}");
         }
-        Action::Stop { vmid, timeout } => {
-            let was = vms.stop(vmid.get(), Duration::from_secs(timeout)).await?;
+        Action::Stop {
+            vmid,
+            timeout,
+            skiplock,
+        } => {
+            let was = vms
+                .stop_with(vmid.get(), Duration::from_secs(timeout), skiplock)
+                .await?;
             println!(
                 "VM {vmid} {}",
                 if was { "stopped" } else { "was not running" }
