@@ -115,17 +115,43 @@ pub fn from_text(
          -> Result<u32, String> {
             let id = match qual.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => lookup(qual).ok_or_else(|| format!("unknown name in ACL entry '{item}'"))?,
+                Err(_) => {
+                    lookup(qual).ok_or_else(|| format!("unknown name in ACL entry '{item}'"))?
+                }
             };
             map(id).ok_or_else(|| format!("id {id} of ACL entry '{item}' is not mapped"))
         };
         let e = match (kind, qual.is_empty()) {
-            ("user" | "u", true) => AclEntry { tag: USER_OBJ, perm, id: UNDEFINED },
-            ("user" | "u", false) => AclEntry { tag: USER, perm, id: resolve(lookup_user, map_uid)? },
-            ("group" | "g", true) => AclEntry { tag: GROUP_OBJ, perm, id: UNDEFINED },
-            ("group" | "g", false) => AclEntry { tag: GROUP, perm, id: resolve(lookup_group, map_gid)? },
-            ("mask" | "m", _) => AclEntry { tag: MASK, perm, id: UNDEFINED },
-            ("other" | "o", _) => AclEntry { tag: OTHER, perm, id: UNDEFINED },
+            ("user" | "u", true) => AclEntry {
+                tag: USER_OBJ,
+                perm,
+                id: UNDEFINED,
+            },
+            ("user" | "u", false) => AclEntry {
+                tag: USER,
+                perm,
+                id: resolve(lookup_user, map_uid)?,
+            },
+            ("group" | "g", true) => AclEntry {
+                tag: GROUP_OBJ,
+                perm,
+                id: UNDEFINED,
+            },
+            ("group" | "g", false) => AclEntry {
+                tag: GROUP,
+                perm,
+                id: resolve(lookup_group, map_gid)?,
+            },
+            ("mask" | "m", _) => AclEntry {
+                tag: MASK,
+                perm,
+                id: UNDEFINED,
+            },
+            ("other" | "o", _) => AclEntry {
+                tag: OTHER,
+                perm,
+                id: UNDEFINED,
+            },
             _ => return Err(format!("unknown ACL entry type in '{item}'")),
         };
         out.push(e);
@@ -141,23 +167,57 @@ mod tests {
     #[test]
     fn binary_text_round_trip() {
         let entries = vec![
-            AclEntry { tag: USER_OBJ, perm: 6, id: UNDEFINED },
-            AclEntry { tag: USER, perm: 6, id: 1234 },
-            AclEntry { tag: GROUP_OBJ, perm: 4, id: UNDEFINED },
-            AclEntry { tag: MASK, perm: 6, id: UNDEFINED },
-            AclEntry { tag: OTHER, perm: 4, id: UNDEFINED },
+            AclEntry {
+                tag: USER_OBJ,
+                perm: 6,
+                id: UNDEFINED,
+            },
+            AclEntry {
+                tag: USER,
+                perm: 6,
+                id: 1234,
+            },
+            AclEntry {
+                tag: GROUP_OBJ,
+                perm: 4,
+                id: UNDEFINED,
+            },
+            AclEntry {
+                tag: MASK,
+                perm: 6,
+                id: UNDEFINED,
+            },
+            AclEntry {
+                tag: OTHER,
+                perm: 4,
+                id: UNDEFINED,
+            },
         ];
         let bin = encode(&entries);
         assert_eq!(decode(&bin).expect("valid"), entries);
         let text = to_text(&entries, &|u| u, &|g| g);
-        assert_eq!(text, "user::rw-\nuser:1234:rw-\ngroup::r--\nmask::rw-\nother::r--\n");
+        assert_eq!(
+            text,
+            "user::rw-\nuser:1234:rw-\ngroup::r--\nmask::rw-\nother::r--\n"
+        );
         let none = |_: &str| None;
         let back = from_text(&text, &none, &none, &|u| Some(u), &|g| Some(g)).expect("parse");
         assert_eq!(back, entries);
-        let short = from_text("u::rw-,u:1234:rw-,g::r--,m::rw-,o::r--", &none, &none, &|u| Some(u), &|g| Some(g))
-            .expect("short form");
+        let short = from_text(
+            "u::rw-,u:1234:rw-,g::r--,m::rw-,o::r--",
+            &none,
+            &none,
+            &|u| Some(u),
+            &|g| Some(g),
+        )
+        .expect("short form");
         assert_eq!(short, entries);
-        assert!(from_text("user:nobody-here:rw-", &none, &none, &|u| Some(u), &|g| Some(g)).is_err());
+        assert!(
+            from_text("user:nobody-here:rw-", &none, &none, &|u| Some(u), &|g| {
+                Some(g)
+            })
+            .is_err()
+        );
         assert!(decode(&[1, 0, 0, 0]).is_none());
     }
 }

@@ -114,7 +114,11 @@ fn segments(file: &File, size: u64) -> std::io::Result<Vec<Segment>> {
 
 impl<'a, W: Write> Packer<'a, W> {
     /// A packer writing into `w`; `cancelled` is polled between members.
-    pub fn new(w: &'a mut Writer<W>, opts: &'a PackOptions, cancelled: &'a dyn Fn() -> bool) -> Self {
+    pub fn new(
+        w: &'a mut Writer<W>,
+        opts: &'a PackOptions,
+        cancelled: &'a dyn Fn() -> bool,
+    ) -> Self {
         Packer {
             w,
             opts,
@@ -246,8 +250,11 @@ impl<'a, W: Write> Packer<'a, W> {
                 if !is_wanted_xattr(&x) {
                     continue;
                 }
-                if let Some(v) = xattr_get(host, &x).map_err(|e| Error::file("read xattr of", host, e))? {
-                    meta.xattrs.push((String::from_utf8_lossy(&x).into_owned(), v));
+                if let Some(v) =
+                    xattr_get(host, &x).map_err(|e| Error::file("read xattr of", host, e))?
+                {
+                    meta.xattrs
+                        .push((String::from_utf8_lossy(&x).into_owned(), v));
                 }
             }
             meta.acl_access = self.acl_text(host, b"system.posix_acl_access")?;

@@ -165,15 +165,13 @@ impl<R: Read> Reader<R> {
             match flag {
                 b'x' => {
                     let data = self.read_extended(at, size)?;
-                    let recs =
-                        header::parse_pax(&data).map_err(|m| self.corrupt(at, m))?;
+                    let recs = header::parse_pax(&data).map_err(|m| self.corrupt(at, m))?;
                     pax.extend(recs);
                     continue;
                 }
                 b'g' => {
                     let data = self.read_extended(at, size)?;
-                    let recs =
-                        header::parse_pax(&data).map_err(|m| self.corrupt(at, m))?;
+                    let recs = header::parse_pax(&data).map_err(|m| self.corrupt(at, m))?;
                     self.global.extend(recs);
                     continue;
                 }

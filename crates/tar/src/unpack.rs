@@ -154,11 +154,17 @@ impl Unpacker<'_> {
         let rel = join(comps);
         if let Some((p, fd)) = &self.parent {
             if *p == rel {
-                return fd.try_clone().map_err(|e| Error::file("dup", self.host(&rel), e));
+                return fd
+                    .try_clone()
+                    .map_err(|e| Error::file("dup", self.host(&rel), e));
             }
         }
         let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let path = if rel.is_empty() { b".".to_vec() } else { rel.clone() };
+        let path = if rel.is_empty() {
+            b".".to_vec()
+        } else {
+            rel.clone()
+        };
         let fd = match rustix::fs::openat2(&self.root, os(&path), flags, Mode::empty(), BENEATH) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
@@ -174,22 +180,25 @@ impl Unpacker<'_> {
                     cur = match rustix::fs::openat2(&cur, os(c), flags, Mode::empty(), BENEATH) {
                         Ok(fd) => fd,
                         Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
-                            return Err(Error::refused(name, "a parent directory is a symlink or not a directory"))
+                            return Err(Error::refused(
+                                name,
+                                "a parent directory is a symlink or not a directory",
+                            ))
                         }
                         Err(e) => return Err(self.io("open directory", &rel, e)),
                     };
                 }
                 cur
             }
-            Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
-                return Err(Error::refused(
-                    name,
-                    "a parent directory is a symlink (it would escape the target) or not a directory",
-                ))
-            }
+            Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => return Err(Error::refused(
+                name,
+                "a parent directory is a symlink (it would escape the target) or not a directory",
+            )),
             Err(e) => return Err(self.io("open directory", &rel, e)),
         };
-        let keep = fd.try_clone().map_err(|e| Error::file("dup", self.host(&rel), e))?;
+        let keep = fd
+            .try_clone()
+            .map_err(|e| Error::file("dup", self.host(&rel), e))?;
         self.parent = Some((rel, keep));
         Ok(fd)
     }
@@ -283,8 +292,13 @@ impl Unpacker<'_> {
         )
         .map_err(|e| self.io("set owner of", rel, e))?;
         if !matches!(meta.kind, Kind::Symlink(_)) {
-            rustix::fs::chmodat(parent, os(base), Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())
-                .map_err(|e| self.io("set mode of", rel, e))?;
+            rustix::fs::chmodat(
+                parent,
+                os(base),
+                Mode::from_raw_mode(meta.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.io("set mode of", rel, e))?;
         }
         rustix::fs::utimensat(parent, os(base), &times(meta), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.io("set times of", rel, e))?;
@@ -316,7 +330,10 @@ impl Unpacker<'_> {
                 self.dirs.push((Vec::new(), meta.clone()));
                 return Ok(());
             }
-            return Err(Error::refused(name, "the root of the archive is not a directory"));
+            return Err(Error::refused(
+                name,
+                "the root of the archive is not a directory",
+            ));
         };
         let parent = self.open_dir(name, parents)?;
         match &meta.kind {
@@ -339,7 +356,11 @@ impl Unpacker<'_> {
                 let fd = match rustix::fs::openat(
                     &parent,
                     os(base),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 ) {
                     Ok(fd) => fd,
@@ -369,8 +390,9 @@ impl Unpacker<'_> {
                 self.stats.created += 1;
             }
             Kind::HardLink(target) => {
-                let tcomps = member_path(target)
-                    .map_err(|_| Error::refused(name, "hard link target is absolute or contains '..'"))?;
+                let tcomps = member_path(target).map_err(|_| {
+                    Error::refused(name, "hard link target is absolute or contains '..'")
+                })?;
                 let Some((tbase, tparents)) = tcomps.split_last() else {
                     return Err(Error::refused(name, "hard link to the root"));
                 };
@@ -457,7 +479,11 @@ impl Unpacker<'_> {
         // Deepest first, so setting a parent's time is the last change inside it.
         dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.0.cmp(&a.0)));
         for (rel, meta) in dirs {
-            let path = if rel.is_empty() { b".".to_vec() } else { rel.clone() };
+            let path = if rel.is_empty() {
+                b".".to_vec()
+            } else {
+                rel.clone()
+            };
             let fd = match rustix::fs::openat2(
                 &self.root,
                 os(&path),

@@ -110,8 +110,7 @@ impl<W: Write> Writer<W> {
             header::pax_record(&mut pax, "size", size.to_string().as_bytes());
         }
         let secs = u64::try_from(meta.mtime).unwrap_or(0);
-        if meta.mtime < 0 || !header::put_octal(&mut h, field::MTIME, secs) || meta.mtime_nsec > 0
-        {
+        if meta.mtime < 0 || !header::put_octal(&mut h, field::MTIME, secs) || meta.mtime_nsec > 0 {
             if meta.mtime < 0 || secs > header::octal_max(12) {
                 header::put_octal(&mut h, field::MTIME, 0);
             }

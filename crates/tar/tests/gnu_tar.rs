@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use vmdump_tar::{unpack, ErrorKind, Excludes, Kind, Meta, PackOptions, Packer, Reader, UnpackOptions, Writer};
+use vmdump_tar::{
+    unpack, ErrorKind, Excludes, Kind, Meta, PackOptions, Packer, Reader, UnpackOptions, Writer,
+};
 
 /// vzdump's tar flags (PVE `@COMMON_TAR_FLAGS`).
 const TAR_FLAGS: &[&str] = &[
@@ -22,13 +24,25 @@ const TAR_FLAGS: &[&str] = &[
 ];
 
 fn sh(script: &str) {
-    let st = Command::new("sh").arg("-ec").arg(script).status().expect("run sh");
+    let st = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .status()
+        .expect("run sh");
     assert!(st.success(), "script failed: {script}");
 }
 
 fn out(script: &str) -> String {
-    let o = Command::new("sh").arg("-ec").arg(script).output().expect("run sh");
-    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .output()
+        .expect("run sh");
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -84,7 +98,11 @@ fn pack_ours(src: &Path, archive: &Path, excludes: Excludes) {
     w.finish().expect("finish");
 }
 
-fn unpack_ours(archive: &Path, dst: &Path, opts: &UnpackOptions) -> vmdump_tar::Result<vmdump_tar::UnpackStats> {
+fn unpack_ours(
+    archive: &Path,
+    dst: &Path,
+    opts: &UnpackOptions,
+) -> vmdump_tar::Result<vmdump_tar::UnpackStats> {
     let f = std::fs::File::open(archive).expect("open");
     let mut r = Reader::new(std::io::BufReader::new(f));
     unpack(&mut r, dst, opts, &|| false)
@@ -158,7 +176,12 @@ fn hostile(members: &[(Meta, &[u8])]) -> Vec<u8> {
 }
 
 fn file(name: &str, data: &[u8]) -> Meta {
-    Meta::new(name.as_bytes().to_vec(), Kind::File { size: data.len() as u64 })
+    Meta::new(
+        name.as_bytes().to_vec(),
+        Kind::File {
+            size: data.len() as u64,
+        },
+    )
 }
 
 #[test]
@@ -168,12 +191,26 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
     std::fs::create_dir(&outside).expect("mkdir");
     let escape = outside.display().to_string();
     let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
-        ("dotdot", hostile(&[(file("./a/../../outside/x", b"x"), b"x")]), ErrorKind::Refused),
-        ("absolute", hostile(&[(file(&format!("{escape}/x"), b"x"), b"x")]), ErrorKind::Refused),
+        (
+            "dotdot",
+            hostile(&[(file("./a/../../outside/x", b"x"), b"x")]),
+            ErrorKind::Refused,
+        ),
+        (
+            "absolute",
+            hostile(&[(file(&format!("{escape}/x"), b"x"), b"x")]),
+            ErrorKind::Refused,
+        ),
         (
             "symlink escape",
             hostile(&[
-                (Meta::new(b"./link".to_vec(), Kind::Symlink(escape.clone().into_bytes())), b""),
+                (
+                    Meta::new(
+                        b"./link".to_vec(),
+                        Kind::Symlink(escape.clone().into_bytes()),
+                    ),
+                    b"",
+                ),
                 (file("./link/x", b"x"), b"x"),
             ]),
             ErrorKind::Refused,
@@ -181,14 +218,20 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
         (
             "relative symlink escape",
             hostile(&[
-                (Meta::new(b"./up".to_vec(), Kind::Symlink(b"../outside".to_vec())), b""),
+                (
+                    Meta::new(b"./up".to_vec(), Kind::Symlink(b"../outside".to_vec())),
+                    b"",
+                ),
                 (file("./up/x", b"x"), b"x"),
             ]),
             ErrorKind::Refused,
         ),
         (
             "hard link out",
-            hostile(&[(Meta::new(b"./h".to_vec(), Kind::HardLink(b"../outside/x".to_vec())), b"")]),
+            hostile(&[(
+                Meta::new(b"./h".to_vec(), Kind::HardLink(b"../outside/x".to_vec())),
+                b"",
+            )]),
             ErrorKind::Refused,
         ),
     ];
@@ -199,7 +242,11 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
         std::fs::write(&p, &archive).expect("write");
         let e = unpack_ours(&p, &dst, &UnpackOptions::default()).expect_err(what);
         assert_eq!(e.kind(), kind, "{what}: {e}");
-        assert_eq!(std::fs::read_dir(&outside).expect("ls").count(), 0, "{what} wrote outside");
+        assert_eq!(
+            std::fs::read_dir(&outside).expect("ls").count(),
+            0,
+            "{what} wrote outside"
+        );
     }
 
     // A device node is refused for an unprivileged target (outside ./dev), skipped in ./dev.
@@ -228,7 +275,17 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
     h[156] = b'x';
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
-    let sum: u32 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum();
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     h.extend_from_slice(&[0u8; 1024]);
     let p = t.path().join("huge.tar");
