@@ -404,7 +404,7 @@ async fn apply(
     }
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     log.info(&format!("archive file size: {}", format_size(size)));
-    if let Err(e) = finish_extras(job, vmid.get(), &plan.config, names, log) {
+    if let Err(e) = finish_extras(job, vmid.get(), plan.config.name(), names, log) {
         // A failed backup leaves no archive: take back the rename (and the extras).
         for path in [&archive, &names.notes(), &names.protected()] {
             let _ = std::fs::remove_file(path);
@@ -414,10 +414,11 @@ async fn apply(
     Ok((archive, size, outcome.transfer))
 }
 
-fn finish_extras(
+/// Notes and protection of a finished archive (VMs and containers).
+pub(crate) fn finish_extras(
     job: &BackupJob,
     vmid: u32,
-    cfg: &QemuConfig,
+    guest_name: Option<&str>,
     names: &ArchiveName,
     log: &TaskLog<'_>,
 ) -> Result<()> {
@@ -425,7 +426,7 @@ fn finish_extras(
         let text = notes::render(
             t,
             &NotesVars {
-                guest_name: cfg.name(),
+                guest_name,
                 node: &job.node,
                 vmid,
             },

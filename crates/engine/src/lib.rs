@@ -50,6 +50,7 @@
 
 mod backup;
 mod cluster;
+mod ct;
 mod error;
 mod freeze;
 mod job;
@@ -65,12 +66,15 @@ mod progress;
 mod target;
 
 pub use backup::{backup_vm, plan, BackupJob, BackupPlan, BackupReport, Source};
+pub use ct::{backup_ct, plan_ct, CtBackupPlan, CtSource};
 pub use error::{Error, ErrorKind, Failure, Result};
 pub use job::SourceDisk;
 pub use live::{run as live_backup, LiveOptions, LiveOutcome};
 pub use lock::JobLock;
 pub use log::TaskLog;
 pub use name::ArchiveName;
-pub use options::{Destination, Resolved, DEFAULT_LOCKWAIT, UNSUPPORTED_KEYS};
+pub use options::{
+    CtSettings, Destination, Resolved, DEFAULT_LOCKWAIT, DEFAULT_STOPWAIT, UNSUPPORTED_KEYS,
+};
 pub use progress::{format_hms, format_size, render_bytes, render_duration};
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

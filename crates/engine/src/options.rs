@@ -22,18 +22,14 @@ pub enum Destination {
 
 /// `vzdump.conf` keys of the schema this engine does not implement yet: set, they get a
 /// warning (vzdump would act on them).
-pub const UNSUPPORTED_KEYS: [&str; 16] = [
+pub const UNSUPPORTED_KEYS: [&str; 12] = [
     "ionice",
-    "stopwait",
-    "tmpdir",
     "remove",
     "prune-backups",
     "script",
     "mailto",
     "mailnotification",
     "notification-mode",
-    "exclude-path",
-    "stdexcludes",
     "pigz",
     "fleecing",
     "quiet",
@@ -65,6 +61,42 @@ pub struct Resolved {
     pub protected: bool,
     /// Longest wait for the node-global lock, in minutes (vzdump's default 180).
     pub lockwait: u64,
+    /// Settings only container backups use.
+    pub ct: CtSettings,
+}
+
+/// vzdump's default `stopwait`, in minutes.
+pub const DEFAULT_STOPWAIT: u64 = 10;
+
+/// Settings of container backups (vzdump's `stopwait`, `tmpdir`, `exclude-path`,
+/// `stdexcludes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtSettings {
+    /// Longest wait for a clean shutdown in stop mode, in minutes.
+    pub stopwait: u64,
+    /// Where suspend mode copies the container (`<tmpdir>/vzdumptmp<pid>_<vmid>`); `None`:
+    /// beside the archive (`<base>.tmp`).
+    pub tmpdir: Option<PathBuf>,
+    /// Exclude patterns: `vzdump.conf`'s, then the command line's (they add up).
+    pub exclude_path: Vec<String>,
+    /// Add the standard excludes (`/tmp/?*`, `/var/tmp/?*`, `/var/run/?*.pid`).
+    pub stdexcludes: bool,
+}
+
+impl CtSettings {
+    fn combine(cli: &VzdumpOptions, conf: &VzdumpOptions) -> Self {
+        CtSettings {
+            stopwait: cli.stopwait.or(conf.stopwait).unwrap_or(DEFAULT_STOPWAIT),
+            tmpdir: cli.tmpdir.clone().or_else(|| conf.tmpdir.clone()),
+            exclude_path: conf
+                .exclude_path
+                .iter()
+                .chain(&cli.exclude_path)
+                .cloned()
+                .collect(),
+            stdexcludes: cli.stdexcludes.or(conf.stdexcludes).unwrap_or(true),
+        }
+    }
 }
 
 impl Resolved {
@@ -124,6 +156,7 @@ impl Resolved {
                 notes_template,
                 protected: storage_target && cli.protected.or(conf.protected).unwrap_or(false),
                 lockwait: cli.lockwait.or(conf.lockwait).unwrap_or(DEFAULT_LOCKWAIT),
+                ct: CtSettings::combine(cli, conf),
             },
             warnings,
         ))

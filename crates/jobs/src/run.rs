@@ -142,8 +142,11 @@ impl Progress for Recorder<'_> {
 /// The guests a job selects: its `vmid` list, or all VMs of this host minus `exclude`.
 pub fn selected_vmids(root: &ConfigRoot, job: &BackupJobConfig) -> Result<Vec<u32>> {
     if job.all {
-        Ok(root
-            .qemu_vmids()?
+        let mut ids = root.qemu_vmids()?;
+        ids.extend(root.lxc_vmids()?);
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids
             .into_iter()
             .filter(|id| !job.exclude.contains(id))
             .collect())
@@ -285,9 +288,12 @@ pub async fn backup_one(
         );
         return Err(msg);
     }
-    let report = vmdump_engine::backup_vm(bjob, lock, id, progress)
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let report = if bjob.root.lxc_config_path(vmid).exists() {
+        vmdump_engine::backup_ct(bjob, lock, id, progress).await
+    } else {
+        vmdump_engine::backup_vm(bjob, lock, id, progress).await
+    }
+    .map_err(|e| error_chain(&e))?;
     let log = |level: Level, line: &str| progress.log(level, line, false);
     if let Err(e) = retention.after_backup(vmid, &log) {
         let msg = error_chain(&e);

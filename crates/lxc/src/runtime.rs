@@ -372,19 +372,53 @@ impl Runtime {
                     ),
                 });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Freezes all tasks of the container (`lxc-freeze`, confirmed in the cgroup).
+    /// The container's freezer control: v1 `freezer.state` (what LXC uses on hybrid hosts) or
+    /// v2 `cgroup.freeze`.
+    fn freezer(&self, vmid: u32) -> Option<(PathBuf, bool)> {
+        let v1 = PathBuf::from(format!("/sys/fs/cgroup/freezer/lxc.payload.{vmid}/freezer.state"));
+        if v1.exists() {
+            return Some((v1, true));
+        }
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(|b| PathBuf::from(format!("{b}/lxc.payload.{vmid}/cgroup.freeze")))
+            .find(|p| p.exists())
+            .map(|p| (p, false))
+    }
+
+    /// Freezes all tasks of the container, as Proxmox does: `FROZEN` into the v1 freezer (or
+    /// `1` into v2's `cgroup.freeze`), then polls until the cgroup reports it (`lxc-freeze`
+    /// where there is neither). LXC itself keeps reporting RUNNING; [`Runtime::state`] reads
+    /// the cgroup.
     pub fn freeze(&self, vmid: u32) -> Result<()> {
-        tool::run(&mut self.lxc("lxc-freeze", vmid))?;
+        match self.freezer(vmid) {
+            Some((path, v1)) => {
+                std::fs::write(&path, if v1 { "FROZEN" } else { "1" })
+                    .map_err(|e| Error::io("freeze", &path, e))?;
+            }
+            None => {
+                tool::run(&mut self.lxc("lxc-freeze", vmid))?;
+            }
+        }
         self.wait_cgroup(vmid, true)
     }
 
-    /// Thaws the container (`lxc-unfreeze`, confirmed in the cgroup).
+    /// Thaws the container (the freezer written back, or `lxc-unfreeze`), confirmed in the
+    /// cgroup.
     pub fn thaw(&self, vmid: u32) -> Result<()> {
-        tool::run(&mut self.lxc("lxc-unfreeze", vmid))?;
+        match self.freezer(vmid) {
+            Some((path, v1)) => {
+                std::fs::write(&path, if v1 { "THAWED" } else { "0" })
+                    .map_err(|e| Error::io("thaw", &path, e))?;
+            }
+            None => {
+                tool::run(&mut self.lxc("lxc-unfreeze", vmid))?;
+            }
+        }
         self.wait_cgroup(vmid, false)
     }
 

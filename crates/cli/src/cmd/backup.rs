@@ -74,6 +74,19 @@ struct Opts {
     /// keep values are a hard limit).
     #[arg(long, value_parser = boolean)]
     remove: Option<bool>,
+    /// Containers: exclude these paths (shell globs; a leading / anchors at the container
+    /// root); may be given more than once.
+    #[arg(long, value_name = "PATTERN")]
+    exclude_path: Vec<String>,
+    /// Containers: exclude /tmp/?*, /var/tmp/?* and /var/run/?*.pid (1, the default, or 0).
+    #[arg(long, value_parser = boolean)]
+    stdexcludes: Option<bool>,
+    /// Longest wait for a clean shutdown in stop mode, in minutes (default 10).
+    #[arg(long)]
+    stopwait: Option<u64>,
+    /// Containers: directory for the suspend-mode copy (default: beside the archive).
+    #[arg(long)]
+    tmpdir: Option<PathBuf>,
 }
 
 /// A count that may be 0 (`--bwlimit`): negative values get their own message.
@@ -117,6 +130,10 @@ fn options(args: &Opts) -> VzdumpOptions {
     o.performance = args.performance;
     o.notes_template = args.notes_template.clone();
     o.protected = args.protected;
+    o.exclude_path = args.exclude_path.clone();
+    o.stdexcludes = args.stdexcludes;
+    o.stopwait = args.stopwait;
+    o.tmpdir = args.tmpdir.clone();
     o
 }
 
@@ -127,9 +144,16 @@ fn guests(args: &Opts, root: &vmdump_config::ConfigRoot) -> anyhow::Result<Vec<V
         bail!("VMIDs cannot be combined with --all or --exclude");
     }
     let vmids: Vec<VmId> = if all {
-        root.qemu_vmids()
-            .with_context(|| format!("list guests in {}", root.dir().display()))?
-            .into_iter()
+        let mut ids = root
+            .qemu_vmids()
+            .with_context(|| format!("list guests in {}", root.dir().display()))?;
+        ids.extend(
+            root.lxc_vmids()
+                .with_context(|| format!("list containers in {}", root.dir().display()))?,
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
             .filter_map(|id| VmId::new(id).ok())
             .filter(|id| !args.exclude.contains(id))
             .collect()
