@@ -102,7 +102,9 @@ impl ArchiveName {
     /// True if `file_name` is a [`temporary`](Self::temporary) of a backup of `vmid`, of
     /// any time and compression.
     pub fn is_temporary_of(file_name: &str, vmid: u32) -> bool {
-        prefixes(vmid).iter().any(|p| file_name.starts_with(p.as_str()))
+        prefixes(vmid)
+            .iter()
+            .any(|p| file_name.starts_with(p.as_str()))
             && file_name.ends_with(TEMPORARY_EXT)
     }
 

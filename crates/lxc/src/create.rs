@@ -158,6 +158,7 @@ impl Runtime {
                     idmap: spec.unprivileged.then(IdMap::unprivileged),
                     exclude_dev: true,
                     refuse_devices: spec.unprivileged,
+                    mounts: Vec::new(),
                 };
                 vmdump_tar::unpack(&mut reader, access.dir(), &opts, &|| false)
                     .map_err(|source| Error::Template { vmid, source })?;

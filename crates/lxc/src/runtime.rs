@@ -379,7 +379,9 @@ impl Runtime {
     /// The container's freezer control: v1 `freezer.state` (what LXC uses on hybrid hosts) or
     /// v2 `cgroup.freeze`.
     fn freezer(&self, vmid: u32) -> Option<(PathBuf, bool)> {
-        let v1 = PathBuf::from(format!("/sys/fs/cgroup/freezer/lxc.payload.{vmid}/freezer.state"));
+        let v1 = PathBuf::from(format!(
+            "/sys/fs/cgroup/freezer/lxc.payload.{vmid}/freezer.state"
+        ));
         if v1.exists() {
             return Some((v1, true));
         }

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::acl;
@@ -33,6 +33,9 @@ pub struct UnpackOptions {
     /// Refuse device nodes (outside `./dev`; those inside are skipped with `exclude_dev`):
     /// an unprivileged container must not get them.
     pub refuse_devices: bool,
+    /// Other volumes mounted inside the tree: members below the relative path (`data` for
+    /// `./data/...`) go into the host directory instead (a container's `mpN` volumes).
+    pub mounts: Vec<(String, PathBuf)>,
 }
 
 /// Counters of an extraction.
@@ -91,14 +94,17 @@ fn lookup(file: &str, name: &str) -> Option<u32> {
 }
 
 struct Unpacker<'a> {
-    root: OwnedFd,
-    target: PathBuf,
+    /// The target and the mounted volumes: path components below the target, descriptor,
+    /// host path.
+    roots: Vec<(Vec<Vec<u8>>, OwnedFd, PathBuf)>,
+    /// The root the current member goes to.
+    root: usize,
     opts: &'a UnpackOptions,
     stats: UnpackStats,
-    /// Directories whose metadata is applied at the end.
-    dirs: Vec<(Vec<u8>, Meta)>,
-    /// The last parent directory opened (its relative path), reused for siblings.
-    parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Directories whose metadata is applied at the end (root index, relative path).
+    dirs: Vec<(usize, Vec<u8>, Meta)>,
+    /// The last parent directory opened (root index, relative path), reused for siblings.
+    parent: Option<(usize, Vec<u8>, OwnedFd)>,
     buf: Vec<u8>,
 }
 
@@ -111,15 +117,25 @@ pub fn unpack<R: Read>(
     opts: &UnpackOptions,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<UnpackStats> {
-    let root = rustix::fs::open(
-        target,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::file("open target directory", target, e.into()))?;
+    let open = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::file("open target directory", p, e.into()))
+    };
+    let mut roots = vec![(Vec::new(), open(target)?, target.to_path_buf())];
+    for (rel, dir) in &opts.mounts {
+        let comps = member_path(rel.as_bytes())?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        roots.push((comps, open(dir)?, dir.clone()));
+    }
     let mut u = Unpacker {
-        root,
-        target: target.to_path_buf(),
+        roots,
+        root: 0,
         opts,
         stats: UnpackStats::default(),
         dirs: Vec::new(),
@@ -141,7 +157,24 @@ pub fn unpack<R: Read>(
 
 impl Unpacker<'_> {
     fn host(&self, rel: &[u8]) -> PathBuf {
-        self.target.join(os(rel))
+        self.roots[self.root].2.join(os(rel))
+    }
+
+    /// The root a member's components belong to (the longest mount prefix) and the
+    /// components below it.
+    fn pick<'c>(&self, comps: &'c [&'c [u8]]) -> (usize, &'c [&'c [u8]]) {
+        let mut best = (0, comps);
+        let mut best_len = 0;
+        for (i, (rc, _, _)) in self.roots.iter().enumerate().skip(1) {
+            if rc.len() > best_len
+                && rc.len() <= comps.len()
+                && rc.iter().zip(comps).all(|(a, b)| a.as_slice() == *b)
+            {
+                best = (i, &comps[rc.len()..]);
+                best_len = rc.len();
+            }
+        }
+        best
     }
 
     fn io(&self, op: &'static str, rel: &[u8], e: Errno) -> Error {
@@ -152,8 +185,8 @@ impl Unpacker<'_> {
     /// through a symlink.
     fn open_dir(&mut self, name: &[u8], comps: &[&[u8]]) -> Result<OwnedFd> {
         let rel = join(comps);
-        if let Some((p, fd)) = &self.parent {
-            if *p == rel {
+        if let Some((r, p, fd)) = &self.parent {
+            if *r == self.root && *p == rel {
                 return fd
                     .try_clone()
                     .map_err(|e| Error::file("dup", self.host(&rel), e));
@@ -165,12 +198,13 @@ impl Unpacker<'_> {
         } else {
             rel.clone()
         };
-        let fd = match rustix::fs::openat2(&self.root, os(&path), flags, Mode::empty(), BENEATH) {
+        let root = &self.roots[self.root].1;
+        let fd = match rustix::fs::openat2(root, os(&path), flags, Mode::empty(), BENEATH) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 // Create the missing directories one by one (as tar does, mode 0700 until
                 // their own member, if any, comes).
-                let mut cur = rustix::fs::openat(&self.root, ".", flags, Mode::empty())
+                let mut cur = rustix::fs::openat(root, ".", flags, Mode::empty())
                     .map_err(|e| self.io("open", b".", e))?;
                 for c in comps {
                     match rustix::fs::mkdirat(&cur, os(c), Mode::from_raw_mode(0o700)) {
@@ -199,7 +233,7 @@ impl Unpacker<'_> {
         let keep = fd
             .try_clone()
             .map_err(|e| Error::file("dup", self.host(&rel), e))?;
-        self.parent = Some((rel, keep));
+        self.parent = Some((self.root, rel, keep));
         Ok(fd)
     }
 
@@ -323,11 +357,13 @@ impl Unpacker<'_> {
                 "device node outside ./dev in an unprivileged container",
             ));
         }
-        let rel = join(&comps);
+        let (root, comps) = self.pick(&comps);
+        self.root = root;
+        let rel = join(comps);
         let Some((base, parents)) = comps.split_last() else {
-            // `./`: the root directory itself.
+            // `./` or a mount point: the root directory itself.
             if meta.kind == Kind::Dir {
-                self.dirs.push((Vec::new(), meta.clone()));
+                self.dirs.push((root, Vec::new(), meta.clone()));
                 return Ok(());
             }
             return Err(Error::refused(
@@ -350,7 +386,7 @@ impl Unpacker<'_> {
                     }
                     Err(e) => return Err(self.io("create directory", &rel, e)),
                 }
-                self.dirs.push((rel, meta.clone()));
+                self.dirs.push((root, rel, meta.clone()));
             }
             Kind::File { size } => {
                 let fd = match rustix::fs::openat(
@@ -393,6 +429,15 @@ impl Unpacker<'_> {
                 let tcomps = member_path(target).map_err(|_| {
                     Error::refused(name, "hard link target is absolute or contains '..'")
                 })?;
+                let (troot, tcomps) = self.pick(&tcomps);
+                if troot != root {
+                    self.stats.warnings.push(format!(
+                        "{}: cannot hard link across volumes to '{}'",
+                        meta.name_lossy(),
+                        String::from_utf8_lossy(target)
+                    ));
+                    return Ok(());
+                }
                 let Some((tbase, tparents)) = tcomps.split_last() else {
                     return Err(Error::refused(name, "hard link to the root"));
                 };
@@ -477,15 +522,16 @@ impl Unpacker<'_> {
         self.parent = None;
         let mut dirs = std::mem::take(&mut self.dirs);
         // Deepest first, so setting a parent's time is the last change inside it.
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.0.cmp(&a.0)));
-        for (rel, meta) in dirs {
+        dirs.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.1.cmp(&a.1)));
+        for (root, rel, meta) in dirs {
+            self.root = root;
             let path = if rel.is_empty() {
                 b".".to_vec()
             } else {
                 rel.clone()
             };
             let fd = match rustix::fs::openat2(
-                &self.root,
+                &self.roots[root].1,
                 os(&path),
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                 Mode::empty(),
@@ -496,7 +542,6 @@ impl Unpacker<'_> {
             };
             self.apply_fd(&fd, &rel, &meta)?;
         }
-        let _ = CWD;
         Ok(())
     }
 }

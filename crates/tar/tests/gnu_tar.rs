@@ -262,6 +262,7 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
         idmap: Some(vmdump_tar::IdMap::unprivileged()),
         exclude_dev: true,
         refuse_devices: true,
+        mounts: Vec::new(),
     };
     let e = unpack_ours(&p, &dst, &opts).expect_err("device node");
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");

@@ -73,6 +73,11 @@ enum Action {
     },
 }
 
+/// A 1/0 option value.
+pub(crate) fn boolean_arg(s: &str) -> Result<bool, String> {
+    boolean(s)
+}
+
 fn boolean(s: &str) -> Result<bool, String> {
     vmdump_config::parse_bool(s).ok_or_else(|| format!("'{s}' is not a boolean (1/0)"))
 }

@@ -119,6 +119,14 @@ pub fn totals_line(bytes: u64, secs: f64) -> String {
             format!("{v:.0}{}", units[i])
         }
     }
-    let rate = if secs > 0.0 { bytes as f64 / secs } else { bytes as f64 };
-    format!("Total bytes written: {bytes} ({}, {}/s)", human(bytes as f64), human(rate))
+    let rate = if secs > 0.0 {
+        bytes as f64 / secs
+    } else {
+        bytes as f64
+    };
+    format!(
+        "Total bytes written: {bytes} ({}, {}/s)",
+        human(bytes as f64),
+        human(rate)
+    )
 }

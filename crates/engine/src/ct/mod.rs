@@ -116,7 +116,10 @@ pub fn plan_ct(job: &BackupJob, _lock: &JobLock, vmid: VmId) -> Result<CtBackupP
         (_, Mode::Stop) => CtSource::Stop,
         (_, Mode::Suspend) => CtSource::Suspend,
         (_, Mode::Snapshot) => {
-            if volumes.iter().all(|v| vmdump_lxc::snapshot::backend(v).is_some()) {
+            if volumes
+                .iter()
+                .all(|v| vmdump_lxc::snapshot::backend(v).is_some())
+            {
                 CtSource::Snapshot
             } else {
                 snapshot_fallback = true;
@@ -288,7 +291,8 @@ impl Drop for Snapshots<'_> {
         if self.taken.is_empty() {
             return;
         }
-        self.log.info(&format!("cleanup temporary '{SNAPSHOT_NAME}' snapshot"));
+        self.log
+            .info(&format!("cleanup temporary '{SNAPSHOT_NAME}' snapshot"));
         for v in self.taken.drain(..).rev() {
             let b = vmdump_lxc::snapshot::backend(v).expect("taken snapshots have a backend");
             if let Err(e) = b.remove(v, SNAPSHOT_NAME) {
@@ -339,13 +343,20 @@ fn apply(
     let _config_lock = CtConfigLock::set(&plan.config_path, plan.config.clone())?;
     log.info(&format!(
         "status = {}",
-        if plan.source == CtSource::Stopped { "stopped" } else { "running" }
+        if plan.source == CtSource::Stopped {
+            "stopped"
+        } else {
+            "running"
+        }
     ));
     if let Some(h) = plan.config.hostname() {
         log.info(&format!("CT Name: {h}"));
     }
     for v in &plan.volumes {
-        log.info(&format!("including mount point {} ('{}') in backup", v.key, v.mp));
+        log.info(&format!(
+            "including mount point {} ('{}') in backup",
+            v.key, v.mp
+        ));
     }
     for (key, mp, why) in &plan.excluded {
         log.info(&format!(
@@ -377,7 +388,8 @@ fn apply(
         .map_err(|e| Error::file("write", vz.join("pct.conf"), e))?;
     let fw = job.root.dir().join("firewall").join(format!("{vmid}.fw"));
     let fw_text = std::fs::read(&fw).unwrap_or_default();
-    std::fs::write(vz.join("pct.fw"), fw_text).map_err(|e| Error::file("write", vz.join("pct.fw"), e))?;
+    std::fs::write(vz.join("pct.fw"), fw_text)
+        .map_err(|e| Error::file("write", vz.join("pct.fw"), e))?;
 
     let ct_dir = rt.ct_dir(vmid);
     std::fs::create_dir_all(&ct_dir).map_err(|e| Error::file("create", &ct_dir, e))?;
@@ -413,7 +425,10 @@ fn apply(
         CtSource::Stop => {
             log.info("stopping virtual guest");
             let down = Instant::now();
-            let guard = rt.stop_guarded(vmid, Duration::from_secs(job.settings.ct.stopwait.saturating_mul(60)))?;
+            let guard = rt.stop_guarded(
+                vmid,
+                Duration::from_secs(job.settings.ct.stopwait.saturating_mul(60)),
+            )?;
             let res = open_volumes(&plan.volumes, &ct_dir, None).and_then(|(mounts, trees)| {
                 let w = write(&trees);
                 drop(mounts);
@@ -509,7 +524,10 @@ fn apply(
             log.info("resume vm");
             let window = frozen.thaw()?;
             res?;
-            log.info(&format!("guest is online again after {} seconds", window.as_secs()));
+            log.info(&format!(
+                "guest is online again after {} seconds",
+                window.as_secs()
+            ));
             log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
             let (mounts, trees) = open_volumes(&plan.volumes, &ct_dir, Some(SNAPSHOT_NAME))?;
             let w = write(&trees);
@@ -612,8 +630,10 @@ fn rsync(
     // Output goes to files (a pipe could fill while we poll), read after the exit.
     let outdir = session.temp_dir("rsync")?;
     let (out_path, err_path) = (outdir.join("stdout"), outdir.join("stderr"));
-    let out_file = std::fs::File::create(&out_path).map_err(|e| Error::file("create", &out_path, e))?;
-    let err_file = std::fs::File::create(&err_path).map_err(|e| Error::file("create", &err_path, e))?;
+    let out_file =
+        std::fs::File::create(&out_path).map_err(|e| Error::file("create", &out_path, e))?;
+    let err_file =
+        std::fs::File::create(&err_path).map_err(|e| Error::file("create", &err_path, e))?;
     cmd.stdin(Stdio::null()).stdout(out_file).stderr(err_file);
     let mut helper = session.spawn("rsync", cmd)?;
     let status = loop {
@@ -635,11 +655,17 @@ fn rsync(
         let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         return Err(Error::Sync {
             what: "rsync",
-            detail: format!("{status}: {}", tail[tail.len().saturating_sub(3)..].join("; ")),
+            detail: format!(
+                "{status}: {}",
+                tail[tail.len().saturating_sub(3)..].join("; ")
+            ),
         });
     }
     Ok(out
         .lines()
         .find_map(|l| l.strip_prefix("Total transferred file size: "))
-        .map_or_else(|| "?".to_string(), |s| s.trim().trim_end_matches(" bytes").to_string()))
+        .map_or_else(
+            || "?".to_string(),
+            |s| s.trim().trim_end_matches(" bytes").to_string(),
+        ))
 }
