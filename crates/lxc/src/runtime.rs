@@ -258,18 +258,28 @@ impl Runtime {
         })
     }
 
-    /// Whether the container's freezer cgroup is frozen (`None` if there is none).
+    /// Whether the container's freezer cgroup is frozen or freezing (`None` if there is
+    /// none): either way its tasks do not run and it needs a thaw.
     pub fn cgroup_frozen(&self, vmid: u32) -> Option<bool> {
+        self.freezer_state(vmid)
+            .map(|(frozen, freezing)| frozen || freezing)
+    }
+
+    /// The freezer's state: (completely frozen, freezing in progress).
+    fn freezer_state(&self, vmid: u32) -> Option<(bool, bool)> {
         let v1 = PathBuf::from(format!(
             "/sys/fs/cgroup/freezer/lxc.payload.{vmid}/freezer.state"
         ));
         if let Ok(s) = std::fs::read_to_string(&v1) {
-            return Some(s.trim() == "FROZEN");
+            return Some((s.trim() == "FROZEN", s.trim() == "FREEZING"));
         }
         for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
             let ev = PathBuf::from(format!("{base}/lxc.payload.{vmid}/cgroup.events"));
             if let Ok(s) = std::fs::read_to_string(&ev) {
-                return Some(s.lines().any(|l| l.trim() == "frozen 1"));
+                let frozen = s.lines().any(|l| l.trim() == "frozen 1");
+                let asked = std::fs::read_to_string(ev.with_file_name("cgroup.freeze"))
+                    .is_ok_and(|f| f.trim() == "1");
+                return Some((frozen, asked && !frozen));
             }
         }
         None
@@ -311,11 +321,16 @@ impl Runtime {
             .map_err(|e| Error::io("wait for", "lxc-start", e))?;
         if !status.success() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+            // The first errors say why; the last ones only that the start failed.
+            let errors: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(|l| l.split_once(" - ").map_or(l, |(_, m)| m))
+                .collect();
             return Err(Error::Tool {
                 command: describe,
                 status: status.to_string(),
-                stderr: tail[tail.len().saturating_sub(3)..].join("; "),
+                stderr: errors[..errors.len().min(3)].join("; "),
             });
         }
         Ok(())
@@ -357,8 +372,8 @@ impl Runtime {
     fn wait_cgroup(&self, vmid: u32, frozen: bool) -> Result<()> {
         let deadline = Instant::now() + FREEZE_TIMEOUT;
         loop {
-            match self.cgroup_frozen(vmid) {
-                Some(f) if f == frozen => return Ok(()),
+            match self.freezer_state(vmid) {
+                Some((done, freezing)) if done == frozen && !freezing => return Ok(()),
                 None => return Ok(()),
                 _ => {}
             }

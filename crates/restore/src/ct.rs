@@ -288,8 +288,7 @@ pub fn restore_ct(
     }
 
     // Create the volumes.
-    let messages: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new({ move |s: &str| tracing::info!("{s}") });
+    let messages: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |s: &str| tracing::info!("{s}"));
     let mut created = Created {
         vols: Vec::new(),
         committed: false,

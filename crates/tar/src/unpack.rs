@@ -549,7 +549,7 @@ impl Unpacker<'_> {
 fn times(meta: &Meta) -> Timestamps {
     let t = rustix::fs::Timespec {
         tv_sec: meta.mtime,
-        tv_nsec: i64::from(meta.mtime_nsec).into(),
+        tv_nsec: i64::from(meta.mtime_nsec),
     };
     Timestamps {
         last_access: t,
