@@ -713,3 +713,73 @@ fn gnu_tar_archive_with_vzdump_flags_restores_and_hostile_ones_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_stop_mode_backup_killed_midway_is_repaired_by_the_next_run() {
+    use std::io::{BufRead, BufReader};
+    let lab = Lab::new(false);
+    lab.container(7161, "local:0", false);
+    lab.start(7161);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmdump"))
+        .args(["backup", "7161", "--mode", "stop", "--storage", "local"])
+        .env("VMDUMP_ROOT", lab.path().join("etc"))
+        .env("VMDUMP_RUN_DIR", lab.run_base())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    for line in stdout.lines() {
+        if line.expect("line").contains("stopping virtual guest") {
+            break;
+        }
+    }
+    // Killed while its clean shutdown (`lxc-stop`, which carries on) is under way.
+    let marker = lab.run_base().join("lxc/7161/stopped-by");
+    let parent = child.id().to_string();
+    let stopping = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                    st.contains("(lxc-stop)")
+                        && st.rsplit_once(") ").and_then(|(_, r)| r.split(' ').nth(1))
+                            == Some(parent.as_str())
+                })
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stopping() {
+        assert!(Instant::now() < deadline, "no lxc-stop under vmdump");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(marker.exists(), "the marker is written before the stop");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lab.status(7161) != "stopped" {
+        assert!(Instant::now() < deadline, "the shutdown did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let conf = lab.path().join("etc/lxc/7161.conf");
+    assert!(std::fs::read_to_string(&conf)
+        .expect("conf")
+        .contains("lock: backup"));
+    // The next backup starts it again, says so, removes the stale lock and backs it up live.
+    let log = lab.ok(&["backup", "7161", "--mode", "suspend", "--storage", "local"]);
+    for line in [
+        "was left stopped by an interrupted vmdump run",
+        "started it again",
+        "removing stale 'lock: backup' left by an interrupted backup",
+        "INFO: backup mode: suspend",
+        "INFO: Backup job finished successfully",
+    ] {
+        assert!(log.contains(line), "missing '{line}' in:\n{log}");
+    }
+    assert_eq!(lab.status(7161), "running");
+    assert!(!std::fs::read_to_string(&conf)
+        .expect("conf")
+        .contains("lock:"));
+    assert!(!marker.exists());
+}
