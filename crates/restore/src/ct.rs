@@ -14,7 +14,6 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use vmdump_config::{ConfigRoot, LxcConfig, MountPoint, VmId};
 use vmdump_lxc::{volume, Access, CtState, CtVolume, OtherMount, Runtime};
@@ -120,22 +119,32 @@ struct NewVolume {
     size: u64,
 }
 
-/// Created volumes, destroyed on drop unless committed.
-struct Created {
+/// Created volumes, destroyed on drop unless committed (each removal is logged).
+struct Created<'a> {
     vols: Vec<CtVolume>,
+    /// Session records of image volumes: a killed run's images are removed by the next run.
+    records: Vec<vmdump_launch::VolumeRecord>,
     committed: bool,
-    progress: Arc<dyn Fn(&str) + Send + Sync>,
+    progress: &'a dyn Progress,
 }
 
-impl Drop for Created {
+impl Drop for Created<'_> {
     fn drop(&mut self) {
         if self.committed {
             return;
         }
         for v in self.vols.iter().rev() {
             match volume::destroy(v) {
-                Ok(()) => (self.progress)(&format!("removed new volume '{}'", v.volid)),
-                Err(e) => (self.progress)(&format!("cannot remove new volume '{}': {e}", v.volid)),
+                Ok(()) => self.progress.log(
+                    Level::Info,
+                    &format!("removed new volume '{}'", v.volid),
+                    false,
+                ),
+                Err(e) => self.progress.log(
+                    Level::Warn,
+                    &format!("cannot remove new volume '{}': {e}", v.volid),
+                    false,
+                ),
             }
         }
     }
@@ -287,12 +296,13 @@ pub fn restore_ct(
         }
     }
 
-    // Create the volumes.
-    let messages: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |s: &str| tracing::info!("{s}"));
+    // Create the volumes (images recorded in the run session first).
+    let session = vmdump_launch::Session::open(&opts.run_dir)?;
     let mut created = Created {
         vols: Vec::new(),
+        records: Vec::new(),
         committed: false,
-        progress: messages,
+        progress,
     };
     let owner = if unprivileged {
         (100_000, 100_000)
@@ -328,6 +338,9 @@ pub fn restore_ct(
             return Err(Error::Mapping(format!("{}: an image needs a size", nv.key)));
         }
         log(Level::Info, &format!("new volume ID is '{volid}'"));
+        if vol.layout == vmdump_lxc::Layout::Image {
+            created.records.push(session.record_volume(&vol.path, None)?);
+        }
         volume::create(&vol, owner)?;
         created.vols.push(vol);
         config_values.push((nv.key.clone(), value));
@@ -439,6 +452,9 @@ pub fn restore_ct(
     }
     cfg.save(&config_path).map_err(Error::Config)?;
     created.committed = true;
+    for r in created.records.drain(..) {
+        r.commit();
+    }
     let volumes: Vec<String> = created.vols.iter().map(|v| v.volid.to_string()).collect();
     // With force: the old volumes go once the new config is in place.
     if let Some(old) = old {

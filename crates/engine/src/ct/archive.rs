@@ -31,23 +31,6 @@ pub struct Written {
     pub stats: PackStats,
 }
 
-/// Counts bytes going through.
-struct Counting<W> {
-    inner: W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Compression settings of the archive.
 #[derive(Debug, Clone, Copy)]
 pub struct Compression {
@@ -59,9 +42,55 @@ pub struct Compression {
     pub zstd_level: i32,
 }
 
+/// Buffers handed from the walker to the compressing writer thread.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight: bounds memory, lets reading files overlap with compression and writing.
+const IN_FLIGHT: usize = 8;
+
+/// The walker's side of the hand-off: fills 1 MiB chunks and sends them to the writer thread.
+struct ToWriter {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    n: u64,
+}
+
+impl ToWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.tx
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("archive writer closed"))?
+            .send(full)
+            // The writer thread stopped on an error: it reports it.
+            .map_err(|_| std::io::Error::other("the archive writer stopped"))
+    }
+}
+
+impl Write for ToWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let k = room.min(data.len());
+        self.buf.extend_from_slice(&data[..k]);
+        self.n += k as u64;
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
 /// Writes the archive to `dat` (created, must not exist): the config files from `conf_dir`
-/// (`etc/vzdump/pct.conf`, `etc/vzdump/pct.fw`), then `trees`. On error the partial file
-/// is left for the caller to delete.
+/// (`etc/vzdump/pct.conf`, `etc/vzdump/pct.fw`), then `trees`. The walker runs in this
+/// thread; the compressor and the file writes in another, fed through a bounded channel. On
+/// error the partial file is left for the caller to delete.
 pub fn write(
     dat: &Path,
     comp: Compression,
@@ -72,8 +101,25 @@ pub fn write(
 ) -> Result<Written> {
     let file = ArchiveFile::create(dat, comp.codec, comp.zstd_threads, comp.zstd_level)
         .map_err(|e| Error::file("create archive", dat, e))?;
-    let mut w = Writer::new(Counting {
-        inner: BufWriter::with_capacity(1 << 20, file),
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (back, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
+    let writer = std::thread::Builder::new()
+        .name("ct-archive".into())
+        .spawn(move || -> std::io::Result<()> {
+            let mut out = BufWriter::with_capacity(CHUNK, file);
+            for mut chunk in rx {
+                out.write_all(&chunk)?;
+                chunk.clear();
+                let _ = back.try_send(chunk);
+            }
+            let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+            file.finish()
+        })
+        .map_err(|e| Error::file("start the archive writer for", dat, e))?;
+    let mut w = Writer::new(ToWriter {
+        buf: Vec::with_capacity(CHUNK),
+        tx: Some(tx),
+        free,
         n: 0,
     });
     let cancelled = || cancel.is_cancelled();
@@ -88,18 +134,27 @@ pub fn write(
         }
         Ok::<_, vmdump_tar::Error>(p.finish())
     })();
+    let finished = match packed {
+        Ok(stats) => w.finish().map(|tw| (stats, tw)),
+        Err(e) => {
+            drop(w);
+            Err(e)
+        }
+    };
+    // Close the channel (on success after the last chunk), then collect the writer's result.
+    let (stats, bytes) = match finished {
+        Ok((stats, tw)) => (Ok(stats), tw.n),
+        Err(e) => (Err(e), 0),
+    };
+    let written = writer
+        .join()
+        .map_err(|_| Error::file("write archive", dat, std::io::Error::other("writer thread panicked")))?;
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
-    let stats = packed?;
-    let counting = w.finish()?;
-    let bytes = counting.n;
-    let file = counting
-        .inner
-        .into_inner()
-        .map_err(|e| Error::file("write archive", dat, e.into_error()))?;
-    file.finish()
-        .map_err(|e| Error::file("finish archive", dat, e))?;
+    // The writer's own error is the cause when the walker only saw the channel close.
+    written.map_err(|e| Error::file("write archive", dat, e))?;
+    let stats = stats?;
     Ok(Written { bytes, stats })
 }
 
