@@ -242,6 +242,25 @@ mod tests {
         assert!(lzo.file_name().ends_with(".vma.lzo"));
         let gz = ArchiveName::new(Path::new("/d"), 100, t, Codec::Gzip);
         assert!(gz.file_name().ends_with(".vma.gz"));
+        let ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::Zstd);
+        assert_eq!(ct.file_name(), "vzdump-lxc-100-2025_01_05-02_00_01.tar.zst");
+        assert_eq!(
+            ct.temporary(),
+            Path::new("/d/vzdump-lxc-100-2025_01_05-02_00_01.tar.dat")
+        );
+        assert!(ArchiveName::is_temporary_of(
+            "vzdump-lxc-100-2025_01_05-02_00_01.tar.dat",
+            100
+        ));
+        assert_eq!(
+            ArchiveName::log_of_temporary("vzdump-lxc-100-2025_01_05-02_00_01.tar.dat").as_deref(),
+            Some("vzdump-lxc-100-2025_01_05-02_00_01.log")
+        );
+        let plain_ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::None);
+        assert_eq!(
+            plain_ct.file_name(),
+            "vzdump-lxc-100-2025_01_05-02_00_01.tar"
+        );
     }
 
     #[test]

@@ -339,7 +339,9 @@ pub fn restore_ct(
         }
         log(Level::Info, &format!("new volume ID is '{volid}'"));
         if vol.layout == vmdump_lxc::Layout::Image {
-            created.records.push(session.record_volume(&vol.path, None)?);
+            created
+                .records
+                .push(session.record_volume(&vol.path, None)?);
         }
         volume::create(&vol, owner)?;
         created.vols.push(vol);

@@ -60,7 +60,10 @@ impl ToWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
         let full = std::mem::replace(&mut self.buf, next);
         self.tx
             .as_ref()
@@ -112,7 +115,9 @@ pub fn write(
                 chunk.clear();
                 let _ = back.try_send(chunk);
             }
-            let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+            let file = out
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
             file.finish()
         })
         .map_err(|e| Error::file("start the archive writer for", dat, e))?;
@@ -146,9 +151,13 @@ pub fn write(
         Ok((stats, tw)) => (Ok(stats), tw.n),
         Err(e) => (Err(e), 0),
     };
-    let written = writer
-        .join()
-        .map_err(|_| Error::file("write archive", dat, std::io::Error::other("writer thread panicked")))?;
+    let written = writer.join().map_err(|_| {
+        Error::file(
+            "write archive",
+            dat,
+            std::io::Error::other("writer thread panicked"),
+        )
+    })?;
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
