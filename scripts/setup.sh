@@ -11,6 +11,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # fuse3: fusermount3 for the test kit's fault-injecting FUSE filesystem (faultfs).
 pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-static
       e2fsprogs kmod lzop zstd gzip pigz cpio ovmf time fuse3
+      # containers: LXC and its busybox template, rsync (suspend mode), btrfs (snapshot mode),
+      # setfacl/setfattr for the metadata tests, newuidmap for unprivileged containers, GNU tar
+      lxc lxc-templates rsync btrfs-progs acl attr libcap2-bin uidmap tar
       # runtime libraries of Proxmox's own `vma` (../shared/tools/pve-vma), the reference in tests
       libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1
       # a real local MTA as /usr/sbin/sendmail for the sendmail notification test
@@ -31,6 +34,12 @@ if [ "$need_apt" = 1 ]; then
     2>&1 | grep -vE '^(Get|Selecting|Preparing|Unpacking|Setting up|Processing)' || true
   qemu-img --version | grep -q 'version 7\.2' || { echo "setup: qemu-img is not 7.2" >&2; exit 1; }
 fi
+
+# Unprivileged containers map their ids to 100000+ (what Proxmox ships); LXC asks
+# newuidmap, which needs root's ranges.
+for f in /etc/subuid /etc/subgid; do
+  grep -q '^root:100000:65536$' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+done
 
 # Python oracle for VMA interop tests (independent reader).
 python3 -c 'import dissect.archive' 2>/dev/null || pip install -q dissect.archive

@@ -119,6 +119,40 @@ impl LxcConfig {
         Ok(())
     }
 
+    /// Remove a main-section key; returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.file.main_mut().remove(key)
+    }
+
+    /// Main-section entries `(key, value)` in file order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.file.main().entries().map(|(k, v, _)| (k, v))
+    }
+
+    /// `lock`.
+    pub fn lock(&self) -> Option<&str> {
+        self.get("lock")
+    }
+
+    /// `unprivileged: 1`.
+    pub fn unprivileged(&self) -> bool {
+        self.get("unprivileged")
+            .and_then(crate::propstring::parse_bool)
+            .unwrap_or(false)
+    }
+
+    /// The config as vzdump stores it in the archive (`./etc/vzdump/pct.conf`): the main
+    /// section without `lock`, `parent`, and without snapshot and pending sections.
+    pub fn backup_copy(&self) -> LxcConfig {
+        let mut c = self.clone();
+        c.file
+            .sections
+            .retain(|s| !matches!(s.kind, SectionKind::Snapshot(_) | SectionKind::Pending));
+        c.remove("lock");
+        c.remove("parent");
+        c
+    }
+
     /// `hostname`.
     pub fn hostname(&self) -> Option<&str> {
         self.get("hostname")

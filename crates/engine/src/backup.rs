@@ -371,7 +371,7 @@ pub async fn backup_vm_with(
             log.close();
             if let Some(h) = &job.hook {
                 if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
-                    to_task(Level::Warn, &crate::error::chain(&e));
+                    to_task(Level::Warn, &vmdump_task::one_line(&e));
                 }
             }
             Ok(BackupReport {
@@ -395,13 +395,13 @@ pub async fn backup_vm_with(
             if let Some(h) = &job.hook {
                 let to_log = |level: Level, line: &str| log.line(level, line, false);
                 if let Err(e) = h.guest(Phase::BackupAbort, &call, &to_log).await {
-                    log.warn(&crate::error::chain(&e));
+                    log.warn(&vmdump_task::one_line(&e));
                 }
             }
             log.close();
             if let Some(h) = &job.hook {
                 if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
-                    to_task(Level::Warn, &crate::error::chain(&e));
+                    to_task(Level::Warn, &vmdump_task::one_line(&e));
                 }
             }
             Err(e)
@@ -594,7 +594,7 @@ impl Apply<'_> {
         }
         let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
         log.info(&format!("archive file size: {}", format_size(size)));
-        if let Err(e) = finish_extras(job, vmid.get(), &plan.config, names, log) {
+        if let Err(e) = finish_extras(job, vmid.get(), plan.config.name(), names, log) {
             // A failed backup leaves no archive: take back the rename (and the extras).
             for path in [&archive, &names.notes(), &names.protected()] {
                 let _ = std::fs::remove_file(path);
@@ -612,10 +612,11 @@ impl Apply<'_> {
     }
 }
 
-fn finish_extras(
+/// Notes and protection of a finished archive (VMs and containers).
+pub(crate) fn finish_extras(
     job: &BackupJob,
     vmid: u32,
-    cfg: &QemuConfig,
+    guest_name: Option<&str>,
     names: &ArchiveName,
     log: &TaskLog<'_>,
 ) -> Result<()> {
@@ -623,7 +624,7 @@ fn finish_extras(
         let text = notes::render(
             t,
             &NotesVars {
-                guest_name: cfg.name(),
+                guest_name,
                 node: &job.node,
                 vmid,
             },

@@ -138,6 +138,20 @@ pub enum Error {
     /// The feature is not implemented.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    /// The container runtime (LXC, mounts, snapshots) failed.
+    #[error(transparent)]
+    Container(#[from] vmdump_lxc::Error),
+    /// Writing a container's tar archive failed.
+    #[error("tar archive")]
+    Archive(#[from] vmdump_tar::Error),
+    /// A copy step of a container backup (rsync) failed.
+    #[error("{what} failed: {detail}")]
+    Sync {
+        /// Which step.
+        what: &'static str,
+        /// How it ended and its last error lines.
+        detail: String,
+    },
     /// A VM without any disk to back up.
     #[error("VM {vmid} has no disk to back up")]
     NoDisks {
@@ -263,6 +277,18 @@ impl Error {
             | Error::QemuExited
             | Error::Guest(_) => ErrorKind::Qemu,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Container(e) => match e {
+                vmdump_lxc::Error::Config { .. }
+                | vmdump_lxc::Error::NoSuchContainer { .. }
+                | vmdump_lxc::Error::Unsupported { .. } => ErrorKind::Config,
+                vmdump_lxc::Error::Locked { .. } | vmdump_lxc::Error::Busy { .. } => {
+                    ErrorKind::Busy
+                }
+                _ => ErrorKind::Io,
+            },
+            Error::Archive(e) if e.kind() == vmdump_tar::ErrorKind::Io => ErrorKind::Io,
+            Error::Archive(_) => ErrorKind::Io,
+            Error::Sync { .. } => ErrorKind::Io,
             Error::Interrupted => ErrorKind::Interrupted,
         }
     }

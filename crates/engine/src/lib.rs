@@ -50,6 +50,7 @@
 
 mod backup;
 mod cluster;
+mod ct;
 mod error;
 mod freeze;
 mod hook;
@@ -71,6 +72,7 @@ pub use backup::{
     backup_vm, backup_vm_with, plan, AfterArchive, BackupJob, BackupPlan, BackupReport, NoAfter,
     Source,
 };
+pub use ct::{backup_ct, plan_ct, CtBackupPlan, CtSource};
 pub use error::{Error, ErrorKind, Failure, Result};
 pub use hook::{GuestCall, Hook, Phase};
 pub use job::SourceDisk;
@@ -79,7 +81,8 @@ pub use lock::JobLock;
 pub use log::TaskLog;
 pub use name::ArchiveName;
 pub use options::{
-    Destination, Resolved, DEFAULT_IONICE, DEFAULT_LOCKWAIT, DEFAULT_STOPWAIT, UNSUPPORTED_KEYS,
+    CtSettings, Destination, Resolved, DEFAULT_IONICE, DEFAULT_LOCKWAIT, DEFAULT_STOPWAIT,
+    UNSUPPORTED_KEYS,
 };
 pub use progress::{format_hms, format_size, render_bytes, render_duration};
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

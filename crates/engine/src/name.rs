@@ -17,9 +17,30 @@ use vmdump_store::{layout, GuestType};
 /// Extension of an archive being written.
 const TEMPORARY_EXT: &str = ".dat";
 
-/// Start of every file name of a backup of `vmid` (the naming rule lives in the store).
-fn prefix(vmid: u32) -> String {
-    layout::prefix(GuestType::Qemu, vmid)
+/// Starts of every file name of a backup of `vmid`, VM or container (the naming rule lives in
+/// the store; VMIDs are unique across both).
+fn prefixes(vmid: u32) -> [String; 2] {
+    [
+        layout::prefix(GuestType::Qemu, vmid),
+        layout::prefix(GuestType::Lxc, vmid),
+    ]
+}
+
+/// The archive extension of a guest type and codec: `.vma[.zst]`, `.tar[.zst]`.
+fn extension(kind: GuestType, codec: Codec) -> String {
+    let vma = codec.vma_extension();
+    match kind {
+        GuestType::Qemu => vma.to_string(),
+        _ => vma.replacen(".vma", ".tar", 1),
+    }
+}
+
+/// The inner extension replaced by `.dat` for a compressed temporary (`.vma`, `.tar`).
+fn inner(kind: GuestType) -> &'static str {
+    match kind {
+        GuestType::Qemu => ".vma",
+        _ => ".tar",
+    }
 }
 
 /// The names of one guest's backup in one directory.
@@ -28,15 +49,28 @@ pub struct ArchiveName {
     dir: PathBuf,
     base: String,
     compress: Codec,
+    kind: GuestType,
 }
 
 impl ArchiveName {
     /// Names for a backup of `vmid` started at `start` (formatted in local time).
     pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Codec) -> Self {
+        Self::of_kind(GuestType::Qemu, dir, vmid, start, compress)
+    }
+
+    /// Names for a backup of a guest of `kind` (`vzdump-lxc-...tar.zst` for containers).
+    pub fn of_kind(
+        kind: GuestType,
+        dir: &Path,
+        vmid: u32,
+        start: DateTime<Local>,
+        compress: Codec,
+    ) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            base: layout::base_name(GuestType::Qemu, vmid, start),
+            base: layout::base_name(kind, vmid, start),
             compress,
+            kind,
         }
     }
 
@@ -47,7 +81,7 @@ impl ArchiveName {
 
     /// The archive's file name, e.g. `vzdump-qemu-100-2025_01_05-02_00_01.vma.zst`.
     pub fn file_name(&self) -> String {
-        format!("{}{}", self.base, self.compress.vma_extension())
+        format!("{}{}", self.base, extension(self.kind, self.compress))
     }
 
     /// The final archive path.
@@ -60,7 +94,7 @@ impl ArchiveName {
     pub fn temporary(&self) -> PathBuf {
         let name = match self.compress {
             Codec::None => format!("{}{TEMPORARY_EXT}", self.base),
-            _ => format!("{}.vma{TEMPORARY_EXT}", self.base),
+            _ => format!("{}{}{TEMPORARY_EXT}", self.base, inner(self.kind)),
         };
         self.dir.join(name)
     }
@@ -68,13 +102,19 @@ impl ArchiveName {
     /// True if `file_name` is a [`temporary`](Self::temporary) of a backup of `vmid`, of
     /// any time and compression.
     pub fn is_temporary_of(file_name: &str, vmid: u32) -> bool {
-        file_name.starts_with(&prefix(vmid)) && file_name.ends_with(TEMPORARY_EXT)
+        prefixes(vmid)
+            .iter()
+            .any(|p| file_name.starts_with(p.as_str()))
+            && file_name.ends_with(TEMPORARY_EXT)
     }
 
     /// The log belonging to a temporary's file name (`x.vma.dat` and `x.dat` → `x.log`).
     pub fn log_of_temporary(file_name: &str) -> Option<String> {
         let stem = file_name.strip_suffix(TEMPORARY_EXT)?;
-        let base = stem.strip_suffix(".vma").unwrap_or(stem);
+        let base = stem
+            .strip_suffix(".vma")
+            .or_else(|| stem.strip_suffix(".tar"))
+            .unwrap_or(stem);
         Some(format!("{base}.log"))
     }
 
@@ -88,9 +128,21 @@ impl ArchiveName {
         compress: Codec,
         tries: u32,
     ) -> io::Result<(Self, File)> {
+        Self::reserve_kind(GuestType::Qemu, dir, vmid, start, compress, tries)
+    }
+
+    /// [`reserve`](Self::reserve) for a guest of `kind`.
+    pub fn reserve_kind(
+        kind: GuestType,
+        dir: &Path,
+        vmid: u32,
+        start: DateTime<Local>,
+        compress: Codec,
+        tries: u32,
+    ) -> io::Result<(Self, File)> {
         for step in 0..tries.max(1) {
             let at = start + chrono::Duration::seconds(i64::from(step));
-            let name = ArchiveName::new(dir, vmid, at, compress);
+            let name = ArchiveName::of_kind(kind, dir, vmid, at, compress);
             if name.in_use() {
                 continue;
             }
@@ -190,6 +242,25 @@ mod tests {
         assert!(lzo.file_name().ends_with(".vma.lzo"));
         let gz = ArchiveName::new(Path::new("/d"), 100, t, Codec::Gzip);
         assert!(gz.file_name().ends_with(".vma.gz"));
+        let ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::Zstd);
+        assert_eq!(ct.file_name(), "vzdump-lxc-100-2025_01_05-02_00_01.tar.zst");
+        assert_eq!(
+            ct.temporary(),
+            Path::new("/d/vzdump-lxc-100-2025_01_05-02_00_01.tar.dat")
+        );
+        assert!(ArchiveName::is_temporary_of(
+            "vzdump-lxc-100-2025_01_05-02_00_01.tar.dat",
+            100
+        ));
+        assert_eq!(
+            ArchiveName::log_of_temporary("vzdump-lxc-100-2025_01_05-02_00_01.tar.dat").as_deref(),
+            Some("vzdump-lxc-100-2025_01_05-02_00_01.log")
+        );
+        let plain_ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::None);
+        assert_eq!(
+            plain_ct.file_name(),
+            "vzdump-lxc-100-2025_01_05-02_00_01.tar"
+        );
     }
 
     #[test]

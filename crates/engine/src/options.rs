@@ -22,14 +22,12 @@ pub enum Destination {
 
 /// `vzdump.conf` keys of the schema this engine does not implement yet: set, they get a
 /// warning (vzdump would act on them).
-pub const UNSUPPORTED_KEYS: [&str; 12] = [
+pub const UNSUPPORTED_KEYS: [&str; 10] = [
     "remove",
     "prune-backups",
     "mailto",
     "mailnotification",
     "notification-mode",
-    "exclude-path",
-    "stdexcludes",
     "pigz",
     "fleecing",
     "quiet",
@@ -76,6 +74,32 @@ pub struct Resolved {
     pub tmpdir: Option<PathBuf>,
     /// Hook script.
     pub script: Option<PathBuf>,
+    /// Settings only container backups use.
+    pub ct: CtSettings,
+}
+
+/// Settings only container backups use (vzdump's `exclude-path`, `stdexcludes`); `stopwait`
+/// and `tmpdir` are every guest's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtSettings {
+    /// Exclude patterns: `vzdump.conf`'s, then the command line's (they add up).
+    pub exclude_path: Vec<String>,
+    /// Add the standard excludes (`/tmp/?*`, `/var/tmp/?*`, `/var/run/?*.pid`).
+    pub stdexcludes: bool,
+}
+
+impl CtSettings {
+    fn combine(cli: &VzdumpOptions, conf: &VzdumpOptions) -> Self {
+        CtSettings {
+            exclude_path: conf
+                .exclude_path
+                .iter()
+                .chain(&cli.exclude_path)
+                .cloned()
+                .collect(),
+            stdexcludes: cli.stdexcludes.or(conf.stdexcludes).unwrap_or(true),
+        }
+    }
 }
 
 impl Resolved {
@@ -145,6 +169,7 @@ impl Resolved {
                 },
                 tmpdir: cli.tmpdir.clone().or_else(|| conf.tmpdir.clone()),
                 script: cli.script.clone().or_else(|| conf.script.clone()),
+                ct: CtSettings::combine(cli, conf),
             },
             warnings,
         ))

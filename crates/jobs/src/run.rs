@@ -143,8 +143,11 @@ impl Progress for Recorder<'_> {
 /// The guests a job selects: its `vmid` list, or all VMs of this host minus `exclude`.
 pub fn selected_vmids(root: &ConfigRoot, job: &BackupJobConfig) -> Result<Vec<u32>> {
     if job.all {
-        Ok(root
-            .qemu_vmids()?
+        let mut ids = root.qemu_vmids()?;
+        ids.extend(root.lxc_vmids()?);
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids
             .into_iter()
             .filter(|id| !job.exclude.contains(id))
             .collect())
@@ -297,6 +300,18 @@ pub async fn backup_one(
             false,
         );
         return Err(msg);
+    }
+    if bjob.root.lxc_config_path(vmid).exists() {
+        let report = vmdump_engine::backup_ct(bjob, lock, id, progress)
+            .await
+            .map_err(|e| one_line(&e))?;
+        let log = |level: Level, line: &str| progress.log(level, line, false);
+        if let Err(e) = retention.after_backup(vmid, &log) {
+            let msg = one_line(&e);
+            progress.log(Level::Error, &msg, false);
+            return Err(msg);
+        }
+        return Ok(report);
     }
     // Pruning runs inside the guest's backup, before its backup-end hook (as in vzdump).
     vmdump_engine::backup_vm_with(bjob, lock, id, progress, retention)

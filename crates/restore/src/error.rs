@@ -146,6 +146,15 @@ pub enum Error {
     /// The restore was interrupted by a signal.
     #[error("aborted by signal")]
     Interrupted,
+    /// A container archive is invalid or has a member that was refused.
+    #[error("container archive")]
+    Tar(#[source] vmdump_tar::Error),
+    /// The archive has no `./etc/vzdump/pct.conf` first (not a container backup).
+    #[error("archive contains no ./etc/vzdump/pct.conf (not a container backup?)")]
+    NoCtConfig,
+    /// The container runtime or its volumes failed.
+    #[error(transparent)]
+    Container(#[from] vmdump_lxc::Error),
     /// A worker thread panicked (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -177,6 +186,13 @@ impl Error {
             | Error::Locked { .. }
             | Error::ConfigLocked { .. } => ErrorKind::Refused,
             Error::Interrupted => ErrorKind::Interrupted,
+            Error::Tar(e) => match e.kind() {
+                vmdump_tar::ErrorKind::Io => ErrorKind::Io,
+                vmdump_tar::ErrorKind::Refused => ErrorKind::Refused,
+                _ => ErrorKind::Corrupt,
+            },
+            Error::NoCtConfig => ErrorKind::Corrupt,
+            Error::Container(_) => ErrorKind::Io,
         }
     }
 }

@@ -44,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod ct;
 mod error;
 mod input;
 mod pipeline;
@@ -52,6 +53,7 @@ mod restore;
 mod rewrite;
 mod volume;
 
+pub use ct::{is_container_archive, restore_ct, CtOptions, CtSummary};
 pub use error::{Error, ErrorKind, Result};
 pub use pipeline::{DiskStats, Stats};
 pub use plan::DiskPlan;

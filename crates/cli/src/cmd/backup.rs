@@ -88,6 +88,13 @@ struct Opts {
     /// idle (default 7).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
     ionice: Option<u8>,
+    /// Containers: exclude these paths (shell globs; a leading / anchors at the container
+    /// root); may be given more than once.
+    #[arg(long, value_name = "PATTERN")]
+    exclude_path: Vec<String>,
+    /// Containers: exclude /tmp/?*, /var/tmp/?* and /var/run/?*.pid (1, the default, or 0).
+    #[arg(long, value_parser = boolean)]
+    stdexcludes: Option<bool>,
 }
 
 /// A count that may be 0 (`--bwlimit`): negative values get their own message.
@@ -135,6 +142,8 @@ fn options(args: &Opts) -> VzdumpOptions {
     o.stopwait = args.stopwait;
     o.tmpdir = args.tmpdir.clone();
     o.ionice = args.ionice;
+    o.exclude_path = args.exclude_path.clone();
+    o.stdexcludes = args.stdexcludes;
     o
 }
 
@@ -145,9 +154,16 @@ fn guests(args: &Opts, root: &vmdump_config::ConfigRoot) -> anyhow::Result<Vec<V
         bail!("VMIDs cannot be combined with --all or --exclude");
     }
     let vmids: Vec<VmId> = if all {
-        root.qemu_vmids()
-            .with_context(|| format!("list guests in {}", root.dir().display()))?
-            .into_iter()
+        let mut ids = root
+            .qemu_vmids()
+            .with_context(|| format!("list guests in {}", root.dir().display()))?;
+        ids.extend(
+            root.lxc_vmids()
+                .with_context(|| format!("list containers in {}", root.dir().display()))?,
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
             .filter_map(|id| VmId::new(id).ok())
             .filter(|id| !args.exclude.contains(id))
             .collect()

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 pub mod archive;
 pub mod backup;
+pub mod ct;
 pub mod jobs;
 pub mod list;
 pub mod prune;
@@ -21,6 +22,8 @@ pub enum Cmd {
     Restore(restore::Args),
     /// Start, stop, suspend and inspect VMs.
     Vm(vm::Args),
+    /// Create, start, stop and inspect LXC containers.
+    Ct(ct::Args),
     /// Drop-in replacement for Proxmox's `vma` tool (list, config, verify, extract, create).
     Vma(vma::Args),
     /// List the backups on a storage.
@@ -45,6 +48,7 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Backup(args) => backup::run(args, global),
         Cmd::Restore(args) => restore::run(args, global),
         Cmd::Vm(args) => vm::run(args, global),
+        Cmd::Ct(args) => ct::run(args, global),
         Cmd::Vma(args) => vma::run(args),
         Cmd::List(args) => list::run(args, global),
         Cmd::Prune(args) => prune::run(args, global),

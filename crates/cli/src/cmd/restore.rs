@@ -37,6 +37,51 @@ pub struct Args {
     /// Limit the read rate of the archive, in KiB/s (0: unlimited).
     #[arg(long, value_name = "KiB/s", allow_hyphen_values = true, value_parser = non_negative)]
     bwlimit: Option<u64>,
+    /// Containers: root volume as `<storage>:<GiB>` (advanced mode: replaces the backed-up
+    /// layout; 0 makes a directory on a dir storage).
+    #[arg(long)]
+    rootfs: Option<String>,
+    /// Containers, advanced mode: mount point 0 (`<storage>:<GiB>,mp=/path[,backup=1]`).
+    #[arg(long)]
+    mp0: Option<String>,
+    /// Containers, advanced mode: mount point 1.
+    #[arg(long)]
+    mp1: Option<String>,
+    /// Containers, advanced mode: mount point 2.
+    #[arg(long)]
+    mp2: Option<String>,
+    /// Containers, advanced mode: mount point 3.
+    #[arg(long)]
+    mp3: Option<String>,
+    /// Containers: start after the restore.
+    #[arg(long)]
+    start: bool,
+    /// Containers: restore as unprivileged (1) or privileged (0) instead of as backed up.
+    #[arg(long, value_parser = crate::cmd::ct::boolean_arg, action = clap::ArgAction::Set)]
+    unprivileged: Option<bool>,
+}
+
+/// How many raw bytes are read ahead to tell a container archive from a VMA archive.
+const SNIFF: usize = 256 * 1024;
+
+/// Reads the start of `source` and tells whether it is a container (tar) archive; returns
+/// the bytes read, to be put back in front of the rest.
+fn sniff(source: &mut dyn Read) -> anyhow::Result<(bool, Vec<u8>)> {
+    let mut head = vec![0u8; SNIFF];
+    let mut n = 0;
+    while n < head.len() {
+        let k = source.read(&mut head[n..]).context("read archive")?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    head.truncate(n);
+    let mut plain = Vec::new();
+    if let Ok(dec) = vmdump_compress::Decoder::detect(std::io::Cursor::new(head.clone())) {
+        let _ = dec.take(512).read_to_end(&mut plain);
+    }
+    Ok((vmdump_restore::is_container_archive(&plain), head))
 }
 
 /// Run `vmdump restore`.
@@ -58,6 +103,52 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         }
         Box::new(file)
     };
+    let mut source = source;
+    let (is_ct, head) = sniff(&mut source)?;
+    let source: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head).chain(source));
+    if is_ct {
+        let mut copts = vmdump_restore::CtOptions::new(global.config_root(), args.vmid);
+        copts.run_dir = global.run_base();
+        copts.storage = opts.storage.clone();
+        copts.force = args.force;
+        copts.unique = args.unique;
+        copts.start = args.start;
+        copts.unprivileged = args.unprivileged;
+        copts.rootfs = args.rootfs.clone();
+        for (k, v) in [
+            ("mp0", &args.mp0),
+            ("mp1", &args.mp1),
+            ("mp2", &args.mp2),
+            ("mp3", &args.mp3),
+        ] {
+            if let Some(v) = v {
+                copts.mps.push((k.to_string(), v.clone()));
+            }
+        }
+        cancel_on_signals(copts.cancel.clone());
+        let ui = Ui::new(Style::Qmrestore);
+        let name = if args.archive == "-" {
+            "<stdin>"
+        } else {
+            &args.archive
+        };
+        ui.print(Level::Info, &format!("restore container archive: {name}"));
+        let result = vmdump_restore::restore_ct(source, &copts, &ui);
+        return match result {
+            Ok(summary) => {
+                println!(
+                    "restored CT {} ({} volume(s)), config {}",
+                    args.vmid,
+                    summary.volumes.len(),
+                    summary.config_path.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("restore of CT {} failed", args.vmid)))
+            }
+        };
+    }
     cancel_on_signals(opts.cancel.clone());
     let ui = Ui::new(Style::Qmrestore);
     let name = if args.archive == "-" {

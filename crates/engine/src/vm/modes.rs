@@ -19,10 +19,11 @@ use vmdump_guest::{
 };
 use vmdump_qmp::{Client, RunState};
 
-use crate::error::{chain, Error, Result};
+use crate::error::{Error, Result};
 use crate::hook::{GuestCall, Hook, Phase};
 use crate::live::set_hold;
 use crate::log::TaskLog;
+use vmdump_task::one_line;
 
 /// What the mode code needs of the guest's backup.
 pub(crate) struct Cx<'a> {
@@ -195,7 +196,7 @@ pub(crate) async fn prepare(
             if let Err(e) = res {
                 return Err(match e {
                     vmdump_guest::Error::ShutdownTimeout { .. } => {
-                        Error::Mode(format!("stop failed - {}", chain(&e)))
+                        Error::Mode(format!("stop failed - {}", one_line(&e)))
                     }
                     e => e.into(),
                 });
@@ -233,7 +234,7 @@ impl Restore {
             return;
         }
         if let Err(e) = cx.hook(Phase::PreRestart).await {
-            cx.log.warn(&chain(&e));
+            cx.log.warn(&one_line(&e));
         }
         let back = match cx.runtime.probe(cx.vmid).await {
             Ok(State::Stopped) if self.undo == Undo::Restart => {
@@ -260,7 +261,7 @@ impl Restore {
             Err(e) => Err(e),
         };
         if let Err(e) = cx.hook(Phase::PostRestart).await {
-            cx.log.warn(&chain(&e));
+            cx.log.warn(&one_line(&e));
         }
         match back {
             Ok(()) => {
@@ -285,7 +286,7 @@ impl Restore {
             }
             Err(e) => cx
                 .log
-                .error(&format!("cannot bring the guest back: {}", chain(&e))),
+                .error(&format!("cannot bring the guest back: {}", one_line(&e))),
         }
         self.undo = Undo::Nothing;
     }
