@@ -292,11 +292,13 @@ impl<R: ReadAtPos> ReadAtPos for SeekableReader<R> {
 }
 
 type Pending = Receiver<io::Result<Vec<u8>>>;
+/// A job and where its result goes.
+type Job<J> = (J, SyncSender<io::Result<Vec<u8>>>);
 
 /// A small ordered pool: jobs go to `threads` workers, results come back in submission
 /// order through one rendezvous channel per job.
 struct OrderedPool<J: Send + 'static> {
-    jobs: Option<SyncSender<(J, SyncSender<io::Result<Vec<u8>>>)>>,
+    jobs: Option<SyncSender<Job<J>>>,
     pending: VecDeque<Pending>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -307,7 +309,7 @@ impl<J: Send + 'static> OrderedPool<J> {
         name: &str,
         work: impl Fn(J) -> io::Result<Vec<u8>> + Send + Sync + 'static,
     ) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<(J, SyncSender<io::Result<Vec<u8>>>)>(threads);
+        let (tx, rx) = sync_channel::<Job<J>>(threads);
         let rx = Arc::new(Mutex::new(rx));
         let work = Arc::new(work);
         let mut workers = Vec::new();

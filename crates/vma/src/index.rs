@@ -328,7 +328,8 @@ impl Index {
                 Piece::Data { archive_offset, .. } => {
                     r.seek(SeekFrom::Start(archive_offset))
                         .map_err(|e| Error::io(archive_offset, e))?;
-                    r.read_exact(out).map_err(|e| Error::io(archive_offset, e))?;
+                    r.read_exact(out)
+                        .map_err(|e| Error::io(archive_offset, e))?;
                 }
             }
             done += out.len();

@@ -332,7 +332,7 @@ fn truncated_archives_are_detected() {
 #[test]
 fn partial_index_serves_what_a_truncated_archive_holds_and_fails_the_rest() {
     let img = mixed_image(4, 100 * CS);
-    let a = write_images(&["drive-scsi0"], &[img.clone()], &[("a", b"b")], 3);
+    let a = write_images(&["drive-scsi0"], std::slice::from_ref(&img), &[("a", b"b")], 3);
     let full = Index::build_partial(&mut Cursor::new(&a)).unwrap();
     assert_eq!(full.truncated_at(), None);
     assert!(full.is_complete());
@@ -353,7 +353,10 @@ fn partial_index_serves_what_a_truncated_archive_holds_and_fails_the_rest() {
                 ok += 1;
             }
             Err(e) => {
-                assert!(matches!(e, Error::MissingCluster { first, .. } if first == c), "{e}");
+                assert!(
+                    matches!(e, Error::MissingCluster { first, .. } if first == c),
+                    "{e}"
+                );
                 missing += 1;
             }
         }
@@ -384,12 +387,22 @@ fn map_merges_pieces_and_covers_the_request() {
         );
         // Adjacent pieces never merge further.
         for w in pieces.windows(2) {
-            if let (Piece::Data { archive_offset: x, len }, Piece::Data { archive_offset: y, .. }) =
-                (w[0], w[1])
+            if let (
+                Piece::Data {
+                    archive_offset: x,
+                    len,
+                },
+                Piece::Data {
+                    archive_offset: y, ..
+                },
+            ) = (w[0], w[1])
             {
                 assert_ne!(x + len, y);
             }
-            assert!(!matches!((w[0], w[1]), (Piece::Zero { .. }, Piece::Zero { .. })));
+            assert!(!matches!(
+                (w[0], w[1]),
+                (Piece::Zero { .. }, Piece::Zero { .. })
+            ));
         }
     }
 }

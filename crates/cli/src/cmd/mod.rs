@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backup;
 pub mod jobs;
 pub mod list;
+pub mod map;
 pub mod prune;
 pub mod restore;
 pub mod scheduler;
@@ -23,6 +24,8 @@ pub enum Cmd {
     Vm(vm::Args),
     /// Drop-in replacement for Proxmox's `vma` tool (list, config, verify, extract, create).
     Vma(vma::Args),
+    /// Serve the disks of an archive read-only over NBD (one export per disk).
+    Map(map::Args),
     /// List the backups on a storage.
     List(list::Args),
     /// Prune backups by keep rules (--dry-run shows the plan).
@@ -46,6 +49,7 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Restore(args) => restore::run(args, global),
         Cmd::Vm(args) => vm::run(args, global),
         Cmd::Vma(args) => vma::run(args),
+        Cmd::Map(args) => map::run(args, global),
         Cmd::List(args) => list::run(args, global),
         Cmd::Prune(args) => prune::run(args, global),
         Cmd::Notes(args) => archive::notes(args, global),
