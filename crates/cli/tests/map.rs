@@ -207,6 +207,28 @@ fn plain_seekable_and_stream_archives_serve_the_source_disk() {
     }
 }
 
+/// Our seekable `.vma.zst` stays an ordinary zstd file: the `zstd` tool decompresses it to an
+/// archive that dissect.archive reads with the source disk's bytes, Proxmox's `vma verify`
+/// accepts, and that is byte-identical to what `vma create` writes uncompressed.
+#[test]
+fn seekable_zstd_archives_decompress_with_zstd_and_pass_the_oracles() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    make_disk(&disk);
+    let seekable = dir.path().join("b.vma.zst");
+    create(&seekable, &disk, &["--compress", "zstd", "--threads", "2"]);
+    let table = vmdump_compress::SeekTable::read(&std::fs::File::open(&seekable).unwrap())
+        .unwrap()
+        .expect("vmdump writes a seek table");
+    assert!(table.frames().len() > 1, "{} frames", table.frames().len());
+    let plain = vmdump_testkit::plain_vma(&seekable, dir.path()).unwrap();
+    let devs = vmdump_testkit::dissect_devices(&plain).unwrap();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].0, "drive-scsi0");
+    assert_eq!(devs[0].2, vmdump_testkit::sha256_file(&disk).unwrap());
+    run(Command::new(vmdump_testkit::pve_vma()).args(["verify", plain.to_str().unwrap()])).unwrap();
+}
+
 #[test]
 fn a_truncated_archive_serves_what_it_holds_and_fails_reads_of_the_rest() {
     let dir = tempfile::tempdir().unwrap();

@@ -332,7 +332,12 @@ fn truncated_archives_are_detected() {
 #[test]
 fn partial_index_serves_what_a_truncated_archive_holds_and_fails_the_rest() {
     let img = mixed_image(4, 100 * CS);
-    let a = write_images(&["drive-scsi0"], std::slice::from_ref(&img), &[("a", b"b")], 3);
+    let a = write_images(
+        &["drive-scsi0"],
+        std::slice::from_ref(&img),
+        &[("a", b"b")],
+        3,
+    );
     let full = Index::build_partial(&mut Cursor::new(&a)).unwrap();
     assert_eq!(full.truncated_at(), None);
     assert!(full.is_complete());
