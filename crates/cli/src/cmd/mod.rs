@@ -7,6 +7,7 @@ pub mod backup;
 pub mod jobs;
 pub mod list;
 pub mod map;
+pub mod mount;
 pub mod prune;
 pub mod restore;
 pub mod scheduler;
@@ -26,6 +27,11 @@ pub enum Cmd {
     Vma(vma::Args),
     /// Serve the disks of an archive read-only over NBD (one export per disk).
     Map(map::Args),
+    /// Mount the disks of an archive read-only (FUSE), with --filesystems also the guest's
+    /// filesystems.
+    Mount(mount::Args),
+    /// Undo `vmdump mount`.
+    Umount(mount::UmountArgs),
     /// List the backups on a storage.
     List(list::Args),
     /// Prune backups by keep rules (--dry-run shows the plan).
@@ -50,6 +56,8 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Vm(args) => vm::run(args, global),
         Cmd::Vma(args) => vma::run(args),
         Cmd::Map(args) => map::run(args, global),
+        Cmd::Mount(args) => mount::run(args, global),
+        Cmd::Umount(args) => mount::umount(args, global),
         Cmd::List(args) => list::run(args, global),
         Cmd::Prune(args) => prune::run(args, global),
         Cmd::Notes(args) => archive::notes(args, global),
