@@ -1,6 +1,8 @@
-//! `vmdump map`: the disks of an archive served over NBD, read by QEMU 7.2's own NBD client
-//! (`qemu-img compare`, `qemu-io`), for a plain archive, our seekable `.vma.zst`, a stream
-//! `.vma.zst` written by the `zstd` tool (the cache-file fallback) and a truncated archive.
+//! Archive access (issue 15): `vmdump map` serves the disks of an archive over NBD, read by
+//! QEMU 7.2's own NBD client (`qemu-img compare`, `qemu-io`), for a plain archive, our
+//! seekable `.vma.zst`, a stream `.vma.zst` written by the `zstd` tool (the cache-file
+//! fallback) and a truncated archive; seekable archives against the independent readers and
+//! restored with parallel decompression.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -286,4 +288,85 @@ fn a_truncated_archive_serves_what_it_holds_and_fails_reads_of_the_rest() {
         "qemu-img convert of a truncated export succeeded"
     );
     m.stop();
+}
+
+/// `vmdump restore` of a seekable `.vma.zst` decompresses its frames in parallel and restores
+/// the same bytes; a corrupt frame fails the restore and leaves no VM behind.
+#[test]
+fn restore_of_a_seekable_archive_decompresses_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = d.join("disk.raw");
+    make_disk(&disk);
+    std::fs::create_dir_all(d.join("etc/qemu-server")).unwrap();
+    std::fs::write(
+        d.join("qemu-server.conf"),
+        format!(
+            "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size={SIZE}\n#qmdump#map:scsi0:drive-scsi0:local::\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("etc/storage.cfg"),
+        format!(
+            "dir: local\n\tpath {}\n\tcontent images\n",
+            d.join("store").display()
+        ),
+    )
+    .unwrap();
+    let archive = d.join("s.vma.zst");
+    let conf = d.join("qemu-server.conf");
+    create(
+        &archive,
+        &disk,
+        &["-c", conf.to_str().unwrap(), "--compress", "zstd"],
+    );
+    let restore = |archive: &Path, vmid: &str| {
+        Command::new(BIN)
+            .env("VMDUMP_RUN_DIR", d.join("run"))
+            .arg("restore")
+            .arg(archive)
+            .arg(vmid)
+            .args([
+                "--root",
+                d.join("etc").to_str().unwrap(),
+                "--storage",
+                "local",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = restore(&archive, "200");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("frames decompressed in parallel"), "{text}");
+    let restored = d.join("store/images/200/vm-200-disk-0.raw");
+    assert_eq!(
+        vmdump_testkit::sha256_file(&restored).unwrap(),
+        vmdump_testkit::sha256_file(&disk).unwrap()
+    );
+
+    // Flip a byte inside a middle frame: the restore fails and removes what it created.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let table = vmdump_compress::SeekTable::read(&bytes).unwrap().unwrap();
+    let f = table.frames()[table.frames().len() / 2];
+    bytes[(f.compressed_offset + u64::from(f.compressed_len) / 2) as usize] ^= 0x55;
+    let bad = d.join("bad.vma.zst");
+    std::fs::write(&bad, bytes).unwrap();
+    let out = restore(&bad, "201");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("zstd frame"), "{err}");
+    assert!(
+        !d.join("store/images/201").exists()
+            || std::fs::read_dir(d.join("store/images/201"))
+                .unwrap()
+                .count()
+                == 0
+    );
+    assert!(!d.join("etc/qemu-server/201.conf").exists());
 }
