@@ -160,3 +160,26 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_loopback_addresses_only() {
+        assert_eq!(
+            parse_listen("127.0.0.1").unwrap().to_string(),
+            "127.0.0.1:10809"
+        );
+        assert_eq!(
+            parse_listen("localhost:10810").unwrap().to_string(),
+            "127.0.0.1:10810"
+        );
+        assert_eq!(parse_listen("[::1]:7").unwrap().to_string(), "[::1]:7");
+        assert_eq!(parse_listen("::1").unwrap().to_string(), "[::1]:10809");
+        let e = parse_listen("0.0.0.0:10809").unwrap_err().to_string();
+        assert!(e.contains("no authentication"), "{e}");
+        assert!(parse_listen("example:1").is_err());
+        assert!(parse_listen("localhost:x").is_err());
+    }
+}
