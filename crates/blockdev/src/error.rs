@@ -94,6 +94,28 @@ pub enum Error {
         #[source]
         source: vmdump_nbd::Error,
     },
+    /// An archive could not be indexed.
+    #[error("archive {}", path.display())]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// Why (boxed: the format error is large).
+        #[source]
+        source: Box<vmdump_vma::Error>,
+    },
+    /// A read of an archive's disk failed (a cluster a truncated archive lost, ...).
+    #[error("read {device} of archive {} at offset {offset}", path.display())]
+    ArchiveAt {
+        /// The archive.
+        path: PathBuf,
+        /// Device name.
+        device: String,
+        /// Byte offset in the device.
+        offset: u64,
+        /// Why (boxed: the format error is large).
+        #[source]
+        source: Box<vmdump_vma::Error>,
+    },
     /// A path vmdump cannot hand to QEMU (not UTF-8).
     #[error("path {} is not UTF-8", path.display())]
     Path {
@@ -120,9 +142,12 @@ impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } | Error::IoAt { .. } | Error::Nbd { .. } | Error::NbdAt { .. } => {
-                ErrorKind::Io
-            }
+            Error::Io { .. }
+            | Error::IoAt { .. }
+            | Error::Nbd { .. }
+            | Error::NbdAt { .. }
+            | Error::Archive { .. }
+            | Error::ArchiveAt { .. } => ErrorKind::Io,
             Error::OutOfRange { .. } => ErrorKind::OutOfBounds,
             Error::Tool { .. } | Error::Launch { .. } | Error::Qmp { .. } => ErrorKind::Tool,
             Error::Path { .. } => ErrorKind::Usage,

@@ -16,8 +16,12 @@
 //!   `qemu-storage-daemon` ([`StorageDaemon`], started by `vmdump-launch` so it dies with
 //!   vmdump and is recorded in the run dir, stopped through `vmdump-qmp`) and our NBD client,
 //!   with up to 8 writes in flight and `O_DIRECT` for preallocated images on request.
+//! - [`Archive`]: the disks of a VMA archive ([`ArchiveDisk`]), read in place through the
+//!   cluster index: uncompressed, seekable zstd, or decompressed once into a cache file.
 //! - [`MemDisk`]: an in-memory disk for fast tests.
 //! - [`qemu_img`]: image info and creation.
+//!
+//! [`SourceExport`] serves any [`Source`] read-only over NBD (`vmdump map`).
 //!
 //! [`open_source`] and [`open_target`] pick the implementation for a path and format.
 //!
@@ -34,8 +38,10 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod daemon;
 mod error;
+pub mod export;
 pub mod image;
 pub mod memory;
 pub mod qemu_img;
@@ -46,8 +52,10 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+pub use archive::{AccessKind, Archive, ArchiveDisk};
 pub use daemon::StorageDaemon;
 pub use error::{Error, ErrorKind, Result};
+pub use export::SourceExport;
 pub use image::{Image, ImageOptions};
 pub use memory::MemDisk;
 pub use raw::RawFile;

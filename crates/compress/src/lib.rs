@@ -37,8 +37,13 @@ use std::path::Path;
 
 mod lzo;
 mod lzop;
+mod seekable;
 
 pub use lzop::{LzopReader, LzopWriter, LZOP_BLOCK_SIZE, LZOP_MAGIC};
+pub use seekable::{
+    FrameEntry, ParallelDecoder, ReadAtPos, SeekTable, SeekableReader, SeekableWriter,
+    DEFAULT_FRAME_SIZE, SEEKABLE_MAGIC, SEEK_TABLE_MAGIC,
+};
 
 /// Compress `input` as one raw LZO1X block (the unit lzop stores), readable by any
 /// LZO1X decompressor.
@@ -195,8 +200,11 @@ pub struct EncoderOptions {
 pub enum Encoder<W: Write> {
     /// Pass-through.
     None(W),
-    /// zstd.
+    /// zstd as one stream (only through [`Encoder::zstd_stream`]; the baseline that
+    /// benchmarks compare the seekable format with).
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// zstd in the seekable format: independent frames and a seek table, the default.
+    ZstdSeekable(SeekableWriter<W>),
     /// lzop.
     Lzo(LzopWriter<W>),
     /// gzip.
@@ -209,14 +217,9 @@ impl<W: Write> Encoder<W> {
         let io = |source| Error::Io { codec, source };
         Ok(match codec {
             Codec::None => Encoder::None(w),
-            Codec::Zstd => {
-                let mut e =
-                    zstd::stream::write::Encoder::new(w, opts.level.unwrap_or(3)).map_err(io)?;
-                if opts.threads > 0 {
-                    e.multithread(opts.threads).map_err(io)?;
-                }
-                Encoder::Zstd(e)
-            }
+            Codec::Zstd => Encoder::ZstdSeekable(
+                SeekableWriter::new(w, opts.level.unwrap_or(3), opts.threads).map_err(io)?,
+            ),
             Codec::Lzo => Encoder::Lzo(LzopWriter::new(w)),
             Codec::Gzip => {
                 let level = opts.level.unwrap_or(6);
@@ -235,11 +238,25 @@ impl<W: Write> Encoder<W> {
         })
     }
 
+    /// zstd as one stream (`opts.threads` > 0: zstd's own multi-threading), as written
+    /// before the seekable format; kept as the benchmark baseline.
+    pub fn zstd_stream(w: W, opts: &EncoderOptions) -> Result<Self> {
+        let io = |source| Error::Io {
+            codec: Codec::Zstd,
+            source,
+        };
+        let mut e = zstd::stream::write::Encoder::new(w, opts.level.unwrap_or(3)).map_err(io)?;
+        if opts.threads > 0 {
+            e.multithread(opts.threads).map_err(io)?;
+        }
+        Ok(Encoder::Zstd(e))
+    }
+
     /// The codec.
     pub fn codec(&self) -> Codec {
         match self {
             Encoder::None(_) => Codec::None,
-            Encoder::Zstd(_) => Codec::Zstd,
+            Encoder::Zstd(_) | Encoder::ZstdSeekable(_) => Codec::Zstd,
             Encoder::Lzo(_) => Codec::Lzo,
             Encoder::Gzip(_) => Codec::Gzip,
         }
@@ -252,6 +269,7 @@ impl<W: Write> Encoder<W> {
         let mut w = match self {
             Encoder::None(w) => w,
             Encoder::Zstd(e) => e.finish().map_err(io)?,
+            Encoder::ZstdSeekable(e) => e.finish().map_err(io)?,
             Encoder::Lzo(e) => e.finish().map_err(io)?,
             Encoder::Gzip(e) => e.finish().map_err(io)?,
         };
@@ -265,6 +283,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::None(w) => w.write(buf),
             Encoder::Zstd(e) => e.write(buf),
+            Encoder::ZstdSeekable(e) => e.write(buf),
             Encoder::Lzo(e) => e.write(buf),
             Encoder::Gzip(e) => e.write(buf),
         }
@@ -274,6 +293,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::None(w) => w.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
+            Encoder::ZstdSeekable(e) => e.write_all(buf),
             Encoder::Lzo(e) => e.write_all(buf),
             Encoder::Gzip(e) => e.write_all(buf),
         }
@@ -283,6 +303,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::None(w) => w.flush(),
             Encoder::Zstd(e) => e.flush(),
+            Encoder::ZstdSeekable(e) => e.flush(),
             Encoder::Lzo(e) => e.flush(),
             Encoder::Gzip(e) => e.flush(),
         }

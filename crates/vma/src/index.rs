@@ -22,12 +22,56 @@ pub struct Index {
     /// Per dev_id: `mask << 48 | file offset of the first stored block`, or MISSING.
     entries: Vec<Vec<u64>>,
     extents: u64,
+    truncated_at: Option<u64>,
+}
+
+/// A piece of a device range as the archive stores it ([`Index::map`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `len` bytes that read as zeros (blocks the archive marks as zero).
+    Zero {
+        /// Length in bytes.
+        len: u64,
+    },
+    /// `len` bytes stored contiguously in the archive at `archive_offset`.
+    Data {
+        /// Byte offset in the (uncompressed) archive.
+        archive_offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Piece {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match *self {
+            Piece::Zero { len } | Piece::Data { len, .. } => len,
+        }
+    }
+
+    /// Whether the piece is empty (never returned by [`Index::map`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Index {
     /// Build the index. Checks every extent header (magic, MD5, uuid, reserved, block
     /// accounting, device ids, ranges, duplicates, truncation) but not data.
     pub fn build<R: Read + Seek>(r: &mut R) -> Result<Index> {
+        Self::scan(r, false)
+    }
+
+    /// Build the index of an archive that may be truncated: an extent cut off by the end of
+    /// the input ends the scan instead of failing it ([`Index::truncated_at`] tells where),
+    /// and the clusters it and everything after it held are missing, so reading them is an
+    /// [`Error::MissingCluster`]. Every other check of [`Index::build`] still applies.
+    pub fn build_partial<R: Read + Seek>(r: &mut R) -> Result<Index> {
+        Self::scan(r, true)
+    }
+
+    fn scan<R: Read + Seek>(r: &mut R, partial: bool) -> Result<Index> {
         let file_len = r.seek(SeekFrom::End(0)).map_err(|e| Error::io(0, e))?;
         r.seek(SeekFrom::Start(0)).map_err(|e| Error::io(0, e))?;
         let header = read_header(r)?;
@@ -51,6 +95,7 @@ impl Index {
         }
         let mut offset = u64::from(header.header_size);
         let mut index = 0u64;
+        let mut truncated_at = None;
         loop {
             let mut h = [0u8; EXTENT_HEADER_SIZE];
             let n = read_full(r, &mut h).map_err(|e| Error::io(offset, e))?;
@@ -58,6 +103,10 @@ impl Index {
                 break;
             }
             if n < EXTENT_HEADER_SIZE {
+                if partial {
+                    truncated_at = Some(offset);
+                    break;
+                }
                 return Err(Error::TruncatedExtent {
                     index,
                     offset,
@@ -69,6 +118,10 @@ impl Index {
             let len = u64::from(block_count) * BLOCK_SIZE as u64;
             let data_start = offset + EXTENT_HEADER_SIZE as u64;
             if data_start + len > file_len {
+                if partial {
+                    truncated_at = Some(offset);
+                    break;
+                }
                 return Err(Error::TruncatedExtent {
                     index,
                     offset,
@@ -132,7 +185,111 @@ impl Index {
             header,
             entries,
             extents: index,
+            truncated_at,
         })
+    }
+
+    /// Where a partially built index ([`Index::build_partial`]) found the archive cut off:
+    /// the offset of the first incomplete extent. `None` for a complete archive.
+    pub fn truncated_at(&self) -> Option<u64> {
+        self.truncated_at
+    }
+
+    /// Whether every cluster of every (non-vmstate) device is present.
+    pub fn is_complete(&self) -> bool {
+        self.entries.iter().all(|l| l.iter().all(|e| *e != MISSING))
+    }
+
+    /// How the `len` bytes of device `dev_id` at `offset` are stored: zero runs and
+    /// contiguous archive ranges, merged where adjacent, in device order, covering exactly
+    /// the request clipped to the device size. A cluster absent from the archive is an
+    /// [`Error::MissingCluster`]; an unknown device is a usage error.
+    pub fn map(&self, dev_id: u8, offset: u64, len: u64) -> Result<Vec<Piece>> {
+        let dev = self.device_of(dev_id)?;
+        let end = offset.saturating_add(len).min(dev.size);
+        let mut out: Vec<Piece> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let cluster = pos / CLUSTER_SIZE as u64;
+            let block = ((pos % CLUSTER_SIZE as u64) / BLOCK_SIZE as u64) as usize;
+            let in_block = pos % BLOCK_SIZE as u64;
+            let n = (BLOCK_SIZE as u64 - in_block).min(end - pos);
+            let Some((mask, data)) = self.cluster(dev_id, cluster) else {
+                return Err(self.missing(dev_id, cluster));
+            };
+            let piece = if mask & (1 << block) == 0 {
+                Piece::Zero { len: n }
+            } else {
+                let k = u64::from((mask & ((1u16 << block) - 1)).count_ones());
+                Piece::Data {
+                    archive_offset: data + k * BLOCK_SIZE as u64 + in_block,
+                    len: n,
+                }
+            };
+            match (out.last_mut(), piece) {
+                (Some(Piece::Zero { len }), Piece::Zero { len: n }) => *len += n,
+                (
+                    Some(Piece::Data {
+                        archive_offset: a,
+                        len,
+                    }),
+                    Piece::Data {
+                        archive_offset: b,
+                        len: n,
+                    },
+                ) if *a + *len == b => *len += n,
+                _ => out.push(piece),
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// Allocation of device `dev_id` from `offset` for up to `len` bytes, clipped to the
+    /// device: `(length, zero)` runs in order, merged where adjacent, at 4 KiB block
+    /// granularity. Missing clusters count as data, so a client that skips zero runs still
+    /// reads them and gets the error.
+    pub fn allocation(&self, dev_id: u8, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        let dev = self.device_of(dev_id)?;
+        let end = offset.saturating_add(len).min(dev.size);
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let cluster = pos / CLUSTER_SIZE as u64;
+            let block = ((pos % CLUSTER_SIZE as u64) / BLOCK_SIZE as u64) as usize;
+            let n = (BLOCK_SIZE as u64 - pos % BLOCK_SIZE as u64).min(end - pos);
+            let zero = self
+                .cluster(dev_id, cluster)
+                .is_some_and(|(mask, _)| mask & (1 << block) == 0);
+            match out.last_mut() {
+                Some((l, z)) if *z == zero => *l += n,
+                _ => out.push((n, zero)),
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    fn device_of(&self, dev_id: u8) -> Result<&crate::header::Device> {
+        self.header
+            .device(dev_id)
+            .ok_or_else(|| Error::Usage(format!("no device with id {dev_id}")))
+    }
+
+    fn missing(&self, dev_id: u8, cluster: u64) -> Error {
+        let dev = self.header.device(dev_id).expect("checked by the caller");
+        let list = &self.entries[usize::from(dev_id)];
+        let missing = list[cluster as usize..]
+            .iter()
+            .take_while(|e| **e == MISSING)
+            .count() as u64;
+        Error::MissingCluster {
+            dev_id,
+            device: dev.name.clone(),
+            first: cluster,
+            missing: missing.max(1),
+            cluster_count: dev.cluster_count(),
+        }
     }
 
     /// The archive header.
@@ -163,41 +320,21 @@ impl Index {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let Some(dev) = self.header.device(dev_id) else {
-            return Err(Error::Usage(format!("no device with id {dev_id}")));
-        };
-        if offset >= dev.size {
-            return Ok(0);
-        }
-        let want = (buf.len() as u64).min(dev.size - offset) as usize;
         let mut done = 0usize;
-        while done < want {
-            let pos = offset + done as u64;
-            let cluster = pos / CLUSTER_SIZE as u64;
-            let block = ((pos % CLUSTER_SIZE as u64) / BLOCK_SIZE as u64) as usize;
-            let in_block = (pos % BLOCK_SIZE as u64) as usize;
-            let n = (BLOCK_SIZE - in_block).min(want - done);
-            let Some((mask, data)) = self.cluster(dev_id, cluster) else {
-                return Err(Error::MissingCluster {
-                    dev_id,
-                    device: dev.name.clone(),
-                    first: cluster,
-                    missing: 1,
-                    cluster_count: dev.cluster_count(),
-                });
-            };
-            let out = &mut buf[done..done + n];
-            if mask & (1 << block) == 0 {
-                out.fill(0);
-            } else {
-                let k = u64::from((mask & ((1u16 << block) - 1)).count_ones());
-                let at = data + k * BLOCK_SIZE as u64 + in_block as u64;
-                r.seek(SeekFrom::Start(at)).map_err(|e| Error::io(at, e))?;
-                r.read_exact(out).map_err(|e| Error::io(at, e))?;
+        for piece in self.map(dev_id, offset, buf.len() as u64)? {
+            let out = &mut buf[done..done + piece.len() as usize];
+            match piece {
+                Piece::Zero { .. } => out.fill(0),
+                Piece::Data { archive_offset, .. } => {
+                    r.seek(SeekFrom::Start(archive_offset))
+                        .map_err(|e| Error::io(archive_offset, e))?;
+                    r.read_exact(out)
+                        .map_err(|e| Error::io(archive_offset, e))?;
+                }
             }
-            done += n;
+            done += out.len();
         }
-        Ok(want)
+        Ok(done)
     }
 
     /// A `Read + Seek` view of one device.

@@ -93,7 +93,7 @@ pub use format::{
     SLOTS_PER_EXTENT, VERSION, VMSTATE_NAME, WRITER_CLUSTERS_PER_EXTENT,
 };
 pub use header::{Config, Device, Header};
-pub use index::{DeviceReader, Index};
+pub use index::{DeviceReader, Index, Piece};
 pub use reader::{
     parse_extent_header, read_header, Cluster, DeviceReadStats, Extent, ReadStats, Reader, Run,
 };

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use std::io::{Cursor, Read, Seek, SeekFrom};
-use vmdump_vma::{Error, ErrorKind, Index, Reader};
+use vmdump_vma::{Error, ErrorKind, Index, Piece, Reader};
 
 fn sample() -> (Vec<Vec<u8>>, Vec<u8>) {
     let imgs = vec![
@@ -327,6 +327,89 @@ fn truncated_archives_are_detected() {
     // index sees truncation too
     let e = Index::build(&mut Cursor::new(&a[..a.len() - 4096])).unwrap_err();
     assert!(matches!(e, Error::TruncatedExtent { .. }), "{e}");
+}
+
+#[test]
+fn partial_index_serves_what_a_truncated_archive_holds_and_fails_the_rest() {
+    let img = mixed_image(4, 100 * CS);
+    let a = write_images(
+        &["drive-scsi0"],
+        std::slice::from_ref(&img),
+        &[("a", b"b")],
+        3,
+    );
+    let full = Index::build_partial(&mut Cursor::new(&a)).unwrap();
+    assert_eq!(full.truncated_at(), None);
+    assert!(full.is_complete());
+    // Cut inside the last extent: its clusters and only those are missing.
+    let cut = &a[..a.len() - 4096];
+    let idx = Index::build_partial(&mut Cursor::new(cut)).unwrap();
+    let at = idx.truncated_at().expect("truncation found");
+    assert!(at < cut.len() as u64);
+    assert!(!idx.is_complete());
+    let dev = idx.header().devices[0].id;
+    let (mut ok, mut missing) = (0, 0);
+    for c in 0..100u64 {
+        let mut b = vec![0u8; CS];
+        match idx.read_at(&mut Cursor::new(cut), dev, c * CS as u64, &mut b) {
+            Ok(n) => {
+                assert_eq!(n, CS);
+                assert_eq!(&b[..], &img[c as usize * CS..(c as usize + 1) * CS]);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, Error::MissingCluster { first, .. } if first == c),
+                    "{e}"
+                );
+                missing += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && missing > 0, "ok {ok} missing {missing}");
+    // Allocation reports missing clusters as data (never as a zero hole).
+    let alloc = idx.allocation(dev, 0, img.len() as u64).unwrap();
+    assert_eq!(alloc.iter().map(|r| r.0).sum::<u64>(), img.len() as u64);
+    let mut pos = 0usize;
+    for (len, zero) in alloc {
+        if zero {
+            assert!(img[pos..pos + len as usize].iter().all(|b| *b == 0));
+        }
+        pos += len as usize;
+    }
+}
+
+#[test]
+fn map_merges_pieces_and_covers_the_request() {
+    let (imgs, a) = sample();
+    let idx = Index::build(&mut Cursor::new(&a)).unwrap();
+    for (k, img) in imgs.iter().enumerate() {
+        let dev = idx.header().devices[k].id;
+        let pieces = idx.map(dev, 100, img.len() as u64).unwrap();
+        assert_eq!(
+            pieces.iter().map(|p| p.len()).sum::<u64>(),
+            img.len() as u64 - 100
+        );
+        // Adjacent pieces never merge further.
+        for w in pieces.windows(2) {
+            if let (
+                Piece::Data {
+                    archive_offset: x,
+                    len,
+                },
+                Piece::Data {
+                    archive_offset: y, ..
+                },
+            ) = (w[0], w[1])
+            {
+                assert_ne!(x + len, y);
+            }
+            assert!(!matches!(
+                (w[0], w[1]),
+                (Piece::Zero { .. }, Piece::Zero { .. })
+            ));
+        }
+    }
 }
 
 #[test]

@@ -7,6 +7,8 @@ pub mod backup;
 pub mod ct;
 pub mod jobs;
 pub mod list;
+pub mod map;
+pub mod mount;
 pub mod prune;
 pub mod restore;
 pub mod scheduler;
@@ -26,6 +28,13 @@ pub enum Cmd {
     Ct(ct::Args),
     /// Drop-in replacement for Proxmox's `vma` tool (list, config, verify, extract, create).
     Vma(vma::Args),
+    /// Serve the disks of an archive read-only over NBD (one export per disk).
+    Map(map::Args),
+    /// Mount the disks of an archive read-only (FUSE), with --filesystems also the guest's
+    /// filesystems.
+    Mount(mount::Args),
+    /// Undo `vmdump mount`.
+    Umount(mount::UmountArgs),
     /// List the backups on a storage.
     List(list::Args),
     /// Prune backups by keep rules (--dry-run shows the plan).
@@ -50,6 +59,9 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Vm(args) => vm::run(args, global),
         Cmd::Ct(args) => ct::run(args, global),
         Cmd::Vma(args) => vma::run(args),
+        Cmd::Map(args) => map::run(args, global),
+        Cmd::Mount(args) => mount::run(args, global),
+        Cmd::Umount(args) => mount::umount(args, global),
         Cmd::List(args) => list::run(args, global),
         Cmd::Prune(args) => prune::run(args, global),
         Cmd::Notes(args) => archive::notes(args, global),

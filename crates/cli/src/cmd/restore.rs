@@ -93,6 +93,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     opts.unique = args.unique;
     opts.bwlimit = args.bwlimit.filter(|&b| b > 0);
 
+    let mut source_frames = None;
     let source: Box<dyn Read + Send> = if args.archive == "-" {
         Box::new(std::io::stdin())
     } else {
@@ -101,7 +102,9 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         if file.metadata().is_ok_and(|m| m.is_dir()) {
             bail!("'{}' is a directory, not an archive", args.archive);
         }
-        Box::new(file)
+        let (src, frames) = seekable_source(file, opts.bwlimit.is_some())?;
+        source_frames = frames;
+        src
     };
     let mut source = source;
     let (is_ct, head) = sniff(&mut source)?;
@@ -157,6 +160,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         &args.archive
     };
     ui.print(Level::Info, &format!("restore vma archive: {name}"));
+    if let Some(frames) = source_frames {
+        ui.print(
+            Level::Info,
+            &format!("seekable zstd archive: {frames} frames decompressed in parallel"),
+        );
+    }
     ui.start(format!("VM {}", args.vmid));
     let result = vmdump_restore::restore(source, &opts, &ui);
     ui.done();
@@ -172,4 +181,33 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("restore of VM {} failed", args.vmid))),
     }
+}
+
+/// A seekable `.vma.zst` (one with a seek table) is decompressed frame by frame on several
+/// threads; anything else, or any archive under a read-rate limit (which applies to the
+/// compressed bytes), is read as one stream. Returns the source and, when parallel, the
+/// number of frames.
+fn seekable_source(
+    file: File,
+    limited: bool,
+) -> anyhow::Result<(Box<dyn Read + Send>, Option<usize>)> {
+    let mut head = [0u8; 4];
+    let is_zstd = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).is_ok_and(|n| n == 4)
+        && head == vmdump_compress::ZSTD_MAGIC;
+    if limited || !is_zstd || !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok((Box::new(file), None));
+    }
+    let file = std::sync::Arc::new(file);
+    let Some(table) = vmdump_compress::SeekTable::read(&*file).context("read the seek table")?
+    else {
+        return Ok((
+            Box::new(std::sync::Arc::try_unwrap(file).expect("one owner")),
+            None,
+        ));
+    };
+    let frames = table.frames().len();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let dec = vmdump_compress::ParallelDecoder::new(file, table, threads)
+        .context("start the decompression threads")?;
+    Ok((Box::new(dec), Some(frames)))
 }
