@@ -23,8 +23,9 @@ use crate::log::TaskLog;
 use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
 use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
-use crate::progress::{format_hms, format_size, summary};
+use crate::progress::{format_size, summary};
 use crate::vm::modes::{self, Cx, Restore};
+use vmdump_store::GuestType;
 
 /// How many following seconds a backup tries when its archive name is taken.
 const NAME_TRIES: u32 = 60;
@@ -276,11 +277,7 @@ pub async fn backup_vm_with(
     let started = Instant::now();
     let start_time = chrono::Local::now();
     let log = TaskLog::new(progress);
-    log.info(&format!("Starting Backup of VM {vmid} (qemu)"));
-    log.info(&format!(
-        "Backup started at {}",
-        start_time.format("%Y-%m-%d %H:%M:%S")
-    ));
+    log.started(vmid, "qemu", start_time);
     // What the backup-abort and log-end hooks are told, once known.
     let mut known: (Option<ArchiveName>, Option<String>, Mode) = (None, None, job.settings.mode);
     if let Err(e) = crate::ionice::apply(job.settings.ionice) {
@@ -314,24 +311,15 @@ pub async fn backup_vm_with(
         if matches!(plan.source, Source::Stopped(_)) {
             known.2 = Mode::Stop;
         }
-        std::fs::create_dir_all(&plan.dump_dir)
-            .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;
-        let (names, file) = ArchiveName::reserve(
+        let names = claim_names(
+            job,
+            GuestType::Qemu,
             &plan.dump_dir,
             vmid.get(),
             start_time,
-            job.settings.compress,
-            NAME_TRIES,
-        )
-        .map_err(|e| Error::file("create backup log in", &plan.dump_dir, e))?;
-        log.attach(file);
+            &log,
+        )?;
         known.0 = Some(names.clone());
-        for path in crate::lock::remove_stale_temporaries(&plan.dump_dir, vmid.get()) {
-            log.info(&format!(
-                "removed stale temporary file '{}' (left by an interrupted backup)",
-                path.display()
-            ));
-        }
         let ctx = Apply {
             job,
             names: &names,
@@ -360,14 +348,7 @@ pub async fn backup_vm_with(
     match res {
         Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
-            log.info(&format!(
-                "Finished Backup of VM {vmid} ({})",
-                format_hms(duration)
-            ));
-            log.info(&format!(
-                "Backup finished at {}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            ));
+            log.finished(vmid, duration);
             log.close();
             if let Some(h) = &job.hook {
                 if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
@@ -384,14 +365,7 @@ pub async fn backup_vm_with(
             })
         }
         Err(e) => {
-            log.error(&format!(
-                "Backup of VM {vmid} failed - {}",
-                vmdump_task::one_line(&e)
-            ));
-            log.info(&format!(
-                "Failed at {}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            ));
+            log.failed(vmid, &e);
             if let Some(h) = &job.hook {
                 let to_log = |level: Level, line: &str| log.line(level, line, false);
                 if let Err(e) = h.guest(Phase::BackupAbort, &call, &to_log).await {
@@ -584,23 +558,7 @@ impl Apply<'_> {
         for line in summary(&outcome.transfer) {
             log.info(&line);
         }
-        if let Err(e) = rename_new(&dat, &archive) {
-            let _ = std::fs::remove_file(&dat);
-            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::NameTaken { path: archive }
-            } else {
-                Error::file("rename archive to", &archive, e)
-            });
-        }
-        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-        log.info(&format!("archive file size: {}", format_size(size)));
-        if let Err(e) = finish_extras(job, vmid.get(), plan.config.name(), names, log) {
-            // A failed backup leaves no archive: take back the rename (and the extras).
-            for path in [&archive, &names.notes(), &names.protected()] {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(e);
-        }
+        let size = commit_archive(job, vmid.get(), plan.config.name(), names, log)?;
         // Pruning and backup-end come after the archive is complete; as in vzdump, their
         // failure fails the guest but keeps the archive.
         let to_log = |level: Level, line: &str| log.line(level, line, false);
@@ -612,8 +570,72 @@ impl Apply<'_> {
     }
 }
 
-/// Notes and protection of a finished archive (VMs and containers).
-pub(crate) fn finish_extras(
+/// Claims the archive name of a backup starting at `start` in `dump_dir` (created if
+/// needed): its `.log` is created and attached to `log`, and temporaries an interrupted
+/// backup of the guest left there are removed. VMs and containers alike.
+pub(crate) fn claim_names(
+    job: &BackupJob,
+    kind: GuestType,
+    dump_dir: &Path,
+    vmid: u32,
+    start: chrono::DateTime<chrono::Local>,
+    log: &TaskLog<'_>,
+) -> Result<ArchiveName> {
+    std::fs::create_dir_all(dump_dir)
+        .map_err(|e| Error::file("create dump directory", dump_dir, e))?;
+    let (names, file) = ArchiveName::reserve(
+        kind,
+        dump_dir,
+        vmid,
+        start,
+        job.settings.compress,
+        NAME_TRIES,
+    )
+    .map_err(|e| Error::file("create backup log in", dump_dir, e))?;
+    log.attach(file);
+    for path in crate::lock::remove_stale_temporaries(dump_dir, vmid) {
+        log.info(&format!(
+            "removed stale temporary file '{}' (left by an interrupted backup)",
+            path.display()
+        ));
+    }
+    Ok(names)
+}
+
+/// Gives the finished temporary archive its final name (never replacing a file), then adds
+/// the notes and the protection marker; returns the archive's size. A failure leaves no
+/// archive: the temporary, or the renamed archive and its extras, are removed. VMs and
+/// containers alike.
+pub(crate) fn commit_archive(
+    job: &BackupJob,
+    vmid: u32,
+    guest_name: Option<&str>,
+    names: &ArchiveName,
+    log: &TaskLog<'_>,
+) -> Result<u64> {
+    let (dat, archive) = (names.temporary(), names.archive());
+    if let Err(e) = rename_new(&dat, &archive) {
+        let _ = std::fs::remove_file(&dat);
+        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::NameTaken { path: archive }
+        } else {
+            Error::file("rename archive to", &archive, e)
+        });
+    }
+    let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+    log.info(&format!("archive file size: {}", format_size(size)));
+    if let Err(e) = finish_extras(job, vmid, guest_name, names, log) {
+        // A failed backup leaves no archive: take back the rename (and the extras).
+        for path in [&archive, &names.notes(), &names.protected()] {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
+    Ok(size)
+}
+
+/// Notes and protection of a finished archive.
+fn finish_extras(
     job: &BackupJob,
     vmid: u32,
     guest_name: Option<&str>,

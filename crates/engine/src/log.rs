@@ -1,11 +1,18 @@
 //! The task log of one guest's backup: every line goes to the [`Progress`] receiver and, with
 //! a `YYYY-MM-DD HH:MM:SS` prefix, into the `.log` file next to the archive.
 
+use std::fmt::Display;
 use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Local};
 
 use vmdump_task::{Level, Progress};
+
+/// How the task log writes times.
+const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// Log sink for one guest.
 pub struct TaskLog<'a> {
@@ -50,7 +57,7 @@ impl<'a> TaskLog<'a> {
     pub fn line(&self, level: Level, text: &str, progress: bool) {
         self.progress.log(level, text, progress);
         if let Ok(mut slot) = self.file.lock() {
-            let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+            let now = Local::now().format(TIME_FORMAT);
             let line = format!("{now} {}: {text}\n", level.prefix());
             match &mut *slot {
                 Sink::Pending(lines) => lines.push(line),
@@ -79,6 +86,34 @@ impl<'a> TaskLog<'a> {
     /// `ERROR:` line.
     pub fn error(&self, text: &str) {
         self.line(Level::Error, text, false);
+    }
+
+    /// vzdump's first lines of a guest's backup: `Starting Backup of VM <vmid> (<vmtype>)` and
+    /// the start time.
+    pub fn started(&self, vmid: impl Display, vmtype: &str, at: DateTime<Local>) {
+        self.info(&format!("Starting Backup of VM {vmid} ({vmtype})"));
+        self.info(&format!("Backup started at {}", at.format(TIME_FORMAT)));
+    }
+
+    /// vzdump's last lines of a backup that succeeded after `duration`.
+    pub fn finished(&self, vmid: impl Display, duration: Duration) {
+        self.info(&format!(
+            "Finished Backup of VM {vmid} ({})",
+            crate::progress::format_hms(duration)
+        ));
+        self.info(&format!(
+            "Backup finished at {}",
+            Local::now().format(TIME_FORMAT)
+        ));
+    }
+
+    /// vzdump's last lines of a backup that failed with `e`.
+    pub fn failed(&self, vmid: impl Display, e: &dyn std::error::Error) {
+        self.error(&format!(
+            "Backup of VM {vmid} failed - {}",
+            vmdump_task::one_line(e)
+        ));
+        self.info(&format!("Failed at {}", Local::now().format(TIME_FORMAT)));
     }
 
     /// The receiver of transfer updates.

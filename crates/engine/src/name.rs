@@ -53,13 +53,9 @@ pub struct ArchiveName {
 }
 
 impl ArchiveName {
-    /// Names for a backup of `vmid` started at `start` (formatted in local time).
-    pub fn new(dir: &Path, vmid: u32, start: DateTime<Local>, compress: Codec) -> Self {
-        Self::of_kind(GuestType::Qemu, dir, vmid, start, compress)
-    }
-
-    /// Names for a backup of a guest of `kind` (`vzdump-lxc-...tar.zst` for containers).
-    pub fn of_kind(
+    /// Names for a backup of the guest `vmid` of `kind` started at `start` (formatted in local
+    /// time): `vzdump-qemu-...vma.zst` for VMs, `vzdump-lxc-...tar.zst` for containers.
+    pub fn new(
         kind: GuestType,
         dir: &Path,
         vmid: u32,
@@ -122,17 +118,6 @@ impl ArchiveName {
     /// archive (any compression), temporary and log do not exist, by creating its log
     /// exclusively. Returns the names and the open, empty log.
     pub fn reserve(
-        dir: &Path,
-        vmid: u32,
-        start: DateTime<Local>,
-        compress: Codec,
-        tries: u32,
-    ) -> io::Result<(Self, File)> {
-        Self::reserve_kind(GuestType::Qemu, dir, vmid, start, compress, tries)
-    }
-
-    /// [`reserve`](Self::reserve) for a guest of `kind`.
-    pub fn reserve_kind(
         kind: GuestType,
         dir: &Path,
         vmid: u32,
@@ -142,7 +127,7 @@ impl ArchiveName {
     ) -> io::Result<(Self, File)> {
         for step in 0..tries.max(1) {
             let at = start + chrono::Duration::seconds(i64::from(step));
-            let name = ArchiveName::of_kind(kind, dir, vmid, at, compress);
+            let name = ArchiveName::new(kind, dir, vmid, at, compress);
             if name.in_use() {
                 continue;
             }
@@ -215,7 +200,7 @@ mod tests {
             .with_ymd_and_hms(2025, 1, 5, 2, 0, 1)
             .single()
             .expect("valid local time");
-        let n = ArchiveName::new(Path::new("/d"), 100, t, Codec::Zstd);
+        let n = ArchiveName::new(GuestType::Qemu, Path::new("/d"), 100, t, Codec::Zstd);
         assert_eq!(n.file_name(), "vzdump-qemu-100-2025_01_05-02_00_01.vma.zst");
         assert_eq!(
             n.temporary(),
@@ -233,16 +218,16 @@ mod tests {
             n.protected(),
             Path::new("/d/vzdump-qemu-100-2025_01_05-02_00_01.vma.zst.protected")
         );
-        let plain = ArchiveName::new(Path::new("/d"), 100, t, Codec::None);
+        let plain = ArchiveName::new(GuestType::Qemu, Path::new("/d"), 100, t, Codec::None);
         assert_eq!(
             plain.temporary(),
             Path::new("/d/vzdump-qemu-100-2025_01_05-02_00_01.dat")
         );
-        let lzo = ArchiveName::new(Path::new("/d"), 100, t, Codec::Lzo);
+        let lzo = ArchiveName::new(GuestType::Qemu, Path::new("/d"), 100, t, Codec::Lzo);
         assert!(lzo.file_name().ends_with(".vma.lzo"));
-        let gz = ArchiveName::new(Path::new("/d"), 100, t, Codec::Gzip);
+        let gz = ArchiveName::new(GuestType::Qemu, Path::new("/d"), 100, t, Codec::Gzip);
         assert!(gz.file_name().ends_with(".vma.gz"));
-        let ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::Zstd);
+        let ct = ArchiveName::new(GuestType::Lxc, Path::new("/d"), 100, t, Codec::Zstd);
         assert_eq!(ct.file_name(), "vzdump-lxc-100-2025_01_05-02_00_01.tar.zst");
         assert_eq!(
             ct.temporary(),
@@ -256,7 +241,7 @@ mod tests {
             ArchiveName::log_of_temporary("vzdump-lxc-100-2025_01_05-02_00_01.tar.dat").as_deref(),
             Some("vzdump-lxc-100-2025_01_05-02_00_01.log")
         );
-        let plain_ct = ArchiveName::of_kind(GuestType::Lxc, Path::new("/d"), 100, t, Codec::None);
+        let plain_ct = ArchiveName::new(GuestType::Lxc, Path::new("/d"), 100, t, Codec::None);
         assert_eq!(
             plain_ct.file_name(),
             "vzdump-lxc-100-2025_01_05-02_00_01.tar"
@@ -287,12 +272,14 @@ mod tests {
             b"c",
         )
         .expect("write");
-        let (n, _log) = ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 10).expect("reserve");
+        let (n, _log) = ArchiveName::reserve(GuestType::Qemu, dir.path(), 100, t, Codec::Zstd, 10)
+            .expect("reserve");
         assert_eq!(n.base(), "vzdump-qemu-100-2025_01_05-02_00_04");
         assert!(n.log().exists(), "the log claims the name");
-        let (n2, _) = ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 10).expect("again");
+        let (n2, _) = ArchiveName::reserve(GuestType::Qemu, dir.path(), 100, t, Codec::Zstd, 10)
+            .expect("again");
         assert_eq!(n2.base(), "vzdump-qemu-100-2025_01_05-02_00_05");
-        assert!(ArchiveName::reserve(dir.path(), 100, t, Codec::Zstd, 3).is_err());
+        assert!(ArchiveName::reserve(GuestType::Qemu, dir.path(), 100, t, Codec::Zstd, 3).is_err());
 
         let a = dir.path().join("a");
         let b = dir

@@ -28,17 +28,13 @@ use vmdump_store::GuestType;
 use vmdump_tar::{Excludes, IdMap, PackOptions};
 use vmdump_task::{Progress, Transfer};
 
-use crate::backup::{finish_extras, BackupJob, BackupReport};
+use crate::backup::{claim_names, commit_archive, BackupJob, BackupReport};
 use crate::error::{Error, Result};
 use crate::lock::JobLock;
 use crate::log::TaskLog;
-use crate::name::{rename_new, ArchiveName};
-use crate::progress::{format_hms, format_size};
+use crate::name::ArchiveName;
 
 use archive::{Compression, Tree};
-
-/// How many following seconds a backup tries when its archive name is taken.
-const NAME_TRIES: u32 = 60;
 
 /// Where a container backup reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,11 +175,7 @@ pub async fn backup_ct(
     let started = Instant::now();
     let start_time = chrono::Local::now();
     let log = TaskLog::new(progress);
-    log.info(&format!("Starting Backup of VM {vmid} (lxc)"));
-    log.info(&format!(
-        "Backup started at {}",
-        start_time.format("%Y-%m-%d %H:%M:%S")
-    ));
+    log.started(vmid, "lxc", start_time);
     let session = vmdump_launch::Session::open_async(&job.run_dir).await;
     let res = blocking(|| {
         let session = session?;
@@ -193,38 +185,21 @@ pub async fn backup_ct(
             log.warn(&m);
         }
         let plan = plan_ct(job, lock, vmid)?;
-        std::fs::create_dir_all(&plan.dump_dir)
-            .map_err(|e| Error::file("create dump directory", &plan.dump_dir, e))?;
-        let (names, file) = ArchiveName::reserve_kind(
+        let names = claim_names(
+            job,
             GuestType::Lxc,
             &plan.dump_dir,
             vmid.get(),
             start_time,
-            job.settings.compress,
-            NAME_TRIES,
-        )
-        .map_err(|e| Error::file("create backup log in", &plan.dump_dir, e))?;
-        log.attach(file);
-        for path in crate::lock::remove_stale_temporaries(&plan.dump_dir, vmid.get()) {
-            log.info(&format!(
-                "removed stale temporary file '{}' (left by an interrupted backup)",
-                path.display()
-            ));
-        }
+            &log,
+        )?;
         let (archive, size, transfer) = apply(job, plan, &names, &log, &session)?;
         Ok::<_, Error>((archive, names.log(), size, transfer))
     });
     match res {
         Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
-            log.info(&format!(
-                "Finished Backup of VM {vmid} ({})",
-                format_hms(duration)
-            ));
-            log.info(&format!(
-                "Backup finished at {}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            ));
+            log.finished(vmid, duration);
             log.close();
             Ok(BackupReport {
                 vmid,
@@ -236,14 +211,7 @@ pub async fn backup_ct(
             })
         }
         Err(e) => {
-            log.error(&format!(
-                "Backup of VM {vmid} failed - {}",
-                vmdump_task::one_line(&e)
-            ));
-            log.info(&format!(
-                "Failed at {}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            ));
+            log.failed(vmid, &e);
             log.close();
             Err(e)
         }
@@ -541,22 +509,7 @@ fn apply(
         transferred: written.bytes,
         ..Transfer::default()
     };
-    if let Err(e) = rename_new(&dat, &archive) {
-        let _ = std::fs::remove_file(&dat);
-        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::NameTaken { path: archive }
-        } else {
-            Error::file("rename archive to", &archive, e)
-        });
-    }
-    let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-    log.info(&format!("archive file size: {}", format_size(size)));
-    if let Err(e) = finish_extras(job, vmid, plan.config.hostname(), names, log) {
-        for path in [&archive, &names.notes(), &names.protected()] {
-            let _ = std::fs::remove_file(path);
-        }
-        return Err(e);
-    }
+    let size = commit_archive(job, vmid, plan.config.hostname(), names, log)?;
     Ok((archive, size, transfer))
 }
 
