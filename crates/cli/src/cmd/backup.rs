@@ -64,7 +64,7 @@ struct Opts {
     #[arg(long)]
     notes_template: Option<String>,
     /// Mark the backup protected (1/0).
-    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = boolean)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = super::boolean)]
     protected: Option<bool>,
     /// Retention for this run, e.g. keep-last=3,keep-weekly=4 (over the storage's
     /// prune-backups and vzdump.conf).
@@ -72,7 +72,7 @@ struct Opts {
     prune_backups: Option<vmdump_config::KeepOptions>,
     /// Prune the guest's older backups after its backup (1, the default) or not (0; then the
     /// keep values are a hard limit).
-    #[arg(long, value_parser = boolean)]
+    #[arg(long, value_parser = super::boolean)]
     remove: Option<bool>,
     /// Hook script, called for every job and guest phase (must be executable).
     #[arg(long)]
@@ -93,7 +93,7 @@ struct Opts {
     #[arg(long, value_name = "PATTERN")]
     exclude_path: Vec<String>,
     /// Containers: exclude /tmp/?*, /var/tmp/?* and /var/run/?*.pid (1, the default, or 0).
-    #[arg(long, value_parser = boolean)]
+    #[arg(long, value_parser = super::boolean)]
     stdexcludes: Option<bool>,
 }
 
@@ -108,10 +108,6 @@ pub(crate) fn non_negative(s: &str) -> Result<u64, String> {
 
 fn keep_options(s: &str) -> Result<vmdump_config::KeepOptions, String> {
     vmdump_config::KeepOptions::parse(s).map_err(|e| e.to_string())
-}
-
-fn boolean(s: &str) -> Result<bool, String> {
-    vmdump_config::parse_bool(s).ok_or_else(|| format!("'{s}' is not a boolean (1/0)"))
 }
 
 /// Run `vmdump backup`.

@@ -33,7 +33,7 @@ enum Action {
         #[arg(long)]
         hostname: Option<String>,
         /// Unprivileged container (ids mapped to 100000+): 1 or 0.
-        #[arg(long, default_value = "0", value_parser = boolean, action = clap::ArgAction::Set)]
+        #[arg(long, default_value = "0", value_parser = super::boolean, action = clap::ArgAction::Set)]
         unprivileged: bool,
     },
     /// Start a container.
@@ -71,15 +71,6 @@ enum Action {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output_format: Format,
     },
-}
-
-/// A 1/0 option value.
-pub(crate) fn boolean_arg(s: &str) -> Result<bool, String> {
-    boolean(s)
-}
-
-fn boolean(s: &str) -> Result<bool, String> {
-    vmdump_config::parse_bool(s).ok_or_else(|| format!("'{s}' is not a boolean (1/0)"))
 }
 
 /// `<storage>:<GiB>` of `--rootfs`.

@@ -51,6 +51,11 @@ pub enum Cmd {
     Scheduler(scheduler::Args),
 }
 
+/// A vzdump-style boolean option value (`1`/`0`, as `vmdump_config::parse_bool` reads them).
+pub(crate) fn boolean(s: &str) -> Result<bool, String> {
+    vmdump_config::parse_bool(s).ok_or_else(|| format!("'{s}' is not a boolean (1/0)"))
+}
+
 /// Dispatch a parsed subcommand.
 pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
     match cmd {

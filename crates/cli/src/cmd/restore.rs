@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long)]
     start: bool,
     /// Containers: restore as unprivileged (1) or privileged (0) instead of as backed up.
-    #[arg(long, value_parser = crate::cmd::ct::boolean_arg, action = clap::ArgAction::Set)]
+    #[arg(long, value_parser = super::boolean, action = clap::ArgAction::Set)]
     unprivileged: Option<bool>,
 }
 
