@@ -10,11 +10,6 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// vzdump's tar flags (PVE `@COMMON_TAR_FLAGS`).
-const TAR_FLAGS: &str = "--one-file-system -p --sparse --numeric-owner --acls --xattrs \
-    --xattrs-include=user.* --xattrs-include=security.capability \
-    --warning=no-file-ignored --warning=no-xattr-write";
-
 fn sh(script: &str) -> String {
     let o = Command::new("sh")
         .arg("-ec")
@@ -83,8 +78,9 @@ fn template_tar() -> &'static Path {
         let tar = dir.parent().expect("parent").join("rootfs.tar.zst");
         if !tar.exists() {
             let tmp = tar.with_extension(format!("{}.tmp", std::process::id()));
+            let flags = vmdump_tar::VZDUMP_TAR_FLAGS.join(" ");
             sh(&format!(
-                "tar cpf - {TAR_FLAGS} -C {} . | zstd -q -f -o {} && mv {} {}",
+                "tar cpf - {flags} -C {} . | zstd -q -f -o {} && mv {} {}",
                 dir.display(),
                 tmp.display(),
                 tmp.display(),
@@ -629,8 +625,9 @@ fn gnu_tar_archive_with_vzdump_flags_restores_and_hostile_ones_are_refused() {
     let archive = lab
         .path()
         .join("vzdump-lxc-200-2026_01_01-00_00_00.tar.zst");
+    let flags = vmdump_tar::VZDUMP_TAR_FLAGS.join(" ");
     sh(&format!(
-        "tar cpf - --totals {TAR_FLAGS} --directory={s} ./etc/vzdump/pct.conf ./etc/vzdump/pct.fw \
+        "tar cpf - --totals {flags} --directory={s} ./etc/vzdump/pct.conf ./etc/vzdump/pct.fw \
          --directory={r} --no-anchored --anchored --exclude=./tmp/?* --exclude=./var/tmp/?* --exclude=./var/run/?*.pid ./ \
          2>/dev/null | zstd -q -T0 -o {a}",
         s = stage.display(),

@@ -37,3 +37,19 @@ pub use pattern::{glob_match, Excludes, STD_EXCLUDES};
 pub use read::{Entry, Reader, MAX_EXTENDED, MAX_SEGMENTS};
 pub use unpack::{member_path, unpack, UnpackOptions, UnpackStats};
 pub use write::{Appended, Writer};
+
+/// The GNU tar flags vzdump archives a container with (PVE's `@COMMON_TAR_FLAGS`): the
+/// archives [`Packer`] writes are what `tar cpf - <these flags>` writes, and the interop
+/// tests hold them side by side.
+pub const VZDUMP_TAR_FLAGS: &[&str] = &[
+    "--one-file-system",
+    "-p",
+    "--sparse",
+    "--numeric-owner",
+    "--acls",
+    "--xattrs",
+    "--xattrs-include=user.*",
+    "--xattrs-include=security.capability",
+    "--warning=no-file-ignored",
+    "--warning=no-xattr-write",
+];

@@ -9,20 +9,6 @@ use vmdump_tar::{
     unpack, ErrorKind, Excludes, Kind, Meta, PackOptions, Packer, Reader, UnpackOptions, Writer,
 };
 
-/// vzdump's tar flags (PVE `@COMMON_TAR_FLAGS`).
-const TAR_FLAGS: &[&str] = &[
-    "--one-file-system",
-    "-p",
-    "--sparse",
-    "--numeric-owner",
-    "--acls",
-    "--xattrs",
-    "--xattrs-include=user.*",
-    "--xattrs-include=security.capability",
-    "--warning=no-file-ignored",
-    "--warning=no-xattr-write",
-];
-
 fn sh(script: &str) {
     let st = Command::new("sh")
         .arg("-ec")
@@ -118,7 +104,7 @@ fn both_directions_keep_every_kind_of_metadata() {
 
     // GNU tar with vzdump's flags, extracted by GNU tar: the reference tree.
     let gnu = t.path().join("gnu.tar");
-    let flags = TAR_FLAGS.join(" ");
+    let flags = vmdump_tar::VZDUMP_TAR_FLAGS.join(" ");
     sh(&format!(
         "tar cpf {} {flags} --anchored --exclude=./tmp/?* --exclude=./var/tmp/?* --exclude=./var/run/?*.pid -C {} .",
         gnu.display(),
