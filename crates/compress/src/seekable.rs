@@ -14,6 +14,7 @@
 //! serves reads at any decompressed offset (a small cache of decompressed frames) and
 //! [`ParallelDecoder`] streams the whole content with frames decompressed in parallel.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -388,11 +389,24 @@ impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
     }
 }
 
+/// Compresses one frame with its content size and checksum. Each thread keeps its zstd
+/// context for the next frame (a context per frame costs its allocation every few MiB).
 fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut c = zstd::bulk::Compressor::new(level)?;
-    c.include_checksum(true)?;
-    c.include_contentsize(true)?;
-    c.compress(data)
+    thread_local! {
+        static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    CONTEXT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            let mut c = zstd::bulk::Compressor::new(level)?;
+            c.include_checksum(true)?;
+            c.include_contentsize(true)?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().expect("context set above");
+        c.compress(data)
+    })
 }
 
 impl<W: Write> SeekableWriter<W> {
