@@ -12,6 +12,22 @@ pub enum Format {
     Json,
 }
 
+/// `println!` that hands back the error of a closed stdout (`vmdump vm list | head`) instead
+/// of panicking; `main` treats a broken pipe as success.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes one line to stdout.
+pub fn line(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.write_all(b"\n")
+}
+
 /// Prints `rows` under `header` with columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();

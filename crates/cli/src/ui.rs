@@ -89,9 +89,13 @@ impl Ui {
             (Style::Qmrestore, Level::Info) => line.to_string(),
             _ => format!("{}: {line}", level.prefix()),
         };
+        // A closed stdout must not stop a backup or restore: the task log keeps every line.
+        let show = || {
+            let _ = crate::output::line(format_args!("{text}"));
+        };
         match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.suspend(|| println!("{text}")),
-            None => println!("{text}"),
+            Some(bar) => bar.suspend(show),
+            None => show(),
         }
     }
 }

@@ -189,3 +189,28 @@ fn json_status_list_and_showcmd() {
         "{cmd}"
     );
 }
+
+#[test]
+fn a_reader_that_closes_stdout_early_is_not_a_failure() {
+    // `vmdump vm list | head -0`: the reader is gone before the first line is written, so
+    // every write gets EPIPE. vmdump stops quietly with success (no panic, no message).
+    let env = Env::new();
+    env.config(100, "memory: 128\n");
+    env.config(101, "memory: 128\n");
+    for args in [&["list"][..], &["status", "100"], &["showcmd", "100"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_vmdump"))
+            .arg("vm")
+            .args(args)
+            .arg("--run-dir")
+            .arg(env.run_base())
+            .env("VMDUMP_ROOT", env.etc())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "vm {args:?}: {:?} {stderr}", out.status);
+        assert!(stderr.is_empty(), "vm {args:?}: {stderr}");
+    }
+}

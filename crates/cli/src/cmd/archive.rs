@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use crate::output::outln;
 use anyhow::Context as _;
 use vmdump_config::ConfigRoot;
 use vmdump_store::{Backup, Storage};
@@ -47,7 +48,7 @@ pub fn notes(args: NotesArgs, global: &crate::Global) -> anyhow::Result<ExitCode
     let (storage, backup) = open(&global.config_root(), &args.volid)?;
     match args.text {
         Some(text) => storage.set_notes(&backup, &text)?,
-        None => println!("{}", backup.notes.unwrap_or_default()),
+        None => outln!("{}", backup.notes.unwrap_or_default())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -63,6 +64,6 @@ pub fn protect(args: ProtectArgs, global: &crate::Global) -> anyhow::Result<Exit
 pub fn remove(args: RemoveArgs, global: &crate::Global) -> anyhow::Result<ExitCode> {
     let (storage, backup) = open(&global.config_root(), &args.volid)?;
     storage.remove(&backup)?;
-    println!("removed backup '{}'", backup.volid);
+    outln!("removed backup '{}'", backup.volid)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use vmdump_config::{Codec, Mode, Performance, VmId, VzdumpOptions};
 use vmdump_engine::BackupJob;
 use vmdump_task::Level;
 
+use crate::output::outln;
 use crate::ui::{cancel_on_signals, Style, Ui};
 
 /// Arguments of `vmdump backup` (boxed: the subcommand enum stays small).
@@ -196,7 +197,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     if let Err(e) = job.job_hook(vmdump_engine::Phase::JobInit, &hook_log).await {
         let msg = vmdump_task::one_line(&e);
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
-        println!("TASK ERROR: {msg}");
+        let _ = outln!("TASK ERROR: {msg}");
         return Ok(ExitCode::from(1));
     }
     // Retention of the target (command line over storage over vzdump.conf).
@@ -210,7 +211,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         Err(e) => {
             let msg = vmdump_task::one_line(&e);
             ui.print(Level::Error, &msg);
-            println!("TASK ERROR: {msg}");
+            let _ = outln!("TASK ERROR: {msg}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -228,7 +229,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         Ok(l) => l,
         Err(e) => {
             ui.print(Level::Error, &e.to_string());
-            println!("TASK ERROR: {e}");
+            let _ = outln!("TASK ERROR: {e}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -258,7 +259,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     .await;
     if let Err(msg) = res {
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
-        println!("TASK ERROR: {msg}");
+        let _ = outln!("TASK ERROR: {msg}");
         return Ok(ExitCode::from(1));
     }
     if failed.is_empty() {
@@ -266,7 +267,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         Ok(ExitCode::SUCCESS)
     } else {
         ui.print(Level::Info, "Backup job finished with errors");
-        println!("TASK ERROR: job errors");
+        let _ = outln!("TASK ERROR: job errors");
         Ok(ExitCode::from(1))
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use vmdump_config::VmId;
 use vmdump_lxc::{CreateSpec, CtState, Runtime, Template};
 
-use crate::output::Format;
+use crate::output::{outln, Format};
 
 /// Arguments of `vmdump ct`.
 #[derive(clap::Args, Debug)]
@@ -115,10 +115,10 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 unprivileged,
             };
             let cfg = rt.create(vmid.get(), &spec)?;
-            println!(
+            outln!(
                 "CT {vmid} created (rootfs {})",
                 cfg.get("rootfs").unwrap_or("?")
-            );
+            )?;
         }
         Action::Start { vmid, skiplock } => {
             let _l = lock(global, vmid)?;
@@ -131,16 +131,16 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
             }
             rt.start(vmid.get())?;
             let pid = rt.state(vmid.get())?.pid().unwrap_or(0);
-            println!("CT {vmid} started (pid {pid})");
+            outln!("CT {vmid} started (pid {pid})")?;
         }
         Action::Shutdown { vmid, timeout } => {
             let _l = lock(global, vmid)?;
             rt.config(vmid.get())?;
             if rt.state(vmid.get())? == CtState::Stopped {
-                println!("CT {vmid} was not running");
+                outln!("CT {vmid} was not running")?;
             } else {
                 rt.shutdown(vmid.get(), Duration::from_secs(timeout))?;
-                println!("CT {vmid} shut down");
+                outln!("CT {vmid} shut down")?;
             }
         }
         Action::Stop { vmid } => {
@@ -148,10 +148,10 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
             rt.config(vmid.get())?;
             let was = rt.state(vmid.get())? != CtState::Stopped;
             rt.stop(vmid.get())?;
-            println!(
+            outln!(
                 "CT {vmid} {}",
                 if was { "stopped" } else { "was not running" }
-            );
+            )?;
         }
         Action::Status {
             vmid,
@@ -160,14 +160,14 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
             rt.config(vmid.get())?;
             let state = rt.state(vmid.get())?;
             if output_format == Format::Json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"vmid": vmid.get(), "status": state.as_str(), "pid": state.pid()})
-                );
+                )?;
             } else {
-                println!("status: {}", state.as_str());
+                outln!("status: {}", state.as_str())?;
                 if let Some(pid) = state.pid() {
-                    println!("pid: {pid}");
+                    outln!("pid: {pid}")?;
                 }
             }
         }
@@ -178,7 +178,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|c| serde_json::json!({"vmid": c.vmid, "name": c.hostname, "status": c.state.as_str(), "pid": c.state.pid()}))
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v))?;
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()

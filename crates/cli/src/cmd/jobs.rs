@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use vmdump_config::BackupJobConfig;
 use vmdump_jobs::state::StateStore;
 
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 use crate::ui::{Style, Ui};
 
 /// Arguments of `vmdump jobs`.
@@ -204,16 +204,16 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 .jobs()?
                 .get(&id)
                 .ok_or_else(|| vmdump_jobs::Error::NoSuchJob(id.clone()))?;
-            println!("vzdump: {}", job.id);
-            println!("\tschedule {}", job.schedule);
-            println!("\tenabled {}", u8::from(job.enabled));
-            println!("\trepeat-missed {}", u8::from(job.repeat_missed));
+            outln!("vzdump: {}", job.id)?;
+            outln!("\tschedule {}", job.schedule)?;
+            outln!("\tenabled {}", u8::from(job.enabled))?;
+            outln!("\trepeat-missed {}", u8::from(job.repeat_missed))?;
             if let Some(c) = &job.comment {
-                println!("\tcomment {c}");
+                outln!("\tcomment {c}")?;
             }
-            println!("\t{}", selection_line(&job));
+            outln!("\t{}", selection_line(&job))?;
             for (k, v) in &job.option_pairs {
-                println!("\t{k} {v}");
+                outln!("\t{k} {v}")?;
             }
         }
         Action::Add { id, props } => {
@@ -270,7 +270,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 &ui,
             ));
             if !summary.ok() {
-                println!("TASK ERROR: job errors");
+                outln!("TASK ERROR: job errors")?;
                 return Ok(ExitCode::from(1));
             }
         }
@@ -319,12 +319,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                         let p = dir.join(&u.file_name);
                         std::fs::write(&p, &u.text)
                             .with_context(|| format!("write {}", p.display()))?;
-                        println!("{}", p.display());
+                        outln!("{}", p.display())?;
                     }
                 }
                 None => {
                     for u in &units {
-                        println!("# {}\n{}", u.file_name, u.text);
+                        outln!("# {}\n{}", u.file_name, u.text)?;
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::output::outln;
 use anyhow::{bail, Context};
 use vmdump_blockdev::{AccessKind, Archive, Size, SourceExport};
 use vmdump_nbd::{Server, ServerOptions};
@@ -137,9 +138,9 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 }
                 vmdump_nbd::server::ListenAddr::Tcp(a) => format!("nbd://{a}/{}", d.name()),
             };
-            println!("{} {} {uri}", d.name(), d.size());
+            outln!("{} {} {uri}", d.name(), d.size())?;
         }
-        println!("serving {} disk(s) on {at}", disks.len());
+        outln!("serving {} disk(s) on {at}", disks.len())?;
         use std::io::Write as _;
         std::io::stdout().flush().ok();
         use tokio::signal::unix::{signal, SignalKind};

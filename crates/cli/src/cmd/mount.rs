@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::output::outln;
 use anyhow::{bail, Context};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -410,7 +411,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 continue;
             }
             rec.mounts.push(target.clone());
-            println!("{} mounted on {}", r.dir_name, target.display());
+            outln!("{} mounted on {}", r.dir_name, target.display())?;
         }
         Ok(())
     })();
@@ -423,11 +424,11 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
     for d in archive.disks() {
-        println!(
+        outln!(
             "{} on {}",
             d.name(),
             dir.join(format!("{}.raw", d.name())).display()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -451,7 +452,7 @@ fn serve(archive: Archive, dir: &Path, regions: &[Region]) -> anyhow::Result<Exi
     config.n_threads = Some(2);
     let session = fuser::spawn_mount(fs, dir, &config)
         .with_context(|| format!("mount FUSE on {} (needs /dev/fuse)", dir.display()))?;
-    println!("mounted");
+    outln!("mounted")?;
     use std::io::Write as _;
     std::io::stdout().flush().ok();
     // Served until unmounted (`vmdump umount`, fusermount3 -u).
@@ -503,6 +504,6 @@ pub fn umount(args: UmountArgs, global: &crate::Global) -> anyhow::Result<ExitCo
     }
     std::fs::remove_file(&record).with_context(|| format!("remove {}", record.display()))?;
     let _ = std::fs::remove_file(record.with_extension("log"));
-    println!("unmounted {}", dir.display());
+    outln!("unmounted {}", dir.display())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use vmdump_config::KeepOptions;
 use vmdump_store::{prune, Filter, GuestType, Storage};
 
-use crate::output::{self, Format};
+use crate::output::{self, outln, Format};
 
 /// Arguments of `vmdump prune`.
 #[derive(clap::Args, Debug)]
@@ -98,10 +98,10 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     }
     let removed = prune::apply(&storage, &plan)?;
     if args.output_format == Format::Text {
-        println!(
+        outln!(
             "pruned {} backup(s) not covered by keep-retention policy",
             removed.len()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@ use vmdump_config::VmId;
 use vmdump_task::Level;
 
 use crate::cmd::backup::non_negative;
+use crate::output::outln;
 use crate::ui::{cancel_on_signals, Style, Ui};
 
 /// Arguments of `vmdump restore`.
@@ -139,12 +140,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         let result = vmdump_restore::restore_ct(source, &copts, &ui);
         return match result {
             Ok(summary) => {
-                println!(
+                outln!(
                     "restored CT {} ({} volume(s)), config {}",
                     args.vmid,
                     summary.volumes.len(),
                     summary.config_path.display()
-                );
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -171,12 +172,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     ui.done();
     match result {
         Ok(summary) => {
-            println!(
+            outln!(
                 "restored VM {} ({} disk(s)), config {}",
                 args.vmid,
                 summary.disks.len(),
                 summary.config_path.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("restore of VM {} failed", args.vmid))),

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use vmdump_config::VmId;
 use vmdump_guest::{Accel, Runtime, ShutdownOutcome, StartOptions, State};
 
-use crate::output::Format;
+use crate::output::{outln, Format};
 
 /// Arguments of `vmdump vm`.
 #[derive(clap::Args, Debug)]
@@ -145,12 +145,12 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                 skiplock,
             };
             let started = vms.start(vmid.get(), &opts).await?;
-            println!(
+            outln!(
                 "VM {vmid} started (pid {}, {}{})",
                 started.pid,
                 started.plan.accel,
                 if paused { ", paused" } else { "" }
-            );
+            )?;
         }
         Action::Shutdown {
             vmid,
@@ -173,7 +173,7 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                 ShutdownOutcome::Agent => "shut down (guest agent)",
                 ShutdownOutcome::Forced => "stopped hard after the shutdown timeout",
             };
-            println!("VM {vmid} {what}");
+            outln!("VM {vmid} {what}")?;
         }
         Action::Stop {
             vmid,
@@ -183,10 +183,10 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
             let was = vms
                 .stop_with(vmid.get(), Duration::from_secs(timeout), skiplock)
                 .await?;
-            println!(
+            outln!(
                 "VM {vmid} {}",
                 if was { "stopped" } else { "was not running" }
-            );
+            )?;
         }
         Action::Suspend { vmid } => vms.suspend(vmid.get()).await?,
         Action::Resume { vmid } => vms.resume(vmid.get()).await?,
@@ -198,15 +198,15 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
             vms.root().qemu_config(vmid.get())?;
             let state = vms.status(vmid.get()).await?;
             if output_format == Format::Json {
-                println!("{}", state_json(vmid.get(), &state));
+                outln!("{}", state_json(vmid.get(), &state))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("status: {}", state.as_str());
+            outln!("status: {}", state.as_str())?;
             if let Some(q) = state.qmp_status() {
-                println!("qmpstatus: {q}");
+                outln!("qmpstatus: {q}")?;
             }
             if let Some(pid) = state.pid() {
-                println!("pid: {pid}");
+                outln!("pid: {pid}")?;
             }
         }
         Action::Showcmd {
@@ -227,7 +227,7 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                 line.push(' ');
                 line.push_str(&shell_quote(a));
             }
-            println!("{line}");
+            outln!("{line}")?;
         }
         Action::List {
             output_format: Format::Json,
@@ -243,28 +243,32 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                     v
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(rows));
+            outln!("{}", serde_json::Value::Array(rows))?;
         }
         Action::List {
             output_format: Format::Text,
         } => {
-            println!(
+            outln!(
                 "{:>10} {:<20} {:<10} {:>10} {:>10}",
-                "VMID", "NAME", "STATUS", "MEM(MB)", "PID"
-            );
+                "VMID",
+                "NAME",
+                "STATUS",
+                "MEM(MB)",
+                "PID"
+            )?;
             for vm in vms.list().await? {
                 let status = match &vm.state {
                     State::Running { .. } => vm.state.qmp_status().unwrap_or("running"),
                     other => other.as_str(),
                 };
-                println!(
+                outln!(
                     "{:>10} {:<20} {:<10} {:>10} {:>10}",
                     vm.vmid,
                     vm.name,
                     status,
                     vm.memory_mib.map(|m| m.to_string()).unwrap_or_default(),
                     vm.state.pid().map(|p| p.to_string()).unwrap_or_default()
-                );
+                )?;
             }
         }
     }
