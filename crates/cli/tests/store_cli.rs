@@ -49,16 +49,9 @@ fn list_notes_protect_remove_and_prune() -> Result<()> {
     assert_eq!(lines.len(), 6, "{out}");
     assert!(lines[0].starts_with("volid"), "{out}");
     assert!(
-        lines[0].split_whitespace().eq([
-            "volid",
-            "vmid",
-            "type",
-            "time",
-            "size",
-            "compression",
-            "notes",
-            "protected"
-        ]),
+        lines[0]
+            .split_whitespace()
+            .eq("volid vmid type time size compression notes protected".split(' ')),
         "{out}"
     );
     assert!(lines[1].starts_with(OLDEST), "{out}");
@@ -84,19 +77,9 @@ fn list_notes_protect_remove_and_prune() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is protected"));
 
     // The plan: protected one, two kept by keep-last, two removed; dry run removes nothing.
+    let prune = ["prune", "bk", "--vmid", "100", "--keep-last", "2"];
     let out = expect_success(
-        &vmdump(
-            &root,
-            &[
-                "prune",
-                "bk",
-                "--vmid",
-                "100",
-                "--keep-last",
-                "2",
-                "--dry-run",
-            ],
-        )?,
+        &vmdump(&root, &[&prune[..], &["--dry-run"]].concat())?,
         "prune --dry-run",
     );
     assert_eq!(
@@ -108,19 +91,7 @@ fn list_notes_protect_remove_and_prune() -> Result<()> {
     assert!(out.contains(" protected "), "{out}");
     let files = std::fs::read_dir(tmp.path().join("store/dump"))?.count();
     let out = expect_success(
-        &vmdump(
-            &root,
-            &[
-                "prune",
-                "bk",
-                "--vmid",
-                "100",
-                "--keep-last",
-                "2",
-                "--output-format",
-                "json",
-            ],
-        )?,
+        &vmdump(&root, &[&prune[..], &["--output-format", "json"]].concat())?,
         "prune",
     );
     let plan: serde_json::Value = serde_json::from_str(&out)?;

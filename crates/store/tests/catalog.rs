@@ -60,16 +60,7 @@ fn lists_archives_with_their_markers() {
         .keys()
         .map(String::as_str)
         .collect();
-    for k in [
-        "volid",
-        "vmid",
-        "type",
-        "time",
-        "size",
-        "compression",
-        "notes",
-        "protected",
-    ] {
+    for k in "volid vmid type time size compression notes protected".split(' ') {
         assert!(keys.contains(&k), "{k} missing in {json}");
     }
     assert_eq!(json["type"], "qemu");

@@ -121,40 +121,16 @@ pub fn from_text(
             };
             map(id).ok_or_else(|| format!("id {id} of ACL entry '{item}' is not mapped"))
         };
-        let e = match (kind, qual.is_empty()) {
-            ("user" | "u", true) => AclEntry {
-                tag: USER_OBJ,
-                perm,
-                id: UNDEFINED,
-            },
-            ("user" | "u", false) => AclEntry {
-                tag: USER,
-                perm,
-                id: resolve(lookup_user, map_uid)?,
-            },
-            ("group" | "g", true) => AclEntry {
-                tag: GROUP_OBJ,
-                perm,
-                id: UNDEFINED,
-            },
-            ("group" | "g", false) => AclEntry {
-                tag: GROUP,
-                perm,
-                id: resolve(lookup_group, map_gid)?,
-            },
-            ("mask" | "m", _) => AclEntry {
-                tag: MASK,
-                perm,
-                id: UNDEFINED,
-            },
-            ("other" | "o", _) => AclEntry {
-                tag: OTHER,
-                perm,
-                id: UNDEFINED,
-            },
+        let (tag, id) = match (kind, qual.is_empty()) {
+            ("user" | "u", true) => (USER_OBJ, UNDEFINED),
+            ("user" | "u", false) => (USER, resolve(lookup_user, map_uid)?),
+            ("group" | "g", true) => (GROUP_OBJ, UNDEFINED),
+            ("group" | "g", false) => (GROUP, resolve(lookup_group, map_gid)?),
+            ("mask" | "m", _) => (MASK, UNDEFINED),
+            ("other" | "o", _) => (OTHER, UNDEFINED),
             _ => return Err(format!("unknown ACL entry type in '{item}'")),
         };
-        out.push(e);
+        out.push(AclEntry { tag, perm, id });
     }
     out.sort_by_key(|e| (e.tag, e.id));
     Ok(out)
