@@ -118,6 +118,13 @@ mod tests {
         let mut buf = [0u8; 4];
         disk.read_at(&mut buf, BLOCK + 4).unwrap();
         assert_eq!(buf, [0, 7, 7, 7]);
+        let contents = disk.contents();
+        assert_eq!(contents.len() as u64, 5 * BLOCK);
+        assert_eq!(contents.iter().filter(|&&b| b == 7).count(), 10);
+        assert_eq!(
+            &contents[(BLOCK + 5) as usize..(BLOCK + 15) as usize],
+            &[7; 10]
+        );
         assert_eq!(
             disk.extents(100..5 * BLOCK).unwrap(),
             vec![

@@ -238,3 +238,135 @@ impl Finish for RawFile {
             .map_err(|e| Error::io("sync", &self.path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+
+    fn extent(offset: u64, length: u64, zero: bool) -> Extent {
+        Extent {
+            offset,
+            length,
+            zero,
+        }
+    }
+
+    /// A sparse file of 2 MiB with data at 64–128 KiB and 1 MiB–1 MiB+4 KiB.
+    fn sparse(dir: &Path) -> PathBuf {
+        let path = dir.join("disk.raw");
+        let f = File::create(&path).unwrap();
+        f.set_len(2048 * K).unwrap();
+        f.write_all_at(&[0xAB; 64 * 1024], 64 * K).unwrap();
+        f.write_all_at(&[0xCD; 4096], 1024 * K).unwrap();
+        path
+    }
+
+    #[test]
+    fn extents_follow_the_files_holes_within_the_asked_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = RawFile::open(&sparse(dir.path())).unwrap();
+        assert_eq!(disk.size(), 2048 * K);
+        assert_eq!(
+            disk.extents(0..2048 * K).unwrap(),
+            vec![
+                extent(0, 64 * K, true),
+                extent(64 * K, 64 * K, false),
+                extent(128 * K, 896 * K, true),
+                extent(1024 * K, 4 * K, false),
+                extent(1028 * K, 1020 * K, true),
+            ]
+        );
+        // A range starting and ending inside data, and one reaching past the end of the disk.
+        assert_eq!(
+            disk.extents(100 * K..1026 * K).unwrap(),
+            vec![
+                extent(100 * K, 28 * K, false),
+                extent(128 * K, 896 * K, true),
+                extent(1024 * K, 2 * K, false),
+            ]
+        );
+        assert_eq!(
+            disk.extents(1026 * K..4096 * K).unwrap(),
+            vec![
+                extent(1026 * K, 2 * K, false),
+                extent(1028 * K, 1020 * K, true)
+            ]
+        );
+        assert_eq!(disk.extents(2048 * K..4096 * K).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn reads_and_writes_land_at_their_offsets_and_stay_inside_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sparse(dir.path());
+        let mut disk = Box::new(RawFile::open_write(&path).unwrap());
+        assert_eq!(disk.path(), path);
+        disk.write_at(Bytes::from_static(&[1, 2, 3]), 64 * K - 1)
+            .unwrap();
+        // Past the end: refused, nothing written, the file keeps its size.
+        let err = disk
+            .write_at(Bytes::from_static(&[9, 9]), 2048 * K - 1)
+            .unwrap_err();
+        assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+        let mut buf = [0u8; 2];
+        assert!(matches!(
+            disk.read_at(&mut buf, 2048 * K - 1),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut buf = [0u8; 5];
+        disk.read_at(&mut buf, 64 * K - 2).unwrap();
+        assert_eq!(buf, [0, 1, 2, 3, 0xAB]);
+        disk.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, 2048 * K);
+        assert_eq!(&bytes[64 * 1024 - 1..64 * 1024 + 3], &[1, 2, 3, 0xAB]);
+        assert_eq!(bytes[2048 * 1024 - 1], 0);
+    }
+
+    #[test]
+    fn many_writes_past_the_writeback_kick_all_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.raw");
+        File::create(&path)
+            .unwrap()
+            .set_len(WRITEBACK_KICK * 2)
+            .unwrap();
+        let mut disk = Box::new(RawFile::open_write(&path).unwrap());
+        let chunk = 4 << 20;
+        for i in 0..(WRITEBACK_KICK * 2 / chunk) {
+            let data = Bytes::from(vec![i as u8 + 1; chunk as usize]);
+            disk.write_at(data, i * chunk).unwrap();
+        }
+        disk.finish().unwrap();
+        let f = File::open(&path).unwrap();
+        for i in 0..(WRITEBACK_KICK * 2 / chunk) {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, i * chunk + chunk - 1).unwrap();
+            assert_eq!(b[0], i as u8 + 1);
+        }
+    }
+
+    #[test]
+    fn probes_tell_files_from_block_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = sparse(dir.path());
+        // ext4 (the test's temp dir) takes O_DIRECT; a path that cannot be opened does not.
+        assert!(supports_direct_io(&file));
+        assert!(!supports_direct_io(&dir.path().join("missing")));
+        assert!(!is_block_device(&file).unwrap());
+        assert_eq!(protocol_driver(&file).unwrap(), "file");
+        assert!(is_block_device(&dir.path().join("missing")).is_err());
+        // A block device node (loop device 0; only its type is looked at).
+        let node = dir.path().join("blk");
+        let status = std::process::Command::new("mknod")
+            .arg(&node)
+            .args(["b", "7", "0"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(is_block_device(&node).unwrap());
+        assert_eq!(protocol_driver(&node).unwrap(), "host_device");
+    }
+}

@@ -172,3 +172,32 @@ fn limits_before_a_backup() {
     ));
     assert!(prune::effective_remove(None, &job));
 }
+
+#[test]
+fn prune_guest_touches_only_that_guests_backups() {
+    let (tmp, s) = storage_with_backups();
+    let keep = KeepOptions::parse("keep-last=1").expect("valid");
+    // The container 101 has one backup: kept. The VM 100 keeps its newest of four dated ones
+    // (the renamed one is never pruned).
+    assert!(prune::prune_guest(&s, GuestType::Lxc, 101, &keep)
+        .expect("prune ct")
+        .is_empty());
+    let removed = prune::prune_guest(&s, GuestType::Qemu, 100, &keep).expect("prune vm");
+    let mut names: Vec<&str> = removed.iter().map(|b| b.file_name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [1, 2, 3].map(|d| format!("vzdump-qemu-100-2025_01_0{d}-02_00_00.vma.zst"))
+    );
+    let left: Vec<String> = s
+        .list(&Filter::default())
+        .expect("list")
+        .into_iter()
+        .map(|b| b.file_name)
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(tmp
+        .path()
+        .join("vzdump-lxc-101-2025_01_01-02_00_00.tar.gz")
+        .exists());
+}

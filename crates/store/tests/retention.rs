@@ -5,7 +5,7 @@
 use chrono::NaiveDateTime;
 use proptest::prelude::*;
 use vmdump_config::KeepOptions;
-use vmdump_store::retention::{plan, Candidate, Mark};
+use vmdump_store::retention::{plan, Candidate, Mark, Rule};
 
 fn at(s: &str) -> Candidate {
     Candidate {
@@ -223,5 +223,26 @@ proptest! {
         // Dropping the last rule turns the policy into keep-all; that keeps more by design.
         prop_assume!(!fewer.is_keep_all());
         prop_assert!(kept(&group, &fewer).len() <= kept(&group, &keep).len());
+    }
+}
+
+#[test]
+fn rule_names_are_proxmox_option_names_in_text_and_json() {
+    let rules = [
+        Rule::Last,
+        Rule::Hourly,
+        Rule::Daily,
+        Rule::Weekly,
+        Rule::Monthly,
+        Rule::Yearly,
+        Rule::All,
+    ];
+    let names = rules.map(Rule::as_str);
+    assert_eq!(
+        names.join(" "),
+        "keep-last keep-hourly keep-daily keep-weekly keep-monthly keep-yearly keep-all"
+    );
+    for r in rules {
+        assert_eq!(serde_json::to_value(r).expect("json"), r.as_str());
     }
 }
