@@ -70,6 +70,11 @@ impl ArchiveName {
         }
     }
 
+    /// The directory the archive goes to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `vzdump-qemu-<vmid>-<time>`.
     pub fn base(&self) -> &str {
         &self.base
