@@ -613,7 +613,9 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && stderr.contains("VM is locked (backup)"),
+        !out.status.success()
+            && (stderr.contains("VM is locked (backup)")
+                || stderr.contains("is locked by another vmdump operation")),
         "{stderr}"
     );
     sigkill(child)?;

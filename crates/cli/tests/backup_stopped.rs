@@ -518,10 +518,7 @@ fn stdout_archive_and_tmpdir() -> Result<()> {
     let env = Env::new(tmp.path())?;
     let (ha, hb) = setup_vm(&env)?;
     std::fs::create_dir_all(env.root.join("firewall"))?;
-    std::fs::write(
-        env.root.join("firewall/100.fw"),
-        "[OPTIONS]\nenable: 1\n",
-    )?;
+    std::fs::write(env.root.join("firewall/100.fw"), "[OPTIONS]\nenable: 1\n")?;
     let tmpdir = tmp.path().join("scratch");
     std::fs::create_dir_all(&tmpdir)?;
     let hook = tmp.path().join("hook.sh");
@@ -610,7 +607,11 @@ fn stdout_archive_and_tmpdir() -> Result<()> {
             1,
             "you can only backup a single VM with option --stdout",
         ),
-        (&["100", "--stdout", "--storage", "local"][..], 2, "--storage"),
+        (
+            &["100", "--stdout", "--storage", "local"][..],
+            2,
+            "--storage",
+        ),
         (
             &["100", "--tmpdir", "/nonexistent-vmdump-tmp"][..],
             1,

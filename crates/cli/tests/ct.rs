@@ -833,11 +833,16 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
     let pid = lab.pid(7171).expect("running");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
     assert!(
-        mounts.lines().any(|l| l.split(' ').nth(4) == Some("/mnt/img")),
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/img")),
         "{mounts}"
     );
-    std::fs::write(format!("/proc/{pid}/root/mnt/img/hello"), "from the container")
-        .expect("write into the mount point");
+    std::fs::write(
+        format!("/proc/{pid}/root/mnt/img/hello"),
+        "from the container",
+    )
+    .expect("write into the mount point");
     // Incompressible bytes, so the rate limit has something to pace.
     sh(&format!(
         "head -c 1048576 /dev/urandom > /proc/{pid}/root/mnt/img/blob"
@@ -876,7 +881,10 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_dir(lab.dump())
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".dat")))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".dat"))
+        })
         .unwrap_or(false)
     {
         assert!(Instant::now() < deadline, "the archive was not started");
@@ -947,19 +955,40 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         "from the container"
     );
 
-    // --stdout in suspend mode: the mount point's files are copied too.
-    let files = std::fs::read_dir(lab.dump()).expect("dump").count();
+    // --stdout in suspend mode: the mount point's files are copied too. A suspend-mode copy
+    // a killed run left is removed first.
+    let stale = lab.dump().join("vzdump-lxc-7171-2020_01_01-00_00_00.tmp");
+    std::fs::create_dir_all(stale.join("etc")).expect("mkdir");
+    std::fs::write(stale.join("etc/passwd"), "x").expect("write");
+    let files = std::fs::read_dir(lab.dump()).expect("dump").count() - 1;
     let piped = lab.path().join("stdout.tar.zst");
     let out = lab
         .cmd(&[
-            "backup", "7171", "--mode", "suspend", "--compress", "zstd", "--stdout",
+            "backup",
+            "7171",
+            "--mode",
+            "suspend",
+            "--compress",
+            "zstd",
+            "--stdout",
         ])
         .stdout(std::fs::File::create(&piped).expect("create"))
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("INFO: sending archive to stdout"), "{stderr}");
+    assert!(
+        stderr.contains("INFO: sending archive to stdout"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "INFO: removed stale temporary directory '{}' (left by an interrupted backup)",
+            stale.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stale.exists());
     let list = gnu_list(&piped);
     assert_eq!(list[0], "./etc/vzdump/pct.conf");
     assert!(list.iter().any(|m| m == "./mnt/img/hello"), "{list:?}");
@@ -971,7 +1000,15 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
     assert_eq!(lab.status(7171), "running");
 
     // Restore onto --mp255 (an image again), start: the file is in the new mount point.
-    let o = lab.vmdump(&["restore", &target, "7172", "--rootfs", "local:0", "--mp256", "local:0,mp=/x"]);
+    let o = lab.vmdump(&[
+        "restore",
+        &target,
+        "7172",
+        "--rootfs",
+        "local:0",
+        "--mp256",
+        "local:0,mp=/x",
+    ]);
     assert_eq!(o.status.code(), Some(2), "--mp256 is not an option");
     lab.ok(&[
         "restore",
@@ -1016,7 +1053,10 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         .join("store/images/7173/subvol-7173-disk-0.subvol");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_dir(&vol).map_or(0, |d| d.count()) == 0 {
-        assert!(Instant::now() < deadline, "the restore did not start extracting");
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not start extracting"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("kill");
@@ -1028,6 +1068,9 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         out.contains(&format!("removed partial volume {}", vol.display())),
         "{out}"
     );
-    assert!(out.contains("new volume ID is 'local:7173/subvol-7173-disk-0.subvol'"), "{out}");
+    assert!(
+        out.contains("new volume ID is 'local:7173/subvol-7173-disk-0.subvol'"),
+        "{out}"
+    );
     assert!(vol.join("mnt/img/hello").exists());
 }

@@ -620,6 +620,12 @@ pub(crate) fn claim_names(
             path.display()
         ));
     }
+    for path in crate::tmpdir::remove_stale(dump_dir, job.settings.tmpdir.as_deref(), vmid) {
+        log.info(&format!(
+            "removed stale temporary directory '{}' (left by an interrupted backup)",
+            path.display()
+        ));
+    }
     Ok(names)
 }
 

@@ -308,6 +308,11 @@ mod tests {
             .guest(Phase::BackupEnd, &call, &log)
             .await
             .expect_err("fails");
+        // The blocking entry (container backups) runs the same command.
+        let blocking = hook
+            .guest_blocking(Phase::BackupEnd, &call, &log)
+            .expect_err("fails");
+        assert_eq!(blocking.to_string(), e.to_string());
         assert_eq!(
             e.to_string(),
             format!(

@@ -72,6 +72,50 @@ impl TaskDir {
     }
 }
 
+/// Removes the task directories an earlier, killed backup of `vmid` left (a suspend-mode
+/// copy can be a whole container): `<dump_dir>/<base>.tmp` whose `.log` is not locked by a
+/// backup running now, and `<tmpdir>/vzdumptmp<pid>_<vmid>` whose process is gone. Call only
+/// while holding the job lock. Returns the removed paths.
+pub(crate) fn remove_stale(dump_dir: &Path, tmpdir: Option<&Path>, vmid: u32) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let entries = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .collect::<Vec<_>>()
+    };
+    for (name, path) in entries(dump_dir) {
+        if !ArchiveName::is_task_dir_of(&name, vmid) {
+            continue;
+        }
+        let log = dump_dir.join(format!("{}.log", name.trim_end_matches(".tmp")));
+        // An error (e.g. a read-only directory) counts as in use: never remove what may be
+        // live.
+        let live = log.exists() && !matches!(vmdump_guest::try_lock_file(&log), Ok(Some(_)));
+        if !live && std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    let suffix = format!("_{vmid}");
+    for (name, path) in tmpdir.map(entries).unwrap_or_default() {
+        let Some(pid) = name
+            .strip_prefix("vzdumptmp")
+            .and_then(|r| r.strip_suffix(suffix.as_str()))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    removed
+}
+
 impl Drop for TaskDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.0) {

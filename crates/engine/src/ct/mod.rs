@@ -539,7 +539,13 @@ impl<'a> Steps<'a> {
                     .volumes
                     .iter()
                     .map(|v| format!("/proc/{pid}/root/.{}", v.mp.trim_end_matches('/')))
-                    .map(|s| if s.ends_with("/.") { format!("{s}/") } else { s })
+                    .map(|s| {
+                        if s.ends_with("/.") {
+                            format!("{s}/")
+                        } else {
+                            s
+                        }
+                    })
                     .collect();
                 let rsync_excludes = rsync_excludes(plan);
                 let bwlimit = job.settings.bwlimit;
@@ -644,8 +650,7 @@ impl<'a> Steps<'a> {
                     window.as_secs()
                 ));
                 log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
-                let (mounts, trees) =
-                    open_volumes(&plan.volumes, &ct_dir, Some(SNAPSHOT_NAME))?;
+                let (mounts, trees) = open_volumes(&plan.volumes, &ct_dir, Some(SNAPSHOT_NAME))?;
                 let w = write(&trees);
                 drop(mounts);
                 drop(snaps);
