@@ -814,8 +814,8 @@ fn totals_rate(log: &str) -> f64 {
 /// vzdump's order for stop mode with the container's environment; `--bwlimit` paces the tar
 /// stream and `--ionice 8` puts every thread of the backup in the idle class; `--stdout`
 /// writes the archive (mount point included) to standard output and nothing to the dump
-/// directory; the archive restores onto `--mp255`, and a restore killed mid-way leaves
-/// volumes the next run removes.
+/// directory; the archive restores onto `--mp255`, a restore killed mid-way leaves
+/// volumes the next run removes, and `--bwlimit` paces a container restore.
 #[test]
 fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
     let lab = Lab::new(false);
@@ -1063,7 +1063,24 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
     child.wait().expect("wait");
     drop(stdin);
     assert!(vol.exists());
-    let out = lab.ok(&["restore", &target, "7173", "--rootfs", "local:0"]);
+    // ... at the read rate `--bwlimit` allows (1 MiB/s, after a burst of 100 KiB).
+    let t0 = Instant::now();
+    let out = lab.ok(&[
+        "restore",
+        &target,
+        "7173",
+        "--rootfs",
+        "local:0",
+        "--bwlimit",
+        "1024",
+    ]);
+    let floor = (bytes.len() as f64 - 200.0 * 1024.0) / (1024.0 * 1024.0);
+    let took = t0.elapsed().as_secs_f64();
+    assert!(
+        took > 0.9 * floor,
+        "{} bytes restored in {took:.2} s",
+        bytes.len()
+    );
     assert!(
         out.contains(&format!("removed partial volume {}", vol.display())),
         "{out}"

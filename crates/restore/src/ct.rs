@@ -60,6 +60,8 @@ pub struct CtOptions {
     pub start: bool,
     /// Restore as unprivileged (`Some`) instead of as the backup was.
     pub unprivileged: Option<bool>,
+    /// Limit of the archive's read rate in KiB/s (vzdump's `bwlimit`; `None` or 0: none).
+    pub bwlimit: Option<u64>,
     /// Aborts the restore.
     pub cancel: Cancel,
 }
@@ -78,6 +80,7 @@ impl CtOptions {
             unique: false,
             start: false,
             unprivileged: None,
+            bwlimit: None,
             cancel: Cancel::new(),
         }
     }
@@ -188,6 +191,10 @@ pub fn restore_ct(
         None
     };
 
+    let source: Box<dyn Read + Send> = match opts.bwlimit {
+        Some(k) if k > 0 => Box::new(crate::input::Throttle::new(source, k.saturating_mul(1024))),
+        _ => source,
+    };
     let dec = vmdump_compress::Decoder::detect(std::io::BufReader::with_capacity(1 << 20, source))
         .map_err(|e| Error::Decompress {
             tool: "detect".into(),

@@ -159,6 +159,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         copts.unique = args.unique;
         copts.start = args.start;
         copts.unprivileged = args.unprivileged;
+        copts.bwlimit = opts.bwlimit;
         copts.rootfs = args.rootfs.clone();
         copts.mps = args.mps.0.clone();
         cancel_on_signals(copts.cancel.clone());
