@@ -611,6 +611,36 @@ fn unprivileged_container_archives_its_own_ids_and_restores() {
         lab.btrfs.display()
     ));
     assert_eq!(owner.trim(), "101000:101001");
+
+    // An unprivileged container starts with a raw-image mount point too, and lets go of the
+    // image when it stops.
+    let img = lab.path().join("store/images/7131/vm-7131-disk-1.raw");
+    sh(&format!(
+        "truncate -s 32M {i} && mkfs.ext4 -q -F -E root_owner=100000:100000 {i}",
+        i = img.display()
+    ));
+    let conf = lab.path().join("etc/lxc/7131.conf");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(
+        &conf,
+        format!("{text}mp0: local:7131/vm-7131-disk-1.raw,mp=/mnt/img,size=32M\n"),
+    )
+    .expect("write config");
+    lab.start(7131);
+    let pid = lab.pid(7131).expect("running");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/img")),
+        "{mounts}"
+    );
+    lab.ok(&["ct", "stop", "7131"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sh(&format!("losetup -j {}", img.display())).contains("/dev/loop") {
+        assert!(Instant::now() < deadline, "the image stays attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
