@@ -992,6 +992,7 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
     std::fs::write(stale.join("etc/passwd"), "x").expect("write");
     let files = std::fs::read_dir(lab.dump()).expect("dump").count() - 1;
     let piped = lab.path().join("stdout.tar.zst");
+    std::fs::remove_file(lab.path().join("hooks.log")).expect("rm");
     let out = lab
         .cmd(&[
             "backup",
@@ -1001,6 +1002,8 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
             "--compress",
             "zstd",
             "--stdout",
+            "--script",
+            &hook.display().to_string(),
         ])
         .stdout(std::fs::File::create(&piped).expect("create"))
         .output()
@@ -1019,6 +1022,30 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         "{stderr}"
     );
     assert!(!stale.exists());
+    // Suspend mode's hooks: pre-restart and post-restart around the thaw, before backup-end;
+    // the archive is `-`.
+    let phases: Vec<String> = std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .lines()
+        .map(|l| l.split(" VMTYPE=").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "job-init",
+            "job-start",
+            "backup-start suspend 7171",
+            "pre-stop suspend 7171",
+            "pre-restart suspend 7171",
+            "post-restart suspend 7171",
+            "backup-end suspend 7171",
+            "log-end suspend 7171",
+            "job-end",
+        ]
+    );
+    assert!(std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .contains("backup-end suspend 7171 VMTYPE=lxc HOSTNAME=bb TARGET=- LOGFILE="));
     let list = gnu_list(&piped);
     assert_eq!(list[0], "./etc/vzdump/pct.conf");
     assert!(list.iter().any(|m| m == "./mnt/img/hello"), "{list:?}");
