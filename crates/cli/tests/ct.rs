@@ -814,9 +814,11 @@ fn a_stop_mode_backup_killed_midway_is_repaired_by_the_next_run() {
     assert!(!marker.exists());
 }
 
-/// The hook script of the container tests: one line per call into `hooks.log` beside it.
+/// The hook script of the container tests: one line per call into `hooks.log` beside it; a
+/// phase fails while a `fail-<phase>` file is beside it.
 const HOOK: &str = r#"#!/bin/sh
 echo "$* VMTYPE=${VMTYPE-} HOSTNAME=${HOSTNAME-} TARGET=${TARGET-} LOGFILE=${LOGFILE-}" >> "$(dirname "$0")/hooks.log"
+[ ! -e "$(dirname "$0")/fail-$1" ]
 "#;
 
 /// The rate in bytes/s of GNU tar's totals line (`Total bytes written: N (2.1MiB, 1.0MiB/s)`).
@@ -1055,6 +1057,54 @@ fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
         "only the guest's log is new"
     );
     assert_eq!(lab.status(7171), "running");
+
+    // A failing pre-stop hook fails the guest before the freeze: backup-abort, the container
+    // runs and is not frozen, no archive.
+    std::fs::remove_file(lab.path().join("hooks.log")).expect("rm");
+    std::fs::write(lab.path().join("fail-pre-stop"), "").expect("write");
+    let archives = std::fs::read_dir(lab.dump()).expect("dump").count();
+    let o = lab.vmdump(&[
+        "backup",
+        "7171",
+        "--mode",
+        "suspend",
+        "--storage",
+        "local",
+        "--script",
+        &hook.display().to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("ERROR: Backup of VM 7171 failed - command '")
+            && text.contains("pre-stop suspend 7171' failed: exit code 1"),
+        "{text}"
+    );
+    let phases: Vec<String> = std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .lines()
+        .map(|l| l.split(" VMTYPE=").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "job-init",
+            "job-start",
+            "backup-start suspend 7171",
+            "pre-stop suspend 7171",
+            "backup-abort suspend 7171",
+            "log-end suspend 7171",
+            "job-end",
+        ]
+    );
+    std::fs::remove_file(lab.path().join("fail-pre-stop")).expect("rm");
+    assert_eq!(lab.status(7171), "running");
+    assert_eq!(
+        std::fs::read_dir(lab.dump()).expect("dump").count(),
+        archives + 1,
+        "only the failed backup's log is new"
+    );
+    lab.wait_counter(7171, lab.counter(7171));
 
     // Restore onto --mp255 (an image again), start: the file is in the new mount point.
     let o = lab.vmdump(&[
