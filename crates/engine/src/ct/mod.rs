@@ -12,6 +12,10 @@
 //!   snapshots, delete them. A volume without snapshots falls back to suspend mode with
 //!   vzdump's messages.
 //!
+//! Hook phases, `bwlimit` (the tar stream and rsync), `ionice`, `--stdout` and `--tmpdir` are
+//! the VM side's (`hook`, `ionice`, `tmpdir`, `backup::log_limits`), in vzdump's order per
+//! mode; stop mode starts the container again in the cleanup step, after `backup-end`.
+//!
 //! Guards thaw, restart and unmount on every path; markers let the next run repair a run that
 //! was killed (`vmdump_lxc::Runtime::recover`).
 
