@@ -279,6 +279,33 @@ async fn every_mode_on_a_writing_guest_with_hooks() -> Result<()> {
     g.assert_clean("running").await?;
     g.assert_writing("after snapshot").await?;
 
+    // --stdout in snapshot mode: the same frozen state, streamed (zstd) to standard output;
+    // no archive in the dump directory.
+    let archives = g.env.dump_files().len();
+    let piped = tmp.path().join("stdout.vma.zst");
+    let before = g.last_tick();
+    let out = g
+        .vmdump(&["backup", "100", "--stdout", "--compress", "zstd"])
+        .stdout(std::fs::File::create(&piped)?)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_lines(
+        &stderr,
+        &[
+            "INFO: sending archive to stdout",
+            "INFO: issuing guest-agent 'fs-freeze' command",
+            "INFO: issuing guest-agent 'fs-thaw' command",
+        ],
+    );
+    let plain = plain_vma(&piped, tmp.path())?;
+    let disk = tmp.path().join("stdout.virtio0.raw");
+    dissect_extract(&plain, "drive-virtio0", &disk)?;
+    let tick = check_disk(&disk, before)?;
+    assert!(tick <= g.last_tick() + 1);
+    assert_eq!(g.env.dump_files().len(), archives + 1, "only the new .log");
+    g.assert_clean("running").await?;
+
     // Suspend: paused only until the job runs; the archive is the paused guest's disk
     // (crash-consistent: the journal is replayed), at the tick the writer had reached.
     g.reset_hooks();
