@@ -279,6 +279,33 @@ async fn every_mode_on_a_writing_guest_with_hooks() -> Result<()> {
     g.assert_clean("running").await?;
     g.assert_writing("after snapshot").await?;
 
+    // --stdout in snapshot mode: the same frozen state, streamed (zstd) to standard output;
+    // no archive in the dump directory.
+    let archives = g.env.dump_files().len();
+    let piped = tmp.path().join("stdout.vma.zst");
+    let before = g.last_tick();
+    let out = g
+        .vmdump(&["backup", "100", "--stdout", "--compress", "zstd"])
+        .stdout(std::fs::File::create(&piped)?)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_lines(
+        &stderr,
+        &[
+            "INFO: sending archive to stdout",
+            "INFO: issuing guest-agent 'fs-freeze' command",
+            "INFO: issuing guest-agent 'fs-thaw' command",
+        ],
+    );
+    let plain = plain_vma(&piped, tmp.path())?;
+    let disk = tmp.path().join("stdout.virtio0.raw");
+    dissect_extract(&plain, "drive-virtio0", &disk)?;
+    let tick = check_disk(&disk, before)?;
+    assert!(tick <= g.last_tick() + 1);
+    assert_eq!(g.env.dump_files().len(), archives + 1, "only the new .log");
+    g.assert_clean("running").await?;
+
     // Suspend: paused only until the job runs; the archive is the paused guest's disk
     // (crash-consistent: the journal is replayed), at the tick the writer had reached.
     g.reset_hooks();
@@ -401,6 +428,19 @@ async fn every_mode_on_a_writing_guest_with_hooks() -> Result<()> {
         "{stdout}"
     );
     std::fs::write(&conf_path, conf)?;
+
+    // A guest its user paused stays paused: backed up in that state, never resumed.
+    expect_success(&g.vmdump(&["vm", "suspend", "100"]).output()?, "vm suspend");
+    let out = g.backup(&["--mode", "suspend"])?;
+    let stdout = expect_success(&out, "backup of a paused guest");
+    assert_lines(
+        &stdout,
+        &["INFO: guest is paused, backing it up in that state"],
+    );
+    assert!(!stdout.contains("resuming VM again"), "{stdout}");
+    g.assert_clean("paused").await?;
+    expect_success(&g.vmdump(&["vm", "resume", "100"]).output()?, "vm resume");
+    g.assert_writing("after resuming the paused guest").await?;
 
     // Stop: a clean shutdown, QEMU started again paused, the job started, `cont`. The archive
     // is the powered-off disk (clean, no journal replay), and the restarted guest's writer
@@ -579,6 +619,32 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
             "{args:?}: {stderr}"
         );
     }
+    // A second backup of the guest meanwhile fails clearly at once with `--lockwait 0`, and
+    // a restore over it is refused even with --force.
+    let out = g.backup(&["--lockwait", "0"])?;
+    let stdout = expect_exit(&out, 1, "second backup");
+    assert!(
+        stdout.contains("ERROR: can't acquire lock '") && stdout.contains("(wait = 0)"),
+        "{stdout}"
+    );
+    let newest = g
+        .env
+        .dump_files()
+        .into_iter()
+        .filter(|f| f.ends_with(".vma"))
+        .max()
+        .context("an archive")?;
+    let newest = g.env.dump().join(newest);
+    let out = g
+        .vmdump(&["restore", newest.to_str().expect("utf-8"), "100", "--force"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && (stderr.contains("VM is locked (backup)")
+                || stderr.contains("is locked by another vmdump operation")),
+        "{stderr}"
+    );
     sigkill(child)?;
     assert_eq!(g.status()?.0.lines().nth(1), Some("qmpstatus: running"));
     let out = g.backup(&[])?;

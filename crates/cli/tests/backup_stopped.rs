@@ -505,3 +505,128 @@ fn helper_qemu_that_exits_at_once_is_reported_at_once() -> Result<()> {
     env.assert_no_archive();
     Ok(())
 }
+
+/// vzdump's `--stdout`: the archive (here zstd) on standard output and nothing else there,
+/// the task log on stderr, no archive or `.dat` in the dump directory (only the guest's
+/// `.log`), `TARGET=-` for the hooks; the configs are assembled in the `--tmpdir` task
+/// directory (`qemu-server.conf`, and `qemu-server.fw` from the guest's firewall config),
+/// which is gone afterwards. One guest only; a reader that goes away fails the backup
+/// cleanly; a missing tmpdir is refused before anything is written.
+#[test]
+fn stdout_archive_and_tmpdir() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let env = Env::new(tmp.path())?;
+    let (ha, hb) = setup_vm(&env)?;
+    std::fs::create_dir_all(env.root.join("firewall"))?;
+    std::fs::write(env.root.join("firewall/100.fw"), "[OPTIONS]\nenable: 1\n")?;
+    let tmpdir = tmp.path().join("scratch");
+    std::fs::create_dir_all(&tmpdir)?;
+    let hook = tmp.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$* TARGET=${{TARGET-}}\" >> {d}/hooks.log\n\
+             if [ \"$1\" = backup-end ]; then ls {t}/vzdumptmp*_100 > {d}/tmpdir.list; fi\n",
+            d = tmp.path().display(),
+            t = tmpdir.display()
+        ),
+    )?;
+    run(Command::new("chmod").arg("755").arg(&hook))?;
+
+    let out_path = tmp.path().join("out.vma.zst");
+    let out = env
+        .vmdump_command(&[
+            "100",
+            "--stdout",
+            "--compress",
+            "zstd",
+            "--tmpdir",
+            tmpdir.to_str().expect("utf-8"),
+            "--script",
+            hook.to_str().expect("utf-8"),
+        ])
+        .stdout(std::fs::File::create(&out_path)?)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "INFO: Starting Backup of VM 100 (qemu)",
+        "INFO: sending archive to stdout",
+        "INFO: transferred 48.00 MiB in ",
+        "INFO: Backup job finished successfully",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in\n{stderr}");
+    }
+    assert!(!stderr.contains("creating vzdump archive"), "{stderr}");
+    let plain = plain_vma(&out_path, tmp.path())?;
+    assert_eq!(
+        dissect_devices(&plain)?,
+        vec![
+            ("drive-virtio0".into(), 32 * MIB, ha),
+            ("drive-virtio1".into(), 16 * MIB + 4096, hb),
+        ]
+    );
+    assert_eq!(
+        dissect_config(&plain, "qemu-server.fw")?,
+        "[OPTIONS]\nenable: 1\n"
+    );
+    assert!(dissect_config(&plain, "qemu-server.conf")?.contains("name: stopped-vm\n"));
+    let files = env.dump_files();
+    assert!(
+        files.len() == 1 && files[0].ends_with(".log"),
+        "only the guest's log: {files:?}"
+    );
+    let hooks = std::fs::read_to_string(tmp.path().join("hooks.log"))?;
+    assert!(hooks.contains("backup-end stop 100 TARGET=-\n"), "{hooks}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("tmpdir.list"))?,
+        "qemu-server.conf\nqemu-server.fw\n"
+    );
+    assert!(file_names(&tmpdir).is_empty(), "{:?}", file_names(&tmpdir));
+
+    // A reader that goes away: the backup fails, nothing is left.
+    let mut child = env
+        .vmdump_command(&["100", "--stdout"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR: Backup of VM 100 failed - ") && stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    env.assert_no_archive();
+
+    // One guest only; not with a storage; an existing tmpdir.
+    for (args, code, want) in [
+        (
+            &["100", "101", "--stdout"][..],
+            1,
+            "you can only backup a single VM with option --stdout",
+        ),
+        (
+            &["100", "--stdout", "--storage", "local"][..],
+            2,
+            "--storage",
+        ),
+        (
+            &["100", "--tmpdir", "/nonexistent-vmdump-tmp"][..],
+            1,
+            "tmpdir '/nonexistent-vmdump-tmp' does not exist",
+        ),
+    ] {
+        let before = env.dump_files();
+        let out = env
+            .vmdump_command(args)
+            .stdout(std::process::Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert_eq!(env.dump_files(), before, "{args:?} wrote something");
+    }
+    Ok(())
+}

@@ -143,13 +143,16 @@ impl Lab {
         self.path().join("store/dump")
     }
 
-    fn vmdump(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vmdump"))
-            .args(args)
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vmdump"));
+        c.args(args)
             .env("VMDUMP_ROOT", self.path().join("etc"))
-            .env("VMDUMP_RUN_DIR", self.run_base())
-            .output()
-            .expect("run vmdump")
+            .env("VMDUMP_RUN_DIR", self.run_base());
+        c
+    }
+
+    fn vmdump(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run vmdump")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -608,6 +611,36 @@ fn unprivileged_container_archives_its_own_ids_and_restores() {
         lab.btrfs.display()
     ));
     assert_eq!(owner.trim(), "101000:101001");
+
+    // An unprivileged container starts with a raw-image mount point too, and lets go of the
+    // image when it stops.
+    let img = lab.path().join("store/images/7131/vm-7131-disk-1.raw");
+    sh(&format!(
+        "truncate -s 32M {i} && mkfs.ext4 -q -F -E root_owner=100000:100000 {i}",
+        i = img.display()
+    ));
+    let conf = lab.path().join("etc/lxc/7131.conf");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(
+        &conf,
+        format!("{text}mp0: local:7131/vm-7131-disk-1.raw,mp=/mnt/img,size=32M\n"),
+    )
+    .expect("write config");
+    lab.start(7131);
+    let pid = lab.pid(7131).expect("running");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/img")),
+        "{mounts}"
+    );
+    lab.ok(&["ct", "stop", "7131"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sh(&format!("losetup -j {}", img.display())).contains("/dev/loop") {
+        assert!(Instant::now() < deadline, "the image stays attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -779,4 +812,389 @@ fn a_stop_mode_backup_killed_midway_is_repaired_by_the_next_run() {
         .expect("conf")
         .contains("lock:"));
     assert!(!marker.exists());
+}
+
+/// The hook script of the container tests: one line per call into `hooks.log` beside it; a
+/// phase fails while a `fail-<phase>` file is beside it.
+const HOOK: &str = r#"#!/bin/sh
+echo "$* VMTYPE=${VMTYPE-} HOSTNAME=${HOSTNAME-} TARGET=${TARGET-} LOGFILE=${LOGFILE-}" >> "$(dirname "$0")/hooks.log"
+[ ! -e "$(dirname "$0")/fail-$1" ]
+"#;
+
+/// The rate in bytes/s of GNU tar's totals line (`Total bytes written: N (2.1MiB, 1.0MiB/s)`).
+fn totals_rate(log: &str) -> f64 {
+    let rate = log
+        .lines()
+        .find_map(|l| l.split("Total bytes written: ").nth(1))
+        .and_then(|r| r.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix("/s)"))
+        .unwrap_or_else(|| panic!("no totals line in:\n{log}"));
+    let split = rate.find(|c: char| c.is_ascii_alphabetic()).expect("unit");
+    let (v, unit) = rate.split_at(split);
+    let mult = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => panic!("unit {u}"),
+    };
+    v.parse::<f64>().expect("number") * mult
+}
+
+/// A raw-image mount point (`mp0` on `local:<vmid>/vm-<vmid>-disk-1.raw`) is mounted into
+/// the started container and lets go of the image when it stops; hook scripts run in
+/// vzdump's order for stop mode with the container's environment; `--bwlimit` paces the tar
+/// stream and `--ionice 8` puts every thread of the backup in the idle class; `--stdout`
+/// writes the archive (mount point included) to standard output and nothing to the dump
+/// directory; the archive restores onto `--mp255`, a restore killed mid-way leaves
+/// volumes the next run removes, and `--bwlimit` paces a container restore.
+#[test]
+fn image_mount_point_hooks_bwlimit_ionice_stdout_mp255_and_a_killed_restore() {
+    let lab = Lab::new(false);
+    lab.container(7171, "local:0", false);
+    let img = lab.path().join("store/images/7171/vm-7171-disk-1.raw");
+    sh(&format!(
+        "truncate -s 64M {i} && mkfs.ext4 -q -F {i}",
+        i = img.display()
+    ));
+    let conf = lab.path().join("etc/lxc/7171.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("config");
+    text.push_str("mp0: local:7171/vm-7171-disk-1.raw,mp=/mnt/img,backup=1,size=64M\n");
+    std::fs::write(&conf, text).expect("write config");
+    lab.start(7171);
+    let pid = lab.pid(7171).expect("running");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/img")),
+        "{mounts}"
+    );
+    std::fs::write(
+        format!("/proc/{pid}/root/mnt/img/hello"),
+        "from the container",
+    )
+    .expect("write into the mount point");
+    // Incompressible bytes, so the rate limit has something to pace.
+    sh(&format!(
+        "head -c 1048576 /dev/urandom > /proc/{pid}/root/mnt/img/blob"
+    ));
+    // The host keeps no mount of its own.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !host.contains(&lab.run_base().join("lxc/7171").display().to_string()),
+        "{host}"
+    );
+
+    // Stop mode with a hook, a rate limit and the idle I/O class.
+    let hook = lab.path().join("hook.sh");
+    std::fs::write(&hook, HOOK).expect("hook");
+    sh(&format!("chmod 755 {}", hook.display()));
+    let mut child = lab
+        .cmd(&[
+            "backup",
+            "7171",
+            "--mode",
+            "stop",
+            "--compress",
+            "0",
+            "--storage",
+            "local",
+            "--script",
+            &hook.display().to_string(),
+            "--bwlimit",
+            "1024",
+            "--ionice",
+            "8",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(lab.dump())
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".dat"))
+        })
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the archive was not started");
+        assert!(child.try_wait().expect("wait").is_none(), "ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut idle = 0;
+    for t in std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .expect("tasks")
+        .flatten()
+    {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let prio = sh(&format!("ionice -p {tid} 2>/dev/null || echo gone"));
+        if prio.trim() != "gone" {
+            assert_eq!(prio.trim(), "idle", "thread {tid}");
+            idle += 1;
+        }
+    }
+    assert!(idle >= 2, "{idle} threads");
+    let out = child.wait_with_output().expect("wait");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    for line in [
+        "INFO: bandwidth limit: 1024 KiB/s",
+        "INFO: ionice priority: 8",
+        "INFO: including mount point mp0 ('/mnt/img') in backup",
+    ] {
+        assert!(log.contains(line), "missing '{line}' in:\n{log}");
+    }
+    let rate = totals_rate(&log);
+    assert!(rate < 1.25 * 1024.0 * 1024.0, "{rate} B/s over the limit");
+    let archive = lab.archive(7171);
+    let target = archive.display().to_string();
+    let logfile = archive.with_extension("log").display().to_string();
+    let calls: Vec<String> = std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let guest = |phase: &str| {
+        format!("{phase} stop 7171 VMTYPE=lxc HOSTNAME=bb TARGET={target} LOGFILE={logfile}")
+    };
+    assert_eq!(
+        calls,
+        [
+            "job-init VMTYPE= HOSTNAME= TARGET= LOGFILE=".to_string(),
+            "job-start VMTYPE= HOSTNAME= TARGET= LOGFILE=".to_string(),
+            guest("backup-start"),
+            guest("pre-stop"),
+            guest("backup-end"),
+            guest("pre-restart"),
+            guest("post-restart"),
+            guest("log-end"),
+            "job-end VMTYPE= HOSTNAME= TARGET= LOGFILE=".to_string(),
+        ]
+    );
+    // The image was read after the container let go of it; it is mounted again.
+    let hello = sh(&format!("tar xOf {} ./mnt/img/hello", archive.display()));
+    assert_eq!(hello, "from the container");
+    assert_eq!(lab.status(7171), "running");
+    let pid = lab.pid(7171).expect("running");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/root/mnt/img/hello")).expect("read"),
+        "from the container"
+    );
+
+    // --stdout in suspend mode: the mount point's files are copied too. A suspend-mode copy
+    // a killed run left is removed first.
+    let stale = lab.dump().join("vzdump-lxc-7171-2020_01_01-00_00_00.tmp");
+    std::fs::create_dir_all(stale.join("etc")).expect("mkdir");
+    std::fs::write(stale.join("etc/passwd"), "x").expect("write");
+    let files = std::fs::read_dir(lab.dump()).expect("dump").count() - 1;
+    let piped = lab.path().join("stdout.tar.zst");
+    std::fs::remove_file(lab.path().join("hooks.log")).expect("rm");
+    let out = lab
+        .cmd(&[
+            "backup",
+            "7171",
+            "--mode",
+            "suspend",
+            "--compress",
+            "zstd",
+            "--stdout",
+            "--script",
+            &hook.display().to_string(),
+        ])
+        .stdout(std::fs::File::create(&piped).expect("create"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("INFO: sending archive to stdout"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "INFO: removed stale temporary directory '{}' (left by an interrupted backup)",
+            stale.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stale.exists());
+    // Suspend mode's hooks: pre-restart and post-restart around the thaw, before backup-end;
+    // the archive is `-`.
+    let phases: Vec<String> = std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .lines()
+        .map(|l| l.split(" VMTYPE=").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "job-init",
+            "job-start",
+            "backup-start suspend 7171",
+            "pre-stop suspend 7171",
+            "pre-restart suspend 7171",
+            "post-restart suspend 7171",
+            "backup-end suspend 7171",
+            "log-end suspend 7171",
+            "job-end",
+        ]
+    );
+    assert!(std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .contains("backup-end suspend 7171 VMTYPE=lxc HOSTNAME=bb TARGET=- LOGFILE="));
+    let list = gnu_list(&piped);
+    assert_eq!(list[0], "./etc/vzdump/pct.conf");
+    assert!(list.iter().any(|m| m == "./mnt/img/hello"), "{list:?}");
+    assert_eq!(
+        std::fs::read_dir(lab.dump()).expect("dump").count(),
+        files + 1,
+        "only the guest's log is new"
+    );
+    assert_eq!(lab.status(7171), "running");
+
+    // A failing pre-stop hook fails the guest before the freeze: backup-abort, the container
+    // runs and is not frozen, no archive.
+    std::fs::remove_file(lab.path().join("hooks.log")).expect("rm");
+    std::fs::write(lab.path().join("fail-pre-stop"), "").expect("write");
+    let archives = std::fs::read_dir(lab.dump()).expect("dump").count();
+    let o = lab.vmdump(&[
+        "backup",
+        "7171",
+        "--mode",
+        "suspend",
+        "--storage",
+        "local",
+        "--script",
+        &hook.display().to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("ERROR: Backup of VM 7171 failed - command '")
+            && text.contains("pre-stop suspend 7171' failed: exit code 1"),
+        "{text}"
+    );
+    let phases: Vec<String> = std::fs::read_to_string(lab.path().join("hooks.log"))
+        .expect("hooks")
+        .lines()
+        .map(|l| l.split(" VMTYPE=").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "job-init",
+            "job-start",
+            "backup-start suspend 7171",
+            "pre-stop suspend 7171",
+            "backup-abort suspend 7171",
+            "log-end suspend 7171",
+            "job-end",
+        ]
+    );
+    std::fs::remove_file(lab.path().join("fail-pre-stop")).expect("rm");
+    assert_eq!(lab.status(7171), "running");
+    assert_eq!(
+        std::fs::read_dir(lab.dump()).expect("dump").count(),
+        archives + 1,
+        "only the failed backup's log is new"
+    );
+    lab.wait_counter(7171, lab.counter(7171));
+
+    // Restore onto --mp255 (an image again), start: the file is in the new mount point.
+    let o = lab.vmdump(&[
+        "restore",
+        &target,
+        "7172",
+        "--rootfs",
+        "local:0",
+        "--mp256",
+        "local:0,mp=/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "--mp256 is not an option");
+    lab.ok(&[
+        "restore",
+        &target,
+        "7172",
+        "--rootfs",
+        "local:0",
+        "--mp255",
+        "local:0.0625,mp=/mnt/img",
+        "--start",
+    ]);
+    lab.vmids.borrow_mut().push(7172);
+    let conf = std::fs::read_to_string(lab.path().join("etc/lxc/7172.conf")).expect("conf");
+    assert!(
+        conf.contains("mp255: local:7172/vm-7172-disk-1.raw,mp=/mnt/img,size=64M")
+            && !conf.contains("mp0:"),
+        "{conf}"
+    );
+    lab.wait_counter(7172, 0);
+    let pid = lab.pid(7172).expect("running");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/root/mnt/img/hello")).expect("read"),
+        "from the container"
+    );
+
+    // A restore killed mid-way (its input stalls after the first 300 KiB): the directory
+    // volume it made is removed by the next run, which restores under the same name.
+    use std::io::Write;
+    let bytes = std::fs::read(&archive).expect("archive");
+    assert!(bytes.len() > 600 * 1024, "{} bytes", bytes.len());
+    let mut child = lab
+        .cmd(&["restore", "-", "7173", "--rootfs", "local:0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&bytes[..300 * 1024]).expect("feed");
+    let vol = lab
+        .path()
+        .join("store/images/7173/subvol-7173-disk-0.subvol");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&vol).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not start extracting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    drop(stdin);
+    assert!(vol.exists());
+    // ... at the read rate `--bwlimit` allows (1 MiB/s, after a burst of 100 KiB).
+    let t0 = Instant::now();
+    let out = lab.ok(&[
+        "restore",
+        &target,
+        "7173",
+        "--rootfs",
+        "local:0",
+        "--bwlimit",
+        "1024",
+    ]);
+    let floor = (bytes.len() as f64 - 200.0 * 1024.0) / (1024.0 * 1024.0);
+    let took = t0.elapsed().as_secs_f64();
+    assert!(
+        took > 0.9 * floor,
+        "{} bytes restored in {took:.2} s",
+        bytes.len()
+    );
+    assert!(
+        out.contains(&format!("removed partial volume {}", vol.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("new volume ID is 'local:7173/subvol-7173-disk-0.subvol'"),
+        "{out}"
+    );
+    assert!(vol.join("mnt/img/hello").exists());
 }

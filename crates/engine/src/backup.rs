@@ -24,6 +24,7 @@ use crate::name::{rename_new, ArchiveName};
 use crate::notes::{self, NotesVars};
 use crate::options::{Destination, Resolved, UNSUPPORTED_KEYS};
 use crate::progress::{format_size, summary};
+use crate::tmpdir::TaskDir;
 use crate::vm::modes::{self, Cx, Restore};
 use vmdump_store::GuestType;
 
@@ -47,6 +48,10 @@ pub struct BackupJob {
     pub node: String,
     /// The hook script (`--script`, `script:`), with the job's `STOREID`/`DUMPDIR`.
     pub hook: Option<Hook>,
+    /// vzdump's `--stdout`: the archive of the job's one guest is written into this open
+    /// file (a pipe, or a file the caller opened) instead of the dump directory; no archive
+    /// file, notes, protection or pruning there (the guest's `.log` still goes there).
+    pub stdout: Option<Arc<std::fs::File>>,
 }
 
 /// Work the caller does once a guest's archive is in place, before the `backup-end` hook
@@ -97,7 +102,16 @@ impl BackupJob {
             cancel: Cancel::new(),
             node,
             hook: None,
+            stdout: None,
         };
+        if let Some(dir) = &job.settings.tmpdir {
+            if !dir.is_dir() {
+                return Err(Error::option(
+                    "tmpdir",
+                    format!("tmpdir '{}' does not exist", dir.display()),
+                ));
+            }
+        }
         if let Some(script) = &job.settings.script {
             let storeid = match &job.settings.destination {
                 Destination::Storage(id) => Some(id.clone()),
@@ -138,6 +152,15 @@ impl BackupJob {
     pub async fn lock(&self, on_wait: impl FnOnce()) -> Result<JobLock> {
         let wait = Duration::from_secs(self.settings.lockwait.saturating_mul(60));
         JobLock::acquire(&self.run_dir, wait, &self.cancel, on_wait).await
+    }
+
+    /// What the hooks' `TARGET` and the log call the archive: its final path, or `-` when it
+    /// goes to standard output (as vzdump).
+    pub(crate) fn target(&self, names: &ArchiveName) -> PathBuf {
+        match self.stdout {
+            Some(_) => PathBuf::from("-"),
+            None => names.archive(),
+        }
     }
 
     fn vm_run_dir(&self, vmid: VmId) -> vmdump_guest::RunDir {
@@ -334,7 +357,7 @@ pub async fn backup_vm_with(
     }
     .await;
     let hostname = known.1.clone().unwrap_or_else(|| format!("VM {vmid}"));
-    let archive = known.0.as_ref().map(ArchiveName::archive);
+    let archive = known.0.as_ref().map(|n| job.target(n));
     let log_path = known.0.as_ref().map(ArchiveName::log);
     let call = GuestCall {
         mode: known.2.as_str(),
@@ -344,17 +367,10 @@ pub async fn backup_vm_with(
         target: archive.as_deref(),
         logfile: log_path.as_deref(),
     };
-    let to_task = |level: Level, line: &str| progress.log(level, line, false);
     match res {
         Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
-            log.finished(vmid, duration);
-            log.close();
-            if let Some(h) = &job.hook {
-                if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
-                    to_task(Level::Warn, &vmdump_task::one_line(&e));
-                }
-            }
+            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Ok(duration)).await;
             Ok(BackupReport {
                 vmid,
                 archive,
@@ -365,19 +381,7 @@ pub async fn backup_vm_with(
             })
         }
         Err(e) => {
-            log.failed(vmid, &e);
-            if let Some(h) = &job.hook {
-                let to_log = |level: Level, line: &str| log.line(level, line, false);
-                if let Err(e) = h.guest(Phase::BackupAbort, &call, &to_log).await {
-                    log.warn(&vmdump_task::one_line(&e));
-                }
-            }
-            log.close();
-            if let Some(h) = &job.hook {
-                if let Err(e) = h.guest(Phase::LogEnd, &call, &to_task).await {
-                    to_task(Level::Warn, &vmdump_task::one_line(&e));
-                }
-            }
+            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Err(&e)).await;
             Err(e)
         }
     }
@@ -438,16 +442,13 @@ impl Apply<'_> {
             Mode::Stop
         };
         log.info(&format!("backup mode: {mode}"));
-        if job.settings.bwlimit > 0 {
-            log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
-        }
-        log.info(&format!("ionice priority: {}", job.settings.ionice));
+        log_limits(job, log);
         let hostname = plan
             .config
             .name()
             .map(str::to_string)
             .unwrap_or_else(|| format!("VM {vmid}"));
-        let archive = self.names.archive();
+        let archive = job.target(self.names);
         let log_path = self.names.log();
         let cx = Cx {
             vmid: vmid.get(),
@@ -483,7 +484,9 @@ impl Apply<'_> {
         let (job, log, names) = (self.job, self.log, self.names);
         let vmid = plan.vmid;
         let stored = qmdump::backup_copy(&plan.config, &plan.disks);
-        let archive = names.archive();
+        let archive = job.target(names);
+        let tmp = TaskDir::create(job, names, vmid.get())?;
+        let configs = tmp.assemble_vm(job, vmid.get(), &stored)?;
         let keys: Vec<String> = plan.disks.iter().map(|d| d.key.to_string()).collect();
         let mut opts = LiveOptions::new(vmid.get());
         opts.speed = job.settings.bwlimit.saturating_mul(1024);
@@ -494,8 +497,12 @@ impl Apply<'_> {
         opts.cancel = job.cancel.clone();
         opts.socket_dir = self.session.path().to_path_buf();
         opts.mark = Some(Arc::clone(self.mark));
-        let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
+        opts.stream = job.stdout.clone();
         let dat = names.temporary();
+        let creating = || match job.stdout {
+            Some(_) => log.info("sending archive to stdout"),
+            None => log.info(&format!("creating vzdump archive '{}'", archive.display())),
+        };
 
         let outcome = match plan.source {
             Source::Running(qmp) => {
@@ -523,7 +530,7 @@ impl Apply<'_> {
                 }
                 opts.was_running = prepared.was_running;
                 opts.resume = prepared.resume;
-                log.info(&format!("creating vzdump archive '{}'", archive.display()));
+                creating();
                 let outcome = live::run(&prepared.qmp, &keys, &configs, &dat, &opts, log).await?;
                 if let Some(f) = outcome.frozen {
                     log.info(&format!(
@@ -543,7 +550,7 @@ impl Apply<'_> {
                 outcome
             }
             Source::Stopped(drives) => {
-                log.info(&format!("creating vzdump archive '{}'", archive.display()));
+                creating();
                 log.info("starting kvm to execute backup task");
                 let qemu = self
                     .runtime
@@ -558,6 +565,11 @@ impl Apply<'_> {
         for line in summary(&outcome.transfer) {
             log.info(&line);
         }
+        if job.stdout.is_some() {
+            // vzdump: no file to rename, no notes, protection or pruning.
+            cx.hook(Phase::BackupEnd).await?;
+            return Ok((archive, 0, outcome.transfer));
+        }
         let size = commit_archive(job, vmid.get(), plan.config.name(), names, log)?;
         // Pruning and backup-end come after the archive is complete; as in vzdump, their
         // failure fails the guest but keeps the archive.
@@ -568,6 +580,15 @@ impl Apply<'_> {
         cx.hook(Phase::BackupEnd).await?;
         Ok((archive, size, outcome.transfer))
     }
+}
+
+/// vzdump's lines after `backup mode:`, for every guest type: the bandwidth limit (if any)
+/// and the I/O priority.
+pub(crate) fn log_limits(job: &BackupJob, log: &TaskLog<'_>) {
+    if job.settings.bwlimit > 0 {
+        log.info(&format!("bandwidth limit: {} KiB/s", job.settings.bwlimit));
+    }
+    log.info(&format!("ionice priority: {}", job.settings.ionice));
 }
 
 /// Claims the archive name of a backup starting at `start` in `dump_dir` (created if
@@ -596,6 +617,12 @@ pub(crate) fn claim_names(
     for path in crate::lock::remove_stale_temporaries(dump_dir, vmid) {
         log.info(&format!(
             "removed stale temporary file '{}' (left by an interrupted backup)",
+            path.display()
+        ));
+    }
+    for path in crate::tmpdir::remove_stale(dump_dir, job.settings.tmpdir.as_deref(), vmid) {
+        log.info(&format!(
+            "removed stale temporary directory '{}' (left by an interrupted backup)",
             path.display()
         ));
     }

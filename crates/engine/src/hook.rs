@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use vmdump_task::Level;
 
 use crate::error::{Error, Result};
+use crate::log::TaskLog;
 
 /// One hook phase (the first argument of the script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,12 +133,46 @@ impl Hook {
         self.run(phase, Some(call), log).await
     }
 
+    /// Runs a guest phase from blocking code (a container backup's steps).
+    pub fn guest_blocking(
+        &self,
+        phase: Phase,
+        call: &GuestCall<'_>,
+        log: &(dyn Fn(Level, &str) + Sync),
+    ) -> Result<()> {
+        let (cmd, command) = self.command(phase, Some(call));
+        let child = spawn(cmd, &command)?;
+        let out = child.wait_with_output().map_err(|e| Error::Hook {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+        report(out, command, log)
+    }
+
     async fn run(
         &self,
         phase: Phase,
         call: Option<&GuestCall<'_>>,
         log: &(dyn Fn(Level, &str) + Sync),
     ) -> Result<()> {
+        let (cmd, command) = self.command(phase, call);
+        let child = spawn(cmd, &command)?;
+        let shown = command.clone();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .map_err(|e| Error::Hook {
+                command: shown.clone(),
+                detail: e.to_string(),
+            })?
+            .map_err(|e| Error::Hook {
+                command: shown,
+                detail: e.to_string(),
+            })?;
+        report(out, command, log)
+    }
+
+    /// The script's command for `phase` and how it is shown in messages.
+    fn command(&self, phase: Phase, call: Option<&GuestCall<'_>>) -> (Command, String) {
         let mut cmd = Command::new(&self.script);
         cmd.arg(phase.as_str())
             .stdin(Stdio::null())
@@ -167,36 +202,68 @@ impl Hook {
                 cmd.env("LOGFILE", l);
             }
         }
-        let command = shown.join(" ");
-        let child = vmdump_launch::spawn::spawn_bound(cmd).map_err(|source| Error::Hook {
-            command: command.clone(),
-            detail: format!("cannot run it: {source}"),
-        })?;
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .map_err(|e| Error::Hook {
-                command: command.clone(),
-                detail: e.to_string(),
-            })?
-            .map_err(|e| Error::Hook {
-                command: command.clone(),
-                detail: e.to_string(),
-            })?;
-        for stream in [&out.stdout, &out.stderr] {
-            for line in String::from_utf8_lossy(stream).lines() {
-                log(Level::Info, line);
+        (cmd, shown.join(" "))
+    }
+}
+
+fn spawn(cmd: Command, command: &str) -> Result<std::process::Child> {
+    vmdump_launch::spawn::spawn_bound(cmd).map_err(|source| Error::Hook {
+        command: command.to_string(),
+        detail: format!("cannot run it: {source}"),
+    })
+}
+
+/// The script's output into the log line by line; a non-zero exit is an error.
+fn report(
+    out: std::process::Output,
+    command: String,
+    log: &(dyn Fn(Level, &str) + Sync),
+) -> Result<()> {
+    for stream in [&out.stdout, &out.stderr] {
+        for line in String::from_utf8_lossy(stream).lines() {
+            log(Level::Info, line);
+        }
+    }
+    if !out.status.success() {
+        return Err(Error::Hook {
+            command,
+            detail: match out.status.code() {
+                Some(c) => format!("exit code {c}"),
+                None => format!("{}", out.status),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The end of a guest's backup, for every guest type: vzdump's closing lines, on failure the
+/// `backup-abort` hook (its output in the guest's log), the log closed, then `log-end`
+/// (its output in the task log only). A hook failing here is only a warning.
+pub(crate) async fn guest_end(
+    hook: Option<&Hook>,
+    call: &GuestCall<'_>,
+    log: &TaskLog<'_>,
+    outcome: std::result::Result<std::time::Duration, &Error>,
+) {
+    let progress = log.progress();
+    let to_task = |level: Level, line: &str| progress.log(level, line, false);
+    match outcome {
+        Ok(duration) => log.finished(call.vmid, duration),
+        Err(e) => {
+            log.failed(call.vmid, e);
+            if let Some(h) = hook {
+                let to_log = |level: Level, line: &str| log.line(level, line, false);
+                if let Err(e) = h.guest(Phase::BackupAbort, call, &to_log).await {
+                    log.warn(&vmdump_task::one_line(&e));
+                }
             }
         }
-        if !out.status.success() {
-            return Err(Error::Hook {
-                command,
-                detail: match out.status.code() {
-                    Some(c) => format!("exit code {c}"),
-                    None => format!("{}", out.status),
-                },
-            });
+    }
+    log.close();
+    if let Some(h) = hook {
+        if let Err(e) = h.guest(Phase::LogEnd, call, &to_task).await {
+            to_task(Level::Warn, &vmdump_task::one_line(&e));
         }
-        Ok(())
     }
 }
 
@@ -241,6 +308,11 @@ mod tests {
             .guest(Phase::BackupEnd, &call, &log)
             .await
             .expect_err("fails");
+        // The blocking entry (container backups) runs the same command.
+        let blocking = hook
+            .guest_blocking(Phase::BackupEnd, &call, &log)
+            .expect_err("fails");
+        assert_eq!(blocking.to_string(), e.to_string());
         assert_eq!(
             e.to_string(),
             format!(

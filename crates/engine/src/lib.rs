@@ -66,6 +66,7 @@ mod output;
 mod pipeline;
 mod progress;
 mod target;
+mod tmpdir;
 mod vm;
 
 pub use backup::{

@@ -56,6 +56,9 @@ pub struct LiveOptions {
     /// The backup mark of the guest: the hold is recorded there before a freeze and cleared
     /// after the thaw or `cont`, so a killed run's hold can be undone by the next one.
     pub mark: Option<Arc<std::sync::Mutex<BackupMark>>>,
+    /// Write the archive into this open file (vzdump's `--stdout`) instead of creating
+    /// `dat`.
+    pub stream: Option<Arc<std::fs::File>>,
 }
 
 impl LiveOptions {
@@ -74,6 +77,7 @@ impl LiveOptions {
             was_running: false,
             resume: None,
             mark: None,
+            stream: None,
         }
     }
 }
@@ -133,7 +137,7 @@ pub async fn run(
     let res = run_inner(qmp, keys, configs, dat, opts, log).await;
     // Only what this run created is removed (and a failure to remove it reported): an
     // archive that could not even be created leaves nothing to talk about.
-    if res.is_err() && dat.symlink_metadata().is_ok() {
+    if res.is_err() && opts.stream.is_none() && dat.symlink_metadata().is_ok() {
         if let Err(e) = std::fs::remove_file(dat) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log.warn(&format!("could not remove '{}': {e}", dat.display()));
@@ -158,8 +162,14 @@ async fn run_inner(
 
     // Archive side.
     let uuid = uuid::Uuid::new_v4();
-    let output = ArchiveFile::create(dat, opts.compress, opts.zstd_threads, opts.zstd_level)
-        .map_err(|e| Error::file("create archive", dat, e))?;
+    let output = ArchiveFile::open(
+        dat,
+        opts.stream.as_deref(),
+        opts.compress,
+        opts.zstd_threads,
+        opts.zstd_level,
+    )
+    .map_err(|e| Error::file("create archive", dat, e))?;
     let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
     for (name, data) in configs {
         writer.add_config(name, data).map_err(Error::Header)?;

@@ -70,6 +70,11 @@ impl ArchiveName {
         }
     }
 
+    /// The directory the archive goes to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `vzdump-qemu-<vmid>-<time>`.
     pub fn base(&self) -> &str {
         &self.base
@@ -102,6 +107,15 @@ impl ArchiveName {
             .iter()
             .any(|p| file_name.starts_with(p.as_str()))
             && file_name.ends_with(TEMPORARY_EXT)
+    }
+
+    /// True if `file_name` is the task directory (`<base>.tmp`, see `tmpdir`) of a backup of
+    /// `vmid`, of any time.
+    pub fn is_task_dir_of(file_name: &str, vmid: u32) -> bool {
+        prefixes(vmid)
+            .iter()
+            .any(|p| file_name.starts_with(p.as_str()))
+            && file_name.ends_with(".tmp")
     }
 
     /// The log belonging to a temporary's file name (`x.vma.dat` and `x.dat` → `x.log`).

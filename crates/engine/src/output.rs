@@ -55,8 +55,28 @@ impl ArchiveFile {
         zstd_threads: u32,
         zstd_level: i32,
     ) -> io::Result<Self> {
-        let opts = encoder_options(codec, zstd_threads, zstd_level);
         let file = File::options().write(true).create_new(true).open(path)?;
+        Self::on(file, codec, zstd_threads, zstd_level)
+    }
+
+    /// [`create`](Self::create)s `path`, or with `stream` (vzdump's `--stdout`: a pipe or a
+    /// file opened by the caller) writes into a handle of that instead.
+    pub fn open(
+        path: &Path,
+        stream: Option<&File>,
+        codec: Codec,
+        zstd_threads: u32,
+        zstd_level: i32,
+    ) -> io::Result<Self> {
+        match stream {
+            Some(f) => Self::on(f.try_clone()?, codec, zstd_threads, zstd_level),
+            None => Self::create(path, codec, zstd_threads, zstd_level),
+        }
+    }
+
+    /// The encoder for `codec` over the open `file`.
+    fn on(file: File, codec: Codec, zstd_threads: u32, zstd_level: i32) -> io::Result<Self> {
+        let opts = encoder_options(codec, zstd_threads, zstd_level);
         let sync = file.try_clone()?;
         let background = file.try_clone()?;
         let enc = Encoder::new(codec, BufWriter::with_capacity(BUF, file), &opts)
@@ -95,6 +115,10 @@ impl ArchiveFile {
             return Ok(());
         };
         enc.finish().map_err(io::Error::other)?.flush()?;
+        // A pipe (`--stdout`) has nothing to sync.
+        if !self.file.metadata()?.is_file() {
+            return Ok(());
+        }
         self.file
             .sync_all()
             .map_err(|e| io::Error::new(e.kind(), format!("fsync failed: {e}")))

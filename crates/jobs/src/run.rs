@@ -306,6 +306,10 @@ pub async fn backup_one(
             .await
             .map_err(|e| one_line(&e))?;
         let log = |level: Level, line: &str| progress.log(level, line, false);
+        // An archive on standard output is not on the storage: nothing to prune (vzdump).
+        if bjob.stdout.is_some() {
+            return Ok(report);
+        }
         if let Err(e) = retention.after_backup(vmid, &log) {
             let msg = one_line(&e);
             progress.log(Level::Error, &msg, false);

@@ -122,6 +122,23 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Record that the directory tree at `path` (a directory volume, or a btrfs subvolume
+    /// without nested ones: empty subvolumes go with `rmdir`) is about to be created as a new
+    /// volume: if this run dies before [`VolumeRecord::commit`], the next run removes it with
+    /// everything in it.
+    pub fn record_tree(self: &Arc<Self>, path: &Path) -> Result<VolumeRecord> {
+        let record = self.dir.join(format!("volume-{}", self.next()));
+        let text = json!({"tree": path});
+        std::fs::write(&record, text.to_string())
+            .map_err(|e| Error::io("record new volume in", &record, e))?;
+        Ok(VolumeRecord {
+            record,
+            _session: Arc::clone(self),
+        })
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
@@ -355,6 +372,20 @@ fn reap_session(dir: &Path, owner: u32, reaped: &mut Reaped) {
             let Some(v) = read_record(&file) else {
                 continue;
             };
+            if let Some(tree) = v["tree"].as_str().map(PathBuf::from) {
+                match std::fs::remove_dir_all(&tree) {
+                    Ok(()) => {
+                        warn!(
+                            "removed partial volume {} left by an interrupted vmdump run (pid {owner})",
+                            tree.display()
+                        );
+                        reaped.volumes.push(tree);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warn!("cannot remove partial volume {}: {e}", tree.display()),
+                }
+                continue;
+            }
             let Some(path) = v["path"].as_str().map(PathBuf::from) else {
                 continue;
             };
@@ -452,6 +483,35 @@ mod tests {
         let dir = live.path().to_path_buf();
         drop(live);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_dead_runs_directory_volume_goes_with_its_contents_and_a_committed_one_stays() {
+        let base = tempfile::tempdir().unwrap();
+        let dead = dead_session(base.path());
+        let tree = base.path().join("subvol-100-disk-0.subvol");
+        std::fs::create_dir_all(tree.join("etc/deep")).unwrap();
+        std::fs::write(tree.join("etc/deep/file"), b"partial").unwrap();
+        std::fs::write(dead.join("volume-0"), json!({"tree": tree}).to_string()).unwrap();
+        let reaped = reap_leftovers(base.path());
+        assert_eq!(reaped.volumes, vec![tree.clone()]);
+        assert!(!tree.exists());
+
+        // A live run's record: committed, it is forgotten and the volume stays.
+        let live = Session::open(base.path()).unwrap();
+        let kept = base.path().join("subvol-101-disk-0.subvol");
+        let record = live.record_tree(&kept).unwrap();
+        std::fs::create_dir(&kept).unwrap();
+        assert_eq!(
+            std::fs::read_dir(live.path()).unwrap().count(),
+            1,
+            "the record is in the session"
+        );
+        record.commit();
+        assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
+        drop(live);
+        assert!(reap_leftovers(base.path()).is_empty());
+        assert!(kept.exists());
     }
 
     #[test]

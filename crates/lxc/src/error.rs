@@ -94,6 +94,14 @@ pub enum Error {
         /// The timeout.
         secs: u64,
     },
+    /// An image to read is still attached to a loop device (mounted elsewhere).
+    #[error("image '{}' is in use ({by})", path.display())]
+    InUse {
+        /// The image.
+        path: PathBuf,
+        /// The loop device holding it.
+        by: String,
+    },
     /// Extracting a template tarball failed.
     #[error("CT {vmid}: extract template")]
     Template {

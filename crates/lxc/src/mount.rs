@@ -30,6 +30,9 @@ impl Access {
                 mounted: false,
             });
         }
+        // A container that just stopped may still be tearing down its mount of the image:
+        // mount it only once the kernel has let go of it (never twice at the same time).
+        wait_detached(path)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let me = ProcId::current();
         let dir = base.join(format!(
@@ -66,6 +69,40 @@ impl Drop for Access {
         if self.mounted {
             unmount(&self.dir);
         }
+    }
+}
+
+/// How long an image may stay attached to a loop device before a read-only open gives up.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The loop device `image` is attached to, if any (`/sys/block/loop*/loop/backing_file`).
+fn attached_loop(image: &Path) -> Option<String> {
+    let want = std::fs::canonicalize(image).ok()?;
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| Path::new(b.trim_end_matches('\n')) == want)
+        })
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+}
+
+/// Waits until `image` is attached to no loop device.
+fn wait_detached(image: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    loop {
+        let Some(dev) = attached_loop(image) else {
+            return Ok(());
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::InUse {
+                path: image.to_path_buf(),
+                by: dev,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

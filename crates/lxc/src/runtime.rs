@@ -16,7 +16,7 @@ use vmdump_config::{ConfigRoot, LxcConfig};
 use vmdump_launch::ProcId;
 
 use crate::error::{Error, Result};
-use crate::mount;
+use crate::mount::{self, Access};
 use crate::tool;
 use crate::volume::{self, CtVolume, Layout, OtherMount};
 
@@ -172,8 +172,14 @@ impl Runtime {
         Ok((vols, other))
     }
 
-    /// The LXC config text for the container.
-    pub fn lxc_config_text(&self, vmid: u32, cfg: &LxcConfig) -> Result<String> {
+    /// The LXC config text for the container. Image mount points are bound in from where
+    /// `staged` has them mounted on the host (key, directory).
+    pub fn lxc_config_text(
+        &self,
+        vmid: u32,
+        cfg: &LxcConfig,
+        staged: &[(String, PathBuf)],
+    ) -> Result<String> {
         let (vols, other) = self.volumes(vmid, cfg)?;
         let mut s = String::new();
         let host = cfg
@@ -198,18 +204,21 @@ impl Runtime {
             s.push_str("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
         }
         for v in &vols[1..] {
-            if v.layout.is_image() {
-                return Err(Error::Unsupported {
-                    vmid,
-                    what: format!(
-                        "{}: image mount points are not supported by the runtime yet (use size=0)",
-                        v.key
-                    ),
-                });
-            }
+            let source = if v.layout.is_image() {
+                staged
+                    .iter()
+                    .find(|(k, _)| *k == v.key)
+                    .map(|(_, d)| d.clone())
+                    .ok_or_else(|| Error::Unsupported {
+                        vmid,
+                        what: format!("{}: the image is not mounted", v.key),
+                    })?
+            } else {
+                v.path.clone()
+            };
             s.push_str(&format!(
                 "lxc.mount.entry = {} {} none rbind,create=dir 0 0\n",
-                v.path.display(),
+                source.display(),
                 v.mp.trim_start_matches('/')
             ));
         }
@@ -294,9 +303,21 @@ impl Runtime {
                 state: "already running".into(),
             });
         }
-        let text = self.lxc_config_text(vmid, &cfg)?;
         let dir = self.ct_dir(vmid);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        // Image mount points (the rootfs image is LXC's own `loop:`): mounted here, bound
+        // into the container by `lxc-start`, and unmounted here once it runs. The
+        // container's mount namespace keeps its copy (and the loop device) until it stops.
+        let (vols, _) = self.volumes(vmid, &cfg)?;
+        let mut mounts = Vec::new();
+        for v in vols.iter().skip(1).filter(|v| v.layout.is_image()) {
+            mounts.push((v.key.clone(), Access::open(&v.path, v.layout, &dir, false)?));
+        }
+        let staged: Vec<(String, PathBuf)> = mounts
+            .iter()
+            .map(|(k, a)| (k.clone(), a.dir().to_path_buf()))
+            .collect();
+        let text = self.lxc_config_text(vmid, &cfg, &staged)?;
         // LXC's unprivileged children must be able to reach the container directory.
         use std::os::unix::fs::PermissionsExt;
         for d in [&self.run_base, &self.lxcpath(), &dir] {
@@ -333,6 +354,8 @@ impl Runtime {
                 stderr: errors[..errors.len().min(3)].join("; "),
             });
         }
+        // The container runs with its own copies of the image mounts.
+        drop(mounts);
         Ok(())
     }
 

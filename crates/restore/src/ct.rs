@@ -60,6 +60,8 @@ pub struct CtOptions {
     pub start: bool,
     /// Restore as unprivileged (`Some`) instead of as the backup was.
     pub unprivileged: Option<bool>,
+    /// Limit of the archive's read rate in KiB/s (vzdump's `bwlimit`; `None` or 0: none).
+    pub bwlimit: Option<u64>,
     /// Aborts the restore.
     pub cancel: Cancel,
 }
@@ -78,6 +80,7 @@ impl CtOptions {
             unique: false,
             start: false,
             unprivileged: None,
+            bwlimit: None,
             cancel: Cancel::new(),
         }
     }
@@ -122,7 +125,7 @@ struct NewVolume {
 /// Created volumes, destroyed on drop unless committed (each removal is logged).
 struct Created<'a> {
     vols: Vec<CtVolume>,
-    /// Session records of image volumes: a killed run's images are removed by the next run.
+    /// Session records of the new volumes: a killed run's are removed by the next run.
     records: Vec<vmdump_launch::VolumeRecord>,
     committed: bool,
     progress: &'a dyn Progress,
@@ -188,6 +191,10 @@ pub fn restore_ct(
         None
     };
 
+    let source: Box<dyn Read + Send> = match opts.bwlimit {
+        Some(k) if k > 0 => Box::new(crate::input::Throttle::new(source, k.saturating_mul(1024))),
+        _ => source,
+    };
     let dec = vmdump_compress::Decoder::detect(std::io::BufReader::with_capacity(1 << 20, source))
         .map_err(|e| Error::Decompress {
             tool: "detect".into(),
@@ -338,11 +345,18 @@ pub fn restore_ct(
             return Err(Error::Mapping(format!("{}: an image needs a size", nv.key)));
         }
         log(Level::Info, &format!("new volume ID is '{volid}'"));
-        if vol.layout == vmdump_lxc::Layout::Image {
-            created
-                .records
-                .push(session.record_volume(&vol.path, None)?);
-        }
+        // Recorded before it exists: a run killed from here on leaves nothing the next run
+        // does not remove.
+        let record = match vol.layout {
+            vmdump_lxc::Layout::Image => session.record_volume(&vol.path, None)?,
+            vmdump_lxc::Layout::ImageInSubvolume => {
+                session.record_volume(&vol.path, vol.subvolume())?
+            }
+            vmdump_lxc::Layout::Dir | vmdump_lxc::Layout::Subvolume => {
+                session.record_tree(&vol.path)?
+            }
+        };
+        created.records.push(record);
         volume::create(&vol, owner)?;
         created.vols.push(vol);
         config_values.push((nv.key.clone(), value));

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use vmdump_compress::{Codec, Decoder};
+use vmdump_task::RateLimit;
 
 use crate::error::{Error, Result};
 
@@ -19,48 +19,28 @@ const CHUNK: usize = 1 << 20;
 /// Chunks in flight between the decompressor and the parser.
 const DEPTH: usize = 8;
 
-/// A token-bucket rate limit on a reader: at most `rate` bytes per second on average, with
-/// bursts of at most a tenth of a second's worth (and never less than 64 KiB).
+/// A reader paced by a [`RateLimit`] (vzdump's `bwlimit` on the archive input).
 #[derive(Debug)]
 pub struct Throttle<R> {
     inner: R,
-    rate: u64,
-    burst: u64,
-    tokens: f64,
-    last: Instant,
+    limit: RateLimit,
 }
 
 impl<R: Read> Throttle<R> {
     /// Limit `inner` to `rate` bytes per second (`rate` > 0).
     pub fn new(inner: R, rate: u64) -> Self {
-        let rate = rate.max(1);
-        let burst = (rate / 10).max(64 * 1024);
         Throttle {
             inner,
-            rate,
-            burst,
-            tokens: burst as f64,
-            last: Instant::now(),
+            limit: RateLimit::new(rate),
         }
     }
 }
 
 impl<R: Read> Read for Throttle<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let now = Instant::now();
-        let add = now.duration_since(self.last).as_secs_f64() * self.rate as f64;
-        self.tokens = (self.tokens + add).min(self.burst as f64);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens).max(self.burst as f64 / 4.0) / self.rate as f64;
-            std::thread::sleep(Duration::from_secs_f64(wait));
-            self.tokens += wait * self.rate as f64;
-            self.last = Instant::now();
-        }
-        let len = buf.len();
-        let max = (self.tokens as usize).clamp(1, len.max(1)).min(len);
+        let max = self.limit.grant(buf.len());
         let n = self.inner.read(&mut buf[..max])?;
-        self.tokens -= n as f64;
+        self.limit.used(n);
         Ok(n)
     }
 }
@@ -230,6 +210,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::process::{Command, Stdio};
+    use std::time::Instant;
 
     #[test]
     fn throttle_limits_rate() {

@@ -124,3 +124,73 @@ impl Cancel {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// A token-bucket rate limit (vzdump's `bwlimit`): at most `rate` bytes per second on
+/// average, with bursts of at most a tenth of a second's worth (never less than 64 KiB).
+/// Backup (the container archive stream) and restore (the archive input) pace their bytes
+/// through it.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: u64,
+    burst: u64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    /// A limit of `rate` bytes per second (0 counts as 1).
+    pub fn new(rate: u64) -> Self {
+        let rate = rate.max(1);
+        let burst = (rate / 10).max(64 * 1024);
+        RateLimit {
+            rate,
+            burst,
+            tokens: burst as f64,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Waits (sleeping this thread) until some of `want` bytes may pass, and returns how many
+    /// may: at least 1 (for `want` > 0), at most `want`. The caller then reports what it
+    /// really moved with [`used`](Self::used).
+    pub fn grant(&mut self, want: usize) -> usize {
+        let now = std::time::Instant::now();
+        let add = now.duration_since(self.last).as_secs_f64() * self.rate as f64;
+        self.tokens = (self.tokens + add).min(self.burst as f64);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens).max(self.burst as f64 / 4.0) / self.rate as f64;
+            std::thread::sleep(Duration::from_secs_f64(wait));
+            self.tokens += wait * self.rate as f64;
+            self.last = std::time::Instant::now();
+        }
+        (self.tokens as usize).clamp(1, want.max(1)).min(want)
+    }
+
+    /// `n` bytes went through.
+    pub fn used(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_paces_bytes() {
+        let mut limit = RateLimit::new(1024 * 1024);
+        let start = std::time::Instant::now();
+        let mut left = 600 * 1024;
+        while left > 0 {
+            let n = limit.grant(left.min(64 * 1024));
+            assert!(n >= 1);
+            limit.used(n);
+            left -= n;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        // 600 KiB at 1 MiB/s with a 102 KiB initial burst: about 0.49 s.
+        assert!(secs > 0.4 && secs < 1.5, "{secs}");
+        assert_eq!(limit.grant(0), 0);
+    }
+}

@@ -96,6 +96,10 @@ struct Opts {
     /// Containers: exclude /tmp/?*, /var/tmp/?* and /var/run/?*.pid (1, the default, or 0).
     #[arg(long, value_parser = super::boolean)]
     stdexcludes: Option<bool>,
+    /// Write the archive of the one guest to standard output (no archive file; the task log
+    /// goes to stderr and the guest's .log to the dump directory).
+    #[arg(long, conflicts_with_all = ["storage", "all", "exclude"])]
+    stdout: bool,
 }
 
 /// A count that may be 0 (`--bwlimit`): negative values get their own message.
@@ -179,10 +183,36 @@ fn guests(args: &Opts, root: &vmdump_config::ConfigRoot) -> anyhow::Result<Vec<V
     Ok(vmids)
 }
 
+/// vzdump's `--stdout`: the archive gets the process's standard output, and everything
+/// else printed there goes to stderr instead (fd 1 becomes a copy of fd 2, so helpers and
+/// hooks cannot write into the archive either). Refused on a terminal.
+fn take_stdout() -> anyhow::Result<std::sync::Arc<std::fs::File>> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    if std::io::stdout().is_terminal() {
+        bail!("refusing to write the archive to a terminal (redirect --stdout to a file or pipe)");
+    }
+    let archive = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicate stdout")?;
+    rustix::stdio::dup2_stdout(std::io::stderr()).context("redirect stdout to stderr")?;
+    Ok(std::sync::Arc::new(std::fs::File::from(archive)))
+}
+
 async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCode> {
     let root = global.config_root();
     let vmids = guests(&args, &root)?;
-    let (job, warnings) = BackupJob::new(root, &options(&args), global.run_base())?;
+    if args.stdout && vmids.len() != 1 {
+        bail!("you can only backup a single VM with option --stdout");
+    }
+    let stdout = if args.stdout {
+        Some(take_stdout()?)
+    } else {
+        None
+    };
+    let (mut job, warnings) = BackupJob::new(root, &options(&args), global.run_base())?;
+    job.stdout = stdout;
 
     let ui = Ui::new(Style::Vzdump);
     let cmdline: Vec<String> = std::env::args().skip(1).collect();

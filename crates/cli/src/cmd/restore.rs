@@ -42,24 +42,66 @@ pub struct Args {
     /// layout; 0 makes a directory on a dir storage).
     #[arg(long)]
     rootfs: Option<String>,
-    /// Containers, advanced mode: mount point 0 (`<storage>:<GiB>,mp=/path[,backup=1]`).
-    #[arg(long)]
-    mp0: Option<String>,
-    /// Containers, advanced mode: mount point 1.
-    #[arg(long)]
-    mp1: Option<String>,
-    /// Containers, advanced mode: mount point 2.
-    #[arg(long)]
-    mp2: Option<String>,
-    /// Containers, advanced mode: mount point 3.
-    #[arg(long)]
-    mp3: Option<String>,
+    #[command(flatten)]
+    mps: MountPointArgs,
     /// Containers: start after the restore.
     #[arg(long)]
     start: bool,
     /// Containers: restore as unprivileged (1) or privileged (0) instead of as backed up.
     #[arg(long, value_parser = super::boolean, action = clap::ArgAction::Set)]
     unprivileged: Option<bool>,
+}
+
+/// How many mount points a container has at most (`mp0` … `mp255`, as Proxmox).
+const MAX_MOUNT_POINTS: usize = 256;
+
+/// `--mp0` … `--mp255` (`pct restore`'s `--mpN`), in ascending order: options made at run
+/// time (clap's derive cannot spell 256 of them); only `--mp0` shows in the help.
+#[derive(Debug, Default, Clone)]
+struct MountPointArgs(Vec<(String, String)>);
+
+fn mp_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| (0..MAX_MOUNT_POINTS).map(|i| format!("mp{i}")).collect())
+}
+
+impl clap::FromArgMatches for MountPointArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(MountPointArgs(
+            mp_names()
+                .iter()
+                .filter_map(|n| m.get_one::<String>(n).map(|v| (n.clone(), v.clone())))
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for MountPointArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        mp_names().iter().enumerate().fold(cmd, |cmd, (i, n)| {
+            let arg = clap::Arg::new(n.as_str())
+                .long(n.as_str())
+                .value_name("SPEC")
+                .hide(i > 0);
+            cmd.arg(if i == 0 {
+                arg.help(
+                    "Containers, advanced mode: mount point N for N in 0..=255 (--mp0 ... \
+                     --mp255), as `<storage>:<GiB>,mp=/path[,backup=1]`",
+                )
+            } else {
+                arg
+            })
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// How many raw bytes are read ahead to tell a container archive from a VMA archive.
@@ -118,17 +160,9 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         copts.unique = args.unique;
         copts.start = args.start;
         copts.unprivileged = args.unprivileged;
+        copts.bwlimit = opts.bwlimit;
         copts.rootfs = args.rootfs.clone();
-        for (k, v) in [
-            ("mp0", &args.mp0),
-            ("mp1", &args.mp1),
-            ("mp2", &args.mp2),
-            ("mp3", &args.mp3),
-        ] {
-            if let Some(v) = v {
-                copts.mps.push((k.to_string(), v.clone()));
-            }
-        }
+        copts.mps = args.mps.0.clone();
         cancel_on_signals(copts.cancel.clone());
         let ui = Ui::new(Style::Qmrestore);
         let name = if args.archive == "-" {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use vmdump_config::Codec;
 use vmdump_tar::{PackOptions, PackStats, Packer, Writer};
-use vmdump_task::Cancel;
+use vmdump_task::{Cancel, RateLimit};
 
 use crate::error::{Error, Result};
 use crate::output::ArchiveFile;
@@ -31,7 +31,7 @@ pub struct Written {
     pub stats: PackStats,
 }
 
-/// Compression settings of the archive.
+/// How the archive stream is written: compression and rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Compression {
     /// The codec.
@@ -40,6 +40,9 @@ pub struct Compression {
     pub zstd_threads: u32,
     /// zstd level.
     pub zstd_level: i32,
+    /// vzdump's `bwlimit` in bytes per second on the tar stream before compression (where
+    /// vzdump puts `cstream`); 0: none.
+    pub rate: u64,
 }
 
 /// Buffers handed from the walker to the compressing writer thread.
@@ -53,6 +56,8 @@ struct ToWriter {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     n: u64,
+    limit: Option<RateLimit>,
+    cancel: Cancel,
 }
 
 impl ToWriter {
@@ -77,7 +82,15 @@ impl ToWriter {
 impl Write for ToWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = CHUNK - self.buf.len();
-        let k = room.min(data.len());
+        let mut k = room.min(data.len());
+        if let Some(limit) = &mut self.limit {
+            // A slow limit must not hold up a cancel for long: checked at every grant.
+            if self.cancel.is_cancelled() {
+                return Err(std::io::Error::other("interrupted"));
+            }
+            k = limit.grant(k);
+            limit.used(k);
+        }
         self.buf.extend_from_slice(&data[..k]);
         self.n += k as u64;
         if self.buf.len() == CHUNK {
@@ -90,19 +103,21 @@ impl Write for ToWriter {
     }
 }
 
-/// Writes the archive to `dat` (created, must not exist): the config files from `conf_dir`
-/// (`etc/vzdump/pct.conf`, `etc/vzdump/pct.fw`), then `trees`. The walker runs in this
-/// thread; the compressor and the file writes in another, fed through a bounded channel. On
-/// error the partial file is left for the caller to delete.
+/// Writes the archive to `dat` (created, must not exist), or into `stream` (vzdump's
+/// `--stdout`): the config files from `conf_dir` (`etc/vzdump/pct.conf`,
+/// `etc/vzdump/pct.fw`), then `trees`. The walker runs in this thread; the compressor and
+/// the file writes in another, fed through a bounded channel. On error the partial file is
+/// left for the caller to delete.
 pub fn write(
     dat: &Path,
+    stream: Option<&std::fs::File>,
     comp: Compression,
     conf_dir: &Path,
     trees: &[Tree],
     opts: &PackOptions,
     cancel: &Cancel,
 ) -> Result<Written> {
-    let file = ArchiveFile::create(dat, comp.codec, comp.zstd_threads, comp.zstd_level)
+    let file = ArchiveFile::open(dat, stream, comp.codec, comp.zstd_threads, comp.zstd_level)
         .map_err(|e| Error::file("create archive", dat, e))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
     let (back, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
@@ -126,6 +141,8 @@ pub fn write(
         tx: Some(tx),
         free,
         n: 0,
+        limit: (comp.rate > 0).then(|| RateLimit::new(comp.rate)),
+        cancel: cancel.clone(),
     });
     let cancelled = || cancel.is_cancelled();
     let packed = (|| {

@@ -12,6 +12,10 @@
 //!   snapshots, delete them. A volume without snapshots falls back to suspend mode with
 //!   vzdump's messages.
 //!
+//! Hook phases, `bwlimit` (the tar stream and rsync), `ionice`, `--stdout` and `--tmpdir` are
+//! the VM side's (`hook`, `ionice`, `tmpdir`, `backup::log_limits`), in vzdump's order per
+//! mode; stop mode starts the container again in the cleanup step, after `backup-end`.
+//!
 //! Guards thaw, restart and unmount on every path; markers let the next run repair a run that
 //! was killed (`vmdump_lxc::Runtime::recover`).
 
@@ -30,9 +34,11 @@ use vmdump_task::{Progress, Transfer};
 
 use crate::backup::{claim_names, commit_archive, BackupJob, BackupReport};
 use crate::error::{Error, Result};
+use crate::hook::{GuestCall, Phase};
 use crate::lock::JobLock;
 use crate::log::TaskLog;
 use crate::name::ArchiveName;
+use crate::tmpdir::TaskDir;
 
 use archive::{Compression, Tree};
 
@@ -75,6 +81,18 @@ pub struct CtBackupPlan {
     pub pack: PackOptions,
     /// Warnings about exclude patterns tar cannot match.
     pub pattern_warnings: Vec<String>,
+}
+
+impl CtBackupPlan {
+    /// The mode the backup runs in: `stop` for a stopped container, `suspend` after a
+    /// snapshot fallback.
+    pub fn mode(&self) -> &'static str {
+        match self.source {
+            CtSource::Stopped | CtSource::Stop => "stop",
+            CtSource::Suspend => "suspend",
+            CtSource::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// Reads and checks what a backup of container `vmid` needs. Writes nothing.
@@ -176,6 +194,12 @@ pub async fn backup_ct(
     let start_time = chrono::Local::now();
     let log = TaskLog::new(progress);
     log.started(vmid, "lxc", start_time);
+    if let Err(e) = crate::ionice::apply(job.settings.ionice) {
+        log.warn(&format!("cannot set the I/O priority: {e}"));
+    }
+    // What the backup-abort and log-end hooks are told, once known.
+    let mut known: (Option<ArchiveName>, Option<String>, &str) =
+        (None, None, job.settings.mode.as_str());
     let session = vmdump_launch::Session::open_async(&job.run_dir).await;
     let res = blocking(|| {
         let session = session?;
@@ -185,6 +209,8 @@ pub async fn backup_ct(
             log.warn(&m);
         }
         let plan = plan_ct(job, lock, vmid)?;
+        known.1 = plan.config.hostname().map(str::to_string);
+        known.2 = plan.mode();
         let names = claim_names(
             job,
             GuestType::Lxc,
@@ -193,14 +219,25 @@ pub async fn backup_ct(
             start_time,
             &log,
         )?;
+        known.0 = Some(names.clone());
         let (archive, size, transfer) = apply(job, plan, &names, &log, &session)?;
         Ok::<_, Error>((archive, names.log(), size, transfer))
     });
+    let hostname = known.1.unwrap_or_else(|| format!("CT{vmid}"));
+    let target = known.0.as_ref().map(|n| job.target(n));
+    let logfile = known.0.as_ref().map(ArchiveName::log);
+    let call = GuestCall {
+        mode: known.2,
+        vmid: vmid.get(),
+        vmtype: "lxc",
+        hostname: &hostname,
+        target: target.as_deref(),
+        logfile: logfile.as_deref(),
+    };
     match res {
         Ok((archive, log_path, size, transfer)) => {
             let duration = started.elapsed();
-            log.finished(vmid, duration);
-            log.close();
+            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Ok(duration)).await;
             Ok(BackupReport {
                 vmid,
                 archive,
@@ -211,8 +248,7 @@ pub async fn backup_ct(
             })
         }
         Err(e) => {
-            log.failed(vmid, &e);
-            log.close();
+            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Err(&e)).await;
             Err(e)
         }
     }
@@ -274,19 +310,6 @@ impl Drop for Snapshots<'_> {
     }
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", self.0.display());
-            }
-        }
-    }
-}
-
 fn tree_name(mp: &str) -> String {
     let rel = mp.trim_matches('/');
     if rel.is_empty() {
@@ -339,178 +362,319 @@ fn apply(
         log.error("mode failure - some volumes do not support snapshots");
         log.info("trying 'suspend' mode instead");
     }
-    let mode = match plan.source {
-        CtSource::Stopped | CtSource::Stop => "stop",
-        CtSource::Suspend => "suspend",
-        CtSource::Snapshot => "snapshot",
+    log.info(&format!("backup mode: {}", plan.mode()));
+    crate::backup::log_limits(job, log);
+    let hostname = plan
+        .config
+        .hostname()
+        .map_or_else(|| format!("CT{vmid}"), str::to_string);
+    let (target, logfile) = (job.target(names), names.log());
+    let call = GuestCall {
+        mode: plan.mode(),
+        vmid,
+        vmtype: "lxc",
+        hostname: &hostname,
+        target: Some(&target),
+        logfile: Some(&logfile),
     };
-    log.info(&format!("backup mode: {mode}"));
-    let archive = names.archive();
-    log.info(&format!("creating vzdump archive '{}'", archive.display()));
-
-    // pct.conf (the config without lock and snapshots) and pct.fw (empty without a firewall).
-    let conf_dir = session.temp_dir("ctconf").map_err(Error::Session)?;
-    let vz = conf_dir.join("etc/vzdump");
-    std::fs::create_dir_all(&vz).map_err(|e| Error::file("create", &vz, e))?;
-    std::fs::write(vz.join("pct.conf"), plan.config.backup_copy().to_string())
-        .map_err(|e| Error::file("write", vz.join("pct.conf"), e))?;
-    let fw = job.root.dir().join("firewall").join(format!("{vmid}.fw"));
-    let fw_text = std::fs::read(&fw).unwrap_or_default();
-    std::fs::write(vz.join("pct.fw"), fw_text)
-        .map_err(|e| Error::file("write", vz.join("pct.fw"), e))?;
-
-    let ct_dir = rt.ct_dir(vmid);
-    std::fs::create_dir_all(&ct_dir).map_err(|e| Error::file("create", &ct_dir, e))?;
-    let dat = names.temporary();
-    let comp = Compression {
-        codec: job.settings.compress,
-        zstd_threads: job.settings.zstd_threads,
-        zstd_level: job.zstd_level,
+    let steps = Steps {
+        job,
+        plan: &plan,
+        names,
+        log,
+        session,
+        rt: &rt,
+        call,
     };
-    let write = |trees: &[Tree]| -> Result<archive::Written> {
-        let t0 = Instant::now();
-        let res = archive::write(&dat, comp, &conf_dir, trees, &plan.pack, &job.cancel);
-        match res {
-            Ok(w) => {
-                for warn in &w.stats.warnings {
-                    log.warn(warn);
+    // Stop mode starts the container again in vzdump's cleanup step, after `backup-end`.
+    let mut stopped = None;
+    let res = steps.archive(&mut stopped);
+    if let Some((guard, down)) = stopped {
+        let restarted = steps.restart(guard, down);
+        if res.is_ok() {
+            restarted?;
+        }
+    }
+    res
+}
+
+/// A container stopped for the backup, and since when.
+type Stopped<'a> = (vmdump_lxc::StoppedGuard<'a>, Instant);
+
+/// The steps of one container backup after its plan.
+struct Steps<'a> {
+    job: &'a BackupJob,
+    plan: &'a CtBackupPlan,
+    names: &'a ArchiveName,
+    log: &'a TaskLog<'a>,
+    session: &'a Arc<vmdump_launch::Session>,
+    rt: &'a Runtime,
+    call: GuestCall<'a>,
+}
+
+impl<'a> Steps<'a> {
+    /// Runs a guest phase of the hook script, if there is one; its output goes to the log.
+    fn hook(&self, phase: Phase) -> Result<()> {
+        match &self.job.hook {
+            None => Ok(()),
+            Some(h) => h.guest_blocking(phase, &self.call, &|level, line| {
+                self.log.line(level, line, false);
+            }),
+        }
+    }
+
+    /// [`hook`](Self::hook) in a cleanup step: a failure is a warning.
+    fn hook_warn(&self, phase: Phase) {
+        if let Err(e) = self.hook(phase) {
+            self.log.warn(&vmdump_task::one_line(&e));
+        }
+    }
+
+    /// vzdump's cleanup for stop mode: `pre-restart`, start, `post-restart`.
+    fn restart(&self, guard: vmdump_lxc::StoppedGuard<'_>, down: Instant) -> Result<()> {
+        self.hook_warn(Phase::PreRestart);
+        self.log.info("restarting vm");
+        let restarted = guard.restart();
+        self.hook_warn(Phase::PostRestart);
+        match &restarted {
+            Ok(()) => self.log.info(&format!(
+                "guest is online again after {} seconds",
+                down.elapsed().as_secs()
+            )),
+            Err(e) => self.log.error(&format!(
+                "cannot start the container again: {}",
+                vmdump_task::one_line(e)
+            )),
+        }
+        Ok(restarted?)
+    }
+
+    /// From `backup-start` to `backup-end`; a container stopped for the backup is handed
+    /// back in `stopped` (also on failure) for [`restart`](Self::restart).
+    fn archive(&self, stopped: &mut Option<Stopped<'a>>) -> Result<(PathBuf, u64, Transfer)> {
+        let (job, plan, log, rt) = (self.job, self.plan, self.log, self.rt);
+        let vmid = plan.vmid.get();
+        self.hook(Phase::BackupStart)?;
+
+        // pct.conf (the config without lock and snapshots) and pct.fw (empty without a
+        // firewall).
+        let conf_dir = self.session.temp_dir("ctconf").map_err(Error::Session)?;
+        let vz = conf_dir.join("etc/vzdump");
+        std::fs::create_dir_all(&vz).map_err(|e| Error::file("create", &vz, e))?;
+        std::fs::write(vz.join("pct.conf"), plan.config.backup_copy().to_string())
+            .map_err(|e| Error::file("write", vz.join("pct.conf"), e))?;
+        let fw = job.root.dir().join("firewall").join(format!("{vmid}.fw"));
+        let fw_text = std::fs::read(&fw).unwrap_or_default();
+        std::fs::write(vz.join("pct.fw"), fw_text)
+            .map_err(|e| Error::file("write", vz.join("pct.fw"), e))?;
+
+        let ct_dir = rt.ct_dir(vmid);
+        std::fs::create_dir_all(&ct_dir).map_err(|e| Error::file("create", &ct_dir, e))?;
+        let dat = self.names.temporary();
+        let comp = Compression {
+            codec: job.settings.compress,
+            zstd_threads: job.settings.zstd_threads,
+            zstd_level: job.zstd_level,
+            rate: job.settings.bwlimit.saturating_mul(1024),
+        };
+        let stream = job.stdout.as_deref();
+        let write = |trees: &[Tree]| -> Result<archive::Written> {
+            match stream {
+                Some(_) => log.info("sending archive to stdout"),
+                None => log.info(&format!(
+                    "creating vzdump archive '{}'",
+                    self.names.archive().display()
+                )),
+            }
+            let t0 = Instant::now();
+            let res = archive::write(
+                &dat,
+                stream,
+                comp,
+                &conf_dir,
+                trees,
+                &plan.pack,
+                &job.cancel,
+            );
+            match res {
+                Ok(w) => {
+                    for warn in &w.stats.warnings {
+                        log.warn(warn);
+                    }
+                    log.info(&archive::totals_line(w.bytes, t0.elapsed().as_secs_f64()));
+                    Ok(w)
                 }
-                log.info(&archive::totals_line(w.bytes, t0.elapsed().as_secs_f64()));
-                Ok(w)
+                Err(e) => {
+                    if stream.is_none() {
+                        let _ = std::fs::remove_file(&dat);
+                    }
+                    Err(e)
+                }
             }
-            Err(e) => {
-                let _ = std::fs::remove_file(&dat);
-                Err(e)
-            }
-        }
-    };
+        };
 
-    let written = match plan.source {
-        CtSource::Stopped => {
-            let (_mounts, trees) = open_volumes(&plan.volumes, &ct_dir, None)?;
-            write(&trees)?
-        }
-        CtSource::Stop => {
-            log.info("stopping virtual guest");
-            let down = Instant::now();
-            let guard = rt.stop_guarded(
-                vmid,
-                Duration::from_secs(job.settings.stopwait.saturating_mul(60)),
-            )?;
-            let res = open_volumes(&plan.volumes, &ct_dir, None).and_then(|(mounts, trees)| {
+        let written = match plan.source {
+            CtSource::Stopped => {
+                let (_mounts, trees) = open_volumes(&plan.volumes, &ct_dir, None)?;
+                write(&trees)?
+            }
+            CtSource::Stop => {
+                log.info("stopping virtual guest");
+                self.hook(Phase::PreStop)?;
+                let down = Instant::now();
+                let guard = rt.stop_guarded(
+                    vmid,
+                    Duration::from_secs(job.settings.stopwait.saturating_mul(60)),
+                )?;
+                *stopped = Some((guard, down));
+                let (mounts, trees) = open_volumes(&plan.volumes, &ct_dir, None)?;
                 let w = write(&trees);
                 drop(mounts);
-                w
-            });
-            log.info("restarting vm");
-            let restarted = guard.restart();
-            if restarted.is_ok() {
+                w?
+            }
+            CtSource::Suspend => {
+                let pid = plan.pid.ok_or(vmdump_lxc::Error::State {
+                    vmid,
+                    state: "not running".into(),
+                })?;
+                let tmp = TaskDir::create(job, self.names, vmid)?;
+                let src = format!("/proc/{pid}/root/");
+                let sources: Vec<String> = plan
+                    .volumes
+                    .iter()
+                    .map(|v| format!("/proc/{pid}/root/.{}", v.mp.trim_end_matches('/')))
+                    .map(|s| {
+                        if s.ends_with("/.") {
+                            format!("{s}/")
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
+                let rsync_excludes = rsync_excludes(plan);
+                let bwlimit = job.settings.bwlimit;
+                log.info(&format!(
+                    "starting first sync {src} to {}",
+                    tmp.path().display()
+                ));
+                let t1 = Instant::now();
+                let first = rsync(
+                    self.session,
+                    &sources,
+                    tmp.path(),
+                    &rsync_excludes,
+                    bwlimit,
+                    &job.cancel,
+                )?;
+                log.info(&format!(
+                    "first sync finished - transferred {first} in {}s",
+                    t1.elapsed().as_secs()
+                ));
+                log.info("suspending guest");
+                self.hook(Phase::PreStop)?;
+                let frozen = rt.freeze_guarded(vmid)?;
+                log.info(&format!(
+                    "starting final sync {src} to {}",
+                    tmp.path().display()
+                ));
+                let t2 = Instant::now();
+                let second = rsync(
+                    self.session,
+                    &sources,
+                    tmp.path(),
+                    &rsync_excludes,
+                    bwlimit,
+                    &job.cancel,
+                );
+                if let Ok(s) = &second {
+                    log.info(&format!(
+                        "final sync finished - transferred {s} in {}s",
+                        t2.elapsed().as_secs()
+                    ));
+                }
+                log.info("resuming guest");
+                let pre = self.hook(Phase::PreRestart);
+                let window = frozen.thaw();
+                let post = self.hook(Phase::PostRestart);
+                let window = window?;
+                second?;
+                pre?;
+                post?;
                 log.info(&format!(
                     "guest is online again after {} seconds",
-                    down.elapsed().as_secs()
+                    window.as_secs()
                 ));
+                log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
+                let trees = [Tree {
+                    dir: tmp.path().to_path_buf(),
+                    name: ".".into(),
+                }];
+                write(&trees)?
             }
-            let w = res?;
-            restarted?;
-            w
-        }
-        CtSource::Suspend => {
-            let pid = plan.pid.ok_or(vmdump_lxc::Error::State {
-                vmid,
-                state: "not running".into(),
-            })?;
-            let tmp = match &job.settings.tmpdir {
-                Some(d) => d.join(format!("vzdumptmp{}_{vmid}", std::process::id())),
-                None => plan.dump_dir.join(format!("{}.tmp", names.base())),
-            };
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).map_err(|e| Error::file("create", &tmp, e))?;
-            let tmp = TempDir(tmp);
-            let src = format!("/proc/{pid}/root/");
-            let rsync_excludes = rsync_excludes(&plan);
-            log.info(&format!("starting first sync {src} to {}", tmp.0.display()));
-            let t1 = Instant::now();
-            let first = rsync(session, pid, &tmp.0, &rsync_excludes, &job.cancel)?;
-            log.info(&format!(
-                "first sync finished - transferred {first} in {}s",
-                t1.elapsed().as_secs()
-            ));
-            log.info("suspending guest");
-            let frozen = rt.freeze_guarded(vmid)?;
-            log.info(&format!("starting final sync {src} to {}", tmp.0.display()));
-            let t2 = Instant::now();
-            let second = rsync(session, pid, &tmp.0, &rsync_excludes, &job.cancel);
-            if let Ok(s) = &second {
-                log.info(&format!(
-                    "final sync finished - transferred {s} in {}s",
-                    t2.elapsed().as_secs()
-                ));
-            }
-            log.info("resuming guest");
-            let window = frozen.thaw()?;
-            second?;
-            log.info(&format!(
-                "guest is online again after {} seconds",
-                window.as_secs()
-            ));
-            log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
-            let trees = [Tree {
-                dir: tmp.0.clone(),
-                name: ".".into(),
-            }];
-            write(&trees)?
-        }
-        CtSource::Snapshot => {
-            let mut snaps = Snapshots {
-                taken: Vec::new(),
-                log,
-            };
-            for v in &plan.volumes {
-                let b = vmdump_lxc::snapshot::backend(v).expect("checked by the plan");
-                if b.exists(v, SNAPSHOT_NAME) {
-                    log.info(&format!(
-                        "removing stale '{SNAPSHOT_NAME}' snapshot of {}",
-                        v.volid
-                    ));
-                    b.remove(v, SNAPSHOT_NAME)?;
-                }
-            }
-            log.info("suspend vm to make snapshot");
-            let frozen = rt.freeze_guarded(vmid)?;
-            log.info(&format!("create storage snapshot '{SNAPSHOT_NAME}'"));
-            let mut res = Ok(());
-            for v in &plan.volumes {
-                let b = vmdump_lxc::snapshot::backend(v).expect("checked by the plan");
-                match b.create(v, SNAPSHOT_NAME) {
-                    Ok(()) => snaps.taken.push(v),
-                    Err(e) => {
-                        res = Err(e);
-                        break;
+            CtSource::Snapshot => {
+                let mut snaps = Snapshots {
+                    taken: Vec::new(),
+                    log,
+                };
+                for v in &plan.volumes {
+                    let b = vmdump_lxc::snapshot::backend(v).expect("checked by the plan");
+                    if b.exists(v, SNAPSHOT_NAME) {
+                        log.info(&format!(
+                            "removing stale '{SNAPSHOT_NAME}' snapshot of {}",
+                            v.volid
+                        ));
+                        b.remove(v, SNAPSHOT_NAME)?;
                     }
                 }
+                self.hook(Phase::PreStop)?;
+                log.info("suspend vm to make snapshot");
+                let frozen = rt.freeze_guarded(vmid)?;
+                log.info(&format!("create storage snapshot '{SNAPSHOT_NAME}'"));
+                let mut res = Ok(());
+                for v in &plan.volumes {
+                    let b = vmdump_lxc::snapshot::backend(v).expect("checked by the plan");
+                    match b.create(v, SNAPSHOT_NAME) {
+                        Ok(()) => snaps.taken.push(v),
+                        Err(e) => {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                }
+                let pre = self.hook(Phase::PreRestart);
+                log.info("resume vm");
+                let window = frozen.thaw();
+                let post = self.hook(Phase::PostRestart);
+                let window = window?;
+                res?;
+                pre?;
+                post?;
+                log.info(&format!(
+                    "guest is online again after {} seconds",
+                    window.as_secs()
+                ));
+                log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
+                let (mounts, trees) = open_volumes(&plan.volumes, &ct_dir, Some(SNAPSHOT_NAME))?;
+                let w = write(&trees);
+                drop(mounts);
+                drop(snaps);
+                w?
             }
-            log.info("resume vm");
-            let window = frozen.thaw()?;
-            res?;
-            log.info(&format!(
-                "guest is online again after {} seconds",
-                window.as_secs()
-            ));
-            log.info(&format!("frozen window: {:.3} s", window.as_secs_f64()));
-            let (mounts, trees) = open_volumes(&plan.volumes, &ct_dir, Some(SNAPSHOT_NAME))?;
-            let w = write(&trees);
-            drop(mounts);
-            drop(snaps);
-            w?
+        };
+        let transfer = Transfer {
+            total: written.bytes,
+            transferred: written.bytes,
+            ..Transfer::default()
+        };
+        if job.stdout.is_some() {
+            // vzdump: no file to rename, no notes, protection or pruning.
+            self.hook(Phase::BackupEnd)?;
+            return Ok((PathBuf::from("-"), 0, transfer));
         }
-    };
-    let transfer = Transfer {
-        total: written.bytes,
-        transferred: written.bytes,
-        ..Transfer::default()
-    };
-    let size = commit_archive(job, vmid, plan.config.hostname(), names, log)?;
-    Ok((archive, size, transfer))
+        let size = commit_archive(job, vmid, plan.config.hostname(), self.names, log)?;
+        self.hook(Phase::BackupEnd)?;
+        Ok((self.names.archive(), size, transfer))
+    }
 }
 
 /// The included volumes (or their snapshots) as directories, with their member names.
@@ -550,13 +714,15 @@ fn rsync_excludes(plan: &CtBackupPlan) -> Vec<String> {
     v
 }
 
-/// One rsync pass from the container's root into `dest`; returns rsync's "Total transferred
-/// file size" figure.
+/// One rsync pass from the container's root (`sources`: its root and the included mount
+/// points, as `/proc/<pid>/root/./<mp>`: `--one-file-system` stops at every mount) into
+/// `dest`; returns rsync's "Total transferred file size" figure.
 fn rsync(
     session: &Arc<vmdump_launch::Session>,
-    pid: u32,
+    sources: &[String],
     dest: &Path,
     extra_excludes: &[String],
+    bwlimit: u64,
     cancel: &vmdump_task::Cancel,
 ) -> Result<String> {
     let mut cmd = Command::new("rsync");
@@ -576,10 +742,14 @@ fn rsync(
         // second of the first pass must not be skipped by the frozen pass.
         "--modify-window=-1",
     ]);
+    if bwlimit > 0 {
+        // KiB/s, as vzdump passes it.
+        cmd.arg(format!("--bwlimit={bwlimit}"));
+    }
     for e in extra_excludes {
         cmd.arg(format!("--exclude={e}"));
     }
-    cmd.arg(format!("/proc/{pid}/root/./")).arg(dest);
+    cmd.args(sources).arg(dest);
     // Output goes to files (a pipe could fill while we poll), read after the exit.
     let outdir = session.temp_dir("rsync")?;
     let (out_path, err_path) = (outdir.join("stdout"), outdir.join("stderr"));
