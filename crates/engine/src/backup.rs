@@ -496,6 +496,17 @@ impl Apply<'_> {
         opts.mark = Some(Arc::clone(self.mark));
         let configs = vec![("qemu-server.conf".to_string(), stored.into_bytes())];
         let dat = names.temporary();
+        // Fleecing images a killed run left go first, fleecing on or not (vzdump's order).
+        crate::vm::fleece::remove_leftovers(&plan.config_path, &job.root, log)?;
+        if let Some(f) = &job.settings.fleecing {
+            opts.fleecing = Some(crate::vm::fleece::FleecingPlan::new(
+                vmid.get(),
+                &plan.config_path,
+                job.root.storage()?,
+                f,
+                &plan.disks,
+            ));
+        }
 
         let outcome = match plan.source {
             Source::Running(qmp) => {

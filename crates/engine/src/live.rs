@@ -56,6 +56,8 @@ pub struct LiveOptions {
     /// The backup mark of the guest: the hold is recorded there before a freeze and cleared
     /// after the thaw or `cont`, so a killed run's hold can be undone by the next one.
     pub mark: Option<Arc<std::sync::Mutex<BackupMark>>>,
+    /// Back up with fleecing (pull mode, `crate::vm::fleece`): the fleecing images go there.
+    pub fleecing: Option<crate::FleecingPlan>,
 }
 
 impl LiveOptions {
@@ -74,6 +76,7 @@ impl LiveOptions {
             was_running: false,
             resume: None,
             mark: None,
+            fleecing: None,
         }
     }
 }
@@ -130,7 +133,10 @@ pub async fn run(
     opts: &LiveOptions,
     log: &TaskLog<'_>,
 ) -> Result<LiveOutcome> {
-    let res = run_inner(qmp, keys, configs, dat, opts, log).await;
+    let res = match &opts.fleecing {
+        Some(plan) => crate::vm::fleece::run(qmp, keys, configs, dat, opts, plan, log).await,
+        None => run_inner(qmp, keys, configs, dat, opts, log).await,
+    };
     // Only what this run created is removed (and a failure to remove it reported): an
     // archive that could not even be created leaves nothing to talk about.
     if res.is_err() && dat.symlink_metadata().is_ok() {
@@ -418,7 +424,7 @@ async fn wait(
 }
 
 /// The archive side's recorded failure as an error.
-fn archive_failed(shared: &Shared) -> Error {
+pub(crate) fn archive_failed(shared: &Shared) -> Error {
     Error::Transfer(
         shared
             .error()
@@ -428,7 +434,7 @@ fn archive_failed(shared: &Shared) -> Error {
 
 /// Whether the QEMU behind `qmp` is gone (its monitor closed). A broken NBD connection is
 /// usually the first sign of a dying QEMU; the monitor tells which it is.
-async fn qemu_gone(qmp: &Client) -> bool {
+pub(crate) async fn qemu_gone(qmp: &Client) -> bool {
     if qmp.is_closed() {
         return true;
     }
