@@ -112,7 +112,12 @@ impl SnapshotExport {
     /// Which parts of `range` read as zeros: extents covering the whole range, in order,
     /// adjacent ones of the same kind merged.
     pub async fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
-        crate::check_range(&self.socket, self.size(), range.start, range.end - range.start)?;
+        crate::check_range(
+            &self.socket,
+            self.size(),
+            range.start,
+            range.end - range.start,
+        )?;
         let list = self
             .client
             .block_status(
@@ -171,14 +176,11 @@ impl SnapshotExport {
 
     /// Disconnects cleanly.
     pub async fn close(self) -> Result<()> {
-        self.client
-            .disconnect()
-            .await
-            .map_err(|source| Error::Nbd {
-                what: "disconnect from",
-                path: self.socket.clone(),
-                source,
-            })
+        self.client.disconnect().await.map_err(|source| Error::Nbd {
+            what: "disconnect from",
+            path: self.socket.clone(),
+            source,
+        })
     }
 }
 

@@ -288,7 +288,10 @@ impl GuestFile {
         let pos = match pos {
             Some(p) => p,
             None => {
-                let last = self.sections.last_mut().expect("there is always a main section");
+                let last = self
+                    .sections
+                    .last_mut()
+                    .expect("there is always a main section");
                 if let Some(l) = last.lines.last_mut().or(last.header.as_mut()) {
                     l.eol = true;
                 }

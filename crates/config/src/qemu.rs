@@ -237,7 +237,10 @@ impl QemuConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
         if !valid {
-            return Err(Error::value(key, format!("invalid section name '{section}'")));
+            return Err(Error::value(
+                key,
+                format!("invalid section name '{section}'"),
+            ));
         }
         self.file.special_mut(section).set(key, value);
         Ok(())
@@ -587,11 +590,17 @@ mod tests {
         ] {
             let mut c = QemuConfig::parse(text, "t").unwrap();
             assert_eq!(c.special("fleecing", "fleecing-images"), None);
-            c.set_special("fleecing", "fleecing-images", "local:100/vm-100-fleece-0.qcow2")
-                .unwrap();
+            c.set_special(
+                "fleecing",
+                "fleecing-images",
+                "local:100/vm-100-fleece-0.qcow2",
+            )
+            .unwrap();
             let out = c.to_string();
             assert!(
-                out.ends_with("\n\n[special:fleecing]\nfleecing-images: local:100/vm-100-fleece-0.qcow2\n"),
+                out.ends_with(
+                    "\n\n[special:fleecing]\nfleecing-images: local:100/vm-100-fleece-0.qcow2\n"
+                ),
                 "{out:?}"
             );
             let again = QemuConfig::parse(&out, "t").unwrap();

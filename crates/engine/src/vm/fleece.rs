@@ -271,9 +271,11 @@ pub(crate) fn remove_leftovers(
 ) -> Result<()> {
     let cfg = QemuConfig::load(config_path)?;
     let Some(list) = cfg.special(SECTION, KEY) else {
-        if cfg.sections().iter().any(
-            |s| matches!(s, vmdump_config::SectionKind::Special(n) if n == SECTION),
-        ) {
+        if cfg
+            .sections()
+            .iter()
+            .any(|s| matches!(s, vmdump_config::SectionKind::Special(n) if n == SECTION))
+        {
             record(config_path, &[])?;
         }
         return Ok(());
@@ -462,8 +464,7 @@ pub(crate) async fn run(
     let out = match out {
         Ok(()) => {
             let mut graph = Graph::default();
-            let res =
-                with_images(qmp, &disks, &images, configs, dat, opts, log, &mut graph).await;
+            let res = with_images(qmp, &disks, &images, configs, dat, opts, log, &mut graph).await;
             graph.teardown(qmp, log).await;
             res
         }
@@ -507,19 +508,44 @@ async fn with_images(
     let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids)
         .map_err(|e| Error::file("start the writer thread for", dat, e))?;
 
-    let socket = opts
-        .socket_dir
-        .join(format!("vmdump-{}-{}.fleece.nbd", opts.vmid, std::process::id()));
+    let socket = opts.socket_dir.join(format!(
+        "vmdump-{}-{}.fleece.nbd",
+        opts.vmid,
+        std::process::id()
+    ));
     let mut frozen = None;
     let mut down = None;
     let res = async {
-        attach(qmp, disks, images, &socket, opts, log, &uuid, graph, &mut frozen, &mut down)
-            .await?;
+        attach(
+            qmp,
+            disks,
+            images,
+            &socket,
+            opts,
+            log,
+            &uuid,
+            graph,
+            &mut frozen,
+            &mut down,
+        )
+        .await?;
         let version = qmp.greeting().version;
         let rules = SnapshotRules::for_qemu(version.major, version.minor);
         tracing::debug!(%version, ?rules, "reading the fleecing exports");
         let pace = Pace::new(opts.speed);
-        transfer(qmp, disks, &devs, &socket, rules, tx, &shared, &opts.cancel, &pace, log).await
+        transfer(
+            qmp,
+            disks,
+            &devs,
+            &socket,
+            rules,
+            tx,
+            &shared,
+            &opts.cancel,
+            &pace,
+            log,
+        )
+        .await
     }
     .await;
     let pulled = match res {
@@ -652,7 +678,9 @@ async fn attach(
         match qmp.stop().await {
             Ok(()) => true,
             Err(e) => {
-                log.warn(&format!("cannot pause the guest for the fleecing setup: {e}"));
+                log.warn(&format!(
+                    "cannot pause the guest for the fleecing setup: {e}"
+                ));
                 false
             }
         }
@@ -942,12 +970,14 @@ async fn pull_disk(
             }
         }
         if let Some(e) = bad {
-            break Err(Error::Transfer(Arc::new(crate::error::Failure::OutOfRange {
-                device: d.drive.clone(),
-                offset: e.offset,
-                len: e.len,
-                size: e.size,
-            })));
+            break Err(Error::Transfer(Arc::new(
+                crate::error::Failure::OutOfRange {
+                    device: d.drive.clone(),
+                    offset: e.offset,
+                    len: e.len,
+                    size: e.size,
+                },
+            )));
         }
         let mut sent = true;
         for cluster in ready.drain(..) {
@@ -1007,8 +1037,8 @@ mod tests {
                 ("scsi2".into(), "fast".into()),
             ],
         };
-        let imgs = choose_images(&plan, &[disk("scsi0"), disk("scsi1"), disk("scsi2")])
-            .expect("images");
+        let imgs =
+            choose_images(&plan, &[disk("scsi0"), disk("scsi1"), disk("scsi2")]).expect("images");
         let ids: Vec<String> = imgs.iter().map(|i| i.volid.to_string()).collect();
         assert_eq!(
             ids,
