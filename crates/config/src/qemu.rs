@@ -614,7 +614,7 @@ mod tests {
             let back = c.to_string();
             assert_eq!(back.trim_end(), text.trim_end(), "{back:?}");
         }
-        let mut c = QemuConfig::parse("memory: 1\n", "t").unwrap();
+        let mut c = QemuConfig::parse("memory: 512\n", "t").unwrap();
         assert!(c.set_special("a b", "k", "v").is_err());
     }
 

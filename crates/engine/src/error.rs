@@ -142,18 +142,18 @@ pub enum Error {
     Fleecing {
         /// The device (`drive-scsi0`).
         device: String,
-        /// The underlying error.
+        /// The underlying error (boxed: it is large).
         #[source]
-        source: vmdump_blockdev::Error,
+        source: Box<vmdump_blockdev::Error>,
     },
     /// A fleecing image could not be created.
     #[error("create fleecing image '{volume}'")]
     FleecingImage {
         /// The volume id.
         volume: String,
-        /// The underlying error.
+        /// The underlying error (boxed: it is large).
         #[source]
-        source: vmdump_blockdev::Error,
+        source: Box<vmdump_blockdev::Error>,
     },
     /// The feature is not implemented.
     #[error("{0} is not supported yet")]

@@ -218,7 +218,7 @@ fn create(image: &Image, size: u64) -> Result<()> {
     vmdump_blockdev::qemu_img::create(&image.path, image.format, size, None).map_err(|source| {
         Error::FleecingImage {
             volume: image.volid.to_string(),
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -799,7 +799,7 @@ async fn transfer(
                     .await
                     .map_err(|source| Error::Fleecing {
                         device: d.drive.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 let snap = Arc::new(snap);
                 let res = pull_disk(&snap, d, dev, &tx, shared, cancel, pace).await;
@@ -925,7 +925,7 @@ async fn pull_disk(
 ) -> Result<()> {
     let fleecing = |source| Error::Fleecing {
         device: d.drive.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut asm = Assembler::new(d.size);
     let mut ready = Vec::new();
