@@ -177,9 +177,18 @@ async fn fleecing_backup_equals_the_disks_at_the_instant_and_leaves_nothing() ->
         };
         let off = off.min(size - len) / 512 * 512;
         let pattern = (i % 250) as u8 + 1;
-        vm.io_write(key, pattern, off, len).await?;
-        if key == "virtio2" {
-            last_c = (off, len, pattern);
+        if i % 5 == 0 {
+            // Zeroes (holes in the live disk) over saved and unsaved clusters too.
+            let cmd = format!("qemu-io -d {key}/virtio-backend \"write -z -u {off} {len}\"");
+            vm.qmp.human_monitor_command(&cmd).await?;
+            if key == "virtio2" {
+                last_c = (off, len, 0);
+            }
+        } else {
+            vm.io_write(key, pattern, off, len).await?;
+            if key == "virtio2" {
+                last_c = (off, len, pattern);
+            }
         }
         if let Ok(m) = std::fs::metadata(&fleece_b) {
             peak_b = peak_b.max(m.blocks() * 512);
