@@ -13,14 +13,14 @@
 #    ROUNDS (default 3). Target: fleecing <= 1.10x push.
 #
 # Usage: bench/fleecing.sh [size-GiB]   (default 1; BENCH_DIR picks the scratch directory,
-# RATE the slow target's cap, WRITES the guest writes per scenario, default 192).
+# RATE the slow target's cap, WRITES the guest writes per scenario, default 64).
 set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
 bench_init fleecing 1 "$@"
 rate=${RATE:-30M}
-writes=${WRITES:-192}
+writes=${WRITES:-64}
 qemu_pid=
 fs_pid=
 cleanup() {
@@ -109,11 +109,14 @@ during() {
     exit 1
   fi
   wait "$pid" || { cat "$work/during.log" >&2; exit 1; }
+  rm -rf "$work/slow/dump" # the disk may be small
+  echo "bench: guest writes during 'backup $*': $res (MiB/s p50 p99)" >&2
   echo "$res"
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r none_tp none_p50 none_p99 < <(guest_writes)
+echo "bench: guest writes without a backup: $none_tp $none_p50 $none_p99 (MiB/s p50 p99)" >&2
 read -r push_tp push_p50 push_p99 < <(during)
 read -r fl_tp fl_p50 fl_p99 < <(during --fleecing 1)
 load_mid=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -126,7 +129,10 @@ fast_once() {
   local t0; t0=$(now)
   VMDUMP_RUN_DIR="$work/run" "$vmdump" backup 100 --root "$work/etc" --dumpdir "$work/fast/dump" \
     "$@" > "$work/fast.log" 2>&1 || { cat "$work/fast.log" >&2; exit 1; }
-  python3 -c "print(f'{$(now) - $t0:.2f}')"
+  local t; t=$(python3 -c "print(f'{$(now) - $t0:.2f}')")
+  rm -rf "$work/fast/dump"
+  echo "bench: fast target, backup $*: $t s" >&2
+  echo "$t"
 }
 t_push=1e9; t_fl=1e9
 for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
