@@ -215,10 +215,7 @@ fn create(image: &Image, size: u64) -> Result<()> {
             .to_path_buf(),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::file("create image directory", &dir, e))?;
-    // Metadata preallocated: a copy-before-write into a new cluster only writes data (the
-    // file stays sparse).
-    let prealloc = (image.format == "qcow2").then_some("metadata");
-    vmdump_blockdev::qemu_img::create(&image.path, image.format, size, prealloc).map_err(|source| {
+    vmdump_blockdev::qemu_img::create(&image.path, image.format, size, None).map_err(|source| {
         Error::FleecingImage {
             volume: image.volid.to_string(),
             source: Box::new(source),
