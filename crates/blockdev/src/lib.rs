@@ -23,6 +23,10 @@
 //!
 //! [`SourceExport`] serves any [`Source`] read-only over NBD (`vmdump map`).
 //!
+//! [`SnapshotExport`] reads the point-in-time view QEMU exports during a backup with
+//! fleecing (async: the engine's pull path), with the request shapes of [`SnapshotRules`]
+//! (QEMU 7.2's 64 KiB workarounds, larger requests from 8.0).
+//!
 //! [`open_source`] and [`open_target`] pick the implementation for a path and format.
 //!
 //! ```no_run
@@ -46,6 +50,7 @@ pub mod image;
 pub mod memory;
 pub mod qemu_img;
 pub mod raw;
+pub mod snapshot;
 
 use std::ops::Range;
 use std::path::Path;
@@ -59,6 +64,7 @@ pub use export::SourceExport;
 pub use image::{Image, ImageOptions};
 pub use memory::MemDisk;
 pub use raw::RawFile;
+pub use snapshot::{SnapshotExport, SnapshotRules};
 
 /// A run of a disk with one allocation state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

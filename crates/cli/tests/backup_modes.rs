@@ -549,6 +549,23 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
     g.assert_writing("after a kill while frozen").await?;
     assert_eq!(final_archives(&g), 0);
 
+    // Killed in the fleecing setup's pause inside the freeze: `vm status` resumes the guest
+    // first (its agent thaws only when it runs), then thaws it; the next backup removes the
+    // fleecing image the dead run recorded.
+    let child = spawn_stalled(&g, "fleece-paused", &["--fleecing", "1"])?;
+    sigkill(child)?;
+    let (_, stderr) = g.status()?;
+    assert_lines(
+        &stderr,
+        &[
+            "VM 100: resumed, an interrupted backup (pid",
+            "VM 100: thawed the guest filesystems an interrupted backup (pid",
+        ],
+    );
+    g.assert_writing("after a kill while frozen and paused")
+        .await?;
+    assert_eq!(final_archives(&g), 0);
+
     // Killed while paused (suspend mode): the next backup resumes the guest first, removes
     // the stale lock and the leftovers in QEMU, and succeeds.
     let child = spawn_stalled(&g, "paused", &["--mode", "suspend"])?;
@@ -653,6 +670,58 @@ async fn sigkill_at_each_phase_is_undone_and_a_running_backup_locks_the_guest() 
     g.assert_clean("running").await?;
     assert_eq!(final_archives(&g), 2);
     assert!(!g.env.dump_files().iter().any(|f| f.ends_with(".dat")));
+    g.stop();
+    Ok(())
+}
+
+/// Backup fleecing in suspend and stop mode on the running, writing guest: the archive is the
+/// disk at the mode's instant (crash-consistent after the pause, clean after the shutdown),
+/// the guest runs and writes again afterwards, and no fleecing image, export or node stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleecing_in_suspend_and_stop_mode() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let g = Guest::boot(tmp.path()).await?;
+    g.wait_ticks(3).await?;
+
+    let at_start = g.last_tick();
+    let out = g.backup(&["--mode", "suspend", "--fleecing", "1"])?;
+    let stdout = expect_success(&out, "suspend backup with fleecing");
+    assert_lines(
+        &stdout,
+        &[
+            "INFO: suspending guest",
+            "INFO: drive-virtio0: attaching fleecing image local:100/vm-100-fleece-0.qcow2 to QEMU",
+            "INFO: resuming VM again after ",
+        ],
+    );
+    g.assert_clean("running").await?;
+    g.assert_writing("after the suspend backup with fleecing")
+        .await?;
+    let disk = g.extract_newest(tmp.path())?;
+    check_disk_recover(&disk, at_start.saturating_sub(1))?;
+
+    let out = g.backup(&["--mode", "stop", "--fleecing", "1", "--stopwait", "2"])?;
+    let stdout = expect_success(&out, "stop backup with fleecing");
+    assert_lines(
+        &stdout,
+        &[
+            "INFO: stopping virtual guest",
+            "INFO: drive-virtio0: attaching fleecing image local:100/vm-100-fleece-0.qcow2 to QEMU",
+            "INFO: resuming VM again after ",
+        ],
+    );
+    let disk = g.extract_newest(tmp.path())?;
+    let tick = check_disk(&disk, at_start)?;
+    let first_after = g.wait_ticks(1).await?;
+    let first_after = g.ticks().into_iter().min().unwrap_or(first_after);
+    assert_eq!(
+        first_after,
+        tick + 1,
+        "the restarted guest did not continue from the archive"
+    );
+    g.assert_clean("running").await?;
+    let images = file_names(&g.env.store.join("images/100"));
+    assert!(!images.iter().any(|f| f.contains("fleece")), "{images:?}");
     g.stop();
     Ok(())
 }

@@ -272,6 +272,75 @@ impl GuestFile {
         out.join("\n")
     }
 
+    /// The `[special:<name>]` section, if there is one.
+    pub fn special(&self, name: &str) -> Option<&Section> {
+        self.sections
+            .iter()
+            .find(|s| matches!(&s.kind, SectionKind::Special(n) if n == name))
+    }
+
+    /// The `[special:<name>]` section, added at the end (after a blank line) when missing.
+    pub fn special_mut(&mut self, name: &str) -> &mut Section {
+        let pos = self
+            .sections
+            .iter()
+            .position(|s| matches!(&s.kind, SectionKind::Special(n) if n == name));
+        let pos = match pos {
+            Some(p) => p,
+            None => {
+                let last = self
+                    .sections
+                    .last_mut()
+                    .expect("there is always a main section");
+                if let Some(l) = last.lines.last_mut().or(last.header.as_mut()) {
+                    l.eol = true;
+                }
+                let blank = |raw: &str| Line {
+                    raw: raw.to_string(),
+                    eol: true,
+                    no: 0,
+                    kind: LineKind::Blank,
+                };
+                if last
+                    .lines
+                    .last()
+                    .is_some_and(|l| !matches!(l.kind, LineKind::Blank))
+                {
+                    last.lines.push(blank(""));
+                }
+                self.sections.push(Section {
+                    kind: SectionKind::Special(name.to_string()),
+                    header: Some(blank(&format!("[special:{name}]"))),
+                    lines: Vec::new(),
+                });
+                self.sections.len() - 1
+            }
+        };
+        &mut self.sections[pos]
+    }
+
+    /// Removes the `[special:<name>]` section and the blank lines before it; whether it
+    /// existed.
+    pub fn remove_special(&mut self, name: &str) -> bool {
+        let Some(pos) = self
+            .sections
+            .iter()
+            .position(|s| matches!(&s.kind, SectionKind::Special(n) if n == name))
+        else {
+            return false;
+        };
+        self.sections.remove(pos);
+        let prev = &mut self.sections[pos - 1];
+        while prev
+            .lines
+            .last()
+            .is_some_and(|l| matches!(l.kind, LineKind::Blank) && l.raw.trim().is_empty())
+        {
+            prev.lines.pop();
+        }
+        true
+    }
+
     /// Error anchored at the line of `key` in the main section.
     pub fn err_at(&self, key: &str, e: Error) -> Error {
         let no = self.main().get(key).map_or(0, |l| l.no);

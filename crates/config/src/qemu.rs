@@ -221,6 +221,36 @@ impl QemuConfig {
         self.file.main().get(key).map(|l| l.no).filter(|n| *n > 0)
     }
 
+    /// A value of the `[special:<section>]` section (Proxmox's `[special:fleecing]` holds
+    /// `fleecing-images`).
+    pub fn special(&self, section: &str, key: &str) -> Option<&str> {
+        self.file.special(section)?.value(key)
+    }
+
+    /// Sets `key: value` in `[special:<section>]`, adding the section at the end if needed.
+    pub fn set_special(&mut self, section: &str, key: &str, value: &str) -> Result<()> {
+        if value.is_empty() || value.contains('\n') {
+            return Err(Error::value(key, "empty or multi-line value"));
+        }
+        let valid = !section.is_empty()
+            && section
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+        if !valid {
+            return Err(Error::value(
+                key,
+                format!("invalid section name '{section}'"),
+            ));
+        }
+        self.file.special_mut(section).set(key, value);
+        Ok(())
+    }
+
+    /// Removes the `[special:<section>]` section; whether there was one.
+    pub fn remove_special(&mut self, section: &str) -> bool {
+        self.file.remove_special(section)
+    }
+
     /// Section kinds in file order (main first).
     pub fn sections(&self) -> Vec<SectionKind> {
         self.file.sections.iter().map(|s| s.kind.clone()).collect()
@@ -550,6 +580,43 @@ pub(crate) fn entry_key(kind: &LineKind) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_sections_are_added_found_and_removed() {
+        for text in [
+            "memory: 512\nscsi0: local:100/vm-100-disk-0.raw\n",
+            "memory: 512\n\n[snap1]\nmemory: 256\n",
+            "memory: 512",
+        ] {
+            let mut c = QemuConfig::parse(text, "t").unwrap();
+            assert_eq!(c.special("fleecing", "fleecing-images"), None);
+            c.set_special(
+                "fleecing",
+                "fleecing-images",
+                "local:100/vm-100-fleece-0.qcow2",
+            )
+            .unwrap();
+            let out = c.to_string();
+            assert!(
+                out.ends_with(
+                    "\n\n[special:fleecing]\nfleecing-images: local:100/vm-100-fleece-0.qcow2\n"
+                ),
+                "{out:?}"
+            );
+            let again = QemuConfig::parse(&out, "t").unwrap();
+            assert_eq!(
+                again.special("fleecing", "fleecing-images"),
+                Some("local:100/vm-100-fleece-0.qcow2")
+            );
+            assert_eq!(again.sections().len(), c.sections().len());
+            assert!(c.remove_special("fleecing"));
+            assert!(!c.remove_special("fleecing"));
+            let back = c.to_string();
+            assert_eq!(back.trim_end(), text.trim_end(), "{back:?}");
+        }
+        let mut c = QemuConfig::parse("memory: 512\n", "t").unwrap();
+        assert!(c.set_special("a b", "k", "v").is_err());
+    }
 
     #[test]
     fn shell_split() {

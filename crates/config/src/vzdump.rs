@@ -62,13 +62,38 @@ impl fmt::Display for Mode {
     }
 }
 
-/// `fleecing: [enabled=]<bool>,storage=<id>`.
+/// `fleecing: [enabled=]<bool>[,storage=<id>]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fleecing {
     /// Whether fleecing is on.
     pub enabled: bool,
-    /// Storage for the fleecing images (required when enabled).
+    /// Storage for the fleecing images (default: each disk's own storage).
     pub storage: Option<String>,
+}
+
+impl FromStr for Fleecing {
+    type Err = Error;
+
+    /// `[enabled=]<bool>[,storage=<id>]` (unknown keys and invalid storage ids are errors).
+    fn from_str(v: &str) -> Result<Self> {
+        let key = "fleecing";
+        let p = PropertyString::parse(v, Some("enabled"))?;
+        for (k, _) in p.iter() {
+            if k != "enabled" && k != "storage" {
+                return Err(Error::value(key, format!("unknown option '{k}'")));
+            }
+        }
+        let storage = p.get("storage").map(str::to_string);
+        if let Some(s) = &storage {
+            if !crate::storage::valid_storage_id(s) {
+                return Err(Error::value(key, format!("invalid storage id '{s}'")));
+            }
+        }
+        Ok(Fleecing {
+            enabled: p.get_bool("enabled")?.unwrap_or(false),
+            storage,
+        })
+    }
 }
 
 /// `performance: max-workers=<1..256>,pbs-entries-max=<n>`.
@@ -288,22 +313,7 @@ impl VzdumpOptions {
                 self.notes_template = Some(v.to_string());
             }
             "protected" => self.protected = Some(bool_opt(key, v)?),
-            "fleecing" => {
-                let p = PropertyString::parse(v, Some("enabled"))?;
-                for (k, _) in p.iter() {
-                    if k != "enabled" && k != "storage" {
-                        return Err(Error::value(key, format!("unknown option '{k}'")));
-                    }
-                }
-                let f = Fleecing {
-                    enabled: p.get_bool("enabled")?.unwrap_or(false),
-                    storage: p.get("storage").map(str::to_string),
-                };
-                if f.enabled && f.storage.is_none() {
-                    return Err(Error::value(key, "enabled without storage="));
-                }
-                self.fleecing = Some(f);
-            }
+            "fleecing" => self.fleecing = Some(v.parse()?),
             "performance" => self.performance = Some(v.parse()?),
             "pbs-change-detection-mode" => {
                 self.pbs_change_detection_mode =

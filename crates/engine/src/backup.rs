@@ -503,6 +503,17 @@ impl Apply<'_> {
             Some(_) => log.info("sending archive to stdout"),
             None => log.info(&format!("creating vzdump archive '{}'", archive.display())),
         };
+        // Fleecing images a killed run left go first, fleecing on or not (vzdump's order).
+        crate::vm::fleece::remove_leftovers(&plan.config_path, &job.root, log)?;
+        if let Some(f) = &job.settings.fleecing {
+            opts.fleecing = Some(crate::vm::fleece::FleecingPlan::new(
+                vmid.get(),
+                &plan.config_path,
+                job.root.storage()?,
+                f,
+                &plan.disks,
+            ));
+        }
 
         let outcome = match plan.source {
             Source::Running(qmp) => {

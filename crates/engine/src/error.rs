@@ -135,6 +135,26 @@ pub enum Error {
     /// The run's session directory (records of helper processes) could not be written.
     #[error("run session")]
     Session(#[from] vmdump_launch::Error),
+    /// Reading a disk's point-in-time view through its fleecing export failed. QEMU breaks
+    /// the snapshot (`on-cbw-error=break-snapshot`) when the fleecing image fails or fills
+    /// up, so the backup fails there and the guest's writes go on.
+    #[error("device '{device}': reading the fleecing snapshot failed (a full or failing fleecing image breaks it)")]
+    Fleecing {
+        /// The device (`drive-scsi0`).
+        device: String,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
+    },
+    /// A fleecing image could not be created.
+    #[error("create fleecing image '{volume}'")]
+    FleecingImage {
+        /// The volume id.
+        volume: String,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
+    },
     /// The feature is not implemented.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
@@ -275,7 +295,9 @@ impl Error {
             | Error::Listen { .. }
             | Error::NotClosed
             | Error::QemuExited
+            | Error::Fleecing { .. }
             | Error::Guest(_) => ErrorKind::Qemu,
+            Error::FleecingImage { .. } => ErrorKind::Io,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Container(e) => match e {
                 vmdump_lxc::Error::Config { .. }

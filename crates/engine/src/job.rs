@@ -133,6 +133,7 @@ pub async fn clean_stale(qmp: &Client) -> Result<Vec<String>> {
         cancel_jobs(qmp, &stale).await?;
         done.extend(stale.iter().map(|j| format!("job '{j}'")));
     }
+    done.extend(crate::vm::fleece::clean_stale(qmp).await?);
     let nodes = qmp
         .query_named_block_nodes()
         .await
@@ -174,7 +175,7 @@ pub async fn remove_targets(qmp: &Client, disks: &[SourceDisk]) {
     }
 }
 
-async fn del_node(qmp: &Client, node: &str) -> Result<()> {
+pub(crate) async fn del_node(qmp: &Client, node: &str) -> Result<()> {
     // A node still referenced by a concluding job may be "in use" for a moment.
     let mut last = None;
     for _ in 0..20 {

@@ -86,4 +86,5 @@ pub use options::{
     UNSUPPORTED_KEYS,
 };
 pub use progress::{format_hms, format_size, render_bytes, render_duration};
+pub use vm::fleece::FleecingPlan;
 pub use vmdump_task::{Cancel, Level, Progress, Silent, Transfer};

@@ -59,6 +59,8 @@ pub struct LiveOptions {
     /// Write the archive into this open file (vzdump's `--stdout`) instead of creating
     /// `dat`.
     pub stream: Option<Arc<std::fs::File>>,
+    /// Back up with fleecing (pull mode, `crate::vm::fleece`): the fleecing images go there.
+    pub fleecing: Option<crate::FleecingPlan>,
 }
 
 impl LiveOptions {
@@ -78,6 +80,7 @@ impl LiveOptions {
             resume: None,
             mark: None,
             stream: None,
+            fleecing: None,
         }
     }
 }
@@ -134,7 +137,10 @@ pub async fn run(
     opts: &LiveOptions,
     log: &TaskLog<'_>,
 ) -> Result<LiveOutcome> {
-    let res = run_inner(qmp, keys, configs, dat, opts, log).await;
+    let res = match &opts.fleecing {
+        Some(plan) => crate::vm::fleece::run(qmp, keys, configs, dat, opts, plan, log).await,
+        None => run_inner(qmp, keys, configs, dat, opts, log).await,
+    };
     // Only what this run created is removed (and a failure to remove it reported): an
     // archive that could not even be created leaves nothing to talk about.
     if res.is_err() && opts.stream.is_none() && dat.symlink_metadata().is_ok() {
@@ -428,7 +434,7 @@ async fn wait(
 }
 
 /// The archive side's recorded failure as an error.
-fn archive_failed(shared: &Shared) -> Error {
+pub(crate) fn archive_failed(shared: &Shared) -> Error {
     Error::Transfer(
         shared
             .error()
@@ -438,7 +444,7 @@ fn archive_failed(shared: &Shared) -> Error {
 
 /// Whether the QEMU behind `qmp` is gone (its monitor closed). A broken NBD connection is
 /// usually the first sign of a dying QEMU; the monitor tells which it is.
-async fn qemu_gone(qmp: &Client) -> bool {
+pub(crate) async fn qemu_gone(qmp: &Client) -> bool {
     if qmp.is_closed() {
         return true;
     }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use vmdump_config::{Codec, Mode, VzdumpOptions};
+use vmdump_config::{Codec, Fleecing, Mode, VzdumpOptions};
 
 use crate::error::{Error, Result};
 
@@ -22,14 +22,13 @@ pub enum Destination {
 
 /// `vzdump.conf` keys of the schema this engine does not implement yet: set, they get a
 /// warning (vzdump would act on them).
-pub const UNSUPPORTED_KEYS: [&str; 10] = [
+pub const UNSUPPORTED_KEYS: [&str; 9] = [
     "remove",
     "prune-backups",
     "mailto",
     "mailnotification",
     "notification-mode",
     "pigz",
-    "fleecing",
     "quiet",
     "node",
     "pbs-change-detection-mode",
@@ -76,6 +75,9 @@ pub struct Resolved {
     pub script: Option<PathBuf>,
     /// Settings only container backups use.
     pub ct: CtSettings,
+    /// Backup fleecing of VMs (`Some` only when enabled; its storage `None`: each disk's
+    /// own).
+    pub fleecing: Option<Fleecing>,
 }
 
 /// Settings only container backups use (vzdump's `exclude-path`, `stdexcludes`); `stopwait`
@@ -170,6 +172,11 @@ impl Resolved {
                 tmpdir: cli.tmpdir.clone().or_else(|| conf.tmpdir.clone()),
                 script: cli.script.clone().or_else(|| conf.script.clone()),
                 ct: CtSettings::combine(cli, conf),
+                fleecing: cli
+                    .fleecing
+                    .clone()
+                    .or_else(|| conf.fleecing.clone())
+                    .filter(|f| f.enabled),
             },
             warnings,
         ))
@@ -203,6 +210,21 @@ mod tests {
         assert_eq!(r.zstd_threads, 3);
         assert_eq!(r.mode, Mode::Snapshot);
         assert_eq!(r.destination, Destination::Storage("local".into()));
+    }
+
+    #[test]
+    fn fleecing_from_the_command_line_or_the_conf_and_only_when_enabled() {
+        let c = conf("fleecing: enabled=1,storage=fast\n");
+        let (r, _) = Resolved::combine(&cli(), &c).expect("combine");
+        let f = r.fleecing.expect("on");
+        assert_eq!(f.storage.as_deref(), Some("fast"));
+        let mut cl = cli();
+        cl.fleecing = Some("0".parse().expect("fleecing"));
+        let (r, _) = Resolved::combine(&cl, &c).expect("combine");
+        assert_eq!(r.fleecing, None);
+        cl.fleecing = Some("enabled=1".parse().expect("fleecing"));
+        let (r, _) = Resolved::combine(&cl, &cli()).expect("combine");
+        assert_eq!(r.fleecing.expect("on").storage, None);
     }
 
     #[test]

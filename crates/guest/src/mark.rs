@@ -32,6 +32,9 @@ pub enum Hold {
     Frozen,
     /// The guest's CPUs may be stopped (QMP `stop`, or QEMU started with `-S`): `cont`.
     Paused,
+    /// Both, the filesystems frozen and then the CPUs stopped (the fleecing setup's pause
+    /// inside a freeze): `cont` first (the agent runs in the guest), then thaw.
+    FrozenPaused,
     /// The guest may be shut down for the backup: start it again.
     Stopped,
 }
@@ -42,6 +45,7 @@ impl Hold {
             Hold::None => "none",
             Hold::Frozen => "frozen",
             Hold::Paused => "paused",
+            Hold::FrozenPaused => "frozen-paused",
             Hold::Stopped => "stopped",
         }
     }
@@ -51,6 +55,7 @@ impl Hold {
             "none" => Hold::None,
             "frozen" => Hold::Frozen,
             "paused" => Hold::Paused,
+            "frozen-paused" => Hold::FrozenPaused,
             "stopped" => Hold::Stopped,
             _ => return None,
         })

@@ -586,22 +586,9 @@ impl Runtime {
             None => "an interrupted backup".to_string(),
         };
         let mut done = Vec::new();
-        match left.hold {
-            Hold::None => {}
-            Hold::Frozen => {
-                if self.run_dir(vmid).live_pid().is_some() {
-                    match self.thaw(vmid).await {
-                        Ok(0) => {}
-                        Ok(_) => done.push(format!(
-                            "VM {vmid}: thawed the guest filesystems {who} left frozen"
-                        )),
-                        Err(e) => done.push(format!(
-                            "VM {vmid}: cannot thaw the guest filesystems {who} may have left frozen: {e}"
-                        )),
-                    }
-                }
-            }
-            Hold::Paused | Hold::Stopped => match self.probe(vmid).await? {
+        let hold = left.hold;
+        if matches!(hold, Hold::Paused | Hold::FrozenPaused | Hold::Stopped) {
+            match self.probe(vmid).await? {
                 State::Stopped => {
                     self.start(
                         vmid,
@@ -621,7 +608,21 @@ impl Runtime {
                     done.push(format!("VM {vmid}: resumed, {who} had paused it"));
                 }
                 _ => {}
-            },
+            }
+        }
+        // After a `cont`: the agent that thaws runs inside the guest.
+        if matches!(hold, Hold::Frozen | Hold::FrozenPaused)
+            && self.run_dir(vmid).live_pid().is_some()
+        {
+            match self.thaw(vmid).await {
+                Ok(0) => {}
+                Ok(_) => done.push(format!(
+                    "VM {vmid}: thawed the guest filesystems {who} left frozen"
+                )),
+                Err(e) => done.push(format!(
+                    "VM {vmid}: cannot thaw the guest filesystems {who} may have left frozen: {e}"
+                )),
+            }
         }
         Ok(done)
     }

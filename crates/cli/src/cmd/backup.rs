@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use vmdump_config::{Codec, Mode, Performance, VmId, VzdumpOptions};
+use vmdump_config::{Codec, Fleecing, Mode, Performance, VmId, VzdumpOptions};
 use vmdump_engine::BackupJob;
 use vmdump_task::Level;
 
@@ -57,6 +57,11 @@ struct Opts {
     /// Performance options, e.g. max-workers=16.
     #[arg(long)]
     performance: Option<Performance>,
+    /// Backup fleecing of VMs, e.g. enabled=1,storage=local: old data of guest writes goes
+    /// to a fleecing image on that storage (default: each disk's own) instead of waiting
+    /// for the backup target.
+    #[arg(long, value_name = "[enabled=]0|1[,storage=<id>]")]
+    fleecing: Option<Fleecing>,
     /// Longest wait for the node-global backup lock, in minutes (default 180; 0 = fail
     /// at once if another backup job runs).
     #[arg(long)]
@@ -137,6 +142,7 @@ fn options(args: &Opts) -> VzdumpOptions {
     o.bwlimit = args.bwlimit;
     o.lockwait = args.lockwait;
     o.performance = args.performance;
+    o.fleecing = args.fleecing.clone();
     o.notes_template = args.notes_template.clone();
     o.protected = args.protected;
     o.script = args.script.clone();

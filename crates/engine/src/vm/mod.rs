@@ -3,6 +3,7 @@
 //! ([`modes::Restore::finish`]), with vzdump's hook phases and downtime lines around them.
 //! The shared job/plan/log core (`backup`, `live`, `hook`) calls into it.
 
+pub(crate) mod fleece;
 pub(crate) mod modes;
 
 /// Test seam (debug builds only): with `VMDUMP_TEST_STALL=<phase>` the backup announces
