@@ -184,6 +184,11 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     let (job, warnings) = BackupJob::new(root, &options(&args), global.run_base())?;
 
     let ui = Ui::new(Style::Vzdump);
+    let task_id = match vmids.as_slice() {
+        [one] => one.to_string(),
+        _ => String::new(),
+    };
+    ui.record_task("vzdump", &task_id);
     let cmdline: Vec<String> = std::env::args().skip(1).collect();
     ui.print(
         Level::Info,
@@ -197,6 +202,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         let msg = vmdump_task::one_line(&e);
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
         println!("TASK ERROR: {msg}");
+        ui.finish_task(Err(msg));
         return Ok(ExitCode::from(1));
     }
     // Retention of the target (command line over storage over vzdump.conf).
@@ -211,6 +217,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
             let msg = vmdump_task::one_line(&e);
             ui.print(Level::Error, &msg);
             println!("TASK ERROR: {msg}");
+            ui.finish_task(Err(msg));
             return Ok(ExitCode::from(1));
         }
     };
@@ -229,6 +236,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         Err(e) => {
             ui.print(Level::Error, &e.to_string());
             println!("TASK ERROR: {e}");
+            ui.finish_task(Err(e.to_string()));
             return Ok(ExitCode::from(1));
         }
     };
@@ -259,14 +267,17 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     if let Err(msg) = res {
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
         println!("TASK ERROR: {msg}");
+        ui.finish_task(Err(msg));
         return Ok(ExitCode::from(1));
     }
     if failed.is_empty() {
         ui.print(Level::Info, "Backup job finished successfully");
+        ui.finish_task(Ok(()));
         Ok(ExitCode::SUCCESS)
     } else {
         ui.print(Level::Info, "Backup job finished with errors");
         println!("TASK ERROR: job errors");
+        ui.finish_task(Err("job errors".into()));
         Ok(ExitCode::from(1))
     }
 }

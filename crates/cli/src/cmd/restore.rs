@@ -130,6 +130,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         }
         cancel_on_signals(copts.cancel.clone());
         let ui = Ui::new(Style::Qmrestore);
+        ui.record_task("vzrestore", &args.vmid.to_string());
         let name = if args.archive == "-" {
             "<stdin>"
         } else {
@@ -137,6 +138,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         };
         ui.print(Level::Info, &format!("restore container archive: {name}"));
         let result = vmdump_restore::restore_ct(source, &copts, &ui);
+        ui.finish_task(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| vmdump_task::one_line(e)),
+        );
         return match result {
             Ok(summary) => {
                 println!(
@@ -154,6 +161,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     }
     cancel_on_signals(opts.cancel.clone());
     let ui = Ui::new(Style::Qmrestore);
+    ui.record_task("qmrestore", &args.vmid.to_string());
     let name = if args.archive == "-" {
         "<stdin>"
     } else {
@@ -169,6 +177,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     ui.start(format!("VM {}", args.vmid));
     let result = vmdump_restore::restore(source, &opts, &ui);
     ui.done();
+    ui.finish_task(
+        result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| vmdump_task::one_line(e)),
+    );
     match result {
         Ok(summary) => {
             println!(
