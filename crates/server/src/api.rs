@@ -27,6 +27,10 @@ use crate::{tasks, App};
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// An oversized body up to this size is read (and dropped) before the 413 goes out, so the
+/// client, still sending, gets the answer instead of a reset connection.
+const DRAIN_LIMIT: u64 = 1 << 20;
+
 /// An API error: an HTTP status and a message, answered as `{"error": "<message>"}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -242,11 +246,42 @@ pub fn router(app: Arc<App>) -> Router {
             Arc::clone(&app),
             auth::guard,
         ))
+        .layer(axum::middleware::from_fn(oversized))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
 }
 
+/// 413 for a declared body over [`BODY_LIMIT`], before anything else looks at the request
+/// (bodies without a length are cut by the extractors' limit).
+async fn oversized(req: Request, next: axum::middleware::Next) -> Response {
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match len {
+        Some(len) if len > BODY_LIMIT as u64 => {
+            if len <= DRAIN_LIMIT {
+                let drain = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT as usize);
+                let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+            }
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {BODY_LIMIT} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 async fn security_headers(mut r: Response) -> Response {
+    // A refused request's body may be unread: the connection cannot be reused, and the
+    // client must know it before it sends the next request on it.
+    if matches!(r.status().as_u16(), 401 | 403 | 413 | 429) {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let h = r.headers_mut();
     for (k, v) in [
         (
