@@ -33,7 +33,10 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
         .iter()
         .find(|g| g["vmid"] == 100)
         .unwrap_or_else(|| panic!("{guests}"));
-    assert_eq!((g["type"].as_str(), g["status"].as_str()), (Some("qemu"), Some("running")));
+    assert_eq!(
+        (g["type"].as_str(), g["status"].as_str()),
+        (Some("qemu"), Some("running"))
+    );
     assert!(g["last_backup"].is_null());
 
     let (s, started) = srv.call(
@@ -44,14 +47,23 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
     );
     assert_eq!(s, 200, "{started}");
     let upid = started["task"].as_str().unwrap().to_string();
-    assert!(upid.starts_with("UPID:") && upid.contains(":vzdump:100:admin@token:"), "{upid}");
+    assert!(
+        upid.starts_with("UPID:") && upid.contains(":vzdump:100:admin@token:"),
+        "{upid}"
+    );
     let (s, t) = srv.call("GET", &format!("/tasks/{}", enc(&upid)), Some(&admin), None);
     assert_eq!(s, 200);
-    assert!(matches!(t["status"].as_str(), Some("running" | "ok")), "{t}");
+    assert!(
+        matches!(t["status"].as_str(), Some("running" | "ok")),
+        "{t}"
+    );
 
     let (log, progress, end) = srv.follow(&upid, &admin);
     assert_eq!(end["status"], "ok", "{log:#?}");
-    assert!(log.iter().any(|l| l.contains("Finished Backup of VM 100")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("Finished Backup of VM 100")),
+        "{log:#?}"
+    );
     assert!(log.iter().any(|l| l.contains("fs-freeze")), "{log:#?}");
     assert_eq!(log.last().map(String::as_str), Some("TASK OK"));
     assert!(progress >= 1, "no progress event");
@@ -59,7 +71,10 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
     assert_eq!(t["status"], "ok");
     assert!(t["endtime"].as_i64().unwrap() >= t["starttime"].as_i64().unwrap());
     let p = &t["progress"];
-    assert!(p["total"].as_u64().unwrap() > 0 && p["transferred"] == p["total"], "{t}");
+    assert!(
+        p["total"].as_u64().unwrap() > 0 && p["transferred"] == p["total"],
+        "{t}"
+    );
 
     let archive = one_file(&env.dump(), ".vma.zst");
     let file = archive.file_name().unwrap().to_str().unwrap().to_string();
@@ -68,9 +83,15 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["volid"], format!("local:backup/{file}"));
     assert_eq!(list[0]["vmid"], 100);
-    assert_eq!(list[0]["size"].as_u64(), Some(std::fs::metadata(&archive).unwrap().len()));
+    assert_eq!(
+        list[0]["size"].as_u64(),
+        Some(std::fs::metadata(&archive).unwrap().len())
+    );
     let (_, guests) = srv.call("GET", "/guests", Some(&admin), None);
-    assert_eq!(guests[0]["last_backup"]["volid"], format!("local:backup/{file}"));
+    assert_eq!(
+        guests[0]["last_backup"]["volid"],
+        format!("local:backup/{file}")
+    );
 
     // A task started from the command line is in the same history.
     env.ok(&["prune", "local", "--keep-last", "5"]);
@@ -108,9 +129,13 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
             .unwrap_or_else(|| panic!("no {kind} task of {user}: {tasks:#?}"))
     };
     assert_eq!(find("vzdump", "admin@token")["status"], "ok");
-    assert_eq!(find("qmrestore", "admin@token")["upid"], json!(rupid.clone()));
+    assert!(tasks
+        .iter()
+        .any(|t| t["upid"] == json!(rupid.clone()) && t["status"] == "ok"));
     assert_eq!(find("prune", "root@cli")["status"], "ok");
-    assert!(tasks.iter().any(|t| t["type"] == "qmrestore" && t["status"] == "error"));
+    assert!(tasks
+        .iter()
+        .any(|t| t["type"] == "qmrestore" && t["status"] == "error"));
 
     // --- the browser -------------------------------------------------------------------
     let shots = std::env::var_os("VMDUMP_SCREENSHOT_DIR").map(PathBuf::from);
@@ -119,8 +144,16 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
     browser.wait_visible("#login-token");
     browser.type_into("#login-token", &admin);
     browser.click("#login-button");
-    browser.wait_for("guests table", "return document.querySelectorAll('#guests-table tbody tr[data-vmid=\"100\"]').length", |v| v == 1);
-    browser.wait_for("storages", "return document.querySelectorAll('#backup-storage option').length", |v| v >= 1);
+    browser.wait_for(
+        "guests table",
+        "return document.querySelectorAll('#guests-table tbody tr[data-vmid=\"100\"]').length",
+        |v| v == 1,
+    );
+    browser.wait_for(
+        "storages",
+        "return document.querySelectorAll('#backup-storage option').length",
+        |v| v >= 1,
+    );
     browser.shot(&shots, "guests");
 
     // Back up now: progress to 100%, the log, OK.
@@ -136,21 +169,53 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
             assert_eq!(st[0], "ok", "{}", browser.text("#task-log"));
             break;
         }
-        assert!(Instant::now() < deadline, "the backup did not end: {}", browser.text("#task-log"));
+        assert!(
+            Instant::now() < deadline,
+            "the backup did not end: {}",
+            browser.text("#task-log")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(browser.eval("return document.querySelector('#task-progress').value"), json!(100));
+    assert_eq!(
+        browser.eval("return document.querySelector('#task-progress').value"),
+        json!(100)
+    );
     assert_eq!(browser.text("#task-percent"), "100%");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back: {seen:?}");
-    assert!(browser.text("#task-log").contains("Finished Backup of VM 100"));
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {seen:?}"
+    );
+    assert!(browser
+        .text("#task-log")
+        .contains("Finished Backup of VM 100"));
     browser.shot(&shots, "backup-task");
+    browser.click("#task-close");
 
     // The new backup is in the list (two now), with the chart.
     browser.click("#nav-backups");
-    browser.wait_for("backups", "return document.querySelectorAll('#backups-table tbody tr').length", |v| v == 2);
-    browser.wait_for("chart", "return document.querySelectorAll('#size-chart svg circle').length", |v| v == 2);
+    browser.wait_for(
+        "backups",
+        "return document.querySelectorAll('#backups-table tbody tr').length",
+        |v| v == 2,
+    );
+    browser.wait_for(
+        "chart",
+        "return document.querySelectorAll('#size-chart svg circle').length",
+        |v| v == 2,
+    );
     browser.shot(&shots, "backups");
-    assert_eq!(std::fs::read_dir(env.dump()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".vma.zst")).count(), 2);
+    assert_eq!(
+        std::fs::read_dir(env.dump())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".vma.zst"))
+            .count(),
+        2
+    );
 
     // Restore the newest one as VM 201.
     browser.click("#backups-table tbody tr:first-child .restore");
@@ -160,41 +225,97 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
     browser.eval("document.querySelector('#task-panel').dataset.status = ''; return 0");
     browser.click("#restore-go");
     browser.wait_for("restore task", "return document.querySelector('#task-panel').dataset.status === 'ok' ? 1 : (document.querySelector('#task-panel').dataset.status === 'error' ? -1 : 0)", |v| v != 0);
-    assert_eq!(browser.eval("return document.querySelector('#task-panel').dataset.status"), json!("ok"), "{}", browser.text("#task-log"));
+    assert_eq!(
+        browser.eval("return document.querySelector('#task-panel').dataset.status"),
+        json!("ok"),
+        "{}",
+        browser.text("#task-log")
+    );
     assert!(browser.text("#task-title").contains("201"));
     assert!(env.root().join("qemu-server/201.conf").exists());
     check_disk(&one_file(&env.store().join("images/201"), ".raw"), 0).unwrap();
 
     // A job with its next runs.
+    browser.click("#task-close");
     browser.click("#nav-jobs");
     browser.type_into("#job-id", "nightly");
     browser.eval("document.querySelector('#job-schedule').value = ''; return 0");
     browser.type_into("#job-schedule", "mon..fri 21:30");
     browser.type_into("#job-vmid", "100");
     browser.type_into("#job-prune", "keep-last=3");
-    browser.wait_for("next runs", "return document.querySelector('#job-next').textContent.split(';').length", |v| v == 5);
+    browser.wait_for(
+        "next runs",
+        "return document.querySelector('#job-next').textContent.split(';').length",
+        |v| v == 5,
+    );
     browser.click("#job-save");
-    browser.wait_for("job row", "return document.querySelectorAll('#jobs-table tr[data-job=\"nightly\"]').length", |v| v == 1);
+    browser.wait_for(
+        "job row",
+        "return document.querySelectorAll('#jobs-table tr[data-job=\"nightly\"]').length",
+        |v| v == 1,
+    );
     browser.shot(&shots, "jobs");
     let jobs_cfg = std::fs::read_to_string(env.root().join("jobs.cfg")).unwrap();
-    assert!(jobs_cfg.contains("vzdump: nightly") && jobs_cfg.contains("keep-last=3"), "{jobs_cfg}");
+    assert!(
+        jobs_cfg.contains("vzdump: nightly") && jobs_cfg.contains("keep-last=3"),
+        "{jobs_cfg}"
+    );
 
     // Retention preview, then apply: keep-last=1 removes the older of the two backups.
     browser.click("#nav-prune");
     browser.type_into("#prune-keep-last", "1");
     browser.click("#prune-preview");
-    browser.wait_for("plan", "return document.querySelectorAll('#prune-table tbody tr').length", |v| v == 2);
-    assert_eq!(browser.eval("return document.querySelectorAll('#prune-table tr.remove').length"), json!(1));
+    browser.wait_for(
+        "plan",
+        "return document.querySelectorAll('#prune-table tbody tr').length",
+        |v| v == 2,
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('#prune-table tr.remove').length"),
+        json!(1)
+    );
     browser.shot(&shots, "retention");
-    assert_eq!(std::fs::read_dir(env.dump()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".vma.zst")).count(), 2, "a preview removes nothing");
+    assert_eq!(
+        std::fs::read_dir(env.dump())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".vma.zst"))
+            .count(),
+        2,
+        "a preview removes nothing"
+    );
     browser.eval("window.confirm = () => true; document.querySelector('#task-panel').dataset.status = ''; return 0");
     browser.click("#prune-apply");
-    browser.wait_for("prune task", "return document.querySelector('#task-panel').dataset.status === 'ok' ? 1 : 0", |v| v == 1);
-    assert_eq!(std::fs::read_dir(env.dump()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".vma.zst")).count(), 1);
+    browser.wait_for(
+        "prune task",
+        "return document.querySelector('#task-panel').dataset.status === 'ok' ? 1 : 0",
+        |v| v == 1,
+    );
+    assert_eq!(
+        std::fs::read_dir(env.dump())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".vma.zst"))
+            .count(),
+        1
+    );
 
     // Task history: API, browser and CLI tasks.
+    browser.click("#task-close");
     browser.click("#nav-tasks");
-    browser.wait_for("tasks", "return document.querySelectorAll('#tasks-table tbody tr').length", |v| v >= 6);
+    browser.wait_for(
+        "tasks",
+        "return document.querySelectorAll('#tasks-table tbody tr').length",
+        |v| v >= 6,
+    );
     browser.shot(&shots, "tasks");
 }
 
@@ -210,7 +331,11 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     fn start(profile: PathBuf) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -234,12 +359,20 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,900", format!("--user-data-dir={}", profile.display())]
+                         "--window-size=1280,1000", format!("--user-data-dir={}", profile.display())]
             }
         }}});
-        let mut b = Browser { driver, base, session: String::new(), http };
+        let mut b = Browser {
+            driver,
+            base,
+            session: String::new(),
+            http,
+        };
         let v = b.post("/session", &caps);
-        b.session = v["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
         b
     }
 
@@ -249,14 +382,28 @@ impl Browser {
             .post(&format!("{}{path}", self.base))
             .send_json(body)
             .unwrap();
-        let v: Value = r.body_mut().with_config().limit(64 << 20).read_json().unwrap();
+        let v: Value = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_json()
+            .unwrap();
         assert!(r.status().is_success(), "WebDriver {path}: {v}");
         v["value"].clone()
     }
 
     fn get(&self, path: &str) -> Value {
-        let mut r = self.http.get(&format!("{}{path}", self.base)).call().unwrap();
-        let v: Value = r.body_mut().with_config().limit(64 << 20).read_json().unwrap();
+        let mut r = self
+            .http
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        let v: Value = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_json()
+            .unwrap();
         assert!(r.status().is_success(), "WebDriver {path}: {v}");
         v["value"].clone()
     }
@@ -270,7 +417,10 @@ impl Browser {
     }
 
     fn find(&self, css: &str) -> String {
-        let v = self.post(&self.s("/element"), &json!({"using": "css selector", "value": css}));
+        let v = self.post(
+            &self.s("/element"),
+            &json!({"using": "css selector", "value": css}),
+        );
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
@@ -278,11 +428,22 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // The element may not be there or clickable yet (a page still loading).
-            let id = self.post(&self.s("/elements"), &json!({"using": "css selector", "value": css}));
-            if let Some(e) = id.as_array().and_then(|a| a.first()).and_then(|e| e[ELEMENT].as_str()) {
+            let id = self.post(
+                &self.s("/elements"),
+                &json!({"using": "css selector", "value": css}),
+            );
+            if let Some(e) = id
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|e| e[ELEMENT].as_str())
+            {
                 let r = self
                     .http
-                    .post(&format!("{}{}", self.base, self.s(&format!("/element/{e}/click"))))
+                    .post(&format!(
+                        "{}{}",
+                        self.base,
+                        self.s(&format!("/element/{e}/click"))
+                    ))
                     .send_json(json!({}))
                     .unwrap();
                 if r.status().is_success() {
@@ -296,21 +457,30 @@ impl Browser {
 
     fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
-        self.post(&self.s(&format!("/element/{id}/value")), &json!({ "text": text }));
+        self.post(
+            &self.s(&format!("/element/{id}/value")),
+            &json!({ "text": text }),
+        );
     }
 
     fn text(&self, css: &str) -> String {
         let id = self.find(css);
-        self.get(&self.s(&format!("/element/{id}/text"))).as_str().unwrap_or("").to_string()
+        self.get(&self.s(&format!("/element/{id}/text")))
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn eval(&self, script: &str) -> Value {
-        self.post(&self.s("/execute/sync"), &json!({"script": script, "args": []}))
+        self.post(
+            &self.s("/execute/sync"),
+            &json!({"script": script, "args": []}),
+        )
     }
 
     fn wait_visible(&self, css: &str) {
         let script = format!(
-            "const e = document.querySelector('{}'); return e && e.offsetParent !== null ? 1 : 0",
+            "const e = document.querySelector('{}'); return e && e.getClientRects().length > 0 ? 1 : 0",
             css.replace('\'', "\\'")
         );
         self.wait_for(css, &script, |v| v == 1);
@@ -324,7 +494,10 @@ impl Browser {
             if ok(v) {
                 return;
             }
-            assert!(Instant::now() < deadline, "waiting for {what}: last value {v}");
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {what}: last value {v}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -343,7 +516,10 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = self.http.delete(&format!("{}/session/{}", self.base, self.session)).call();
+            let _ = self
+                .http
+                .delete(&format!("{}/session/{}", self.base, self.session))
+                .call();
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();

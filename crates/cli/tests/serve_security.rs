@@ -17,13 +17,29 @@ const ARCHIVE: &str = "vzdump-qemu-100-2026_01_01-00_00_00.vma.zst";
 fn changing_endpoints() -> Vec<(&'static str, String, Value)> {
     let b = format!("/storages/local/backups/{ARCHIVE}");
     vec![
-        ("POST", "/guests/100/backup".into(), json!({"storage": "local"})),
-        ("POST", "/backup".into(), json!({"vmid": [100], "storage": "local"})),
+        (
+            "POST",
+            "/guests/100/backup".into(),
+            json!({"storage": "local"}),
+        ),
+        (
+            "POST",
+            "/backup".into(),
+            json!({"vmid": [100], "storage": "local"}),
+        ),
         ("PUT", b.clone(), json!({"notes": "x"})),
         ("DELETE", b.clone(), json!(null)),
         ("POST", format!("{b}/restore"), json!({"vmid": 300})),
-        ("POST", "/storages/local/prune".into(), json!({"keep-last": 1})),
-        ("POST", "/jobs".into(), json!({"id": "j1", "schedule": "daily", "vmid": "100"})),
+        (
+            "POST",
+            "/storages/local/prune".into(),
+            json!({"keep-last": 1}),
+        ),
+        (
+            "POST",
+            "/jobs".into(),
+            json!({"id": "j1", "schedule": "daily", "vmid": "100"}),
+        ),
         ("PUT", "/jobs/j1".into(), json!({"enabled": false})),
         ("DELETE", "/jobs/j1".into(), json!(null)),
         ("POST", "/jobs/j1/run".into(), json!(null)),
@@ -61,7 +77,10 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
         0o600
     );
     let listed = env.ok(&["token", "list"]);
-    assert!(listed.contains("viewer") && listed.contains("read-only"), "{listed}");
+    assert!(
+        listed.contains("viewer") && listed.contains("read-only"),
+        "{listed}"
+    );
 
     let srv = Server::start(&env);
 
@@ -91,8 +110,16 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     assert_eq!(srv.call("GET", "/openapi.json", None, None).0, 401);
     let (s, doc) = srv.call("GET", "/openapi.json", Some(&viewer), None);
     assert_eq!(s, 200);
-    for p in ["/guests", "/storages/{id}/backups", "/guests/{vmid}/backup", "/tasks/{upid}"] {
-        assert!(doc["paths"].get(p).is_some(), "{p} missing in the OpenAPI document");
+    for p in [
+        "/guests",
+        "/storages/{id}/backups",
+        "/guests/{vmid}/backup",
+        "/tasks/{upid}",
+    ] {
+        assert!(
+            doc["paths"].get(p).is_some(),
+            "{p} missing in the OpenAPI document"
+        );
     }
 
     // Read-only: lists and reads, 403 on every change (and the change did not happen).
@@ -116,11 +143,22 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
         ("POST", "/guests/99/backup".into(), json!({})),
         ("POST", "/guests/1000000000/backup".into(), json!({})),
         ("POST", "/guests/abc/backup".into(), json!({})),
-        ("GET", format!("/storages/{}/backups", enc("../../etc")), json!(null)),
-        ("GET", format!("/storages/local/backups/{}", enc("../../../etc/passwd")), json!(null)),
         (
             "GET",
-            format!("/storages/local/backups/{}", enc(&format!("{ARCHIVE}/../../x"))),
+            format!("/storages/{}/backups", enc("../../etc")),
+            json!(null),
+        ),
+        (
+            "GET",
+            format!("/storages/local/backups/{}", enc("../../../etc/passwd")),
+            json!(null),
+        ),
+        (
+            "GET",
+            format!(
+                "/storages/local/backups/{}",
+                enc(&format!("{ARCHIVE}/../../x"))
+            ),
             json!(null),
         ),
         (
@@ -128,21 +166,61 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
             format!("/storages/local/backups/{}", enc("../qemu-server/100.conf")),
             json!(null),
         ),
-        ("PUT", format!("/storages/local/backups/{}", enc("..")), json!({"notes": "x"})),
-        ("GET", format!("/tasks/{}", enc("../../etc/passwd")), json!(null)),
-        ("GET", format!("/tasks/{}/log", enc("UPID:a:1:1:1:x:../y:z:")), json!(null)),
-        ("POST", format!("/storages/local/backups/{ARCHIVE}/restore"), json!({"vmid": 5})),
+        (
+            "PUT",
+            format!("/storages/local/backups/{}", enc("..")),
+            json!({"notes": "x"}),
+        ),
+        (
+            "GET",
+            format!("/tasks/{}", enc("../../etc/passwd")),
+            json!(null),
+        ),
+        (
+            "GET",
+            format!("/tasks/{}/log", enc("UPID:a:1:1:1:x:../y:z:")),
+            json!(null),
+        ),
+        (
+            "POST",
+            format!("/storages/local/backups/{ARCHIVE}/restore"),
+            json!({"vmid": 5}),
+        ),
         (
             "POST",
             format!("/storages/local/backups/{ARCHIVE}/restore"),
             json!({"vmid": 300, "storage": "../x"}),
         ),
-        ("POST", "/guests/100/backup".into(), json!({"compress": "rar"})),
-        ("POST", "/guests/100/backup".into(), json!({"no-such-option": 1})),
-        ("POST", "/guests/100/backup".into(), json!({"storage": "../../tmp"})),
-        ("POST", "/jobs".into(), json!({"id": "../x", "schedule": "daily", "all": 1})),
-        ("POST", "/jobs".into(), json!({"id": "j2", "schedule": "not a time", "all": 1})),
-        ("GET", "/storages/local/prune?keep-last=x".into(), json!(null)),
+        (
+            "POST",
+            "/guests/100/backup".into(),
+            json!({"compress": "rar"}),
+        ),
+        (
+            "POST",
+            "/guests/100/backup".into(),
+            json!({"no-such-option": 1}),
+        ),
+        (
+            "POST",
+            "/guests/100/backup".into(),
+            json!({"storage": "../../tmp"}),
+        ),
+        (
+            "POST",
+            "/jobs".into(),
+            json!({"id": "../x", "schedule": "daily", "all": 1}),
+        ),
+        (
+            "POST",
+            "/jobs".into(),
+            json!({"id": "j2", "schedule": "not a time", "all": 1}),
+        ),
+        (
+            "GET",
+            "/storages/local/prune?keep-last=x".into(),
+            json!(null),
+        ),
         ("POST", "/guests/100/backup".into(), json!([1, 2])),
     ];
     for (method, path, body) in &bad {
@@ -161,7 +239,9 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     assert_eq!(srv.call("GET", "/guests/100", Some(&admin), None).0, 404);
 
     // Oversized bodies: 413, before anything happens.
-    let big = json!({ "notes": "x".repeat(200 * 1024) }).to_string().into_bytes();
+    let big = json!({ "notes": "x".repeat(200 * 1024) })
+        .to_string()
+        .into_bytes();
     for (method, path, auth) in [
         ("PUT", format!("/storages/local/backups/{ARCHIVE}"), true),
         ("POST", "/guests/100/backup".to_string(), true),
@@ -175,13 +255,20 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
         let (s, v) = srv.raw(method, &path, h, Some(big.clone()));
         assert_eq!(s, 413, "{method} {path}: {v}");
     }
-    assert!(!std::fs::read_dir(env.dump())
+    assert!(!std::fs::read_dir(env.dump()).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".notes")));
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".notes")));
 
     // A read-write token changes: notes, protection (a protected backup is not removed).
     let b = format!("/storages/local/backups/{ARCHIVE}");
-    let (s, v) = srv.call("PUT", &b, Some(&admin), Some(&json!({"notes": "before upgrade", "protected": true})));
+    let (s, v) = srv.call(
+        "PUT",
+        &b,
+        Some(&admin),
+        Some(&json!({"notes": "before upgrade", "protected": true})),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["notes"], "before upgrade");
     assert_eq!(v["protected"], true);
@@ -211,9 +298,10 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     };
     let (s, me) = srv.raw("GET", "/me", with(vec![]), None);
     assert_eq!((s, me["user"].as_str()), (200, Some("admin@token")));
-    let job = json!({"id": "nightly", "schedule": "mon..fri 21:30", "vmid": "100", "storage": "local"})
-        .to_string()
-        .into_bytes();
+    let job =
+        json!({"id": "nightly", "schedule": "mon..fri 21:30", "vmid": "100", "storage": "local"})
+            .to_string()
+            .into_bytes();
     // A cross-site POST: the browser sends the cookie, but the page cannot know the token.
     let (s, _) = srv.raw(
         "POST",
@@ -230,7 +318,12 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     );
     assert_eq!(s, 403);
     assert!(!env.root().join("jobs.cfg").exists());
-    let (s, v) = srv.raw("POST", "/jobs", with(vec![("X-CSRF-Token", csrf.clone())]), Some(job));
+    let (s, v) = srv.raw(
+        "POST",
+        "/jobs",
+        with(vec![("X-CSRF-Token", csrf.clone())]),
+        Some(job),
+    );
     assert_eq!(s, 201, "{v}");
     let jobs_cfg = std::fs::read_to_string(env.root().join("jobs.cfg")).unwrap();
     assert!(jobs_cfg.contains("vzdump: nightly"), "{jobs_cfg}");
@@ -239,7 +332,13 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     assert_eq!(v["next_runs"].as_array().unwrap().len(), 5, "{v}");
     // Logout ends the session.
     assert_eq!(
-        srv.raw("POST", "/logout", with(vec![("X-CSRF-Token", csrf.clone())]), None).0,
+        srv.raw(
+            "POST",
+            "/logout",
+            with(vec![("X-CSRF-Token", csrf.clone())]),
+            None
+        )
+        .0,
         200
     );
     assert_eq!(srv.raw("GET", "/me", with(vec![]), None).0, 401);
@@ -252,14 +351,24 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
         Some(json!({"token": viewer}).to_string().into_bytes()),
     );
     let vsession = vcookie.unwrap().split(';').next().unwrap().to_string();
-    assert_eq!(srv.raw("GET", "/me", vec![("Cookie", vsession.clone())], None).0, 200);
+    assert_eq!(
+        srv.raw("GET", "/me", vec![("Cookie", vsession.clone())], None)
+            .0,
+        200
+    );
     env.ok(&["token", "remove", "viewer"]);
     assert_eq!(srv.call("GET", "/guests", Some(&viewer), None).0, 401);
-    assert_eq!(srv.raw("GET", "/me", vec![("Cookie", vsession)], None).0, 401);
+    assert_eq!(
+        srv.raw("GET", "/me", vec![("Cookie", vsession)], None).0,
+        401
+    );
 
     // The audit log has every change, allowed or refused, with who and what.
     let audit = std::fs::read_to_string(env.server_dir().join("audit.log")).unwrap();
-    let entries: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let has = |user: &str, method: &str, path: &str, status: u64| {
         entries.iter().any(|e| {
             e["user"] == user && e["method"] == method && e["path"] == path && e["status"] == status
@@ -267,9 +376,18 @@ fn tokens_sessions_csrf_validation_limits_and_audit() {
     };
     assert!(has("admin@token", "POST", "/api/v1/jobs", 201), "{audit}");
     assert!(has("admin@token", "POST", "/api/v1/jobs", 403), "{audit}");
-    assert!(has("viewer@token", "DELETE", &format!("/api/v1{b}"), 403), "{audit}");
-    assert!(has("admin@token", "PUT", &format!("/api/v1{b}"), 200), "{audit}");
-    assert!(has("-", "POST", "/api/v1/guests/100/backup", 401), "{audit}");
+    assert!(
+        has("viewer@token", "DELETE", &format!("/api/v1{b}"), 403),
+        "{audit}"
+    );
+    assert!(
+        has("admin@token", "PUT", &format!("/api/v1{b}"), 200),
+        "{audit}"
+    );
+    assert!(
+        has("-", "POST", "/api/v1/guests/100/backup", 401),
+        "{audit}"
+    );
     assert!(entries
         .iter()
         .any(|e| e["action"] == "token remove" && e["detail"] == "viewer"));

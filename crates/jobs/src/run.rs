@@ -235,8 +235,7 @@ async fn run_guests(
         false,
     );
     let vmids = selected_vmids(root, job)?;
-    let (mut bjob, warnings) =
-        BackupJob::new(root.clone(), &job.options, run_dir.to_path_buf())?;
+    let (mut bjob, warnings) = BackupJob::new(root.clone(), &job.options, run_dir.to_path_buf())?;
     if let Some(cancel) = &how.cancel {
         bjob.cancel = cancel.clone();
     }

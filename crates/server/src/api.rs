@@ -59,10 +59,7 @@ impl ApiError {
 
     /// 500 with the error's chain.
     pub fn from_error(e: &dyn std::error::Error) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            vmdump_task::one_line(e),
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, vmdump_task::one_line(e))
     }
 
     /// A storage error: 404 for a missing backup or storage, 400 for bad input, 409 for a
@@ -227,10 +224,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/storages/{id}/backups/{name}/restore", post(restore))
         .route("/storages/{id}/prune", get(prune_plan).post(prune_apply))
         .route("/jobs", get(jobs).post(job_add))
-        .route(
-            "/jobs/{id}",
-            get(job_get).put(job_set).delete(job_remove),
-        )
+        .route("/jobs/{id}", get(job_get).put(job_set).delete(job_remove))
         .route("/jobs/{id}/run", post(job_run))
         .route("/schedule/next", get(schedule_next))
         .route("/tasks", get(task_list))
@@ -306,10 +300,7 @@ struct Login {
     token: String,
 }
 
-async fn login(
-    State(app): State<Arc<App>>,
-    req: Request,
-) -> Response {
+async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     let ip = auth::peer(req.extensions());
     if let Some(secs) = app.auth.locked(ip) {
         app.audit.record(
@@ -386,11 +377,7 @@ async fn me(Extension(caller): Extension<Caller>) -> Json<Value> {
 }
 
 async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::OPENAPI,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
 // ---- guests -----------------------------------------------------------------------------
@@ -436,9 +423,8 @@ async fn guests(State(app): State<Arc<App>>) -> ApiResult {
     .map_err(|e| ApiError::from_error(&e))?;
     let cts = cts.map_err(|e| ApiError::from_error(&e))?;
     let last_json = |vmid: u32| {
-        last.get(&vmid).map(|b| {
-            json!({ "volid": b.volid, "time": b.time, "size": b.size })
-        })
+        last.get(&vmid)
+            .map(|b| json!({ "volid": b.volid, "time": b.time, "size": b.size }))
     };
     let mut out = Vec::new();
     for vm in &vms {
@@ -567,9 +553,11 @@ async fn backup_many(
     let body = object(body)?;
     let vmids = id_list("vmid", body.get("vmid"))?;
     let exclude = id_list("exclude", body.get("exclude"))?;
-    let all = body.get("all").is_some_and(|v| v == &json!(true) || v == &json!(1))
+    let all = body
+        .get("all")
+        .is_some_and(|v| v == &json!(true) || v == &json!(1))
         || !exclude.is_empty();
-    if all == !vmids.is_empty() {
+    if all != vmids.is_empty() {
         return Err(ApiError::bad(
             "give either 'vmid' (a list of guests) or 'all'/'exclude'",
         ));
@@ -655,7 +643,9 @@ async fn backup_get(
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult {
     let (_, b) = open_backup(&app, &id, &name)?;
-    Ok(Json(serde_json::to_value(&b).map_err(|e| ApiError::from_error(&e))?))
+    Ok(Json(
+        serde_json::to_value(&b).map_err(|e| ApiError::from_error(&e))?,
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -678,7 +668,9 @@ async fn backup_set(
         storage.set_protected(&b, p).map_err(ApiError::store)?;
     }
     let b = storage.backup(&b.file_name).map_err(ApiError::store)?;
-    Ok(Json(serde_json::to_value(&b).map_err(|e| ApiError::from_error(&e))?))
+    Ok(Json(
+        serde_json::to_value(&b).map_err(|e| ApiError::from_error(&e))?,
+    ))
 }
 
 async fn backup_remove(
@@ -739,9 +731,7 @@ async fn restore(
 
 /// The keep rules and selection of a prune request (query or body): `keep-last` etc.,
 /// `vmid`, `type`.
-fn prune_request(
-    params: &Map<String, Value>,
-) -> ApiResult<(KeepOptions, Filter)> {
+fn prune_request(params: &Map<String, Value>) -> ApiResult<(KeepOptions, Filter)> {
     let mut rules = Vec::new();
     let mut filter = Filter::default();
     for (k, v) in params {
@@ -784,7 +774,9 @@ async fn prune_plan(
     })
     .await
     .map_err(|e| ApiError::from_error(&e))??;
-    Ok(Json(serde_json::to_value(&plan).map_err(|e| ApiError::from_error(&e))?))
+    Ok(Json(
+        serde_json::to_value(&plan).map_err(|e| ApiError::from_error(&e))?,
+    ))
 }
 
 async fn prune_apply(
@@ -901,7 +893,10 @@ fn job_pairs(body: &Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
     Ok(out)
 }
 
-async fn job_add(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Result<Response, ApiError> {
+async fn job_add(
+    State(app): State<Arc<App>>,
+    Body(body): Body<Value>,
+) -> Result<Response, ApiError> {
     let body = object(body)?;
     let id = body
         .get("id")
@@ -912,7 +907,10 @@ async fn job_add(State(app): State<Arc<App>>, Body(body): Body<Value>) -> Result
     let pairs = job_pairs(&body)?;
     let root = &app.settings.root;
     let mut cfg = root.jobs().map_err(ApiError::config)?;
-    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     cfg.add(&id, &refs)
         .map_err(|e| ApiError::bad(vmdump_task::one_line(&e)))?;
     cfg.save(&root.jobs_cfg_path()).map_err(ApiError::config)?;
@@ -1046,7 +1044,10 @@ async fn task_stop(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRe
     let u = upid(&id)?;
     let info = task_info(&app, &u)?;
     if info.status != TaskStatus::Running {
-        return Err(ApiError::new(StatusCode::CONFLICT, "the task is not running"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the task is not running",
+        ));
     }
     if !tasks::cancel(&app, &u.to_string()) {
         return Err(ApiError::new(
@@ -1084,9 +1085,7 @@ fn read_lines(path: &std::path::Path, start: u64) -> (Vec<String>, u64) {
         return (Vec::new(), start);
     };
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(start)).is_err()
-        || f.take(4 << 20).read_to_end(&mut buf).is_err()
-    {
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(4 << 20).read_to_end(&mut buf).is_err() {
         return (Vec::new(), start);
     }
     let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
@@ -1149,7 +1148,9 @@ async fn task_events(
                 );
             }
         }
-        let ended = info.as_ref().is_none_or(|i| i.status != TaskStatus::Running);
+        let ended = info
+            .as_ref()
+            .is_none_or(|i| i.status != TaskStatus::Running);
         if ended {
             // Lines written between the status and this read.
             let (rest, _) = read_lines(&st.app.settings.tasks.log_path(&st.upid), st.offset);
@@ -1161,7 +1162,10 @@ async fn task_events(
             events.push(Event::default().event("end").data(v.to_string()));
             st.done = true;
         }
-        Some((stream::iter(events.into_iter().map(Ok::<Event, Infallible>)), st))
+        Some((
+            stream::iter(events.into_iter().map(Ok::<Event, Infallible>)),
+            st,
+        ))
     })
     .flatten();
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))

@@ -179,20 +179,20 @@ fn too_many(secs: u64) -> Response {
 }
 
 /// Who sent `headers`, or the refusal to answer with.
-fn authenticate(app: &App, headers: &HeaderMap, ip: IpAddr) -> Result<Caller, Response> {
+fn authenticate(app: &App, headers: &HeaderMap, ip: IpAddr) -> Result<Caller, Box<Response>> {
     let unauthorized = || {
-        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "authentication required")
-            .into_response();
+        let mut r =
+            ApiError::new(StatusCode::UNAUTHORIZED, "authentication required").into_response();
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"vmdump\""),
         );
-        r
+        Box::new(r)
     };
-    let internal = |e: crate::Error| ApiError::from_error(&e).into_response();
+    let internal = |e: crate::Error| Box::new(ApiError::from_error(&e).into_response());
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         if let Some(secs) = app.auth.locked(ip) {
-            return Err(too_many(secs));
+            return Err(Box::new(too_many(secs)));
         }
         let secret = auth
             .to_str()
@@ -255,7 +255,7 @@ pub async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
                 app.audit
                     .record("-", ip, method.as_str(), &path, resp.status(), None);
             }
-            return resp;
+            return *resp;
         }
     };
     if changes(&method) {
@@ -314,7 +314,10 @@ mod tests {
         auth.close(&id);
         assert_eq!(auth.session(&id), None);
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; vmdump_session=xyz"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; vmdump_session=xyz"),
+        );
         assert_eq!(session_cookie(&h).as_deref(), Some("xyz"));
     }
 }

@@ -117,12 +117,13 @@ impl Server {
             }
             None => (None, None),
         };
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| Error::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
         let app = Arc::new(App {
             tokens: TokenStore::new(settings.root.dir()),
             auth: auth::Auth::default(),

@@ -189,7 +189,10 @@ mod tests {
         assert!(store.add("../x", true).is_err());
         let text = std::fs::read_to_string(store.path()).unwrap();
         assert!(!text.contains(&rw) && !text.contains(&ro), "{text}");
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!store.verify(&rw).unwrap().unwrap().read_only);
         assert!(store.verify(&ro).unwrap().unwrap().read_only);

@@ -64,8 +64,7 @@ impl Upid {
     pub fn parse(s: &str) -> Option<Self> {
         let rest = s.strip_prefix("UPID:")?.strip_suffix(':')?;
         let f: Vec<&str> = rest.split(':').collect();
-        if f.len() != 7 || !f.iter().all(|x| field_ok(x)) || f[0].is_empty() || f[4].is_empty()
-        {
+        if f.len() != 7 || !f.iter().all(|x| field_ok(x)) || f[0].is_empty() || f[4].is_empty() {
             return None;
         }
         let hex = |x: &str| u64::from_str_radix(x, 16).ok();
@@ -293,7 +292,7 @@ impl TaskDir {
                 ids.push(upid);
             }
         }
-        ids.sort_by(|a, b| (b.start, b.to_string()).cmp(&(a.start, a.to_string())));
+        ids.sort_by_key(|u| std::cmp::Reverse((u.start, u.to_string())));
         ids.truncate(limit);
         let mut out = Vec::with_capacity(ids.len());
         for upid in ids {
@@ -449,7 +448,10 @@ mod tests {
             user: "root@cli".into(),
         };
         let s = u.to_string();
-        assert_eq!(s, "UPID:host:0000002A:00000007:60000000:vzdump:100:root@cli:");
+        assert_eq!(
+            s,
+            "UPID:host:0000002A:00000007:60000000:vzdump:100:root@cli:"
+        );
         assert_eq!(Upid::parse(&s), Some(u));
         for bad in [
             "UPID:host:0000002A:00000007:60000000:vzdump:../x:root@cli:",

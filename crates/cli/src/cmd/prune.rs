@@ -110,7 +110,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     };
     let removed = vmdump_jobs::run::apply_prune(&storage, &plan, progress);
     if let Some(t) = &task {
-        t.finish(removed.as_ref().map(|_| ()).map_err(|e| vmdump_task::one_line(e)));
+        t.finish(
+            removed
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| vmdump_task::one_line(e)),
+        );
     }
     let removed = removed?;
     if args.output_format == Format::Text {

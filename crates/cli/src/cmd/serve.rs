@@ -97,7 +97,8 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         }
         server
             .run(async {
-                let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+                let term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
                 match term {
                     Ok(mut term) => {
                         tokio::select! {
@@ -141,7 +142,12 @@ pub fn token(args: TokenArgs, global: &crate::Global) -> anyhow::Result<ExitCode
                 .map(|t| {
                     vec![
                         t.name.clone(),
-                        if t.read_only { "read-only" } else { "read-write" }.to_string(),
+                        if t.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        }
+                        .to_string(),
                         crate::output::local_time(t.created),
                     ]
                 })

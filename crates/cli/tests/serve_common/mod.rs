@@ -188,7 +188,15 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        self.raw(method, path, token.map(|t| ("Authorization", format!("Bearer {t}"))).into_iter().collect(), body.map(|b| b.to_string().into_bytes()))
+        self.raw(
+            method,
+            path,
+            token
+                .map(|t| ("Authorization", format!("Bearer {t}")))
+                .into_iter()
+                .collect(),
+            body.map(|b| b.to_string().into_bytes()),
+        )
     }
 
     /// A request with any headers and raw body bytes.
@@ -200,7 +208,10 @@ impl Server {
         body: Option<Vec<u8>>,
     ) -> (u16, Value) {
         let (status, text, _) = self.raw_full(method, path, headers, body);
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Status, body text and the `Set-Cookie` header.
