@@ -80,8 +80,11 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         tls,
     };
+    // Few threads: every thread's allocator arena keeps its peak, and the server is mostly
+    // idle (listing a storage runs on the blocking pool).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
