@@ -317,6 +317,41 @@ fn api_then_browser_backup_restore_jobs_retention_tasks() {
         |v| v >= 6,
     );
     browser.shot(&shots, "tasks");
+
+    // A backup from the command line is a task too, with its log, seen through the API.
+    env.ok(&["backup", "100", "--storage", "local"]);
+    let (_, tasks) = srv.call("GET", "/tasks", Some(&admin), None);
+    let cli = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "vzdump" && t["user"] == "root@cli")
+        .unwrap_or_else(|| panic!("no CLI backup task: {tasks:#}"))
+        .clone();
+    assert_eq!(
+        (cli["status"].as_str(), cli["id"].as_str()),
+        (Some("ok"), Some("100"))
+    );
+    let (s, log) = srv.call(
+        "GET",
+        &format!("/tasks/{}/log", enc(cli["upid"].as_str().unwrap())),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(s, 200);
+    let lines: Vec<&str> = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Finished Backup of VM 100")),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last(), Some(&"TASK OK"));
 }
 
 /// Headless Chromium through chromedriver's WebDriver HTTP API.
