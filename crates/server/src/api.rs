@@ -1170,3 +1170,83 @@ async fn task_events(
     .flatten();
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Every path and method of the OpenAPI document is a route (the fallback's "no such API
+    /// endpoint" and 405 never answer them), and every route is in the document.
+    #[tokio::test]
+    async fn the_openapi_document_matches_the_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("etc");
+        std::fs::create_dir_all(root.join("qemu-server")).unwrap();
+        std::fs::write(
+            root.join("storage.cfg"),
+            format!(
+                "dir: local\n\tpath {}\n\tcontent backup\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let settings = crate::Settings {
+            root: vmdump_config::ConfigRoot::new(&root),
+            run_dir: dir.path().join("run"),
+            state_dir: dir.path().join("state"),
+            server_dir: dir.path().join("server"),
+            tasks: vmdump_task::TaskDir::new(dir.path().join("tasks")),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        };
+        let tokens = crate::TokenStore::new(&root);
+        let secret = tokens.add("t", false).unwrap();
+        let app = Arc::new(App {
+            tokens,
+            auth: auth::Auth::default(),
+            audit: crate::audit::Audit::new(&settings.server_dir),
+            running: std::sync::Mutex::new(HashMap::new()),
+            secure: false,
+            settings,
+        });
+        let router = router(app);
+        let doc: Value = serde_json::from_str(crate::OPENAPI).unwrap();
+        let mut documented = 0;
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            let concrete = path
+                .replace("{vmid}", "100")
+                .replace("{id}", "local")
+                .replace("{name}", "vzdump-qemu-100-2026_01_01-00_00_00.vma.zst")
+                .replace(
+                    "{upid}",
+                    "UPID:h:00000001:00000001:00000001:vzdump:100:t@token:",
+                );
+            for method in ops.as_object().unwrap().keys() {
+                documented += 1;
+                let req = axum::http::Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(format!("/api/v1{concrete}?schedule=daily"))
+                    .header("authorization", format!("Bearer {secret}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = router.clone().oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let text = String::from_utf8_lossy(&body);
+                assert!(
+                    status != StatusCode::METHOD_NOT_ALLOWED
+                        && !text.contains("no such API endpoint"),
+                    "{method} {path}: {status} {text}"
+                );
+            }
+        }
+        // router(): 27 method routes under /api/v1.
+        assert_eq!(
+            documented, 27,
+            "a route is missing in openapi.json (or the count here)"
+        );
+    }
+}
