@@ -43,3 +43,28 @@ bench_init() {
   size=$((size_gib << 30))
   work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vmdump-bench-$1.XXXXXX")
 }
+
+# bench_fake_backups STORE COUNT: fills STORE/dump with COUNT backups of COUNT/100 guests (100
+# daily backups each; empty .vma.zst files with their .log, every 10th with notes, every 50th
+# protected) and prints the storage.cfg of a dir storage `bench` at STORE.
+bench_fake_backups() {
+  mkdir -p "$1/dump"
+  python3 - "$1/dump" "$2" <<'PY'
+import datetime, os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+guests = max(1, n // 100)
+start = datetime.datetime(2020, 1, 1, 2, 0, 0)
+for i in range(n):
+    vmid = 100 + i % guests
+    t = start + datetime.timedelta(days=i // guests, minutes=vmid % 60)
+    base = f"vzdump-qemu-{vmid}-{t:%Y_%m_%d-%H_%M_%S}"
+    open(os.path.join(d, base + ".vma.zst"), "w").close()
+    open(os.path.join(d, base + ".log"), "w").close()
+    if i % 10 == 0:
+        with open(os.path.join(d, base + ".vma.zst.notes"), "w") as f:
+            f.write(f"note {i}\n")
+    if i % 50 == 0:
+        open(os.path.join(d, base + ".vma.zst.protected"), "w").close()
+PY
+  printf 'dir: bench\n\tpath %s\n\tcontent backup\n\tmax-protected-backups -1\n' "$1"
+}

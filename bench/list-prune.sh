@@ -15,26 +15,8 @@ trap 'rm -rf "$work"' EXIT
 source "$root/bench/lib.sh"
 vmdump=$(bench_vmdump)
 
-mkdir -p "$work/etc" "$work/store/dump"
-printf 'dir: bench\n\tpath %s\n\tcontent backup\n\tmax-protected-backups -1\n' \
-  "$work/store" >"$work/etc/storage.cfg"
-python3 - "$work/store/dump" "$count" <<'PY'
-import datetime, os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-guests = max(1, n // 100)
-start = datetime.datetime(2020, 1, 1, 2, 0, 0)
-for i in range(n):
-    vmid = 100 + i % guests
-    t = start + datetime.timedelta(days=i // guests, minutes=vmid % 60)
-    base = f"vzdump-qemu-{vmid}-{t:%Y_%m_%d-%H_%M_%S}"
-    open(os.path.join(d, base + ".vma.zst"), "w").close()
-    open(os.path.join(d, base + ".log"), "w").close()
-    if i % 10 == 0:
-        with open(os.path.join(d, base + ".vma.zst.notes"), "w") as f:
-            f.write(f"note {i}\n")
-    if i % 50 == 0:
-        open(os.path.join(d, base + ".vma.zst.protected"), "w").close()
-PY
+mkdir -p "$work/etc"
+bench_fake_backups "$work/store" "$count" >"$work/etc/storage.cfg"
 echo "bench: $count backups, $(ls "$work/store/dump" | wc -l) files in the dump directory"
 
 best() {

@@ -17,7 +17,9 @@ pkgs=(qemu-system-x86 qemu-utils qemu-block-extra qemu-guest-agent busybox-stati
       # runtime libraries of Proxmox's own `vma` (../shared/tools/pve-vma), the reference in tests
       libglib2.0-0 libzstd1 zlib1g libuuid1 libaio1
       # a real local MTA as /usr/sbin/sendmail for the sendmail notification test
-      msmtp-mta)
+      msmtp-mta
+      # the web UI's browser tests: headless Chromium driven through WebDriver
+      chromium chromium-driver)
 
 need_apt=0
 for p in "${pkgs[@]}"; do

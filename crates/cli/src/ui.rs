@@ -25,6 +25,8 @@ pub struct Ui {
     /// Label of the bar to show once there is something to count.
     prefix: Mutex<Option<String>>,
     bar: Mutex<Option<ProgressBar>>,
+    /// The run as a task of the registry, once [`record_task`](Self::record_task) was called.
+    task: std::sync::OnceLock<vmdump_task::TaskFile>,
 }
 
 impl Ui {
@@ -35,6 +37,26 @@ impl Ui {
             tty: std::io::stderr().is_terminal(),
             prefix: Mutex::new(None),
             bar: Mutex::new(None),
+            task: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records this run as a task (`kind`, `id`) of the task registry (`$VMDUMP_TASK_DIR`):
+    /// every line printed from now on also goes to the task log. A registry that cannot be
+    /// written is a warning, never a failure of the command.
+    pub fn record_task(&self, kind: &str, id: &str) {
+        match vmdump_task::TaskDir::from_env().start(kind, id, "root@cli") {
+            Ok(t) => {
+                let _ = self.task.set(t);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record this run as a task"),
+        }
+    }
+
+    /// Records the task's result (a task never finished counts as failed).
+    pub fn finish_task(&self, result: Result<(), String>) {
+        if let Some(t) = self.task.get() {
+            t.finish(result);
         }
     }
 
@@ -85,6 +107,9 @@ impl Ui {
 
     /// Print one line.
     pub fn print(&self, level: Level, line: &str) {
+        if let Some(t) = self.task.get() {
+            t.log(level, line, false);
+        }
         let text = match (self.style, level) {
             (Style::Qmrestore, Level::Info) => line.to_string(),
             _ => format!("{}: {line}", level.prefix()),
@@ -103,13 +128,19 @@ impl Ui {
 impl Progress for Ui {
     fn log(&self, level: Level, line: &str, progress: bool) {
         if progress && self.tty {
-            // The bar shows it; a backup's log file still gets the line.
+            // The bar shows it; a backup's log file and the task log still get the line.
+            if let Some(t) = self.task.get() {
+                t.log(level, line, progress);
+            }
             return;
         }
         self.print(level, line);
     }
 
     fn update(&self, t: &Transfer) {
+        if let Some(task) = self.task.get() {
+            task.update(t);
+        }
         if let Some(bar) = self.bar() {
             bar.set_length(t.total);
             bar.set_position(t.transferred);

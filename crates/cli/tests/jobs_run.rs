@@ -16,6 +16,7 @@ fn vmdump(env: &Env, args: &[&str]) -> Result<std::process::Output> {
         .env("VMDUMP_ROOT", &env.root)
         .env("VMDUMP_RUN_DIR", &env.run)
         .env("VMDUMP_STATE_DIR", env.base.join("state"))
+        .env("VMDUMP_TASK_DIR", env.base.join("tasks"))
         .output()?)
 }
 
@@ -83,6 +84,27 @@ fn job_run_backs_up_and_prunes_the_oldest_backup() -> Result<()> {
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }
+    // The run is a task of the registry: its log is what the command printed, ending OK.
+    let tasks = vmdump_task::TaskDir::new(env.base.join("tasks")).list(10)?;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let task = &tasks[0];
+    assert_eq!(
+        (
+            task.upid.kind.as_str(),
+            task.upid.id.as_str(),
+            task.upid.user.as_str()
+        ),
+        ("vzdump", "nightly", "root@cli")
+    );
+    assert_eq!(task.status, vmdump_task::TaskStatus::Ok);
+    let log = std::fs::read_to_string(
+        vmdump_task::TaskDir::new(env.base.join("tasks")).log_path(&task.upid),
+    )?;
+    assert!(
+        log.contains("INFO: pruned 1 backup(s) not covered by keep-retention policy\n")
+            && log.ends_with("INFO: Backup job finished successfully\nTASK OK\n"),
+        "{log}"
+    );
     let files = env.dump_files();
     for gone in [
         "vzdump-qemu-100-2020_01_01-02_00_00.vma.zst",

@@ -166,6 +166,32 @@ pub async fn run_job(
     job: &BackupJobConfig,
     progress: &dyn Progress,
 ) -> Summary {
+    let how = RunContext {
+        command: format!("vmdump jobs run {}", job.id),
+        cancel: None,
+    };
+    run_job_with(root, run_dir, job, progress, &how).await
+}
+
+/// How a run was started: the command its first log line names, and a token that stops it
+/// between guests and inside a guest's backup (the web API's task cancel).
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// Shown as `starting new backup job: <command>`.
+    pub command: String,
+    /// Cancels the run (`None`: the engine's own token, set by nobody).
+    pub cancel: Option<vmdump_task::Cancel>,
+}
+
+/// [`run_job`] for a run started some other way (a "back up now" of the web API: `job` is
+/// then an unsaved selection with its options).
+pub async fn run_job_with(
+    root: &ConfigRoot,
+    run_dir: &Path,
+    job: &BackupJobConfig,
+    progress: &dyn Progress,
+    how: &RunContext,
+) -> Summary {
     let started = Instant::now();
     let mut summary = Summary {
         hostname: hostname(),
@@ -176,7 +202,7 @@ pub async fn run_job(
         total_size: 0,
         job_error: None,
     };
-    if let Err(e) = run_guests(root, run_dir, job, progress, &mut summary).await {
+    if let Err(e) = run_guests(root, run_dir, job, progress, how, &mut summary).await {
         let msg = one_line(&e);
         progress.log(Level::Error, &msg, false);
         summary.job_error = Some(msg);
@@ -200,15 +226,19 @@ async fn run_guests(
     run_dir: &Path,
     job: &BackupJobConfig,
     progress: &dyn Progress,
+    how: &RunContext,
     summary: &mut Summary,
 ) -> Result<()> {
     progress.log(
         Level::Info,
-        &format!("starting new backup job: vmdump jobs run {}", job.id),
+        &format!("starting new backup job: {}", how.command),
         false,
     );
     let vmids = selected_vmids(root, job)?;
-    let (bjob, warnings) = BackupJob::new(root.clone(), &job.options, run_dir.to_path_buf())?;
+    let (mut bjob, warnings) = BackupJob::new(root.clone(), &job.options, run_dir.to_path_buf())?;
+    if let Some(cancel) = &how.cancel {
+        bjob.cancel = cancel.clone();
+    }
     // The engine's node name (notes templates) is the summary's host name too.
     summary.hostname = bjob.node.clone();
     for w in warnings {
@@ -434,8 +464,25 @@ impl Runner for BackupRunner {
                 }
             }
         };
-        let summary = rt.block_on(run_job(&self.root, &self.run_dir, job, &TraceProgress));
-        RunOutcome {
+        // The run is a task of the registry, like one started from the CLI or the web API.
+        let task = match vmdump_task::TaskDir::from_env().start("vzdump", &job.id, "root@scheduler")
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job run as a task");
+                None
+            }
+        };
+        let tee;
+        let progress: &dyn Progress = match &task {
+            Some(t) => {
+                tee = vmdump_task::Tee(&TraceProgress, t);
+                &tee
+            }
+            None => &TraceProgress,
+        };
+        let summary = rt.block_on(run_job(&self.root, &self.run_dir, job, progress));
+        let outcome = RunOutcome {
             ok: summary.ok(),
             message: if summary.ok() {
                 "OK".into()
@@ -445,6 +492,43 @@ impl Runner for BackupRunner {
                     .clone()
                     .unwrap_or_else(|| "job errors".into())
             },
+        };
+        if let Some(t) = &task {
+            t.finish(if outcome.ok {
+                Ok(())
+            } else {
+                Err(outcome.message.clone())
+            });
         }
+        outcome
     }
+}
+
+/// Applies a prune plan as a task: logs what the plan keeps and removes, then each removal
+/// and the count, as vzdump does (`vmdump prune` and the web API's prune task).
+pub fn apply_prune(
+    storage: &Storage,
+    plan: &[prune::PlanEntry],
+    progress: &dyn Progress,
+) -> Result<Vec<vmdump_store::Backup>> {
+    let log = |line: &str| progress.log(Level::Info, line, false);
+    log(&format!(
+        "prune backups on storage '{}': {} to keep, {} to remove",
+        storage.id(),
+        plan.iter()
+            .filter(|e| e.decision.mark != vmdump_store::retention::Mark::Remove)
+            .count(),
+        plan.iter()
+            .filter(|e| e.decision.mark == vmdump_store::retention::Mark::Remove)
+            .count()
+    ));
+    let removed = prune::apply(storage, plan)?;
+    for b in &removed {
+        log(&format!("removing backup '{}'", b.volid));
+    }
+    log(&format!(
+        "pruned {} backup(s) not covered by keep-retention policy",
+        removed.len()
+    ));
+    Ok(removed)
 }

@@ -7,8 +7,13 @@
 //! token. Library crates never print: they call [`Progress::log`] with a [`Level`], and the
 //! caller decides how a line looks (vzdump's `INFO: ` prefix, qmrestore's plain lines).
 //!
-//! Non-goals: formatting (each operation keeps its own tool's wording), persistence (the
-//! backup's task log file is the engine's).
+//! [`registry`] keeps every task on disk (id, state, start/end, log, transfer counters), so
+//! backups, restores and prunes started from the command line, the scheduler or the web API
+//! are listed and followed the same way; a caller tees its [`Progress`] into a
+//! [`TaskFile`] with [`Tee`].
+//!
+//! Non-goals: formatting (each operation keeps its own tool's wording), the backup's own
+//! `.log` beside the archive (the engine's).
 //!
 //! ```
 //! use vmdump_task::{Cancel, Level, Progress, Transfer};
@@ -29,6 +34,10 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod registry;
+
+pub use registry::{TaskDir, TaskFile, TaskInfo, TaskStatus, Tee, Upid};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

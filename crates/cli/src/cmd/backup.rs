@@ -221,6 +221,11 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     job.stdout = stdout;
 
     let ui = Ui::new(Style::Vzdump);
+    let task_id = match vmids.as_slice() {
+        [one] => one.to_string(),
+        _ => String::new(),
+    };
+    ui.record_task("vzdump", &task_id);
     let cmdline: Vec<String> = std::env::args().skip(1).collect();
     ui.print(
         Level::Info,
@@ -234,6 +239,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         let msg = vmdump_task::one_line(&e);
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
         let _ = outln!("TASK ERROR: {msg}");
+        ui.finish_task(Err(msg));
         return Ok(ExitCode::from(1));
     }
     // Retention of the target (command line over storage over vzdump.conf).
@@ -248,6 +254,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
             let msg = vmdump_task::one_line(&e);
             ui.print(Level::Error, &msg);
             let _ = outln!("TASK ERROR: {msg}");
+            ui.finish_task(Err(msg));
             return Ok(ExitCode::from(1));
         }
     };
@@ -266,6 +273,7 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
         Err(e) => {
             ui.print(Level::Error, &e.to_string());
             let _ = outln!("TASK ERROR: {e}");
+            ui.finish_task(Err(e.to_string()));
             return Ok(ExitCode::from(1));
         }
     };
@@ -296,14 +304,17 @@ async fn run_async(args: Opts, global: &crate::Global) -> anyhow::Result<ExitCod
     if let Err(msg) = res {
         ui.print(Level::Error, &format!("Backup job failed - {msg}"));
         let _ = outln!("TASK ERROR: {msg}");
+        ui.finish_task(Err(msg));
         return Ok(ExitCode::from(1));
     }
     if failed.is_empty() {
         ui.print(Level::Info, "Backup job finished successfully");
+        ui.finish_task(Ok(()));
         Ok(ExitCode::SUCCESS)
     } else {
         ui.print(Level::Info, "Backup job finished with errors");
         let _ = outln!("TASK ERROR: job errors");
+        ui.finish_task(Err("job errors".into()));
         Ok(ExitCode::from(1))
     }
 }

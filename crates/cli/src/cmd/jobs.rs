@@ -263,6 +263,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("start the async runtime")?;
             let ui = Ui::new(Style::Vzdump);
+            ui.record_task("vzdump", &job.id);
             let summary = rt.block_on(vmdump_jobs::run::run_job(
                 &root,
                 &global.run_base(),
@@ -270,9 +271,14 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
                 &ui,
             ));
             if !summary.ok() {
-                outln!("TASK ERROR: job errors")?;
+                let _ = outln!("TASK ERROR: job errors");
+                ui.finish_task(Err(summary
+                    .job_error
+                    .clone()
+                    .unwrap_or_else(|| "job errors".into())));
                 return Ok(ExitCode::from(1));
             }
+            ui.finish_task(Ok(()));
         }
         Action::Next { output_format } => {
             let next = vmdump_jobs::scheduler::next_runs(&root, &states, chrono::Local::now())?;

@@ -12,6 +12,7 @@ pub mod mount;
 pub mod prune;
 pub mod restore;
 pub mod scheduler;
+pub mod serve;
 pub mod vm;
 pub mod vma;
 
@@ -49,6 +50,10 @@ pub enum Cmd {
     Jobs(jobs::Args),
     /// Run scheduled jobs as a long-running service.
     Scheduler(scheduler::Args),
+    /// Serve the REST API and web UI over HTTPS.
+    Serve(serve::Args),
+    /// API tokens of `vmdump serve` (add, list, remove).
+    Token(serve::TokenArgs),
 }
 
 /// A vzdump-style boolean option value (`1`/`0`, as `vmdump_config::parse_bool` reads them).
@@ -74,5 +79,7 @@ pub fn run(cmd: Cmd, global: &crate::Global) -> anyhow::Result<ExitCode> {
         Cmd::Remove(args) => archive::remove(args, global),
         Cmd::Jobs(args) => jobs::run(args, global),
         Cmd::Scheduler(args) => scheduler::run(args, global),
+        Cmd::Serve(args) => serve::run(args, global),
+        Cmd::Token(args) => serve::token(args, global),
     }
 }

@@ -96,7 +96,28 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    let removed = prune::apply(&storage, &plan)?;
+    // Applying is a task of the registry (its log: what was removed).
+    let task = match vmdump_task::TaskDir::from_env().start("prune", storage.id(), "root@cli") {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record this run as a task");
+            None
+        }
+    };
+    let progress: &dyn vmdump_task::Progress = match &task {
+        Some(t) => t,
+        None => &vmdump_task::Silent,
+    };
+    let removed = vmdump_jobs::run::apply_prune(&storage, &plan, progress);
+    if let Some(t) = &task {
+        t.finish(
+            removed
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| vmdump_task::one_line(e)),
+        );
+    }
+    let removed = removed?;
     if args.output_format == Format::Text {
         outln!(
             "pruned {} backup(s) not covered by keep-retention policy",

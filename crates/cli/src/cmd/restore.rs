@@ -165,6 +165,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         copts.mps = args.mps.0.clone();
         cancel_on_signals(copts.cancel.clone());
         let ui = Ui::new(Style::Qmrestore);
+        ui.record_task("vzrestore", &args.vmid.to_string());
         let name = if args.archive == "-" {
             "<stdin>"
         } else {
@@ -172,6 +173,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
         };
         ui.print(Level::Info, &format!("restore container archive: {name}"));
         let result = vmdump_restore::restore_ct(source, &copts, &ui);
+        ui.finish_task(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| vmdump_task::one_line(e)),
+        );
         return match result {
             Ok(summary) => {
                 outln!(
@@ -189,6 +196,7 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     }
     cancel_on_signals(opts.cancel.clone());
     let ui = Ui::new(Style::Qmrestore);
+    ui.record_task("qmrestore", &args.vmid.to_string());
     let name = if args.archive == "-" {
         "<stdin>"
     } else {
@@ -204,6 +212,12 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     ui.start(format!("VM {}", args.vmid));
     let result = vmdump_restore::restore(source, &opts, &ui);
     ui.done();
+    ui.finish_task(
+        result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| vmdump_task::one_line(e)),
+    );
     match result {
         Ok(summary) => {
             outln!(
