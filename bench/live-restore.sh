@@ -57,30 +57,33 @@ drop() { # vmid: stop the VM and remove it
   rm -rf "$work/etc/qemu-server/$1.conf" "$work/store/images/$1"
 }
 
-full() {
-  local t0
+full() { # prints "ready-seconds restore-seconds boot-seconds"
+  local t0 t1 t2
   sync; t0=$(now)
   "$vmdump" restore "$archive" 200 --storage local >"$work/full.log" 2>&1 ||
     { cat "$work/full.log" >&2; exit 1; }
+  t1=$(now)
   "$vmdump" vm start 200 >/dev/null
   ready 200
-  secs "$t0" "$(now)"
+  t2=$(now)
+  echo "$(secs "$t0" "$t2") $(secs "$t0" "$t1") $(secs "$t1" "$t2")"
   drop 200
 }
-live() { # prints "ready-seconds copy-complete-seconds"
-  local t0 t1
+live() { # prints "ready-seconds running-seconds copy-complete-seconds"
+  local t0 t1 t2
   sync; t0=$(now)
   "$vmdump" restore --live "$archive" 201 --storage local --background >"$work/live.log" 2>&1 ||
     { cat "$work/live.log" >&2; exit 1; }
-  ready 201
   t1=$(now)
+  ready 201
+  t2=$(now)
   until grep -q 'live-restore of VM 201 complete' "$work/run/live-restore/201.log"; do
     if grep -q 'failed' "$work/run/live-restore/201.log"; then
       cat "$work/run/live-restore/201.log" >&2; exit 1
     fi
     sleep 0.2
   done
-  echo "$(secs "$t0" "$t1") $(secs "$t0" "$(now)")"
+  echo "$(secs "$t0" "$t2") $(secs "$t0" "$t1") $(secs "$t0" "$(now)")"
   drop 201
 }
 
@@ -88,13 +91,14 @@ declare -A T
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
   echo "bench: round $round"
-  T[full]+=" $(full)"
-  read -r r c < <(live)
-  T[live]+=" $r"
-  T[copy]+=" $c"
+  read -r a b c < <(full)
+  T[full]+=" $a"; T[full_restore]+=" $b"; T[full_boot]+=" $c"
+  read -r a b c < <(live)
+  T[live]+=" $a"; T[live_running]+=" $b"; T[copy]+=" $c"
 done
 for k in "${!T[@]}"; do T[$k]=$(best "${T[$k]}"); done
 ratio() { python3 -c "print(f'{$1 / $2:.1f}')"; }
-echo "vmdump live-restore benchmark: ${size_gib} GiB disk, half data, $(nproc) CPUs, TCG guest, load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "command -> guest ready: full restore + vm start ${T[full]} s; live-restore ${T[live]} s; live is $(ratio "${T[full]}" "${T[live]}")x faster (target >= 5x)"
+echo "vmdump live-restore benchmark: ${size_gib} GiB disk, half data, $(nproc) CPUs, TCG guest, best of ${ROUNDS:-2} interleaved rounds, load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "command -> guest ready: full restore + vm start ${T[full]} s (restore ${T[full_restore]} s, boot ${T[full_boot]} s); live-restore ${T[live]} s; live is $(ratio "${T[full]}" "${T[live]}")x faster (target >= 5x)"
+echo "command -> VM running: full restore + vm start ${T[full_restore]} s + start; live-restore ${T[live_running]} s ($(ratio "${T[full_restore]}" "${T[live_running]}")x)"
 echo "live-restore copy complete after ${T[copy]} s (the guest running all along)"

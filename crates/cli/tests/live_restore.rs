@@ -4,9 +4,9 @@
 //! 1. VM 202: once the guest runs and its writer wrote, QEMU is killed: the restore fails
 //!    with a clear message, the VM is stopped, and nothing is removed: the volume, the
 //!    overlay with the guest's writes, the config with `lock: create`.
-//! 2. VM 201: the guest boots from the archive and its writer ticks while the copy runs
-//!    (the command is still copying); the test then lifts the rate limit, the command
-//!    returns, the archive file is deleted, the guest reads its seed files back (caches
+//! 2. VM 201, `--background`: the command returns once the VM runs; the guest boots from
+//!    the archive and its writer ticks while the copy runs (the background process is still
+//!    copying); the test then lifts the rate limit, the copy completes, the archive file is deleted, the guest reads its seed files back (caches
 //!    dropped) and keeps writing; after a clean shutdown the volume passes
 //!    `testguest/check.sh` (`e2fsck -fn`, seed checksums, the writer's files).
 
@@ -48,20 +48,16 @@ impl Env {
     fn serial(&self, vmid: u32) -> String {
         std::fs::read_to_string(self.run().join(format!("{vmid}/serial.log"))).unwrap_or_default()
     }
-    /// Waits until the serial log contains `needle`; the live-restore `child` must still be
-    /// running meanwhile (it copies until the test lets it finish).
-    fn wait_serial(&self, vmid: u32, needle: &str, child: Option<&mut Child>) {
+    /// Waits until the serial log contains `needle`; the live-restore must still be running
+    /// meanwhile (`copying`: it copies until the test lets it finish).
+    fn wait_serial(&self, vmid: u32, needle: &str, copying: &mut dyn FnMut() -> bool) {
         let start = Instant::now();
-        let mut child = child;
         while !self.serial(vmid).contains(needle) {
-            if let Some(c) = child.as_deref_mut() {
-                if let Some(st) = c.try_wait().unwrap() {
-                    panic!(
-                        "live-restore ended ({st}) before '{needle}':\n{}",
-                        self.console_and_log(vmid)
-                    );
-                }
-            }
+            assert!(
+                copying(),
+                "live-restore ended before '{needle}':\n{}",
+                self.console_and_log(vmid)
+            );
             assert!(
                 start.elapsed() < BOOT,
                 "VM {vmid}: no '{needle}' within {BOOT:?}:\n{}",
@@ -70,8 +66,13 @@ impl Env {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    /// The output of a foreground live-restore (202), the log of a background one (201).
     fn log(&self, vmid: u32) -> PathBuf {
-        self.dir.path().join(format!("live-{vmid}.log"))
+        if vmid == 201 {
+            self.run().join("live-restore/201.log")
+        } else {
+            self.dir.path().join(format!("live-{vmid}.log"))
+        }
     }
     fn console_and_log(&self, vmid: u32) -> String {
         format!(
@@ -97,12 +98,10 @@ impl Env {
         .spawn()
         .unwrap()
     }
-    fn wait_exit(&self, child: &mut Child, vmid: u32) -> std::process::ExitStatus {
+    /// Waits until `running` turns false.
+    fn wait_end(&self, vmid: u32, running: &mut dyn FnMut() -> bool) {
         let start = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
+        while running() {
             assert!(
                 start.elapsed() < Duration::from_secs(300),
                 "live-restore of {vmid} did not end:\n{}",
@@ -163,14 +162,16 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
 
     // 1. A failure once the guest runs: QEMU dies during the copy.
     let mut child = env.live_restore(&archive, 202);
-    env.wait_serial(202, "vmdump-writer: tick 2", Some(&mut child));
+    let mut copying = || child.try_wait().unwrap().is_none();
+    env.wait_serial(202, "vmdump-writer: tick 2", &mut copying);
     let pid: u32 = std::fs::read_to_string(env.run().join("202/qemu.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     kill_pidfile(&env.run().join("202/qemu.pid"));
-    let st = env.wait_exit(&mut child, 202);
+    env.wait_end(202, &mut copying);
+    let st = child.wait().unwrap();
     let out = std::fs::read_to_string(env.log(202)).unwrap();
     eprintln!("live-restore of 202 (QEMU killed):\n{out}");
     assert_eq!(st.code(), Some(1), "{out}");
@@ -201,26 +202,40 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
     let o = env.cmd(&["vm", "start", "202"]).output().unwrap();
     assert!(!o.status.success());
 
-    // 2. The guest runs and writes while the copy runs; then the copy completes.
-    let mut child = env.live_restore(&archive, 201);
-    env.wait_serial(201, "vmdump-testguest: ready writer=1", Some(&mut child));
-    env.wait_serial(201, "vmdump-writer: tick 3", Some(&mut child));
+    // 2. In the background: the command returns once the VM runs; the guest boots and
+    // writes while the copy runs; then the copy completes.
+    let out = env.ok(&[
+        "restore",
+        "--live",
+        archive.to_str().unwrap(),
+        "201",
+        "--bwlimit",
+        "64",
+        "--background",
+    ]);
+    assert!(out.contains("VM 201 started (pid "), "{out}");
+    let copier: u32 = out
+        .split("continues in the background (pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no background pid: {out}"));
+    let mut copying = || pid_alive(copier);
+    env.wait_serial(201, "vmdump-testguest: ready writer=1", &mut copying);
+    env.wait_serial(201, "vmdump-writer: tick 3", &mut copying);
     let conf201 = std::fs::read_to_string(env.root().join("qemu-server/201.conf")).unwrap();
     assert!(conf201.contains("lock: create"), "{conf201}");
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the copy is still running"
-    );
+    assert!(copying(), "the copy is still running");
     env.qmp(201, async |c| {
         c.block_job_set_speed("vmdump-lr-virtio0", 0).await.unwrap();
     });
-    let st = env.wait_exit(&mut child, 201);
+    env.wait_end(201, &mut copying);
     let out = std::fs::read_to_string(env.log(201)).unwrap();
     eprintln!("live-restore of 201:\n{out}");
-    assert!(st.success(), "{out}");
     assert!(out.contains("VM 201 started (pid "), "{out}");
     assert!(out.contains("live-restore: "), "progress lines: {out}");
     assert!(out.contains("live-restore of VM 201 complete"), "{out}");
+    assert!(out.contains("restored VM 201 (1 disk(s)) live"), "{out}");
     let conf201 = std::fs::read_to_string(env.root().join("qemu-server/201.conf")).unwrap();
     assert!(!conf201.contains("lock:"), "{conf201}");
     assert!(
@@ -277,7 +292,11 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
         .filter_map(|n| n.trim().parse().ok())
         .max()
         .unwrap();
-    env.wait_serial(201, &format!("vmdump-writer: tick {}", last + 3), None);
+    env.wait_serial(
+        201,
+        &format!("vmdump-writer: tick {}", last + 3),
+        &mut || true,
+    );
     env.ok(&["vm", "shutdown", "201", "--timeout", "60"]);
     check_disk(&volume, last + 3).unwrap();
 }
