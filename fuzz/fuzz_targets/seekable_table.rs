@@ -38,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = vec![0u8; (size as usize).min(4096)];
         // Corrupt frames are errors; a read past the end is an error too.
         let _ = r.read_exact_at(&mut buf, size / 3);
-        let _ = r.read_exact_at(&mut buf[..1.min(buf.len())], size);
+        let one = buf.len().min(1);
+        let _ = r.read_exact_at(&mut buf[..one], size);
     }
 
     // Our own output of these bytes: 1 KiB frames, two threads.
