@@ -9,6 +9,8 @@
 //!    copying); the test then lifts the rate limit, the copy completes, the archive file is deleted, the guest reads its seed files back (caches
 //!    dropped) and keeps writing; after a clean shutdown the volume passes
 //!    `testguest/check.sh` (`e2fsck -fn`, seed checksums, the writer's files).
+//! 3. VM 203: the same guest with a qcow2 disk, backed up again and restored live onto a
+//!    qcow2 volume at full speed; after a clean shutdown the volume passes the check too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -125,7 +127,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for vmid in [100, 201, 202] {
+        for vmid in [100, 201, 202, 203] {
             kill_pidfile(&self.run().join(format!("{vmid}/qemu.pid")));
         }
     }
@@ -299,4 +301,51 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
     );
     env.ok(&["vm", "shutdown", "201", "--timeout", "60"]);
     check_disk(&volume, last + 3).unwrap();
+
+    // 3. A qcow2 target: VM 100's disk converted to qcow2 and backed up again (its map line
+    // names qcow2), restored live at full speed in the foreground (the command returns once
+    // the copy is complete); after a clean shutdown the volume (converted to raw) passes the
+    // check.
+    let raw100 = images.join("vm-100-disk-0.raw");
+    let q100 = images.join("vm-100-disk-0.qcow2");
+    expect_success(
+        &Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw100)
+            .arg(&q100)
+            .output()
+            .unwrap(),
+        "qemu-img convert",
+    );
+    std::fs::remove_file(&raw100).unwrap();
+    std::fs::write(
+        env.root().join("qemu-server/100.conf"),
+        conf.replace("vm-100-disk-0.raw", "vm-100-disk-0.qcow2"),
+    )
+    .unwrap();
+    env.ok(&["backup", "100", "--storage", "local", "--compress", "zstd"]);
+    let archive = std::fs::read_dir(env.store().join("dump"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".vma.zst"))
+        .expect("the qcow2 VM's archive");
+    let out = env.ok(&["restore", "--live", archive.to_str().unwrap(), "203"]);
+    assert!(
+        out.contains("new volume ID is 'local:203/vm-203-disk-0.qcow2'"),
+        "{out}"
+    );
+    assert!(out.contains("live-restore of VM 203 complete"), "{out}");
+    env.wait_serial(203, "vmdump-writer: tick 2", &mut || true);
+    env.ok(&["vm", "shutdown", "203", "--timeout", "60"]);
+    let raw203 = env.dir.path().join("203.raw");
+    expect_success(
+        &Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(env.store().join("images/203/vm-203-disk-0.qcow2"))
+            .arg(&raw203)
+            .output()
+            .unwrap(),
+        "qemu-img convert",
+    );
+    check_disk(&raw203, 2).unwrap();
 }
