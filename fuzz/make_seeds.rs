@@ -66,6 +66,16 @@ fn main() -> std::io::Result<()> {
         root.join("vma_stream").join("regress-size-sum-overflow"),
         &big,
     )?;
+    // Seekable zstd files of our writer (small frames), so the table parser starts valid.
+    std::fs::create_dir_all(root.join("seekable_table"))?;
+    for (i, a) in archives.iter().enumerate() {
+        let mut w = vmdump_compress::SeekableWriter::with_frame_size(Vec::new(), 1, 1, 4096)?;
+        std::io::Write::write_all(&mut w, &a[..a.len().min(100_000)])?;
+        std::fs::write(
+            root.join("seekable_table").join(format!("seed-{i}")),
+            w.finish()?,
+        )?;
+    }
     // lzop streams of our writer, and raw LZO1X blocks with a generous limit in front.
     for t in ["lzop_stream", "lzo_block", "qmp_codec"] {
         std::fs::create_dir_all(root.join(t))?;

@@ -191,19 +191,45 @@ impl SeekTable {
 }
 
 fn decompress_frame(file: &dyn ReadAtPos, f: &FrameEntry) -> io::Result<Vec<u8>> {
-    let mut comp = vec![0u8; f.compressed_len as usize];
-    file.read_exact_at_pos(&mut comp, f.compressed_offset)?;
-    let out = zstd::bulk::decompress(&comp, f.len as usize)
-        .map_err(|e| invalid(format!("zstd frame at offset {}: {e}", f.compressed_offset)))?;
-    if out.len() != f.len as usize {
-        return Err(invalid(format!(
-            "zstd frame at offset {}: {} bytes, the seek table says {}",
-            f.compressed_offset,
-            out.len(),
-            f.len
-        )));
-    }
+    let mut out = Vec::new();
+    decompress_frame_into(file, f, &mut out)?;
     Ok(out)
+}
+
+/// Decompresses frame `f` into `out` (replacing its content, reusing its capacity). Each
+/// thread keeps its decompression context and its buffer for the compressed bytes, so a
+/// frame costs no allocation once the buffers have grown (fresh multi-MiB buffers per frame
+/// cost a page fault per 4 KiB, which made parallel restores slower than one stream).
+fn decompress_frame_into(
+    file: &dyn ReadAtPos,
+    f: &FrameEntry,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    type State = (zstd::bulk::Decompressor<'static>, Vec<u8>);
+    thread_local! {
+        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    }
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((zstd::bulk::Decompressor::new()?, Vec::new()));
+        }
+        let (dctx, comp) = slot.as_mut().expect("state set above");
+        comp.resize(f.compressed_len as usize, 0);
+        file.read_exact_at_pos(comp, f.compressed_offset)?;
+        out.clear();
+        out.reserve(f.len as usize);
+        let n = dctx
+            .decompress_to_buffer(&comp[..], out)
+            .map_err(|e| invalid(format!("zstd frame at offset {}: {e}", f.compressed_offset)))?;
+        if n != f.len as usize {
+            return Err(invalid(format!(
+                "zstd frame at offset {}: {n} bytes, the seek table says {}",
+                f.compressed_offset, f.len
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// Random access to the decompressed content of a seekable zstd file. `Sync`: reads from
@@ -378,6 +404,8 @@ pub struct SeekableWriter<W: Write> {
     sizes: VecDeque<u32>,
     pool: Option<OrderedPool<Vec<u8>>>,
     depth: usize,
+    /// Input and output buffers of finished frames, reused for the next ones.
+    spares: Spares,
 }
 
 impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
@@ -389,9 +417,18 @@ impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
     }
 }
 
-/// Compresses one frame with its content size and checksum. Each thread keeps its zstd
-/// context for the next frame (a context per frame costs its allocation every few MiB).
+/// Compresses one frame with its content size and checksum.
 fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    compress_frame_into(level, data, &mut out)?;
+    Ok(out)
+}
+
+/// [`compress_frame`] into `out` (replacing its content, reusing its capacity). Each thread
+/// keeps its zstd context for the next frame (a context per frame costs its allocation every
+/// few MiB), and the writer recycles the frame buffers (fresh multi-MiB buffers cost a page
+/// fault per 4 KiB).
+fn compress_frame_into(level: i32, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     thread_local! {
         static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
@@ -405,8 +442,30 @@ fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
             *slot = Some((level, c));
         }
         let (_, c) = slot.as_mut().expect("context set above");
-        c.compress(data)
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(data, out)?;
+        Ok(())
     })
+}
+
+/// Spare frame buffers shared by a writer and its workers.
+type Spares = Arc<Mutex<Vec<Vec<u8>>>>;
+
+fn take_spare(spares: &Spares) -> Vec<u8> {
+    let mut v = spares
+        .lock()
+        .expect("spare buffers lock")
+        .pop()
+        .unwrap_or_default();
+    v.clear();
+    v
+}
+
+fn give_spare(spares: &Spares, v: Vec<u8>) {
+    if v.capacity() > 0 {
+        spares.lock().expect("spare buffers lock").push(v);
+    }
 }
 
 impl<W: Write> SeekableWriter<W> {
@@ -430,11 +489,18 @@ impl<W: Write> SeekableWriter<W> {
         }
         // Check the level once here rather than on every frame.
         zstd::bulk::Compressor::new(level)?;
+        let spares = Spares::default();
+        let recycled = Arc::clone(&spares);
         let pool = if threads > 0 {
             Some(OrderedPool::new(
                 threads as usize,
                 "zstd-frame",
-                move |data: Vec<u8>| compress_frame(level, &data),
+                move |data: Vec<u8>| {
+                    let mut out = take_spare(&recycled);
+                    compress_frame_into(level, &data, &mut out)?;
+                    give_spare(&recycled, data);
+                    Ok(out)
+                },
             )?)
         } else {
             None
@@ -448,6 +514,7 @@ impl<W: Write> SeekableWriter<W> {
             sizes: VecDeque::new(),
             pool,
             depth: 2 * threads as usize,
+            spares,
         })
     }
 
@@ -468,6 +535,7 @@ impl<W: Write> SeekableWriter<W> {
             let out = self.pool.as_mut().expect("pool").next().expect("pending")?;
             let dlen = self.sizes.pop_front().expect("size of a pending frame");
             self.emit(&out, dlen)?;
+            give_spare(&self.spares, out);
         }
         Ok(())
     }
@@ -476,7 +544,9 @@ impl<W: Write> SeekableWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.frame_size));
+        let mut next = take_spare(&self.spares);
+        next.reserve(self.frame_size);
+        let data = std::mem::replace(&mut self.buf, next);
         let dlen = data.len() as u32;
         if let Some(pool) = &mut self.pool {
             pool.submit(data)?;
@@ -539,6 +609,8 @@ impl<W: Write> Write for SeekableWriter<W> {
 /// in parallel (read-ahead of twice that many frames), for restores.
 pub struct ParallelDecoder {
     pool: OrderedPool<usize>,
+    /// Consumed output buffers, for the workers to decompress the next frames into.
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
     next_submit: usize,
     frames: usize,
     current: Vec<u8>,
@@ -564,8 +636,16 @@ impl ParallelDecoder {
         let frames = table.frames.len();
         let table = Arc::new(table);
         let threads = threads.max(1);
+        let free: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let recycled = Arc::clone(&free);
         let mut pool = OrderedPool::new(threads, "zstd-decode", move |i: usize| {
-            decompress_frame(&*file, &table.frames[i])
+            let mut out = recycled
+                .lock()
+                .expect("buffer list lock")
+                .pop()
+                .unwrap_or_default();
+            decompress_frame_into(&*file, &table.frames[i], &mut out)?;
+            Ok(out)
         })?;
         let ahead = (2 * threads).min(frames);
         for i in 0..ahead {
@@ -573,6 +653,7 @@ impl ParallelDecoder {
         }
         Ok(ParallelDecoder {
             pool,
+            free,
             next_submit: ahead,
             frames,
             current: Vec::new(),
@@ -597,7 +678,10 @@ impl Read for ParallelDecoder {
             }
             match next {
                 Ok(data) => {
-                    self.current = data;
+                    let used = std::mem::replace(&mut self.current, data);
+                    if used.capacity() > 0 {
+                        self.free.lock().expect("buffer list lock").push(used);
+                    }
                     self.pos = 0;
                 }
                 Err(e) => {

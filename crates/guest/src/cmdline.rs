@@ -12,6 +12,11 @@
 //! | QOM path of the device | `/machine/peripheral/<key>`; for virtio-blk the block backend sits at `/machine/peripheral/<key>/virtio-backend` | |
 //! | `qdev` in `query-block` ([`DiskNode::block_qdev`]) | `<key>`; virtio-blk: `/machine/peripheral/<key>/virtio-backend` | `scsi0` |
 //!
+//! Live-restore ([`DiskOverlay`]): the disk's volume keeps the names above but gets no
+//! device; the device uses the qcow2 overlay `vmdump-lr-ovl-<key>` (file node
+//! `vmdump-lr-ovlf-<key>`) whose backing is the read-only NBD node `vmdump-lr-src-<key>`,
+//! until a mirror pivots it onto `drive-<key>`.
+//!
 //! `efidisk0` and `tpmstate0` get nodes but no guest device unless `bios: ovmf` (then
 //! `efidisk0` is the OVMF variable store, `pflash1`). There is no swtpm: the TPM state is only
 //! kept addressable for backups. CD-ROMs get `ide-cd`/`scsi-cd` devices and read-only nodes;
@@ -90,6 +95,33 @@ pub struct LaunchPlan {
     pub agent: bool,
 }
 
+/// A disk started on a temporary overlay instead of its volume (live-restore): the guest
+/// device uses a qcow2 overlay (guest writes) over a read-only NBD export (the data not
+/// copied yet); the volume is opened under its usual node names without a device, the
+/// target of the mirror that later moves the device onto it. Node names: [`overlay_nodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskOverlay {
+    /// The config key (`scsi0`).
+    pub key: String,
+    /// The overlay: an empty qcow2 image of the disk's size, without a backing file of its
+    /// own.
+    pub overlay: PathBuf,
+    /// The NBD server's unix socket.
+    pub socket: PathBuf,
+    /// The export name on that server.
+    pub export: String,
+}
+
+/// The node names of a live-restore overlay of disk `key`: `(nbd source, overlay, overlay
+/// file)` = `vmdump-lr-src-<key>`, `vmdump-lr-ovl-<key>`, `vmdump-lr-ovlf-<key>`.
+pub fn overlay_nodes(key: &str) -> (String, String, String) {
+    (
+        format!("vmdump-lr-src-{key}"),
+        format!("vmdump-lr-ovl-{key}"),
+        format!("vmdump-lr-ovlf-{key}"),
+    )
+}
+
 /// Build inputs that do not come from the config.
 #[derive(Debug, Clone)]
 pub(crate) struct BuildInput<'a> {
@@ -101,6 +133,8 @@ pub(crate) struct BuildInput<'a> {
     /// A backup helper: only the drives with these keys, as block nodes without guest
     /// devices, under `-machine none` (no firmware, memory or CPU setup).
     pub only: Option<&'a [String]>,
+    /// Disks started on a live-restore overlay.
+    pub overlays: &'a [DiskOverlay],
 }
 
 /// The node names of a disk key (without building anything).
@@ -126,6 +160,7 @@ struct Builder<'a> {
     scsihw: &'a str,
     scsi_controllers: std::collections::BTreeSet<String>,
     ahci: bool,
+    overlays: &'a [DiskOverlay],
 }
 
 impl Builder<'_> {
@@ -192,6 +227,7 @@ pub(crate) fn build(
         scsihw: cfg.get("scsihw").unwrap_or("lsi"),
         scsi_controllers: Default::default(),
         ahci: false,
+        overlays: input.overlays,
     };
     let run = input.run;
     let name = cfg
@@ -353,6 +389,7 @@ fn build_helper(
         scsihw: "lsi",
         scsi_controllers: Default::default(),
         ahci: false,
+        overlays: &[],
     };
     monitors(&mut b, input.run);
     b.push("-pidfile", input.run.pidfile().display().to_string());
@@ -449,6 +486,26 @@ fn add_drive(
     }
     b.push("-blockdev", file.to_string());
     b.push("-blockdev", fmt.to_string());
+    // The node the guest device uses: the volume, or a live-restore overlay over NBD.
+    let mut attach = node_name.clone();
+    if let Some(o) = b.overlays.iter().find(|o| o.key == key.to_string()) {
+        let (src, ovl, ovlf) = overlay_nodes(&o.key);
+        b.push(
+            "-blockdev",
+            json!({"driver": "nbd", "node-name": src, "read-only": true, "export": o.export,
+                   "server": {"type": "unix", "path": o.socket}})
+            .to_string(),
+        );
+        b.push(
+            "-blockdev",
+            json!({"driver": "file", "node-name": ovlf, "filename": o.overlay}).to_string(),
+        );
+        b.push(
+            "-blockdev",
+            json!({"driver": "qcow2", "node-name": ovl, "file": ovlf, "backing": src}).to_string(),
+        );
+        attach = ovl;
+    }
     if !b.devices {
         return Ok(Some(DiskNode {
             key,
@@ -474,7 +531,7 @@ fn add_drive(
     let id = key.to_string();
     let device = match key.bus {
         Bus::Virtio => {
-            let mut d = format!("virtio-blk-pci,drive={node_name},id={id}");
+            let mut d = format!("virtio-blk-pci,drive={attach},id={id}");
             if drive.iothread() {
                 b.push("-object", format!("iothread,id=iothread-{id}"));
                 d.push_str(&format!(",iothread=iothread-{id}"));
@@ -484,7 +541,7 @@ fn add_drive(
         Bus::Scsi => {
             let bus = scsi_bus(b, key.index, drive.iothread())?;
             let kind = if cdrom { "scsi-cd" } else { "scsi-hd" };
-            Some(format!("{kind},drive={node_name},id={id},{bus}{opts}"))
+            Some(format!("{kind},drive={attach},id={id},{bus}{opts}"))
         }
         Bus::Sata => {
             if !b.ahci {
@@ -493,7 +550,7 @@ fn add_drive(
             }
             let kind = if cdrom { "ide-cd" } else { "ide-hd" };
             Some(format!(
-                "{kind},drive={node_name},id={id},bus=ahci0.{}{opts}",
+                "{kind},drive={attach},id={id},bus=ahci0.{}{opts}",
                 key.index
             ))
         }
@@ -504,7 +561,7 @@ fn add_drive(
             } else {
                 format!("bus=ide.{},unit={}", key.index / 2, key.index % 2)
             };
-            Some(format!("{kind},drive={node_name},id={id},{bus}{opts}"))
+            Some(format!("{kind},drive={attach},id={id},{bus}{opts}"))
         }
         // OVMF vars are attached as pflash1 through -machine; the TPM state has no device.
         Bus::EfiDisk | Bus::TpmState => None,
@@ -580,5 +637,59 @@ mod tests {
             machine_type(&QemuConfig::parse("name: a\n", "x").unwrap()),
             "pc"
         );
+    }
+
+    #[test]
+    fn a_live_restore_overlay_takes_the_device_and_the_volume_keeps_its_nodes() {
+        let t = tempfile::tempdir().unwrap();
+        let storage = StorageConfig::parse(
+            &format!(
+                "dir: local\n\tpath {}\n\tcontent images\n",
+                t.path().display()
+            ),
+            "storage.cfg",
+        )
+        .unwrap();
+        std::fs::create_dir_all(t.path().join("images/201")).unwrap();
+        std::fs::write(t.path().join("images/201/vm-201-disk-0.raw"), b"").unwrap();
+        let cfg = QemuConfig::parse(
+            "memory: 256\nvirtio0: local:201/vm-201-disk-0.raw,size=1M\n",
+            "201.conf",
+        )
+        .unwrap();
+        let run = RunDir::new(&t.path().join("run"), 201);
+        let overlays = [DiskOverlay {
+            key: "virtio0".into(),
+            overlay: "/s/o.qcow2".into(),
+            socket: "/r/live.nbd".into(),
+            export: "drive-virtio0".into(),
+        }];
+        let input = |overlays| BuildInput {
+            vmid: 201,
+            run: &run,
+            accel: Accel::Tcg,
+            paused: true,
+            daemonize: false,
+            only: None,
+            overlays,
+        };
+        let args = build(&cfg, &storage, &input(&overlays))
+            .unwrap()
+            .args
+            .join(" ");
+        assert!(
+            args.contains("virtio-blk-pci,drive=vmdump-lr-ovl-virtio0,id=virtio0"),
+            "{args}"
+        );
+        assert!(args.contains(r#""node-name":"drive-virtio0""#), "{args}");
+        assert!(
+            args.contains(r#""backing":"vmdump-lr-src-virtio0""#),
+            "{args}"
+        );
+        assert!(args.contains(r#""export":"drive-virtio0""#), "{args}");
+        assert!(args.contains("/r/live.nbd") && args.contains("/s/o.qcow2"));
+        let plain = build(&cfg, &storage, &input(&[])).unwrap().args.join(" ");
+        assert!(plain.contains("virtio-blk-pci,drive=drive-virtio0,id=virtio0"));
+        assert!(!plain.contains("vmdump-lr-"), "{plain}");
     }
 }

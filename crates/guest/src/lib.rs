@@ -52,7 +52,7 @@ mod rundir;
 mod runtime;
 
 pub use accel::Accel;
-pub use cmdline::{node_names, qom_path, DiskNode, LaunchPlan};
+pub use cmdline::{node_names, overlay_nodes, qom_path, DiskNode, DiskOverlay, LaunchPlan};
 pub use error::{Error, ErrorKind, Result};
 pub use mark::{BackupMark, Hold, Leftover, MarkState};
 pub use rundir::{try_lock_file, RunDir, VmLock};

@@ -42,6 +42,8 @@ pub struct StartOptions {
     pub accel: Option<Accel>,
     /// Start even if the config has a `lock:`.
     pub skiplock: bool,
+    /// Disks started on a live-restore overlay (see [`crate::DiskOverlay`]).
+    pub overlays: Vec<crate::DiskOverlay>,
 }
 
 /// A VM's state.
@@ -254,6 +256,7 @@ impl Runtime {
                 paused: opts.paused || only.is_some(),
                 daemonize: only.is_none(),
                 only,
+                overlays: &opts.overlays,
             },
         )
     }

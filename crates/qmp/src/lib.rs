@@ -64,6 +64,7 @@ pub use cmd::block::{
 };
 pub use cmd::job::{BlockJobInfo, JobInfo};
 pub use cmd::machine::{RunState, StatusInfo};
+pub use cmd::mirror::{BlockdevMirror, CopyMode};
 pub use cmd::nbd_server::NbdExport;
 pub use cmd::transaction::{Action, CompletionMode};
 pub use error::{Error, ErrorKind, Result};

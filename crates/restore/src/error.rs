@@ -158,6 +158,62 @@ pub enum Error {
     /// A worker thread panicked (a bug).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Live-restore: the archive could not be opened for random access.
+    #[error("open archive '{}'", path.display())]
+    Access {
+        /// The archive.
+        path: PathBuf,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
+    },
+    /// Live-restore: the archive lost clusters at its end; the guest would read errors.
+    #[error("archive '{}' is truncated (at offset {at} of the uncompressed stream): live-restore needs every cluster", path.display())]
+    Truncated {
+        /// The archive.
+        path: PathBuf,
+        /// Where it ends.
+        at: u64,
+    },
+    /// Live-restore cannot restore this archive or disk.
+    #[error("live-restore: {0}")]
+    LiveUnsupported(String),
+    /// Live-restore: the archive's NBD server failed.
+    #[error("serve the archive over NBD")]
+    Nbd(#[source] vmdump_nbd::Error),
+    /// Live-restore: the VM runtime failed (start, stop).
+    #[error("VM runtime")]
+    Guest(#[source] Box<vmdump_guest::Error>),
+    /// Live-restore: a QMP command to the restored VM failed.
+    #[error("QMP '{step}'")]
+    Qmp {
+        /// The command.
+        step: String,
+        /// The underlying error.
+        #[source]
+        source: vmdump_qmp::Error,
+    },
+    /// Live-restore: the copy of a disk failed.
+    #[error("copy of '{disk}' failed: {msg}")]
+    Mirror {
+        /// The config key (`scsi0`).
+        disk: String,
+        /// QEMU's message.
+        msg: String,
+    },
+    /// Live-restore failed after the VM started: it was stopped and everything was kept.
+    #[error(
+        "live-restore of VM {vmid} failed; the VM was stopped and nothing was removed: {kept}"
+    )]
+    LiveFailed {
+        /// The VM id.
+        vmid: u32,
+        /// What was kept, and where the guest's writes are.
+        kept: String,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -193,6 +249,13 @@ impl Error {
             },
             Error::NoCtConfig => ErrorKind::Corrupt,
             Error::Container(_) => ErrorKind::Io,
+            Error::Access { .. } => ErrorKind::Io,
+            Error::Truncated { .. } => ErrorKind::Corrupt,
+            Error::LiveUnsupported(_) => ErrorKind::Refused,
+            Error::Nbd(_) | Error::Guest(_) | Error::Qmp { .. } | Error::Mirror { .. } => {
+                ErrorKind::Io
+            }
+            Error::LiveFailed { source, .. } => source.kind(),
         }
     }
 }

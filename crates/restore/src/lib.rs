@@ -29,6 +29,10 @@
 //!   its old disks are removed only after the new config is in place;
 //! - memory is bounded: a few extent-sized buffers per disk, one bit per cluster.
 //!
+//! [`restore_live`] (`vmdump restore --live`) starts the VM at once on overlays over the
+//! archive's disks served over NBD and mirrors them onto the new volumes in the background
+//! (see its module notes and `docs/design/live-restore.md`).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -47,6 +51,7 @@
 mod ct;
 mod error;
 mod input;
+mod live;
 mod pipeline;
 mod plan;
 mod restore;
@@ -55,6 +60,7 @@ mod volume;
 
 pub use ct::{is_container_archive, restore_ct, CtOptions, CtSummary};
 pub use error::{Error, ErrorKind, Result};
+pub use live::{restore_live, LiveSummary, LIVE_LOCK};
 pub use pipeline::{DiskStats, Stats};
 pub use plan::DiskPlan;
 pub use restore::{plan, restore, Options, RestorePlan, RestoredDisk, Summary};

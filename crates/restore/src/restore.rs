@@ -92,11 +92,11 @@ pub struct Summary {
 /// Removes the new volumes unless the restore committed, saying so for each. Each volume is
 /// also recorded in the run's session (before it is created), so a killed restore's volumes
 /// are removed by the next run.
-struct Allocated<'a> {
-    volumes: Vec<Volume>,
-    records: Vec<vmdump_launch::VolumeRecord>,
-    committed: bool,
-    progress: &'a dyn Progress,
+pub(crate) struct Allocated<'a> {
+    pub(crate) volumes: Vec<Volume>,
+    pub(crate) records: Vec<vmdump_launch::VolumeRecord>,
+    pub(crate) committed: bool,
+    pub(crate) progress: &'a dyn Progress,
 }
 
 impl Drop for Allocated<'_> {
@@ -133,16 +133,16 @@ pub(crate) fn vm_running(run_dir: &std::path::Path, vmid: u32) -> bool {
 /// Everything a restore will read and write, checked before anything is written (the
 /// result of [`plan`]). Holds the VM lock until it is applied or dropped.
 pub struct RestorePlan {
-    vmid: VmId,
-    _lock: vmdump_guest::VmLock,
+    pub(crate) vmid: VmId,
+    pub(crate) lock: vmdump_guest::VmLock,
     /// The config file that will be written.
     pub config_path: PathBuf,
-    old: Option<QemuConfig>,
-    storage: StorageConfig,
-    reader: vmdump_vma::Reader<Input>,
-    header: vmdump_vma::Header,
+    pub(crate) old: Option<QemuConfig>,
+    pub(crate) storage: StorageConfig,
+    pub(crate) reader: Option<vmdump_vma::Reader<Input>>,
+    pub(crate) header: vmdump_vma::Header,
     /// The archived config's text.
-    config_text: String,
+    pub(crate) config_text: String,
     /// Where every disk goes.
     pub disks: Vec<DiskPlan>,
     /// Old volumes (`--force`) that are replaced by restored disks and removed at the end.
@@ -150,7 +150,7 @@ pub struct RestorePlan {
     /// Old volumes that stay, referenced as `unusedN`.
     pub kept: Vec<VolumeId>,
     /// Volume names the old config uses (never given to a new disk).
-    taken: Vec<String>,
+    pub(crate) taken: Vec<String>,
 }
 
 impl std::fmt::Debug for RestorePlan {
@@ -172,6 +172,23 @@ pub fn plan(
     source: Box<dyn Read + Send>,
     opts: &Options,
     progress: &dyn Progress,
+) -> Result<RestorePlan> {
+    plan_with(opts, progress, |log| {
+        let input = Input::open(source, opts.bwlimit.map(|k| k.saturating_mul(1024)))?;
+        log(&format!("archive compression: {}", input.codec()));
+        let reader = vmdump_vma::Reader::new(input)?;
+        let header = reader.header().clone();
+        Ok((Some(reader), header))
+    })
+}
+
+/// [`plan`] with the archive header from `open` (called once the VM checks passed; it gets
+/// the log): a streaming restore reads it from the stream, a live-restore from the
+/// archive's index.
+pub(crate) fn plan_with(
+    opts: &Options,
+    progress: &dyn Progress,
+    open: impl FnOnce(&dyn Fn(&str)) -> Result<(Option<vmdump_vma::Reader<Input>>, vmdump_vma::Header)>,
 ) -> Result<RestorePlan> {
     let vmid = opts.vmid;
     let conf_path = opts.root.qemu_config_path(vmid.get());
@@ -210,10 +227,7 @@ pub fn plan(
     let storage = opts.root.storage()?;
     let log = |line: &str| progress.log(Level::Info, line, false);
 
-    let input = Input::open(source, opts.bwlimit.map(|k| k.saturating_mul(1024)))?;
-    log(&format!("archive compression: {}", input.codec()));
-    let reader = vmdump_vma::Reader::new(input)?;
-    let header = reader.header().clone();
+    let (reader, header) = open(&log)?;
     for c in &header.configs {
         log(&format!("CFG: size: {} name: {}", c.data.len(), c.name));
     }
@@ -248,7 +262,7 @@ pub fn plan(
     };
     Ok(RestorePlan {
         vmid,
-        _lock: lock,
+        lock,
         config_path: conf_path,
         old,
         storage,
@@ -279,7 +293,7 @@ pub fn restore(
 fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let RestorePlan {
         vmid,
-        _lock,
+        lock: _lock,
         config_path: conf_path,
         old,
         storage,
@@ -292,6 +306,7 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
         taken,
     } = plan;
     let vmid = vmid.get();
+    let reader = reader.expect("a streaming plan holds the archive reader");
     let log = |line: &str| progress.log(Level::Info, line, false);
     // Records this run's helpers and new volumes; reaps what killed runs left first.
     let session = vmdump_launch::Session::open(&opts.run_dir)?;
@@ -363,6 +378,58 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
     }
 
     // The new config.
+    let new_text = new_config(&text, &disks, &plans, &kept, opts, &conf_path)?;
+
+    if opts.cancel.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    write_configs(opts, &header, old.is_some(), &conf_path, &new_text)?;
+    allocated.committed = true;
+
+    let removed = remove_old(&storage, &to_remove, progress);
+    Ok(Summary {
+        disks,
+        config_path: conf_path,
+        removed,
+        kept_unused: kept.iter().map(ToString::to_string).collect(),
+        stats,
+    })
+}
+
+/// Removes the old VM's replaced volumes (`--force`, after the new config is in place);
+/// a failure is a warning. Returns the removed volume ids.
+pub(crate) fn remove_old(
+    storage: &StorageConfig,
+    to_remove: &[VolumeId],
+    progress: &dyn Progress,
+) -> Vec<String> {
+    let mut removed = Vec::new();
+    for v in to_remove {
+        match remove_volid(storage, v) {
+            Ok(_) => {
+                progress.log(Level::Info, &format!("removed old volume '{v}'"), false);
+                removed.push(v.to_string());
+            }
+            Err(e) => progress.log(
+                Level::Warn,
+                &format!("cannot remove old volume '{v}': {e}"),
+                false,
+            ),
+        }
+    }
+    removed
+}
+
+/// The restored VM's config: the archived one with the new volumes and sizes (and with
+/// `unique`, new MACs), the old VM's kept volumes as `unusedN`. Checked to parse.
+pub(crate) fn new_config(
+    text: &str,
+    disks: &[RestoredDisk],
+    plans: &[DiskPlan],
+    kept: &[VolumeId],
+    opts: &Options,
+    conf_path: &std::path::Path,
+) -> Result<String> {
     let mac_prefix = std::fs::read_to_string(opts.root.dir().join("datacenter.cfg"))
         .ok()
         .and_then(|t| mac_prefix_from_datacenter(&t))
@@ -380,9 +447,9 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
         unique: opts.unique,
         mac_prefix,
     };
-    let mut new_text = rewrite_config(&text, &rw, &mut OsRandom, "qemu-server.conf")?;
+    let mut new_text = rewrite_config(text, &rw, &mut OsRandom, "qemu-server.conf")?;
     let mut next_unused = 0;
-    for v in &kept {
+    for v in kept {
         if new_text.contains(&v.to_string()) {
             continue;
         }
@@ -398,41 +465,28 @@ fn apply(plan: RestorePlan, opts: &Options, progress: &dyn Progress) -> Result<S
     let display = conf_path.display().to_string();
     QemuConfig::parse(&new_text, &display)?;
 
-    if opts.cancel.is_cancelled() {
-        return Err(Error::Interrupted);
-    }
+    Ok(new_text)
+}
+
+/// Writes the firewall file (or removes the old VM's) and then the config, each atomically.
+pub(crate) fn write_configs(
+    opts: &Options,
+    header: &vmdump_vma::Header,
+    had_old: bool,
+    conf_path: &std::path::Path,
+    text: &str,
+) -> Result<()> {
+    let vmid = opts.vmid.get();
     let fw_path = opts.root.dir().join("firewall").join(format!("{vmid}.fw"));
     match header.config("qemu-server.fw") {
         Some(fw) => write_atomic(&fw_path, &fw.data)?,
-        None if old.is_some() => {
+        None if had_old => {
             let _ = std::fs::remove_file(&fw_path);
         }
         None => {}
     }
-    write_atomic(&conf_path, new_text.as_bytes())?;
-    allocated.committed = true;
-
-    let mut removed = Vec::new();
-    for v in &to_remove {
-        match remove_volid(&storage, v) {
-            Ok(_) => {
-                log(&format!("removed old volume '{v}'"));
-                removed.push(v.to_string());
-            }
-            Err(e) => progress.log(
-                Level::Warn,
-                &format!("cannot remove old volume '{v}': {e}"),
-                false,
-            ),
-        }
-    }
-    Ok(Summary {
-        disks,
-        config_path: conf_path,
-        removed,
-        kept_unused: kept.iter().map(ToString::to_string).collect(),
-        stats,
-    })
+    write_atomic(conf_path, text.as_bytes())?;
+    Ok(())
 }
 
 /// The old VM's volumes owned by `vmid` on path-based storage: `(replaced, kept)`. A volume

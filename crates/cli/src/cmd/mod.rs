@@ -7,6 +7,7 @@ pub mod backup;
 pub mod ct;
 pub mod jobs;
 pub mod list;
+pub mod live_restore;
 pub mod map;
 pub mod mount;
 pub mod prune;

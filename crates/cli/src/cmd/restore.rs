@@ -50,6 +50,19 @@ pub struct Args {
     /// Containers: restore as unprivileged (1) or privileged (0) instead of as backed up.
     #[arg(long, value_parser = super::boolean, action = clap::ArgAction::Set)]
     unprivileged: Option<bool>,
+    /// VMs: start the VM at once on the archive's disks and copy them to the target storage
+    /// in the background (live-restore); returns when the copy is complete. `--bwlimit`
+    /// limits the copy.
+    #[arg(long)]
+    live: bool,
+    /// With --live: return as soon as the VM runs (the copy continues; its log is
+    /// `<run dir>/live-restore/<vmid>.log`).
+    #[arg(long, requires = "live")]
+    background: bool,
+    /// With --live: directory for the decompressed copy of a compressed archive without a
+    /// seek table (default /var/tmp).
+    #[arg(long, value_name = "DIR", requires = "live")]
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 /// How many mount points a container has at most (`mp0` … `mp255`, as Proxmox).
@@ -136,6 +149,22 @@ pub fn run(args: Args, global: &crate::Global) -> anyhow::Result<ExitCode> {
     opts.unique = args.unique;
     opts.bwlimit = args.bwlimit.filter(|&b| b > 0);
 
+    if args.live {
+        if args.archive == "-" {
+            bail!("--live needs an archive file (it is read in place), not stdin");
+        }
+        let mut file =
+            File::open(&args.archive).with_context(|| format!("open archive {}", args.archive))?;
+        if sniff(&mut file)?.0 {
+            bail!("--live restores VM archives only, not container archives");
+        }
+        let live = super::live_restore::LiveArgs {
+            archive: args.archive.into(),
+            background: args.background,
+            cache_dir: args.cache_dir,
+        };
+        return super::live_restore::run(live, opts, global);
+    }
     let mut source_frames = None;
     let source: Box<dyn Read + Send> = if args.archive == "-" {
         Box::new(std::io::stdin())

@@ -143,6 +143,7 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                 paused,
                 accel,
                 skiplock,
+                ..Default::default()
             };
             let started = vms.start(vmid.get(), &opts).await?;
             outln!(
@@ -220,6 +221,7 @@ async fn run_async(args: Args, global: &crate::Global) -> anyhow::Result<ExitCod
                     paused,
                     accel,
                     skiplock: true,
+                    ..Default::default()
                 },
             )?;
             let mut line = shell_quote(&vms.qemu().display().to_string());

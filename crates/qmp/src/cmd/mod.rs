@@ -6,6 +6,7 @@ pub mod bitmap;
 pub mod block;
 pub mod job;
 pub mod machine;
+pub mod mirror;
 pub mod nbd_server;
 pub mod transaction;
 
