@@ -100,7 +100,7 @@ fn background(run_base: &Path, vmid: u32) -> anyhow::Result<ExitCode> {
         // Whole lines only: the rest may still be written.
         let upto = text.rfind('\n').map_or(0, |i| i + 1);
         if upto > shown {
-            let _ = std::io::stdout().write_all(text[shown..upto].as_bytes());
+            let _ = std::io::stdout().write_all(&text.as_bytes()[shown..upto]);
             shown = upto;
         }
         if text[..upto].lines().any(|l| l.starts_with(&started)) {
@@ -112,7 +112,7 @@ fn background(run_base: &Path, vmid: u32) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(st) = child.try_wait()? {
-            let _ = std::io::stdout().write_all(text[shown..].as_bytes());
+            let _ = std::io::stdout().write_all(&text.as_bytes()[shown..]);
             bail!("live-restore of VM {vmid} failed before the VM started ({st})");
         }
         std::thread::sleep(Duration::from_millis(100));
