@@ -292,25 +292,25 @@ impl<R: ReadAtPos> ReadAtPos for SeekableReader<R> {
     }
 }
 
-type Pending = Receiver<io::Result<Vec<u8>>>;
+type Pending<T> = Receiver<io::Result<T>>;
 /// A job and where its result goes.
-type Job<J> = (J, SyncSender<io::Result<Vec<u8>>>);
+type Job<J, T> = (J, SyncSender<io::Result<T>>);
 
 /// A small ordered pool: jobs go to `threads` workers, results come back in submission
 /// order through one rendezvous channel per job.
-struct OrderedPool<J: Send + 'static> {
-    jobs: Option<SyncSender<Job<J>>>,
-    pending: VecDeque<Pending>,
+struct OrderedPool<J: Send + 'static, T: Send + 'static = Vec<u8>> {
+    jobs: Option<SyncSender<Job<J, T>>>,
+    pending: VecDeque<Pending<T>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl<J: Send + 'static> OrderedPool<J> {
+impl<J: Send + 'static, T: Send + 'static> OrderedPool<J, T> {
     fn new(
         threads: usize,
         name: &str,
-        work: impl Fn(J) -> io::Result<Vec<u8>> + Send + Sync + 'static,
+        work: impl Fn(J) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Job<J>>(threads);
+        let (tx, rx) = sync_channel::<Job<J, T>>(threads);
         let rx = Arc::new(Mutex::new(rx));
         let work = Arc::new(work);
         let mut workers = Vec::new();
@@ -345,7 +345,7 @@ impl<J: Send + 'static> OrderedPool<J> {
         Ok(())
     }
 
-    fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+    fn next(&mut self) -> Option<io::Result<T>> {
         let rx = self.pending.pop_front()?;
         Some(
             rx.recv()
@@ -354,7 +354,7 @@ impl<J: Send + 'static> OrderedPool<J> {
     }
 }
 
-impl<J: Send + 'static> Drop for OrderedPool<J> {
+impl<J: Send + 'static, T: Send + 'static> Drop for OrderedPool<J, T> {
     fn drop(&mut self) {
         self.pending.clear();
         self.jobs = None;
@@ -364,10 +364,14 @@ impl<J: Send + 'static> Drop for OrderedPool<J> {
     }
 }
 
+/// A frame's input and the buffer its compressed bytes go to (both reused, frame after frame).
+type FrameJob = (Vec<u8>, Vec<u8>);
+
 /// Writes the zstd seekable format: every [`DEFAULT_FRAME_SIZE`] bytes of input become one
 /// independent frame (with its content size and checksum), compressed on `threads` worker
 /// threads (0: in the caller's thread) and written in order; [`SeekableWriter::finish`]
-/// appends the seek table.
+/// appends the seek table. The input and output buffers of the frames are reused, so a long
+/// stream allocates (and page-faults in) a few buffers only.
 pub struct SeekableWriter<W: Write> {
     /// Always `Some` until [`SeekableWriter::finish`] takes it.
     inner: Option<W>,
@@ -376,8 +380,10 @@ pub struct SeekableWriter<W: Write> {
     buf: Vec<u8>,
     entries: Vec<(u32, u32)>,
     sizes: VecDeque<u32>,
-    pool: Option<OrderedPool<Vec<u8>>>,
+    pool: Option<OrderedPool<FrameJob, FrameJob>>,
     depth: usize,
+    /// Buffers free for the next frames (input or output).
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
@@ -389,9 +395,10 @@ impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
     }
 }
 
-/// Compresses one frame with its content size and checksum. Each thread keeps its zstd
-/// context for the next frame (a context per frame costs its allocation every few MiB).
-fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
+/// Compresses one frame with its content size and checksum into `out` (cleared first).
+/// Each thread keeps its zstd context for the next frame (a context per frame costs its
+/// allocation every few MiB).
+fn compress_frame(level: i32, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     thread_local! {
         static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
@@ -405,7 +412,9 @@ fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
             *slot = Some((level, c));
         }
         let (_, c) = slot.as_mut().expect("context set above");
-        c.compress(data)
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(data, out).map(|_| ())
     })
 }
 
@@ -434,7 +443,10 @@ impl<W: Write> SeekableWriter<W> {
             Some(OrderedPool::new(
                 threads as usize,
                 "zstd-frame",
-                move |data: Vec<u8>| compress_frame(level, &data),
+                move |(data, mut out): FrameJob| {
+                    compress_frame(level, &data, &mut out)?;
+                    Ok((data, out))
+                },
             )?)
         } else {
             None
@@ -448,6 +460,7 @@ impl<W: Write> SeekableWriter<W> {
             sizes: VecDeque::new(),
             pool,
             depth: 2 * threads as usize,
+            spare: Vec::new(),
         })
     }
 
@@ -465,27 +478,46 @@ impl<W: Write> SeekableWriter<W> {
 
     fn drain(&mut self, keep: usize) -> io::Result<()> {
         while self.pool.as_ref().is_some_and(|p| p.pending.len() > keep) {
-            let out = self.pool.as_mut().expect("pool").next().expect("pending")?;
+            let (data, out) = self.pool.as_mut().expect("pool").next().expect("pending")?;
             let dlen = self.sizes.pop_front().expect("size of a pending frame");
             self.emit(&out, dlen)?;
+            self.recycle(data);
+            self.recycle(out);
         }
         Ok(())
+    }
+
+    /// Keeps `buf` for a later frame (as many as the frames in flight can use).
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 2 * self.depth + 2 {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     fn cut(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.frame_size));
-        let dlen = data.len() as u32;
-        if let Some(pool) = &mut self.pool {
-            pool.submit(data)?;
+        let dlen = self.buf.len() as u32;
+        if self.pool.is_some() {
+            let next = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.frame_size));
+            let data = std::mem::replace(&mut self.buf, next);
+            let out = self.spare.pop().unwrap_or_default();
+            self.pool.as_mut().expect("pool").submit((data, out))?;
             self.sizes.push_back(dlen);
             let keep = self.depth;
             self.drain(keep)
         } else {
-            let out = compress_frame(self.level, &data)?;
-            self.emit(&out, dlen)
+            let mut out = self.spare.pop().unwrap_or_default();
+            compress_frame(self.level, &self.buf, &mut out)?;
+            self.buf.clear();
+            let res = self.emit(&out, dlen);
+            self.recycle(out);
+            res
         }
     }
 

@@ -196,11 +196,12 @@ struct ExportSink {
 }
 
 impl ExportSink {
-    async fn accept(&self, offset: u64, data: Option<&[u8]>, len: u64) {
+    async fn accept(&self, offset: u64, data: Option<&Bytes>, len: u64) {
         if self.shared.failed() {
             return;
         }
-        let mut ready: Vec<Cluster> = Vec::new();
+        // QEMU's requests (up to 1 MiB) are cluster-aligned: one run each, rarely more.
+        let mut ready: Vec<Cluster> = Vec::with_capacity(2);
         let res = match self.export.assembler.lock() {
             Ok(mut a) => match data {
                 Some(d) => a.write(offset, d, |c| ready.push(c)),
