@@ -1,15 +1,15 @@
 //! The byte sink under the VMA stream: the `.dat` file behind an in-process
-//! `vmdump-compress` encoder (pass-through, zstd, lzop container, gzip) and a background
-//! syncer.
+//! `vmdump-compress` encoder (pass-through, zstd, lzop container, gzip), written with
+//! `O_DIRECT` where the file system allows it ([`crate::direct`]), else through the page cache
+//! with a background syncer.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use vmdump_compress::{Codec, Encoder, EncoderOptions};
 
-/// Output buffer size in front of the file or the encoder.
-const BUF: usize = 1 << 20;
+use crate::direct::Sink;
 
 /// Bytes written between two background `fdatasync`s of the archive file. Dirty pages are
 /// written back while the transfer goes on, so the final fsync (the commit) is short; without
@@ -19,7 +19,7 @@ const SYNC_EVERY: u64 = 128 << 20;
 /// The archive file being written: the encoder chain plus a background syncer.
 pub struct ArchiveFile {
     /// `None` once finished.
-    enc: Option<Encoder<BufWriter<File>>>,
+    enc: Option<Encoder<Sink>>,
     /// A second handle on the archive file, for the final fsync.
     file: File,
     codec: Codec,
@@ -56,27 +56,31 @@ impl ArchiveFile {
         zstd_level: i32,
     ) -> io::Result<Self> {
         let opts = encoder_options(codec, zstd_threads, zstd_level);
-        let file = File::options().write(true).create_new(true).open(path)?;
-        let sync = file.try_clone()?;
-        let background = file.try_clone()?;
-        let enc = Encoder::new(codec, BufWriter::with_capacity(BUF, file), &opts)
-            .map_err(io::Error::other)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = std::thread::Builder::new()
-            .name("archive-sync".into())
-            .spawn(move || {
-                while rx.recv().is_ok() {
-                    // Errors show up again at the final fsync.
-                    let _ = background.sync_data();
-                }
-            })?;
+        let (sink, sync, direct) = Sink::create(path)?;
+        let enc = Encoder::new(codec, sink, &opts).map_err(io::Error::other)?;
+        // Direct writes leave no dirty pages to write back early.
+        let syncer = if direct {
+            None
+        } else {
+            let background = sync.try_clone()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let syncer = std::thread::Builder::new()
+                .name("archive-sync".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        // Errors show up again at the final fsync.
+                        let _ = background.sync_data();
+                    }
+                })?;
+            Some((tx, syncer))
+        };
         Ok(ArchiveFile {
             enc: Some(enc),
             file: sync,
             codec,
             written: 0,
             next_sync: SYNC_EVERY,
-            syncer: Some((tx, syncer)),
+            syncer,
         })
     }
 
@@ -94,7 +98,7 @@ impl ArchiveFile {
         let Some(enc) = self.enc.take() else {
             return Ok(());
         };
-        enc.finish().map_err(io::Error::other)?.flush()?;
+        enc.finish().map_err(io::Error::other)?.finish()?;
         self.file
             .sync_all()
             .map_err(|e| io::Error::new(e.kind(), format!("fsync failed: {e}")))
@@ -138,6 +142,15 @@ impl Write for ArchiveFile {
         enc.write_all(buf)?;
         self.note(buf.len());
         Ok(())
+    }
+
+    /// Vectored writes reach the file as one `writev` when uncompressed (the VMA writer
+    /// hands over an extent as its header plus slices of the NBD payloads).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let enc = self.enc.as_mut().ok_or_else(finished)?;
+        let n = enc.write_vectored(bufs)?;
+        self.note(n);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
