@@ -55,7 +55,7 @@ run() { # NAME VMID
     *-zstd-*) bench_timed "$work/$name" "$vmdump" backup "$v" --compress zstd --dumpdir "$out" ;;
     qemu-null-*)
       local bytes
-      bytes=$(qemu-img info --output=json "$work/store/images/$v/vm-$v-disk-0.qcow2" |
+      bytes=$(qemu-img info -U --output=json "$work/store/images/$v/vm-$v-disk-0.qcow2" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
       bench_timed "$work/$name" python3 "$root/bench/qmp.py" push "$work/run/$v/qmp.sock" \
         drive-scsi0 "null:$bytes" ;;

@@ -37,6 +37,10 @@ pub struct DiskExport {
     /// Disk size in bytes.
     pub size: u64,
     assembler: Mutex<Assembler>,
+    /// Zero clusters accepted but not handed to the writer yet: consecutive `WRITE_ZEROES`
+    /// (1 MiB each from QEMU) grow one run, sent when a zero run that does not continue it
+    /// arrives, on `FLUSH` and on `DISC`, so a hole costs one message, not one per request.
+    zeros: Mutex<Option<Cluster>>,
     /// Set once the client sent `DISC` (after `FLUSH`): the commit point of this disk.
     closed: watch::Sender<bool>,
 }
@@ -49,6 +53,7 @@ impl DiskExport {
             dev,
             size,
             assembler: Mutex::new(Assembler::new(size)),
+            zeros: Mutex::new(None),
             closed: watch::channel(false).0,
         }
     }
@@ -91,6 +96,8 @@ impl NbdTarget {
         // payload buffered per connection so memory stays small with many disks.
         let mut server = Server::new(ServerOptions {
             max_buffered: 16 << 20,
+            // Our writes only hand runs on (or wait for the writer: backpressure).
+            inline_writes: true,
             ..ServerOptions::default()
         });
         for e in &exports {
@@ -108,6 +115,7 @@ impl NbdTarget {
         let (stop, mut stop_rx) = oneshot::channel::<()>();
         let task = {
             let exports = Arc::clone(&exports);
+            let tx_events = Arc::clone(&tx);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -126,6 +134,7 @@ impl NbdTarget {
                                     continue;
                                 };
                                 if d.reason == CloseReason::Disc {
+                                    send_zeros(e, &tx_events, &shared).await;
                                     e.closed.send_replace(true);
                                 } else if !e.is_closed() {
                                     shared.fail(Failure::Disconnected {
@@ -222,23 +231,52 @@ impl ExportSink {
             });
             return;
         }
-        if ready.is_empty() {
-            return;
+        // Consecutive zero runs are merged into the pending one; data runs go out at once.
+        let mut send = Vec::with_capacity(ready.len() + 1);
+        if let Ok(mut zeros) = self.export.zeros.lock() {
+            for run in ready {
+                match (&mut *zeros, run.data.is_none()) {
+                    (Some(z), true) if z.num + z.count() == run.num && z.len < MAX_ZERO_RUN => {
+                        z.len += run.len;
+                    }
+                    (pending, true) => send.extend(pending.replace(run)),
+                    (_, false) => send.push(run),
+                }
+            }
         }
-        let Some(tx) = self.tx.lock().ok().and_then(|t| t.clone()) else {
-            self.shared.fail(Failure::WriterStopped);
-            return;
-        };
-        for cluster in ready {
-            let msg = Msg {
-                dev: self.export.dev,
-                cluster,
-            };
-            if tx.send(msg).await.is_err() {
-                self.shared.fail(Failure::WriterStopped);
+        for cluster in send {
+            if !send_run(&self.export, cluster, &self.tx, &self.shared).await {
                 return;
             }
         }
+    }
+}
+
+/// Longest zero run kept back (bytes); a longer hole goes out in pieces of this size.
+const MAX_ZERO_RUN: usize = 1 << 30;
+
+/// Hands `cluster` of `export` to the writer; false (and the backup failed) if it is gone.
+async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &Shared) -> bool {
+    let Some(tx) = tx.lock().ok().and_then(|t| t.clone()) else {
+        shared.fail(Failure::WriterStopped);
+        return false;
+    };
+    let msg = Msg {
+        dev: export.dev,
+        cluster,
+    };
+    if tx.send(msg).await.is_err() {
+        shared.fail(Failure::WriterStopped);
+        return false;
+    }
+    true
+}
+
+/// Sends the zero run `export` holds back, if any (on `FLUSH` and `DISC`).
+async fn send_zeros(export: &DiskExport, tx: &Sender, shared: &Shared) {
+    let pending = export.zeros.lock().ok().and_then(|mut z| z.take());
+    if let Some(run) = pending {
+        send_run(export, run, tx, shared).await;
     }
 }
 
@@ -264,6 +302,12 @@ impl vmdump_nbd::Export for ExportSink {
 
     async fn write_zeroes(&self, offset: u64, len: u32, _flags: ZeroFlags) -> io::Result<()> {
         self.accept(offset, None, u64::from(len)).await;
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        // Everything accepted so far reaches the writer before the flush is acknowledged.
+        send_zeros(&self.export, &self.tx, &self.shared).await;
         Ok(())
     }
 

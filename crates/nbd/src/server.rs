@@ -56,6 +56,11 @@ pub struct ServerOptions {
     pub max_payload: u32,
     /// A client must finish the handshake within this time.
     pub handshake_timeout: Duration,
+    /// Handle WRITE, WRITE_ZEROES and TRIM one by one in the connection's reading task
+    /// instead of a task each: for exports whose writes only hand data on (a push backup
+    /// target), this saves a task spawn and a thread wake-up per request. Reads and block
+    /// status still run concurrently.
+    pub inline_writes: bool,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +70,7 @@ impl Default for ServerOptions {
             max_buffered: 128 << 20,
             max_payload: MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
+            inline_writes: false,
         }
     }
 }
@@ -946,11 +952,15 @@ async fn transmission<E: Export, R: AsyncRead + Unpin, W: AsyncWrite + Unpin + S
                 drop(all);
             }
             _ => {
-                if matches!(
+                let write = matches!(
                     req.command,
                     request::CMD_WRITE | request::CMD_WRITE_ZEROES | request::CMD_TRIM
-                ) {
-                    dirty = true;
+                );
+                dirty |= write;
+                if write && opts.inline_writes {
+                    let result = handle(&ctx, &req).await;
+                    complete(&ctx, &req, result).await;
+                    continue;
                 }
                 let units = if req.command == request::CMD_WRITE || req.command == request::CMD_READ
                 {
