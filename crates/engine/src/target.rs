@@ -37,10 +37,11 @@ pub struct DiskExport {
     /// Disk size in bytes.
     pub size: u64,
     assembler: Mutex<Assembler>,
-    /// Zero clusters accepted but not handed to the writer yet: consecutive `WRITE_ZEROES`
-    /// (1 MiB each from QEMU) grow one run, sent when a zero run that does not continue it
-    /// arrives, on `FLUSH` and on `DISC`, so a hole costs one message, not one per request.
-    zeros: Mutex<Option<Cluster>>,
+    /// Zero runs accepted but not handed to the writer yet. QEMU sends a hole as 1 MiB
+    /// `WRITE_ZEROES` from many workers, a little out of order; a run that touches a held one
+    /// grows it, so a hole costs a few messages, not one per request. Held runs are sent when
+    /// more than [`HELD_ZERO_RUNS`] pile up, on `FLUSH` and on `DISC`.
+    zeros: Mutex<Vec<Cluster>>,
     /// Set once the client sent `DISC` (after `FLUSH`): the commit point of this disk.
     closed: watch::Sender<bool>,
 }
@@ -53,7 +54,7 @@ impl DiskExport {
             dev,
             size,
             assembler: Mutex::new(Assembler::new(size)),
-            zeros: Mutex::new(None),
+            zeros: Mutex::new(Vec::new()),
             closed: watch::channel(false).0,
         }
     }
@@ -231,16 +232,14 @@ impl ExportSink {
             });
             return;
         }
-        // Consecutive zero runs are merged into the pending one; data runs go out at once.
+        // Zero runs join the held ones; data runs go out at once.
         let mut send = Vec::with_capacity(ready.len() + 1);
         if let Ok(mut zeros) = self.export.zeros.lock() {
             for run in ready {
-                match (&mut *zeros, run.data.is_none()) {
-                    (Some(z), true) if z.num + z.count() == run.num && z.len < MAX_ZERO_RUN => {
-                        z.len += run.len;
-                    }
-                    (pending, true) => send.extend(pending.replace(run)),
-                    (_, false) => send.push(run),
+                if run.data.is_some() {
+                    send.push(run);
+                } else if let Some(full) = hold_zeros(&mut zeros, run) {
+                    send.push(full);
                 }
             }
         }
@@ -252,8 +251,56 @@ impl ExportSink {
     }
 }
 
-/// Longest zero run kept back (bytes); a longer hole goes out in pieces of this size.
+/// Longest zero run held back (bytes); a longer hole goes out in pieces of about this size.
 const MAX_ZERO_RUN: usize = 1 << 30;
+/// Zero runs held back per disk.
+const HELD_ZERO_RUNS: usize = 32;
+
+/// Adds the zero run `run` to `held` (joined to a run it continues or precedes); returns a
+/// run to send now: one grown to [`MAX_ZERO_RUN`], or the oldest when too many are held.
+fn hold_zeros(held: &mut Vec<Cluster>, run: Cluster) -> Option<Cluster> {
+    let end = |c: &Cluster| c.num + c.count();
+    // Only the device's last cluster is short, and nothing follows it: every run that is
+    // continued by another is whole clusters.
+    let at = held
+        .iter()
+        .position(|h| end(h) == run.num || end(&run) == h.num);
+    let i = match at {
+        Some(i) => {
+            let h = &mut held[i];
+            if end(h) == run.num {
+                h.len += run.len;
+            } else {
+                h.num = run.num;
+                h.len += run.len;
+            }
+            // The grown run may now touch another held run.
+            let (num, e) = (held[i].num, end(&held[i]));
+            if let Some(j) = held
+                .iter()
+                .enumerate()
+                .position(|(j, o)| j != i && (end(o) == num || e == o.num))
+            {
+                let other = held.swap_remove(j);
+                let i = if i == held.len() { j } else { i };
+                let h = &mut held[i];
+                h.num = h.num.min(other.num);
+                h.len += other.len;
+                i
+            } else {
+                i
+            }
+        }
+        None => {
+            held.push(run);
+            held.len() - 1
+        }
+    };
+    if held[i].len >= MAX_ZERO_RUN {
+        return Some(held.swap_remove(i));
+    }
+    (held.len() > HELD_ZERO_RUNS).then(|| held.remove(0))
+}
 
 /// Hands `cluster` of `export` to the writer; false (and the backup failed) if it is gone.
 async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &Shared) -> bool {
@@ -274,9 +321,15 @@ async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &S
 
 /// Sends the zero run `export` holds back, if any (on `FLUSH` and `DISC`).
 async fn send_zeros(export: &DiskExport, tx: &Sender, shared: &Shared) {
-    let pending = export.zeros.lock().ok().and_then(|mut z| z.take());
-    if let Some(run) = pending {
-        send_run(export, run, tx, shared).await;
+    let held = export
+        .zeros
+        .lock()
+        .map(|mut z| std::mem::take(&mut *z))
+        .unwrap_or_default();
+    for run in held {
+        if !send_run(export, run, tx, shared).await {
+            return;
+        }
     }
 }
 
@@ -332,6 +385,41 @@ mod tests {
     use super::{DiskExport, NbdTarget};
     use crate::output::ArchiveFile;
     use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
+
+    #[test]
+    fn zero_runs_out_of_order_join_into_few_messages() {
+        use super::{hold_zeros, HELD_ZERO_RUNS};
+        use crate::cluster::{Cluster, CLUSTER_SIZE};
+        // A 64 MiB + 1000 byte hole as QEMU sends it: 1 MiB runs, a little out of order
+        // (pairs swapped, every fifth run late), the short last cluster alone.
+        let mb = 16u64;
+        let mut order: Vec<u64> = (0..64).collect();
+        for p in order.chunks_mut(2) {
+            p.swap(0, 1);
+        }
+        let late: Vec<u64> = order.iter().copied().filter(|n| n % 5 == 0).collect();
+        order.retain(|n| n % 5 != 0);
+        order.extend(late);
+        let mut held = Vec::new();
+        let mut sent = Vec::new();
+        let mut run = |num: u64, len: usize, held: &mut Vec<Cluster>| {
+            let c = Cluster {
+                num,
+                data: None,
+                len,
+            };
+            sent.extend(hold_zeros(held, c));
+            assert!(held.len() <= HELD_ZERO_RUNS);
+        };
+        for n in order {
+            run(n * mb, (mb * CLUSTER_SIZE) as usize, &mut held);
+        }
+        run(64 * mb, 1000, &mut held);
+        sent.append(&mut held);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0].num, sent[0].count()), (0, 64 * mb + 1));
+        assert_eq!(sent[0].len as u64, 64 * mb * CLUSTER_SIZE + 1000);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn qemu_img_convert_into_the_target() -> Result<()> {
