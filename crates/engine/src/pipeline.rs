@@ -35,6 +35,8 @@ pub struct Msg {
 /// Counters and the failure flag shared by the target, the writer and the control task.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Bytes handed to the writer (counted as they enter the channel).
+    handed: AtomicU64,
     transferred: AtomicU64,
     zero: AtomicU64,
     failed: AtomicBool,
@@ -63,6 +65,24 @@ impl Shared {
     /// The first failure.
     pub fn error(&self) -> Option<Arc<Failure>> {
         self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Counts `bytes` handed to the writer thread (not yet in [`Shared::transferred`]).
+    pub(crate) fn hand(&self, bytes: u64) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Waits (at most `wait`) until the writer has taken in everything handed to it, so the
+    /// counters are final; false on timeout or failure.
+    pub async fn drained(&self, wait: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.transferred() < self.handed.load(Ordering::Relaxed) {
+            if self.failed() || start.elapsed() >= wait {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Marks the backup failed; the first failure wins (it is reported by the control task).

@@ -308,6 +308,7 @@ async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &S
         shared.fail(Failure::WriterStopped);
         return false;
     };
+    shared.hand(cluster.len as u64);
     let msg = Msg {
         dev: export.dev,
         cluster,
