@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Copy-before-write: a live backup while the guest writes at full speed. The test guest (TCG)
 # started by `vmdump vm start`, with a second disk (virtio1, raw, SIZE GiB of random data)
-# that the guest overwrites with `dd bs=1M conv=fsync` from /dev/zero. Every guest write to a
+# that the guest overwrites with `dd bs=1M conv=fsync` from /dev/zero (the disk is refilled
+# with the same random data from the host before every measurement). Every guest write to a
 # cluster the backup has not copied yet first waits for QEMU to copy the old cluster to
 # vmdump (copy-before-write; without fleecing). Measured in each round, interleaved:
 #   guest-alone    the guest's dd with no backup running (its MB/s)
@@ -29,7 +30,8 @@ d="$work/store/images/100"
 mkdir -p "$d" "$work/out"
 cp "$tg/data.raw" "$d/vm-100-disk-0.raw"
 echo "bench: writing ${size_gib} GiB of random data into the guest's second disk"
-head -c "$size" /dev/urandom > "$d/vm-100-disk-1.raw"
+head -c "$size" /dev/urandom > "$work/random.raw"
+cp "$work/random.raw" "$d/vm-100-disk-1.raw"
 # The writer of the test guest stays off: the dd is the load.
 sed 's/quiet"/quiet vmdump.writer=0"/' "$tg/vm.conf" > "$work/etc/qemu-server/100.conf"
 printf 'virtio1: local:100/vm-100-disk-1.raw,size=%sG\n' "$size_gib" >> "$work/etc/qemu-server/100.conf"
@@ -42,10 +44,17 @@ done
 grep -q 'vmdump-testguest: ready' "$work/run/100/serial.log"
 qga="$work/run/100/qga.sock"
 mib=$((size >> 20))
-dd_cmd="dd if=/dev/zero of=/dev/vdb bs=1M count=$mib conv=fsync 2>&1 | tail -1"
+# The guest times its own dd with /proc/uptime (busybox dd prints no rate).
+dd_cmd="a=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vdb bs=1M count=$mib conv=fsync 2>/dev/null; b=\$(cut -d' ' -f1 /proc/uptime); echo \$a \$b"
 
-# The MB/s figure of busybox dd's last line ("... copied, 3.1 seconds, 330.2MB/s").
-rate_of() { sed -n 's/.*seconds, \([0-9.]*\)\([KMG]\)B\/s.*/\1 \2/p' | awk '{ m = $2 == "G" ? 1024 : $2 == "K" ? 1 / 1024 : 1; printf "%.1f\n", $1 * m }'; }
+# MiB/s of the dd from the guest's "start end" uptime line.
+rate_of() { awk -v m="$mib" 'NF == 2 { printf "%.1f\n", m / ($2 - $1) }'; }
+
+# refill: the second disk holds random data again (the guest's dd leaves zeros), written
+# O_DIRECT as QEMU reads it, while the guest is idle.
+refill() {
+  dd if="$work/random.raw" of="$d/vm-100-disk-1.raw" bs=4M oflag=direct conv=notrunc status=none
+}
 
 backup() { # appends the bench_timed line to $work/$1
   rm -rf "$work/out" && mkdir -p "$work/out"
@@ -54,12 +63,14 @@ backup() { # appends the bench_timed line to $work/$1
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 1; r <= rounds; r++)); do
+  refill
   python3 "$root/bench/qmp.py" exec "$qga" "$dd_cmd" | rate_of >> "$work/guest-alone"
+  refill
   backup backup-alone
   pid=$(python3 "$root/bench/qmp.py" exec-start "$qga" "$dd_cmd")
   backup both
   python3 "$root/bench/qmp.py" exec-wait "$qga" "$pid" | rate_of >> "$work/guest-both"
-  echo "bench: round $r guest alone $(tail -1 "$work/guest-alone") MB/s, with backup $(tail -1 "$work/guest-both") MB/s;" \
+  echo "bench: round $r guest alone $(tail -1 "$work/guest-alone") MiB/s, with backup $(tail -1 "$work/guest-both") MiB/s;" \
     "backup alone $(tail -1 "$work/backup-alone" | cut -d' ' -f1) s, with the guest writing $(tail -1 "$work/both" | cut -d' ' -f1) s" >&2
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -74,5 +85,5 @@ echo "| measure | alone (median, range) | during the other (median, range) | rat
 echo "| --- | ---: | ---: | ---: |"
 awk '{ print $1 }' "$work/backup-alone" > "$work/ba"
 awk '{ print $1 }' "$work/both" > "$work/bb"
-echo "| guest dd MB/s | $(med "$work/guest-alone") ($(spread "$work/guest-alone")) | $(med "$work/guest-both") ($(spread "$work/guest-both")) | $(awk -v a="$(med "$work/guest-both")" -v b="$(med "$work/guest-alone")" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| guest dd MiB/s | $(med "$work/guest-alone") ($(spread "$work/guest-alone")) | $(med "$work/guest-both") ($(spread "$work/guest-both")) | $(awk -v a="$(med "$work/guest-both")" -v b="$(med "$work/guest-alone")" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| backup s | $(med "$work/ba") ($(spread "$work/ba")) | $(med "$work/bb") ($(spread "$work/bb")) | $(awk -v a="$(med "$work/bb")" -v b="$(med "$work/ba")" 'BEGIN { printf "%.2f", a / b }') |"

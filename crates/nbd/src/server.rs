@@ -2,8 +2,10 @@
 //! connection, and reports connects and disconnects as [`Event`]s.
 //!
 //! Per connection: one task reads requests and dispatches each to its own task (bounded by
-//! [`ServerOptions::max_in_flight`] and [`ServerOptions::max_buffered`]); handlers complete in any
-//! order and hand their replies to one writer task. `NBD_CMD_FLUSH` is a barrier: it waits for
+//! [`ServerOptions::max_in_flight`] and [`ServerOptions::max_buffered`]; with
+//! [`ServerOptions::inline_writes`] it handles writes itself, in order); handlers complete in
+//! any order and hand their replies to one writer task. `WRITE` payloads of 16 KiB and more are
+//! read from the socket straight into reused buffers. `NBD_CMD_FLUSH` is a barrier: it waits for
 //! every earlier request to complete before calling [`Export::flush`], so a successful flush
 //! covers every write received before it. `NBD_CMD_DISC` and EOF drain all in-flight requests
 //! before the [`Event::Disconnected`] is sent, so when the owner sees it, every reply has been
