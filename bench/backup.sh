@@ -1,107 +1,127 @@
 #!/usr/bin/env bash
-# Live-backup benchmark: `vmdump backup` of a disk with ~50% data on a paused VM (QEMU -S with
-# the runtime's socket layout, so the live path runs: NBD target, copy-before-write jobs,
-# VMA writer), uncompressed and zstd, against `qemu-img convert` of the same image and
-# `zstd -T0 -1` of its raw bytes, all in the same run on the same (page-cached) data.
+# Live-backup benchmark, like for like: every contender backs up the same disk of the same
+# running QEMU, started by `vmdump vm start` (so the disk is opened with cache.direct, i.e.
+# O_DIRECT, as for real VMs), paused (-S) so every round sees the same bytes; each contender
+# makes its own output durable and nothing else (QEMU: blockdev-del flushes its target;
+# vmdump: fsync before the rename; the tools: `sync FILE`, an fsync of that one file).
 #
-# Usage: bench/backup.sh [size-GiB]   (default 8; BENCH_DIR picks the scratch directory)
-# Times include making the output durable (sync / fsync). Prints rates, ratios against the targets (uncompressed >= 0.8x qemu-img convert,
-# zstd >= 0.9x the zstd CLI) and vmdump's peak RSS (target < 256 MiB).
+# Contenders, interleaved in every round (the order rotates from round to round):
+#   vmdump-0        vmdump backup --compress 0
+#   vmdump-zstd1    vmdump backup --compress zstd --zstd 1       (level 1)
+#   vmdump-zstdN    vmdump backup --compress zstd --zstd N       (N = nproc)
+#   qemu-qcow2      QEMU's own blockdev-backup sync=full push into a local qcow2 (as libvirt's
+#                   push mode / qmpbackup do); blockdev-del flushes it
+#   qemu-null       the same push into a null-co node: the backup job's own ceiling
+#   convert         qemu-img convert -U -T none -f raw -O raw (reads like the VM) + sync FILE
+#   zstd1 / zstdN   zstd -T1 -1 / zstd -TN -1 of the raw image + sync FILE (source page cache
+#                   dropped first, so it reads from the disk too)
+#
+# Usage: bench/backup.sh [size-GiB]   (default 4, half of it data; ROUNDS (default 3) rounds,
+# BENCH_DIR (default /var/tmp) for the scratch directory, VMDUMP to measure another binary,
+# ONLY="vmdump-0 qemu-qcow2 ..." to run a subset). Prints a markdown table (best, median and
+# worst wall time, CPU, faults, context switches, peak RSS) and the ratios (peer time /
+# vmdump time, > 1 = vmdump faster) of the best times, with the spread of the per-round
+# ratios.
 set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
-bench_init backup 8 "$@"
-qemu_pid=
+bench_init backup 4 "$@"
+rounds=${ROUNDS:-3}
+n=$(nproc)
+vmdump=$(bench_vmdump)
 cleanup() {
-  [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null || true
+  "$vmdump" vm stop 100 --skiplock >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+bench_vm_env
 
-vmdump=$(bench_vmdump)
-
-# The disk: first half data (alternating 64 MiB of random bytes and of text, so zstd has
-# something to do), second half never written (sparse).
 img="$work/store/images/100/vm-100-disk-0.raw"
-mkdir -p "$(dirname "$img")" "$work/etc/qemu-server" "$work/run/100"
+mkdir -p "$(dirname "$img")" "$work/out"
 bench_half_data "$img" "$size"
-printf 'dir: local\n\tpath %s\n\tcontent images,backup\n' "$work/store" > "$work/etc/storage.cfg"
 printf 'memory: 256\nname: bench\nscsi0: local:100/vm-100-disk-0.raw,size=%sG\n' "$size_gib" \
   > "$work/etc/qemu-server/100.conf"
-cat "$img" > /dev/null # page cache warm for every contender
+"$vmdump" vm start 100 --paused >/dev/null
+bench_vm_check_direct 100
+qmp="$work/run/100/qmp.sock"
 
-rate() { python3 -c "print(f'{$1 / $2 / 1048576:.1f}')"; }
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+all="vmdump-0 vmdump-zstd1 vmdump-zstd$n qemu-qcow2 qemu-null convert zstd1 zstd$n"
+contenders=${ONLY:-$all}
 
-# Every contender's time includes getting its output onto the disk (`sync` after the
-# baselines; vmdump fsyncs the archive before renaming it), and each starts with no dirty
-# pages of an earlier one. ROUNDS interleaved rounds (default 3); the best time counts.
-min() { python3 -c "print(min($1, $2))"; }
-convert_once() {
-  sync
-  local t0; t0=$(now)
-  qemu-img convert -U -f raw -O raw "$img" "$work/convert.raw" >&2
-  sync
-  secs "$t0" "$(now)"
-  rm -f "$work/convert.raw"
+# run NAME: one backup by contender NAME; appends its bench_timed line (plus QEMU's CPU
+# seconds and the output bytes) to $work/NAME.
+run() {
+  local name=$1 out="$work/out" q0 q1 bytes
+  rm -rf "$out" && mkdir -p "$out"
+  bench_drop_cache "$img"
+  q0=$(bench_qemu_cpu 100)
+  case $name in
+    vmdump-0) bench_timed "$work/$name" "$vmdump" backup 100 --compress 0 --dumpdir "$out" ;;
+    vmdump-zstd*)
+      bench_timed "$work/$name" "$vmdump" backup 100 --compress zstd --zstd "${name#vmdump-zstd}" \
+        --dumpdir "$out" ;;
+    qemu-qcow2)
+      qemu-img create -q -f qcow2 "$out/push.qcow2" "$size"
+      bench_timed "$work/$name" python3 "$root/bench/qmp.py" push "$qmp" drive-scsi0 \
+        "qcow2:$out/push.qcow2" ;;
+    qemu-null)
+      bench_timed "$work/$name" python3 "$root/bench/qmp.py" push "$qmp" drive-scsi0 "null:$size" ;;
+    convert)
+      bench_timed "$work/$name" sh -c 'qemu-img convert -U -T none -f raw -O raw "$1" "$2" && sync "$2"' \
+        sh "$img" "$out/convert.raw" ;;
+    zstd*)
+      bench_timed "$work/$name" sh -c 'zstd -q -T"$3" -1 "$1" -o "$2" && sync "$2"' \
+        sh "$img" "$out/disk.raw.zst" "${name#zstd}" ;;
+  esac
+  q1=$(bench_qemu_cpu 100)
+  bytes=$(du -cb "$out" | tail -1 | cut -f1)
+  # Append QEMU's CPU and the output size to the line just written.
+  sed -i "\$s/\$/ $(awk -v a="$q0" -v b="$q1" 'BEGIN { printf "%.2f", b - a }') $bytes/" "$work/$name"
+  echo "bench: round $r $name $(tail -1 "$work/$name")" >&2
 }
-zstd_once() {
-  sync
-  local t0; t0=$(now)
-  zstd -q -T0 -1 -f "$img" -o "$work/cli.zst"
-  sync
-  secs "$t0" "$(now)"
-  stat -c %s "$work/cli.zst" > "$work/zstd-size"
-  rm -f "$work/cli.zst"
-}
 
-# A paused VM with the runtime's layout (qmp.sock in <run>/<vmid>/).
-qemu-system-x86_64 -nodefaults -display none -m 256 -S -machine q35,accel=kvm:tcg \
-  -qmp "unix:$work/run/100/qmp.sock,server=on,wait=off" \
-  -blockdev "driver=raw,node-name=drive-scsi0,file.driver=file,file.filename=$img" \
-  -device virtio-blk-pci,drive=drive-scsi0,id=scsi0 >"$work/qemu.log" 2>&1 &
-qemu_pid=$!
-for _ in $(seq 100); do [ -S "$work/run/100/qmp.sock" ] && break; sleep 0.1; done
-
-backup() { # compress -> "seconds rss_kib archive_bytes"
-  rm -rf "$work/store/dump"
-  sync
-  local t0 t1 rss
-  t0=$(now)
-  VMDUMP_RUN_DIR="$work/run" /usr/bin/time -f '%M' -o "$work/time.txt" \
-    "$vmdump" backup 100 --root "$work/etc" --compress "$1" >"$work/backup-$1.log" 2>&1 ||
-    { cat "$work/backup-$1.log" >&2; exit 1; }
-  t1=$(now)
-  rss=$(tail -1 "$work/time.txt")
-  echo "$(secs "$t0" "$t1") $rss $(stat -c %s "$work"/store/dump/*.vma*)"
-}
-t_convert=1e9; t_zstd=1e9; t_plain=1e9; t_zst=1e9; rss_plain=0; rss_zst=0
-load=$(cut -d' ' -f1-3 /proc/loadavg)
-for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
-  t_convert=$(min "$t_convert" "$(convert_once)")
-  t_zstd=$(min "$t_zstd" "$(zstd_once)")
-  read -r t rss size_plain < <(backup 0)
-  t_plain=$(min "$t_plain" "$t"); rss_plain=$((rss > rss_plain ? rss : rss_plain))
-  read -r t rss size_zst < <(backup zstd)
-  t_zst=$(min "$t_zst" "$t"); rss_zst=$((rss > rss_zst ? rss : rss_zst))
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+set -- $contenders
+for ((r = 1; r <= rounds; r++)); do
+  for ((i = 0; i < $#; i++)); do
+    k=$(((i + r - 1) % $# + 1))
+    run "${!k}"
+  done
 done
-zstd_size=$(cat "$work/zstd-size")
-kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-r_convert=$(rate "$size" "$t_convert")
-r_zstd=$(rate "$size" "$t_zstd")
-r_plain=$(rate "$size" "$t_plain")
-r_zst=$(rate "$size" "$t_zst")
-cat <<EOF
-vmdump live backup benchmark: ${size_gib} GiB raw disk, 50% data, paused VM, $(nproc) CPUs,
-best of ${ROUNDS:-3} rounds, load average at start: $load
-contender                        time s   MiB/s   output MiB   peak RSS MiB
-qemu-img convert (raw->raw)    $(printf '%8s %7s' "$t_convert" "$r_convert")            -              -
-zstd -T0 -1                    $(printf '%8s %7s %12s' "$t_zstd" "$r_zstd" $((zstd_size >> 20)))              -
-vmdump backup --compress 0     $(printf '%8s %7s %12s %14s' "$t_plain" "$r_plain" $((size_plain >> 20)) $((rss_plain >> 10)))
-vmdump backup --compress zstd  $(printf '%8s %7s %12s %14s' "$t_zst" "$r_zst" $((size_zst >> 20)) $((rss_zst >> 10)))
-ratio uncompressed / qemu-img convert: $(python3 -c "print(f'{$r_plain / $r_convert:.2f}')") (target >= 0.8)
-ratio zstd / zstd CLI:                 $(python3 -c "print(f'{$r_zst / $r_zstd:.2f}')") (target >= 0.9)
-EOF
+mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+echo
+echo "Live backup, $(date -u '+%Y-%m-%d %H:%M') UTC: ${size_gib} GiB raw disk ($((size_gib * 512)) MiB data), VM by \`vmdump vm start --paused\`,"
+echo "$n CPUs, $rounds interleaved rounds, load average $load_start at the start, $load_end at the end."
+echo
+echo "| contender | best s | median s | worst s | MiB/s (best) | CPU user+sys s (median) | QEMU CPU s (median) | minor faults | context switches | peak RSS MiB | output MiB |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for c in $contenders; do
+  f="$work/$c"
+  read -r best med worst < <(bench_stats "$f" 1)
+  cpu=$(awk '{ print $2 + $3 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+  qcpu=$(bench_stats "$f" 8 | cut -d' ' -f2)
+  faults=$(bench_stats "$f" 5 | cut -d' ' -f2)
+  cs=$(awk '{ print $6 + $7 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+  rss=$(bench_stats "$f" 4 | cut -d' ' -f3)
+  outb=$(tail -1 "$f" | awk '{ print $9 }')
+  echo "| $c | $best | $med | $worst | $(awk -v s="$size" -v t="$best" 'BEGIN { printf "%.0f", s / 1048576 / t }') | $cpu | $qcpu | $faults | $cs | $(mib "$rss") | $((outb >> 20)) |"
+done
+
+# ratio PEER VMDUMP TARGET: best(PEER) / best(VMDUMP) and the spread of the per-round ratios.
+ratio() {
+  [ -s "$work/$1" ] && [ -s "$work/$2" ] || return 0
+  paste -d' ' <(awk '{ print $1 }' "$work/$1") <(awk '{ print $1 }' "$work/$2") |
+    awk -v p="$1" -v v="$2" -v t="$3" -v bp="$(bench_stats "$work/$1" 1 | cut -d' ' -f1)" \
+      -v bv="$(bench_stats "$work/$2" 1 | cut -d' ' -f1)" '
+      { r = $1 / $2; if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r }
+      END { printf "- %s vs %s: **%.2f** (per round %.2f-%.2f; target %s)\n", v, p, bp / bv, lo, hi, t }'
+}
+echo
+ratio qemu-qcow2 vmdump-0 ">= 0.95"
+ratio qemu-null vmdump-0 ">= 0.90"
+ratio convert vmdump-0 "-"
+ratio zstd1 vmdump-zstd1 ">= 1.0"
+ratio "zstd$n" "vmdump-zstd$n" ">= 1.0"

@@ -68,3 +68,51 @@ for i in range(n):
 PY
   printf 'dir: bench\n\tpath %s\n\tcontent backup\n\tmax-protected-backups -1\n' "$1"
 }
+
+# bench_vm_env: exports the environment of a scratch vmdump installation under $work (config
+# root, run dir, TCG) and writes its storage.cfg with one `dir` storage `local` at
+# $work/store. VMs are then started exactly as users start them: `vmdump vm start`.
+bench_vm_env() {
+  export VMDUMP_ROOT="$work/etc" VMDUMP_RUN_DIR="$work/run" VMDUMP_ACCEL=tcg
+  mkdir -p "$work/etc/qemu-server" "$work/store/images" "$work/run"
+  printf 'dir: local\n\tpath %s\n\tcontent images,backup\n' "$work/store" > "$work/etc/storage.cfg"
+}
+
+# bench_vm_check_direct VMID: warns unless every disk of the running VM is opened with
+# cache.direct (O_DIRECT), as `vmdump vm start` does where the file system allows it.
+bench_vm_check_direct() {
+  local pid
+  pid=$(cat "$work/run/$1/qemu.pid")
+  if tr '\0' '\n' < "/proc/$pid/cmdline" | grep -q '"direct":false'; then
+    echo "bench: WARNING: VM $1 has disks without cache.direct (file system without O_DIRECT?)" >&2
+  fi
+}
+
+# bench_qemu_cpu VMID: CPU seconds (user+system) QEMU of VM VMID has used so far.
+bench_qemu_cpu() {
+  local pid
+  pid=$(cat "$work/run/$1/qemu.pid")
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$pid/stat"
+}
+
+# bench_drop_cache FILE...: drops the page cache of FILEs (posix_fadvise DONTNEED), so the
+# next contender reads them from the disk like a VM with cache.direct does.
+bench_drop_cache() {
+  local f
+  for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none; done
+}
+
+# bench_timed OUT CMD...: runs CMD under /usr/bin/time; appends to OUT one line
+# "wall user sys maxrss_kib minor_faults invol_cs vol_cs". Fails (with CMD's output) if CMD does.
+bench_timed() {
+  local out=$1; shift
+  /usr/bin/time -f '%e %U %S %M %R %c %w' -o "$work/time.last" "$@" >"$work/cmd.last" 2>&1 ||
+    { cat "$work/cmd.last" "$work/time.last" >&2; return 1; }
+  tail -1 "$work/time.last" >> "$out"
+}
+
+# bench_stats FILE COLUMN: "best median worst" of a column of bench_timed lines (1 = wall).
+bench_stats() {
+  awk -v c="$2" '{ print $c }' "$1" | sort -g |
+    awk '{ a[NR] = $1 } END { printf "%s %s %s\n", a[1], a[int((NR + 1) / 2)], a[NR] }'
+}

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# VMA create/extract throughput against cp and zstd, in one run on one image.
-#   bash bench/vma.sh [size-GiB]     (default 4; needs ~3x size free under $TMPDIR)
+# VMA create/extract throughput against cp, zstd and Proxmox's own `vma`, in one run on one
+# image. Every row includes making its output durable, and only its own output: vmdump fsyncs
+# what it writes; every other tool is followed by `sync FILE...` (an fsync of its output files).
+#   bash bench/vma.sh [size-GiB]     (default 4; needs ~4x size free under $TMPDIR)
 # Image: every 64 KiB cluster is either 64 KiB from /dev/urandom (dd) or a hole, about
 # half each, in an irregular pattern. The page cache is warm for every variant.
-#  create, uncompressed:  vmdump vma create          vs  cp --sparse=always
+#  create, uncompressed:  vmdump vma create          vs  cp --sparse=always, Proxmox vma create
 #  create, zstd:          vmdump vma create --compress zstd --level 1 (all cores)
 #                                                    vs  zstd -T0 -1 of the image
-#  extract:               vmdump vma extract (plain and .zst input)
+#  extract:               vmdump vma extract (.vma)  vs  cp --sparse=always of the image (the
+#                                                        same bytes out), Proxmox vma extract
+#                         vmdump vma extract (.zst)  vs  zstd -d of the zstd'ed image
 # Rates are logical image bytes per second. Peak RSS comes from /usr/bin/time -v (Debian
-# package `time`). Results go to stdout and replace the "## VMA create/extract" section
-# of docs/benchmarks.md.
+# package `time`). BENCH_REPEAT runs per variant (default 3, best counts). Proxmox's `vma`
+# is taken from PVE_VMA (default ../shared/tools/pve-vma/vma beside the repository); its rows
+# are left out when it is missing. Results go to stdout and replace the
+# "## VMA create/extract" section of docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 size_gib=${1:-4}
@@ -73,17 +79,30 @@ rate() { awk -v b="$size" -v s="${secs[$1]}" 'BEGIN { printf "%.0f", b / 1048576
 ratio() { awk -v a="${secs[$1]}" -v b="${secs[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 mib() { awk -v k="${rss[$1]}" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
+pve=${PVE_VMA:-$root/../shared/tools/pve-vma/vma}
+[ -x "$pve" ] || { echo "bench: no Proxmox vma at $pve: its rows are left out" >&2; pve=; }
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 echo "== create (load average $load_start)"
-run cp_sparse "$work/copy.raw" cp --sparse=always "$img" "$work/copy.raw"
+run cp_sparse "$work/copy.raw" sh -c 'cp --sparse=always "$1" "$2" && sync "$2"' sh "$img" "$work/copy.raw"
 rm -f "$work/copy.raw"
 run vma_create "$work/a.vma" "$bin" vma create "$work/a.vma" -d "format=raw:drive-scsi0=$img"
-run zstd_T0_1 "$work/disk.raw.zst" zstd -q -f -T0 -1 "$img" -o "$work/disk.raw.zst"
-rm -f "$work/disk.raw.zst"
+if [ -n "$pve" ]; then
+  run pve_create "$work/p.vma" sh -c '"$1" create "$2" -d "format=raw:drive-scsi0=$3" && sync "$2"' \
+    sh "$pve" "$work/p.vma" "$img"
+  rm -f "$work/p.vma"
+fi
+run zstd_T0_1 "$work/disk.raw.zst" sh -c 'zstd -q -f -T0 -1 "$1" -o "$2" && sync "$2"' sh "$img" "$work/disk.raw.zst"
 run vma_create_zst "$work/a.vma.zst" "$bin" vma create --compress zstd --level 1 "$work/a.vma.zst" -d "format=raw:drive-scsi0=$img"
 echo "== extract"
 run vma_extract "$work/x1" "$bin" vma extract "$work/a.vma" "$work/x1"
+if [ -n "$pve" ]; then
+  run pve_extract "$work/x3" sh -c '"$1" extract "$2" "$3" && sync "$3"/*' sh "$pve" "$work/a.vma" "$work/x3"
+  cmp "$img" "$work/x3/disk-drive-scsi0.raw"
+  rm -rf "$work/x3"
+fi
 run vma_extract_zst "$work/x2" "$bin" vma extract "$work/a.vma.zst" "$work/x2"
+run zstd_d "$work/dz.raw" sh -c 'zstd -q -d -f "$1" -o "$2" && sync "$2"' sh "$work/disk.raw.zst" "$work/dz.raw"
+rm -f "$work/dz.raw" "$work/disk.raw.zst"
 echo "== check"
 cmp "$img" "$work/x1/disk-drive-scsi0.raw"
 cmp "$img" "$work/x2/disk-drive-scsi0.raw"
@@ -94,6 +113,15 @@ zst_size=$(stat -c %s "$work/a.vma.zst")
 
 r_create=$(ratio cp_sparse vma_create)
 r_zstd=$(ratio zstd_T0_1 vma_create_zst)
+r_extract=$(ratio cp_sparse vma_extract)
+r_extract_zst=$(ratio zstd_d vma_extract_zst)
+pve_rows=
+pve_lines=
+if [ -n "$pve" ]; then
+  pve_rows="| Proxmox \`vma create\` + \`sync\` (peer) | ${secs[pve_create]} | $(rate pve_create) | $(mib pve_create) |
+| Proxmox \`vma extract\` (.vma) + \`sync\` (peer) | ${secs[pve_extract]} | $(rate pve_extract) | $(mib pve_extract) |"
+  pve_lines="- create / Proxmox \`vma create\`: **$(ratio pve_create vma_create)x**; extract / Proxmox \`vma extract\`: **$(ratio pve_extract vma_extract)x**"
+fi
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "met" : "NOT met" }'; }
 max_rss=$(printf '%s\n' "${rss[vma_create]}" "${rss[vma_create_zst]}" "${rss[vma_extract]}" "${rss[vma_extract_zst]}" | sort -n | tail -1)
 rss_ok=$(awk -v k="$max_rss" 'BEGIN { print (k < 200 * 1024) ? "met" : "NOT met" }')
@@ -104,21 +132,27 @@ section=$(cat <<MD
 Script: \`bash bench/vma.sh ${size_gib}\`, run $(date -u +%Y-%m-%d) on the standard machine
 ($(nproc) cores). Image: ${size_gib} GiB raw, $((data_bytes >> 20)) MiB of it random 64 KiB
 clusters written with \`dd if=/dev/urandom\`, the rest holes. Warm page cache for every
-variant, best of ${repeat} runs each; rates are logical image bytes per second; RSS is peak resident memory from
-\`/usr/bin/time -v\`. Load average when the run started: ${load_start} (the machine is
-shared, so absolute figures are noisy; the ratios compare runs made back to back).
+variant, best of ${repeat} runs each; every row includes making its own output durable (vmdump
+fsyncs; the other tools are followed by \`sync FILE\`); rates are logical image bytes per
+second; RSS is peak resident memory from \`/usr/bin/time -v\`. Load average when the run
+started: ${load_start} (the machine is shared, so absolute figures are noisy; the ratios
+compare runs made back to back).
 
 | variant | seconds | MiB/s | peak RSS MiB |
 | --- | ---: | ---: | ---: |
-| \`cp --sparse=always\` (baseline) | ${secs[cp_sparse]} | $(rate cp_sparse) | $(mib cp_sparse) |
+| \`cp --sparse=always\` + \`sync\` (baseline for create and extract) | ${secs[cp_sparse]} | $(rate cp_sparse) | $(mib cp_sparse) |
 | \`vmdump vma create\` | ${secs[vma_create]} | $(rate vma_create) | $(mib vma_create) |
-| \`zstd -T0 -1\` of the image (baseline) | ${secs[zstd_T0_1]} | $(rate zstd_T0_1) | $(mib zstd_T0_1) |
+| \`zstd -T0 -1\` of the image + \`sync\` (baseline) | ${secs[zstd_T0_1]} | $(rate zstd_T0_1) | $(mib zstd_T0_1) |
 | \`vmdump vma create --compress zstd --level 1\` | ${secs[vma_create_zst]} | $(rate vma_create_zst) | $(mib vma_create_zst) |
 | \`vmdump vma extract\` (.vma) | ${secs[vma_extract]} | $(rate vma_extract) | $(mib vma_extract) |
+| \`zstd -d\` of the zstd'ed image + \`sync\` (baseline) | ${secs[zstd_d]} | $(rate zstd_d) | $(mib zstd_d) |
 | \`vmdump vma extract\` (.vma.zst) | ${secs[vma_extract_zst]} | $(rate vma_extract_zst) | $(mib vma_extract_zst) |
+${pve_rows}
 
 - uncompressed create / cp rate: **${r_create}x** (target >= 0.8: $(verdict "$r_create" 0.8))
 - zstd create / \`zstd -T0 -1\` rate: **${r_zstd}x** (target >= 0.9: $(verdict "$r_zstd" 0.9))
+- extract (.vma) / cp rate: **${r_extract}x**; extract (.vma.zst) / \`zstd -d\`: **${r_extract_zst}x**
+${pve_lines}
 - peak RSS of vmdump: $(awk -v k="$max_rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB (target < 200 MiB: ${rss_ok})
 - archive sizes: .vma ${vma_size} bytes, .vma.zst ${zst_size} bytes; extracted files are
   byte-identical to the source (\`cmp\`) and sparse (${x_alloc} bytes allocated).

@@ -299,6 +299,18 @@ impl<W: Write> Write for Encoder<W> {
         }
     }
 
+    /// Pass-through hands the slices on (one `writev` for a file); the compressors take them
+    /// one at a time.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write_vectored(bufs),
+            _ => {
+                let first = bufs.iter().find(|b| !b.is_empty());
+                self.write(first.map_or(&[][..], |b| &b[..]))
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::None(w) => w.flush(),

@@ -318,25 +318,25 @@ impl<R: ReadAtPos> ReadAtPos for SeekableReader<R> {
     }
 }
 
-type Pending = Receiver<io::Result<Vec<u8>>>;
+type Pending<T> = Receiver<io::Result<T>>;
 /// A job and where its result goes.
-type Job<J> = (J, SyncSender<io::Result<Vec<u8>>>);
+type Job<J, T> = (J, SyncSender<io::Result<T>>);
 
 /// A small ordered pool: jobs go to `threads` workers, results come back in submission
 /// order through one rendezvous channel per job.
-struct OrderedPool<J: Send + 'static> {
-    jobs: Option<SyncSender<Job<J>>>,
-    pending: VecDeque<Pending>,
+struct OrderedPool<J: Send + 'static, T: Send + 'static = Vec<u8>> {
+    jobs: Option<SyncSender<Job<J, T>>>,
+    pending: VecDeque<Pending<T>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl<J: Send + 'static> OrderedPool<J> {
+impl<J: Send + 'static, T: Send + 'static> OrderedPool<J, T> {
     fn new(
         threads: usize,
         name: &str,
-        work: impl Fn(J) -> io::Result<Vec<u8>> + Send + Sync + 'static,
+        work: impl Fn(J) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Job<J>>(threads);
+        let (tx, rx) = sync_channel::<Job<J, T>>(threads);
         let rx = Arc::new(Mutex::new(rx));
         let work = Arc::new(work);
         let mut workers = Vec::new();
@@ -371,7 +371,7 @@ impl<J: Send + 'static> OrderedPool<J> {
         Ok(())
     }
 
-    fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+    fn next(&mut self) -> Option<io::Result<T>> {
         let rx = self.pending.pop_front()?;
         Some(
             rx.recv()
@@ -380,7 +380,7 @@ impl<J: Send + 'static> OrderedPool<J> {
     }
 }
 
-impl<J: Send + 'static> Drop for OrderedPool<J> {
+impl<J: Send + 'static, T: Send + 'static> Drop for OrderedPool<J, T> {
     fn drop(&mut self) {
         self.pending.clear();
         self.jobs = None;
@@ -390,10 +390,14 @@ impl<J: Send + 'static> Drop for OrderedPool<J> {
     }
 }
 
+/// A frame's input and the buffer its compressed bytes go to (both reused, frame after frame).
+type FrameJob = (Vec<u8>, Vec<u8>);
+
 /// Writes the zstd seekable format: every [`DEFAULT_FRAME_SIZE`] bytes of input become one
 /// independent frame (with its content size and checksum), compressed on `threads` worker
 /// threads (0: in the caller's thread) and written in order; [`SeekableWriter::finish`]
-/// appends the seek table.
+/// appends the seek table. The input and output buffers of the frames are reused, so a long
+/// stream allocates (and page-faults in) a few buffers only.
 pub struct SeekableWriter<W: Write> {
     /// Always `Some` until [`SeekableWriter::finish`] takes it.
     inner: Option<W>,
@@ -402,10 +406,10 @@ pub struct SeekableWriter<W: Write> {
     buf: Vec<u8>,
     entries: Vec<(u32, u32)>,
     sizes: VecDeque<u32>,
-    pool: Option<OrderedPool<Vec<u8>>>,
+    pool: Option<OrderedPool<FrameJob, FrameJob>>,
     depth: usize,
-    /// Input and output buffers of finished frames, reused for the next ones.
-    spares: Spares,
+    /// Buffers free for the next frames (input or output).
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
@@ -417,18 +421,10 @@ impl<W: Write> std::fmt::Debug for SeekableWriter<W> {
     }
 }
 
-/// Compresses one frame with its content size and checksum.
-fn compress_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    compress_frame_into(level, data, &mut out)?;
-    Ok(out)
-}
-
-/// [`compress_frame`] into `out` (replacing its content, reusing its capacity). Each thread
-/// keeps its zstd context for the next frame (a context per frame costs its allocation every
-/// few MiB), and the writer recycles the frame buffers (fresh multi-MiB buffers cost a page
-/// fault per 4 KiB).
-fn compress_frame_into(level: i32, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+/// Compresses one frame with its content size and checksum into `out` (cleared first).
+/// Each thread keeps its zstd context for the next frame (a context per frame costs its
+/// allocation every few MiB).
+fn compress_frame(level: i32, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     thread_local! {
         static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
@@ -444,28 +440,8 @@ fn compress_frame_into(level: i32, data: &[u8], out: &mut Vec<u8>) -> io::Result
         let (_, c) = slot.as_mut().expect("context set above");
         out.clear();
         out.reserve(zstd::zstd_safe::compress_bound(data.len()));
-        c.compress_to_buffer(data, out)?;
-        Ok(())
+        c.compress_to_buffer(data, out).map(|_| ())
     })
-}
-
-/// Spare frame buffers shared by a writer and its workers.
-type Spares = Arc<Mutex<Vec<Vec<u8>>>>;
-
-fn take_spare(spares: &Spares) -> Vec<u8> {
-    let mut v = spares
-        .lock()
-        .expect("spare buffers lock")
-        .pop()
-        .unwrap_or_default();
-    v.clear();
-    v
-}
-
-fn give_spare(spares: &Spares, v: Vec<u8>) {
-    if v.capacity() > 0 {
-        spares.lock().expect("spare buffers lock").push(v);
-    }
 }
 
 impl<W: Write> SeekableWriter<W> {
@@ -489,17 +465,13 @@ impl<W: Write> SeekableWriter<W> {
         }
         // Check the level once here rather than on every frame.
         zstd::bulk::Compressor::new(level)?;
-        let spares = Spares::default();
-        let recycled = Arc::clone(&spares);
         let pool = if threads > 0 {
             Some(OrderedPool::new(
                 threads as usize,
                 "zstd-frame",
-                move |data: Vec<u8>| {
-                    let mut out = take_spare(&recycled);
-                    compress_frame_into(level, &data, &mut out)?;
-                    give_spare(&recycled, data);
-                    Ok(out)
+                move |(data, mut out): FrameJob| {
+                    compress_frame(level, &data, &mut out)?;
+                    Ok((data, out))
                 },
             )?)
         } else {
@@ -514,7 +486,7 @@ impl<W: Write> SeekableWriter<W> {
             sizes: VecDeque::new(),
             pool,
             depth: 2 * threads as usize,
-            spares,
+            spare: Vec::new(),
         })
     }
 
@@ -532,30 +504,46 @@ impl<W: Write> SeekableWriter<W> {
 
     fn drain(&mut self, keep: usize) -> io::Result<()> {
         while self.pool.as_ref().is_some_and(|p| p.pending.len() > keep) {
-            let out = self.pool.as_mut().expect("pool").next().expect("pending")?;
+            let (data, out) = self.pool.as_mut().expect("pool").next().expect("pending")?;
             let dlen = self.sizes.pop_front().expect("size of a pending frame");
             self.emit(&out, dlen)?;
-            give_spare(&self.spares, out);
+            self.recycle(data);
+            self.recycle(out);
         }
         Ok(())
+    }
+
+    /// Keeps `buf` for a later frame (as many as the frames in flight can use).
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 2 * self.depth + 2 {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     fn cut(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut next = take_spare(&self.spares);
-        next.reserve(self.frame_size);
-        let data = std::mem::replace(&mut self.buf, next);
-        let dlen = data.len() as u32;
-        if let Some(pool) = &mut self.pool {
-            pool.submit(data)?;
+        let dlen = self.buf.len() as u32;
+        if self.pool.is_some() {
+            let next = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.frame_size));
+            let data = std::mem::replace(&mut self.buf, next);
+            let out = self.spare.pop().unwrap_or_default();
+            self.pool.as_mut().expect("pool").submit((data, out))?;
             self.sizes.push_back(dlen);
             let keep = self.depth;
             self.drain(keep)
         } else {
-            let out = compress_frame(self.level, &data)?;
-            self.emit(&out, dlen)
+            let mut out = self.spare.pop().unwrap_or_default();
+            compress_frame(self.level, &self.buf, &mut out)?;
+            self.buf.clear();
+            let res = self.emit(&out, dlen);
+            self.recycle(out);
+            res
         }
     }
 

@@ -2,28 +2,50 @@
 //! exactly once.
 //!
 //! QEMU's backup job sends 64 KiB-aligned requests of up to 1 MiB, so nearly every piece maps
-//! straight onto whole clusters and is passed on without buffering. Unaligned pieces are still
-//! handled: they are collected in a per-cluster buffer until the cluster is covered. A piece
-//! that touches a cluster already emitted, or bytes of a partial cluster already filled, is
-//! dropped for those bytes: the first copy is the point-in-time data (copy-before-write sends
-//! the old contents before the guest's write lands), so it must win.
+//! straight onto whole clusters: those are passed on as one [`Cluster`] run per request,
+//! holding a slice of the request's payload (no copy, one hand-off to the writer per request).
+//! Unaligned pieces are still handled: they are collected in a per-cluster buffer until the
+//! cluster is covered. A piece that touches a cluster already emitted, or bytes of a partial
+//! cluster already filled, is dropped for those bytes: the first copy is the point-in-time
+//! data (copy-before-write sends the old contents before the guest's write lands), so it
+//! must win.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
+use bytes::Bytes;
+
 /// Cluster size of VMA and of QEMU's backup job with an NBD target.
 pub const CLUSTER_SIZE: u64 = 65536;
 
-/// A complete cluster ready for the archive.
+/// A run of complete clusters ready for the archive: `len` bytes of the device from the
+/// start of cluster `num` on. Every cluster of the run is whole; only the device's last
+/// cluster may be short.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// Cluster number within the device.
+    /// Number of the run's first cluster within the device.
     pub num: u64,
-    /// Its bytes (`len` of them, short only for the last cluster), or `None` when QEMU said it
-    /// is all zero.
-    pub data: Option<Vec<u8>>,
-    /// Bytes of the device this cluster covers.
+    /// Their bytes (`len` of them), or `None` when QEMU said they are all zero.
+    pub data: Option<Bytes>,
+    /// Bytes of the device the run covers.
     pub len: usize,
+}
+
+impl Cluster {
+    /// Number of clusters in the run.
+    pub fn count(&self) -> u64 {
+        (self.len as u64).div_ceil(CLUSTER_SIZE)
+    }
+
+    /// The clusters of the run one by one: (number, bytes covered, data slice if any).
+    pub fn each(&self) -> impl Iterator<Item = (u64, usize, Option<Bytes>)> + '_ {
+        (0..self.count()).map(move |i| {
+            let start = (i * CLUSTER_SIZE) as usize;
+            let end = (start + CLUSTER_SIZE as usize).min(self.len);
+            let data = self.data.as_ref().map(|d| d.slice(start..end));
+            (self.num + i, end - start, data)
+        })
+    }
 }
 
 /// A piece of data that does not fit the device.
@@ -180,18 +202,15 @@ impl Assembler {
         }
     }
 
-    /// Accepts `data` at `offset`; calls `emit` for every cluster it completes.
+    /// Accepts `data` at `offset`; calls `emit` for every run of clusters it completes.
     pub fn write(
         &mut self,
         offset: u64,
-        data: &[u8],
+        data: &Bytes,
         mut emit: impl FnMut(Cluster),
     ) -> Result<(), OutOfRange> {
         self.check(offset, data.len() as u64)?;
-        self.each_piece(offset, data.len() as u64, |this, n, within, range| {
-            let piece = &data[range];
-            this.put(n, within, Some(piece), &mut emit);
-        });
+        self.accept(offset, data.len() as u64, Some(data), &mut emit);
         Ok(())
     }
 
@@ -203,34 +222,61 @@ impl Assembler {
         mut emit: impl FnMut(Cluster),
     ) -> Result<(), OutOfRange> {
         self.check(offset, len)?;
-        self.each_piece(offset, len, |this, n, within, _| {
-            this.put(n, within, None, &mut emit);
-        });
+        self.accept(offset, len, None, &mut emit);
         Ok(())
     }
 
-    /// Splits `[offset, offset+len)` at cluster boundaries: (cluster, range within the
-    /// cluster, range within the piece).
-    fn each_piece(
+    /// Splits `[offset, offset+len)` at cluster boundaries. Consecutive whole clusters not
+    /// seen before become one run (a slice of `data`); every other piece goes through
+    /// [`Assembler::put`].
+    fn accept(
         &mut self,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(&mut Self, u64, Range<usize>, Range<usize>),
+        data: Option<&Bytes>,
+        emit: &mut impl FnMut(Cluster),
     ) {
         let end = offset + len;
         let mut pos = offset;
+        // The run being collected: first cluster, its start within the piece, bytes.
+        let mut run: Option<(u64, usize, usize)> = None;
+        let flush = |run: &mut Option<(u64, usize, usize)>, emit: &mut dyn FnMut(Cluster)| {
+            if let Some((num, at, len)) = run.take() {
+                emit(Cluster {
+                    num,
+                    data: data.map(|d| d.slice(at..at + len)),
+                    len,
+                });
+            }
+        };
         while pos < end {
             let n = pos / CLUSTER_SIZE;
             let cstart = n * CLUSTER_SIZE;
-            let cend = (cstart + CLUSTER_SIZE).min(self.size);
-            let piece_end = end.min(cend);
+            let clen = self.cluster_len(n);
+            let piece_end = end.min(cstart + clen as u64);
             let within = (pos - cstart) as usize..(piece_end - cstart) as usize;
             let src = (pos - offset) as usize..(piece_end - offset) as usize;
-            f(self, n, within, src);
+            let whole = within.start == 0
+                && within.end == clen
+                && !self.is_done(n)
+                && (self.partial.is_empty() || !self.partial.contains_key(&n));
+            if whole {
+                self.set_done(n);
+                match &mut run {
+                    Some((_, _, l)) => *l += clen,
+                    None => run = Some((n, src.start, clen)),
+                }
+            } else {
+                flush(&mut run, &mut *emit);
+                self.put(n, within, data.map(|d| &d[src]), &mut *emit);
+            }
             pos = piece_end;
         }
+        flush(&mut run, &mut *emit);
     }
 
+    /// A piece of cluster `n` that is not a new whole cluster: dropped if the cluster is
+    /// done, else collected in its partial buffer.
     fn put(
         &mut self,
         n: u64,
@@ -243,15 +289,6 @@ impl Assembler {
             return;
         }
         let len = self.cluster_len(n);
-        if within.start == 0 && within.end == len && !self.partial.contains_key(&n) {
-            self.set_done(n);
-            emit(Cluster {
-                num: n,
-                data: data.map(<[u8]>::to_vec),
-                len,
-            });
-            return;
-        }
         let part = self.partial.entry(n).or_insert_with(|| Partial::new(len));
         let mut dup = within.len() as u64;
         for gap in part.gaps(within.clone()) {
@@ -272,7 +309,7 @@ impl Assembler {
             self.set_done(n);
             emit(Cluster {
                 num: n,
-                data: part.has_data.then_some(part.buf),
+                data: part.has_data.then(|| Bytes::from(part.buf)),
                 len,
             });
         }
@@ -283,11 +320,20 @@ impl Assembler {
 mod tests {
     use super::*;
 
+    fn b(data: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(data)
+    }
+
+    /// The runs in `out` split into single clusters.
+    fn singles(out: &[Cluster]) -> Vec<(u64, usize, Option<Bytes>)> {
+        out.iter().flat_map(|c| c.each()).collect()
+    }
+
     fn collect(a: &mut Assembler, ops: &[(u64, Option<Vec<u8>>, u64)]) -> Vec<Cluster> {
         let mut out = Vec::new();
         for (off, data, len) in ops {
             match data {
-                Some(d) => a.write(*off, d, |c| out.push(c)).expect("in range"),
+                Some(d) => a.write(*off, &b(d), |c| out.push(c)).expect("in range"),
                 None => a
                     .write_zeroes(*off, *len, |c| out.push(c))
                     .expect("in range"),
@@ -297,16 +343,48 @@ mod tests {
     }
 
     #[test]
-    fn aligned_megabyte_splits_into_clusters() {
+    fn aligned_megabyte_is_one_run_of_sixteen_clusters() {
         let mut a = Assembler::new(4 << 20);
         let data: Vec<u8> = (0..1 << 20).map(|i| (i / 65536) as u8 + 1).collect();
-        let out = collect(&mut a, &[(1 << 20, Some(data), 0)]);
-        assert_eq!(out.len(), 16);
-        assert_eq!(out[0].num, 16);
-        assert_eq!(out[15].num, 31);
-        assert!(out[3].data.as_ref().expect("data").iter().all(|&b| b == 4));
+        let out = collect(&mut a, &[(1 << 20, Some(data.clone()), 0)]);
+        assert_eq!(out.len(), 1, "one hand-off for the whole request");
+        assert_eq!((out[0].num, out[0].count(), out[0].len), (16, 16, 1 << 20));
+        assert_eq!(out[0].data.as_deref(), Some(&data[..]));
+        let one = singles(&out);
+        assert_eq!(one.len(), 16);
+        assert_eq!(one[15].0, 31);
+        assert!(one[3].2.as_ref().expect("data").iter().all(|&b| b == 4));
         assert!(!a.is_complete());
         assert_eq!(a.first_missing(), Some(0));
+    }
+
+    #[test]
+    fn a_run_stops_at_clusters_already_there_or_partly_there() {
+        // Clusters 2 (done) and 5 (partial) split a 0..8 write into runs 0..2, 3..5, 6..8;
+        // 5 completes from its partial buffer with the earlier bytes first.
+        let mut a = Assembler::new(8 * CLUSTER_SIZE);
+        let mut out = Vec::new();
+        a.write(2 * CLUSTER_SIZE, &b(&vec![9; 65536]), |c| out.push(c))
+            .expect("ok");
+        a.write(5 * CLUSTER_SIZE, &b(&[8; 100]), |c| out.push(c))
+            .expect("ok");
+        a.write(0, &b(&vec![1; 8 << 16]), |c| out.push(c))
+            .expect("ok");
+        let runs: Vec<(u64, u64)> = out.iter().map(|c| (c.num, c.count())).collect();
+        assert_eq!(runs, vec![(2, 1), (0, 2), (3, 2), (5, 1), (6, 2)]);
+        let c5 = out[3].data.as_ref().expect("data");
+        assert!(c5[..100].iter().all(|&b| b == 8) && c5[100..].iter().all(|&b| b == 1));
+        assert!(a.is_complete());
+        assert_eq!(a.duplicate_bytes(), 65536 + 100);
+        // Zeroes make runs without data.
+        let mut z = Assembler::new(3 * CLUSTER_SIZE + 10);
+        let out = collect(&mut z, &[(0, None, 3 * CLUSTER_SIZE + 10)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].count(), out[0].len, out[0].data.is_none()),
+            (4, 3 * 65536 + 10, true)
+        );
+        assert_eq!(singles(&out)[3].1, 10, "the short last cluster");
     }
 
     #[test]
@@ -320,10 +398,11 @@ mod tests {
                 (0, None, 3 * CLUSTER_SIZE),
             ],
         );
+        let out = singles(&out);
         assert_eq!(out.len(), 4);
-        assert_eq!(out[0].len, 4608);
-        assert_eq!(out[0].num, 3);
-        assert!(out[1..].iter().all(|c| c.data.is_none() && c.len == 65536));
+        assert_eq!(out[0].1, 4608);
+        assert_eq!(out[0].0, 3);
+        assert!(out[1..].iter().all(|c| c.2.is_none() && c.1 == 65536));
         assert!(a.is_complete());
         assert_eq!(a.first_missing(), None);
     }
@@ -334,10 +413,10 @@ mod tests {
         // only the gaps around and between them: the first copies win.
         let mut a = Assembler::new(2 * CLUSTER_SIZE);
         let mut out = Vec::new();
-        a.write(1000, &[1; 1000], |c| out.push(c)).expect("ok");
-        a.write(5000, &[2; 1000], |c| out.push(c)).expect("ok");
+        a.write(1000, &b(&[1; 1000]), |c| out.push(c)).expect("ok");
+        a.write(5000, &b(&[2; 1000]), |c| out.push(c)).expect("ok");
         assert!(out.is_empty());
-        a.write(0, &vec![3; CLUSTER_SIZE as usize], |c| out.push(c))
+        a.write(0, &b(&vec![3; CLUSTER_SIZE as usize]), |c| out.push(c))
             .expect("ok");
         assert_eq!(out.len(), 1);
         let d = out[0].data.as_ref().expect("data");
@@ -349,9 +428,11 @@ mod tests {
         assert_eq!(a.duplicate_bytes(), 2000);
         // A cluster that arrives whole twice: the second copy is dropped and counted.
         let whole = vec![4; CLUSTER_SIZE as usize];
-        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
+        a.write(CLUSTER_SIZE, &b(&whole), |c| out.push(c))
+            .expect("ok");
         let whole = vec![5; CLUSTER_SIZE as usize];
-        a.write(CLUSTER_SIZE, &whole, |c| out.push(c)).expect("ok");
+        a.write(CLUSTER_SIZE, &b(&whole), |c| out.push(c))
+            .expect("ok");
         assert_eq!(out.len(), 2);
         assert!(out[1].data.as_ref().expect("data").iter().all(|&b| b == 4));
         assert_eq!(a.duplicate_bytes(), 2000 + CLUSTER_SIZE);
@@ -362,10 +443,11 @@ mod tests {
         let mut a = Assembler::new(2 * CLUSTER_SIZE);
         let mut out = Vec::new();
         // 100..70000 spans both clusters partially.
-        a.write(100, &vec![1; 69900], |c| out.push(c)).expect("ok");
+        a.write(100, &b(&vec![1; 69900]), |c| out.push(c))
+            .expect("ok");
         assert!(out.is_empty());
         // Overlapping rewrite of 0..200 with 2: only 0..100 is new.
-        a.write(0, &[2; 200], |c| out.push(c)).expect("ok");
+        a.write(0, &b(&[2; 200]), |c| out.push(c)).expect("ok");
         assert_eq!(out.len(), 1);
         let c0 = out[0].data.as_ref().expect("data");
         assert!(c0[..100].iter().all(|&b| b == 2));
@@ -379,7 +461,8 @@ mod tests {
         assert!(c1[..70000 - 65536].iter().all(|&b| b == 1));
         assert!(c1[70000 - 65536..].iter().all(|&b| b == 0));
         // A whole-cluster rewrite after completion is dropped.
-        a.write(0, &vec![9; 65536], |c| out.push(c)).expect("ok");
+        a.write(0, &b(&vec![9; 65536]), |c| out.push(c))
+            .expect("ok");
         assert_eq!(out.len(), 2);
         assert!(a.is_complete());
     }
@@ -399,7 +482,7 @@ mod tests {
     fn out_of_range_is_an_error() {
         let mut a = Assembler::new(CLUSTER_SIZE);
         let e = a
-            .write(65000, &[0; 1000], |_| {})
+            .write(65000, &b(&[0; 1000]), |_| {})
             .expect_err("past the end");
         assert!(e.to_string().contains("past the end"), "{e}");
         assert!(a.write_zeroes(u64::MAX, 2, |_| {}).is_err());
@@ -432,17 +515,21 @@ mod tests {
         let mut a = Assembler::new(size);
         let mut out = vec![None; a.clusters() as usize];
         for (s, e) in pieces {
-            a.write(s, &src[s as usize..e as usize], |c| {
-                let n = c.num as usize;
-                assert!(out[n].is_none(), "cluster {n} twice");
-                out[n] = Some(c);
+            a.write(s, &b(&src[s as usize..e as usize]), |run| {
+                for (n, len, data) in run.each() {
+                    let n = n as usize;
+                    assert!(out[n].is_none(), "cluster {n} twice");
+                    out[n] = Some((len, data));
+                }
             })
             .expect("in range");
         }
         assert!(a.is_complete());
         let mut rebuilt = Vec::new();
-        for c in out.into_iter().map(|c| c.expect("every cluster")) {
-            rebuilt.extend_from_slice(&c.data.expect("data"));
+        for (len, data) in out.into_iter().map(|c| c.expect("every cluster")) {
+            let data = data.expect("data");
+            assert_eq!(data.len(), len);
+            rebuilt.extend_from_slice(&data);
         }
         assert_eq!(rebuilt, src);
     }

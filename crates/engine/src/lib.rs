@@ -51,6 +51,7 @@
 mod backup;
 mod cluster;
 mod ct;
+mod direct;
 mod error;
 mod freeze;
 mod hook;

@@ -422,6 +422,9 @@ async fn wait(
     if !target.wait_closed(CLOSE_WAIT).await {
         return Err(Error::NotClosed);
     }
+    // The last runs (zeros held back until DISC) may still be in the channel: the final
+    // counters come after the writer took them in.
+    shared.drained(CLOSE_WAIT).await;
     if shared.failed() {
         return Err(archive_failed(shared));
     }

@@ -1,15 +1,15 @@
 //! The byte sink under the VMA stream: the `.dat` file behind an in-process
-//! `vmdump-compress` encoder (pass-through, zstd, lzop container, gzip) and a background
-//! syncer.
+//! `vmdump-compress` encoder (pass-through, zstd, lzop container, gzip), written with
+//! `O_DIRECT` where the file system allows it ([`crate::direct`]), else through the page cache
+//! with a background syncer.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use vmdump_compress::{Codec, Encoder, EncoderOptions};
 
-/// Output buffer size in front of the file or the encoder.
-const BUF: usize = 1 << 20;
+use crate::direct::Sink;
 
 /// Bytes written between two background `fdatasync`s of the archive file. Dirty pages are
 /// written back while the transfer goes on, so the final fsync (the commit) is short; without
@@ -19,7 +19,7 @@ const SYNC_EVERY: u64 = 128 << 20;
 /// The archive file being written: the encoder chain plus a background syncer.
 pub struct ArchiveFile {
     /// `None` once finished.
-    enc: Option<Encoder<BufWriter<File>>>,
+    enc: Option<Encoder<Sink>>,
     /// A second handle on the archive file, for the final fsync.
     file: File,
     codec: Codec,
@@ -55,8 +55,8 @@ impl ArchiveFile {
         zstd_threads: u32,
         zstd_level: i32,
     ) -> io::Result<Self> {
-        let file = File::options().write(true).create_new(true).open(path)?;
-        Self::on(file, codec, zstd_threads, zstd_level)
+        let (sink, sync, direct) = Sink::create(path)?;
+        Self::on(sink, sync, direct, codec, zstd_threads, zstd_level)
     }
 
     /// [`create`](Self::create)s `path`, or with `stream` (vzdump's `--stdout`: a pipe or a
@@ -69,34 +69,49 @@ impl ArchiveFile {
         zstd_level: i32,
     ) -> io::Result<Self> {
         match stream {
-            Some(f) => Self::on(f.try_clone()?, codec, zstd_threads, zstd_level),
+            Some(f) => {
+                let sink = Sink::buffered(f.try_clone()?);
+                Self::on(sink, f.try_clone()?, false, codec, zstd_threads, zstd_level)
+            }
             None => Self::create(path, codec, zstd_threads, zstd_level),
         }
     }
 
-    /// The encoder for `codec` over the open `file`.
-    fn on(file: File, codec: Codec, zstd_threads: u32, zstd_level: i32) -> io::Result<Self> {
+    /// The encoder for `codec` over `sink`; `sync` is a second handle on the file, `direct`
+    /// says whether the sink bypasses the page cache.
+    fn on(
+        sink: Sink,
+        sync: File,
+        direct: bool,
+        codec: Codec,
+        zstd_threads: u32,
+        zstd_level: i32,
+    ) -> io::Result<Self> {
         let opts = encoder_options(codec, zstd_threads, zstd_level);
-        let sync = file.try_clone()?;
-        let background = file.try_clone()?;
-        let enc = Encoder::new(codec, BufWriter::with_capacity(BUF, file), &opts)
-            .map_err(io::Error::other)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = std::thread::Builder::new()
-            .name("archive-sync".into())
-            .spawn(move || {
-                while rx.recv().is_ok() {
-                    // Errors show up again at the final fsync.
-                    let _ = background.sync_data();
-                }
-            })?;
+        let enc = Encoder::new(codec, sink, &opts).map_err(io::Error::other)?;
+        // Direct writes leave no dirty pages to write back early; a pipe has none at all.
+        let syncer = if direct || !sync.metadata()?.is_file() {
+            None
+        } else {
+            let background = sync.try_clone()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let syncer = std::thread::Builder::new()
+                .name("archive-sync".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        // Errors show up again at the final fsync.
+                        let _ = background.sync_data();
+                    }
+                })?;
+            Some((tx, syncer))
+        };
         Ok(ArchiveFile {
             enc: Some(enc),
             file: sync,
             codec,
             written: 0,
             next_sync: SYNC_EVERY,
-            syncer: Some((tx, syncer)),
+            syncer,
         })
     }
 
@@ -114,7 +129,7 @@ impl ArchiveFile {
         let Some(enc) = self.enc.take() else {
             return Ok(());
         };
-        enc.finish().map_err(io::Error::other)?.flush()?;
+        enc.finish().map_err(io::Error::other)?.finish()?;
         // A pipe (`--stdout`) has nothing to sync.
         if !self.file.metadata()?.is_file() {
             return Ok(());
@@ -162,6 +177,15 @@ impl Write for ArchiveFile {
         enc.write_all(buf)?;
         self.note(buf.len());
         Ok(())
+    }
+
+    /// Vectored writes reach the file as one `writev` when uncompressed (the VMA writer
+    /// hands over an extent as its header plus slices of the NBD payloads).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let enc = self.enc.as_mut().ok_or_else(finished)?;
+        let n = enc.write_vectored(bufs)?;
+        self.note(n);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

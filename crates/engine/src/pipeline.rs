@@ -19,21 +19,24 @@ use crate::error::Failure;
 use crate::output::ArchiveFile;
 use vmdump_vma::{is_zero, DeviceId, Writer};
 
-/// Clusters in flight between the NBD target and the writer (64 × 64 KiB = 4 MiB).
-pub const CHANNEL_CLUSTERS: usize = 64;
+/// Messages in flight between the NBD target and the writer: runs of clusters, each at most
+/// one QEMU request (1 MiB), so at most 16 MiB of data.
+pub const CHANNEL_CLUSTERS: usize = 16;
 
 /// One message to the writer thread.
 #[derive(Debug)]
 pub struct Msg {
     /// VMA dev_id (1-based, as registered).
     pub dev: u8,
-    /// The cluster.
+    /// The run of clusters (usually one NBD request's worth).
     pub cluster: Cluster,
 }
 
 /// Counters and the failure flag shared by the target, the writer and the control task.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Bytes handed to the writer (counted as they enter the channel).
+    handed: AtomicU64,
     transferred: AtomicU64,
     zero: AtomicU64,
     failed: AtomicBool,
@@ -64,6 +67,24 @@ impl Shared {
         self.error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Counts `bytes` handed to the writer thread (not yet in [`Shared::transferred`]).
+    pub(crate) fn hand(&self, bytes: u64) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Waits (at most `wait`) until the writer has taken in everything handed to it, so the
+    /// counters are final; false on timeout or failure.
+    pub async fn drained(&self, wait: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.transferred() < self.handed.load(Ordering::Relaxed) {
+            if self.failed() || start.elapsed() >= wait {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Marks the backup failed; the first failure wins (it is reported by the control task).
     pub fn fail(&self, failure: Failure) {
         if let Ok(mut e) = self.error.lock() {
@@ -90,6 +111,36 @@ impl Shared {
             self.zero.fetch_add(bytes, Ordering::Relaxed);
         }
     }
+}
+
+/// Writes the clusters of `run` into the archive (data as slices of the NBD payload, kept
+/// until their extent is written: no copy) and counts them; on failure, the cluster that
+/// failed.
+fn write_run(
+    writer: &mut Writer<ArchiveFile>,
+    id: DeviceId,
+    run: &Cluster,
+    shared: &Shared,
+) -> Result<(), (u64, vmdump_vma::Error)> {
+    if run.data.is_none() {
+        writer
+            .write_zero_clusters(id, run.num, run.count())
+            .map_err(|e| (run.num, e))?;
+        shared.count(run.len as u64, true);
+        return Ok(());
+    }
+    for (num, len, data) in run.each() {
+        let data = data.expect("a run with data has data for every cluster");
+        let zero = is_zero(&data);
+        let res = if zero {
+            writer.write_zero_cluster(id, num)
+        } else {
+            writer.write_cluster_shared(id, num, &data).map(|_| ())
+        };
+        res.map_err(|e| (num, e))?;
+        shared.count(len as u64, zero);
+    }
+    Ok(())
 }
 
 /// Handle of the writer thread.
@@ -120,29 +171,23 @@ impl WriterThread {
                         continue;
                     }
                     let Msg { dev, cluster } = msg;
-                    let zero = cluster.data.as_deref().is_none_or(is_zero);
                     let written = match ids.get(usize::from(dev).wrapping_sub(1)) {
-                        None => Err(vmdump_vma::Error::Usage(format!("unknown device {dev}"))),
-                        Some(&id) => match cluster.data.as_deref() {
-                            Some(data) if !zero => {
-                                writer.write_cluster(id, cluster.num, data).map(|_| ())
-                            }
-                            _ => writer.write_zero_cluster(id, cluster.num),
-                        },
+                        None => Err((
+                            cluster.num,
+                            vmdump_vma::Error::Usage(format!("unknown device {dev}")),
+                        )),
+                        Some(&id) => write_run(&mut writer, id, &cluster, &shared),
                     };
-                    match written {
-                        Ok(()) => shared.count(cluster.len as u64, zero),
-                        Err(e) => {
-                            let name = names
-                                .get(usize::from(dev).wrapping_sub(1))
-                                .map_or("?", String::as_str);
-                            shared.fail(Failure::Write {
-                                device: name.to_string(),
-                                cluster: cluster.num,
-                                source: e,
-                            });
-                            ok = false;
-                        }
+                    if let Err((num, e)) = written {
+                        let name = names
+                            .get(usize::from(dev).wrapping_sub(1))
+                            .map_or("?", String::as_str);
+                        shared.fail(Failure::Write {
+                            device: name.to_string(),
+                            cluster: num,
+                            source: e,
+                        });
+                        ok = false;
                     }
                 }
                 if !ok || shared.failed() || shared.abandoned() {

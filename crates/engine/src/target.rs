@@ -37,6 +37,11 @@ pub struct DiskExport {
     /// Disk size in bytes.
     pub size: u64,
     assembler: Mutex<Assembler>,
+    /// Zero runs accepted but not handed to the writer yet. QEMU sends a hole as 1 MiB
+    /// `WRITE_ZEROES` from many workers, a little out of order; a run that touches a held one
+    /// grows it, so a hole costs a few messages, not one per request. Held runs are sent when
+    /// more than [`HELD_ZERO_RUNS`] pile up, on `FLUSH` and on `DISC`.
+    zeros: Mutex<Vec<Cluster>>,
     /// Set once the client sent `DISC` (after `FLUSH`): the commit point of this disk.
     closed: watch::Sender<bool>,
 }
@@ -49,6 +54,7 @@ impl DiskExport {
             dev,
             size,
             assembler: Mutex::new(Assembler::new(size)),
+            zeros: Mutex::new(Vec::new()),
             closed: watch::channel(false).0,
         }
     }
@@ -91,6 +97,8 @@ impl NbdTarget {
         // payload buffered per connection so memory stays small with many disks.
         let mut server = Server::new(ServerOptions {
             max_buffered: 16 << 20,
+            // Our writes only hand runs on (or wait for the writer: backpressure).
+            inline_writes: true,
             ..ServerOptions::default()
         });
         for e in &exports {
@@ -108,6 +116,7 @@ impl NbdTarget {
         let (stop, mut stop_rx) = oneshot::channel::<()>();
         let task = {
             let exports = Arc::clone(&exports);
+            let tx_events = Arc::clone(&tx);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -126,6 +135,7 @@ impl NbdTarget {
                                     continue;
                                 };
                                 if d.reason == CloseReason::Disc {
+                                    send_zeros(e, &tx_events, &shared).await;
                                     e.closed.send_replace(true);
                                 } else if !e.is_closed() {
                                     shared.fail(Failure::Disconnected {
@@ -196,11 +206,12 @@ struct ExportSink {
 }
 
 impl ExportSink {
-    async fn accept(&self, offset: u64, data: Option<&[u8]>, len: u64) {
+    async fn accept(&self, offset: u64, data: Option<&Bytes>, len: u64) {
         if self.shared.failed() {
             return;
         }
-        let mut ready: Vec<Cluster> = Vec::new();
+        // QEMU's requests (up to 1 MiB) are cluster-aligned: one run each, rarely more.
+        let mut ready: Vec<Cluster> = Vec::with_capacity(2);
         let res = match self.export.assembler.lock() {
             Ok(mut a) => match data {
                 Some(d) => a.write(offset, d, |c| ready.push(c)),
@@ -221,22 +232,104 @@ impl ExportSink {
             });
             return;
         }
-        if ready.is_empty() {
-            return;
+        // Zero runs join the held ones; data runs go out at once.
+        let mut send = Vec::with_capacity(ready.len() + 1);
+        if let Ok(mut zeros) = self.export.zeros.lock() {
+            for run in ready {
+                if run.data.is_some() {
+                    send.push(run);
+                } else if let Some(full) = hold_zeros(&mut zeros, run) {
+                    send.push(full);
+                }
+            }
         }
-        let Some(tx) = self.tx.lock().ok().and_then(|t| t.clone()) else {
-            self.shared.fail(Failure::WriterStopped);
-            return;
-        };
-        for cluster in ready {
-            let msg = Msg {
-                dev: self.export.dev,
-                cluster,
-            };
-            if tx.send(msg).await.is_err() {
-                self.shared.fail(Failure::WriterStopped);
+        for cluster in send {
+            if !send_run(&self.export, cluster, &self.tx, &self.shared).await {
                 return;
             }
+        }
+    }
+}
+
+/// Longest zero run held back (bytes); a longer hole goes out in pieces of about this size.
+const MAX_ZERO_RUN: usize = 1 << 30;
+/// Zero runs held back per disk.
+const HELD_ZERO_RUNS: usize = 32;
+
+/// Adds the zero run `run` to `held` (joined to a run it continues or precedes); returns a
+/// run to send now: one grown to [`MAX_ZERO_RUN`], or the oldest when too many are held.
+fn hold_zeros(held: &mut Vec<Cluster>, run: Cluster) -> Option<Cluster> {
+    let end = |c: &Cluster| c.num + c.count();
+    // Only the device's last cluster is short, and nothing follows it: every run that is
+    // continued by another is whole clusters.
+    let at = held
+        .iter()
+        .position(|h| end(h) == run.num || end(&run) == h.num);
+    let i = match at {
+        Some(i) => {
+            let h = &mut held[i];
+            if end(h) == run.num {
+                h.len += run.len;
+            } else {
+                h.num = run.num;
+                h.len += run.len;
+            }
+            // The grown run may now touch another held run.
+            let (num, e) = (held[i].num, end(&held[i]));
+            if let Some(j) = held
+                .iter()
+                .enumerate()
+                .position(|(j, o)| j != i && (end(o) == num || e == o.num))
+            {
+                let other = held.swap_remove(j);
+                let i = if i == held.len() { j } else { i };
+                let h = &mut held[i];
+                h.num = h.num.min(other.num);
+                h.len += other.len;
+                i
+            } else {
+                i
+            }
+        }
+        None => {
+            held.push(run);
+            held.len() - 1
+        }
+    };
+    if held[i].len >= MAX_ZERO_RUN {
+        return Some(held.swap_remove(i));
+    }
+    (held.len() > HELD_ZERO_RUNS).then(|| held.remove(0))
+}
+
+/// Hands `cluster` of `export` to the writer; false (and the backup failed) if it is gone.
+async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &Shared) -> bool {
+    let Some(tx) = tx.lock().ok().and_then(|t| t.clone()) else {
+        shared.fail(Failure::WriterStopped);
+        return false;
+    };
+    shared.hand(cluster.len as u64);
+    let msg = Msg {
+        dev: export.dev,
+        cluster,
+    };
+    if tx.send(msg).await.is_err() {
+        shared.fail(Failure::WriterStopped);
+        return false;
+    }
+    true
+}
+
+/// Sends the zero run `export` holds back, if any (on `FLUSH` and `DISC`).
+async fn send_zeros(export: &DiskExport, tx: &Sender, shared: &Shared) {
+    let held = export
+        .zeros
+        .lock()
+        .map(|mut z| std::mem::take(&mut *z))
+        .unwrap_or_default();
+    for run in held {
+        if !send_run(export, run, tx, shared).await {
+            return;
         }
     }
 }
@@ -266,6 +359,12 @@ impl vmdump_nbd::Export for ExportSink {
         Ok(())
     }
 
+    async fn flush(&self) -> io::Result<()> {
+        // Everything accepted so far reaches the writer before the flush is acknowledged.
+        send_zeros(&self.export, &self.tx, &self.shared).await;
+        Ok(())
+    }
+
     async fn trim(&self, _offset: u64, _len: u32) -> io::Result<()> {
         // QEMU's backup never trims its target; a trim must not lose point-in-time data.
         Ok(())
@@ -287,6 +386,41 @@ mod tests {
     use super::{DiskExport, NbdTarget};
     use crate::output::ArchiveFile;
     use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
+
+    #[test]
+    fn zero_runs_out_of_order_join_into_few_messages() {
+        use super::{hold_zeros, HELD_ZERO_RUNS};
+        use crate::cluster::{Cluster, CLUSTER_SIZE};
+        // A 64 MiB + 1000 byte hole as QEMU sends it: 1 MiB runs, a little out of order
+        // (pairs swapped, every fifth run late), the short last cluster alone.
+        let mb = 16u64;
+        let mut order: Vec<u64> = (0..64).collect();
+        for p in order.chunks_mut(2) {
+            p.swap(0, 1);
+        }
+        let late: Vec<u64> = order.iter().copied().filter(|n| n % 5 == 0).collect();
+        order.retain(|n| n % 5 != 0);
+        order.extend(late);
+        let mut held = Vec::new();
+        let mut sent = Vec::new();
+        let mut run = |num: u64, len: usize, held: &mut Vec<Cluster>| {
+            let c = Cluster {
+                num,
+                data: None,
+                len,
+            };
+            sent.extend(hold_zeros(held, c));
+            assert!(held.len() <= HELD_ZERO_RUNS);
+        };
+        for n in order {
+            run(n * mb, (mb * CLUSTER_SIZE) as usize, &mut held);
+        }
+        run(64 * mb, 1000, &mut held);
+        sent.append(&mut held);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0].num, sent[0].count()), (0, 64 * mb + 1));
+        assert_eq!(sent[0].len as u64, 64 * mb * CLUSTER_SIZE + 1000);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn qemu_img_convert_into_the_target() -> Result<()> {

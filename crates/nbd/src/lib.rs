@@ -16,7 +16,8 @@
 //! # Layout
 //! `proto/` is sans-I/O: every message decodes from a `BytesMut` and encodes into one, with
 //! every peer-supplied length checked before anything is allocated (32 MiB payloads, 64 KiB
-//! options, 4 KiB strings). `server` and `client` are thin tokio layers on top.
+//! options, 4 KiB strings). `server` and `client` are thin tokio layers on top; the server
+//! reads WRITE payloads into reused buffers (`pool`).
 //!
 //! # Non-goals
 //! TLS, oldstyle negotiation, extended headers, `NBD_CMD_RESIZE`.
@@ -40,6 +41,7 @@
 pub mod client;
 mod error;
 pub mod export;
+mod pool;
 pub mod proto;
 pub mod server;
 

@@ -2,8 +2,10 @@
 //! connection, and reports connects and disconnects as [`Event`]s.
 //!
 //! Per connection: one task reads requests and dispatches each to its own task (bounded by
-//! [`ServerOptions::max_in_flight`] and [`ServerOptions::max_buffered`]); handlers complete in any
-//! order and hand their replies to one writer task. `NBD_CMD_FLUSH` is a barrier: it waits for
+//! [`ServerOptions::max_in_flight`] and [`ServerOptions::max_buffered`]; with
+//! [`ServerOptions::inline_writes`] it handles writes itself, in order); handlers complete in
+//! any order and hand their replies to one writer task. `WRITE` payloads of 16 KiB and more are
+//! read from the socket straight into reused buffers. `NBD_CMD_FLUSH` is a barrier: it waits for
 //! every earlier request to complete before calling [`Export::flush`], so a successful flush
 //! covers every write received before it. `NBD_CMD_DISC` and EOF drain all in-flight requests
 //! before the [`Event::Disconnected`] is sent, so when the owner sees it, every reply has been
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -25,12 +27,13 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::export::{Export, WriteFlags, ZeroFlags};
+use crate::pool::PayloadPool;
 use crate::proto::handshake::{ClientFlags, ExportNameReply, Greeting};
 use crate::proto::option::{
     self, ClientOption, GoRequest, Info, MetaRequest, RawOption, ReplyKind,
 };
 use crate::proto::reply::{self, Chunk, Extent, FLAG_DONE};
-use crate::proto::request::{self, cflags, Request};
+use crate::proto::request::{self, cflags, Request, REQUEST_HEADER_LEN};
 use crate::proto::{
     errno, tflags, ProtocolError, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, MAX_PAYLOAD,
 };
@@ -40,6 +43,9 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 const BASE_ALLOCATION_ID: u32 = 1;
 const MAX_OPTIONS: usize = 256;
 const BUDGET_UNIT: usize = 4096;
+/// Idle WRITE payload buffers a server keeps for reuse (QEMU sends 1 MiB writes, up to 16
+/// in flight per connection; the export may hold some until its archive extent is written).
+const PAYLOAD_BUFFERS: usize = 64;
 
 /// Tuning knobs of a [`Server`].
 #[derive(Debug, Clone)]
@@ -52,6 +58,11 @@ pub struct ServerOptions {
     pub max_payload: u32,
     /// A client must finish the handshake within this time.
     pub handshake_timeout: Duration,
+    /// Handle WRITE, WRITE_ZEROES and TRIM one by one in the connection's reading task
+    /// instead of a task each: for exports whose writes only hand data on (a push backup
+    /// target), this saves a task spawn and a thread wake-up per request. Reads and block
+    /// status still run concurrently.
+    pub inline_writes: bool,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +72,7 @@ impl Default for ServerOptions {
             max_buffered: 128 << 20,
             max_payload: MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
+            inline_writes: false,
         }
     }
 }
@@ -209,6 +221,7 @@ impl<E: Export> Server<E> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             exports: self.exports,
+            pool: PayloadPool::new(PAYLOAD_BUFFERS),
             options: self.options,
             events: events_tx,
             next_id: AtomicU64::new(1),
@@ -295,6 +308,7 @@ enum Listener {
 struct Shared<E> {
     exports: BTreeMap<String, Arc<E>>,
     options: ServerOptions,
+    pool: PayloadPool,
     events: mpsc::UnboundedSender<Event>,
     next_id: AtomicU64,
 }
@@ -372,6 +386,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(256 << 10);
             }
             let n = self.r.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::Closed)
+                };
+            }
+        }
+    }
+}
+
+/// WRITE payloads of at least this many bytes are read into a pooled buffer (smaller ones
+/// are split off the frame buffer).
+const POOLED_PAYLOAD: usize = 16 << 10;
+/// While waiting for a request header, read at most this much: the rest of a large payload
+/// then goes straight into its pooled buffer instead of through the frame buffer (a copy).
+const HEAD_READ: usize = 4 << 10;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Next request, or `Ok(None)` on EOF at a request boundary. Large WRITE payloads are read
+    /// from the socket directly into a buffer of `pool` (no allocation once the pool is warm,
+    /// at most [`HEAD_READ`] bytes copied).
+    async fn next_request(
+        &mut self,
+        max_payload: u32,
+        pool: &PayloadPool,
+    ) -> Result<Option<Request>> {
+        loop {
+            if let Some(mut req) = Request::decode_head(&self.buf, max_payload)? {
+                let len = req.payload_len();
+                if len < POOLED_PAYLOAD {
+                    if let Some(req) = Request::decode(&mut self.buf, max_payload)? {
+                        return Ok(Some(req));
+                    }
+                } else {
+                    self.buf.advance(REQUEST_HEADER_LEN);
+                    let mut payload = pool.take(len);
+                    let have = self.buf.len().min(len);
+                    payload.extend_from_slice(&self.buf[..have]);
+                    self.buf.advance(have);
+                    while payload.len() < len {
+                        let want = len - payload.len();
+                        if self.r.read_buf(&mut (&mut payload).limit(want)).await? == 0 {
+                            return Err(Error::Closed);
+                        }
+                    }
+                    req.payload = pool.freeze(payload);
+                    return Ok(Some(req));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < HEAD_READ {
+                self.buf.reserve(HEAD_READ);
+            }
+            let n = self
+                .r
+                .read_buf(&mut (&mut self.buf).limit(HEAD_READ))
+                .await?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -851,7 +922,7 @@ async fn transmission<E: Export, R: AsyncRead + Unpin, W: AsyncWrite + Unpin + S
         let next = tokio::select! {
             biased;
             _ = shutdown.changed() => break CloseReason::Shutdown,
-            r = reader.next(|b| Request::decode(b, ctx.max_payload)) => r,
+            r = reader.next_request(ctx.max_payload, &shared.pool) => r,
         };
         let req = match next {
             Ok(Some(req)) => req,
@@ -883,11 +954,15 @@ async fn transmission<E: Export, R: AsyncRead + Unpin, W: AsyncWrite + Unpin + S
                 drop(all);
             }
             _ => {
-                if matches!(
+                let write = matches!(
                     req.command,
                     request::CMD_WRITE | request::CMD_WRITE_ZEROES | request::CMD_TRIM
-                ) {
-                    dirty = true;
+                );
+                dirty |= write;
+                if write && opts.inline_writes {
+                    let result = handle(&ctx, &req).await;
+                    complete(&ctx, &req, result).await;
+                    continue;
                 }
                 let units = if req.command == request::CMD_WRITE || req.command == request::CMD_READ
                 {

@@ -387,6 +387,15 @@ impl<W: Write> Writer<W> {
         self.commit(dev, cluster, 0, CLUSTER_SIZE as u64)
     }
 
+    /// Record the `count` clusters from `first` on of `dev` as all zeros (a hole of the
+    /// disk): the same bytes as [`write_zero_cluster`](Writer::write_zero_cluster) for each.
+    pub fn write_zero_clusters(&mut self, dev: DeviceId, first: u64, count: u64) -> Result<()> {
+        for cluster in first..first.saturating_add(count) {
+            self.write_zero_cluster(dev, cluster)?;
+        }
+        Ok(())
+    }
+
     /// Number of devices registered.
     pub fn device_count(&self) -> usize {
         self.devices.len()

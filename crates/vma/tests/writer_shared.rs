@@ -157,3 +157,42 @@ fn in_place_config_only_and_rejected_cluster() {
     r.finish().unwrap();
     assert_eq!(n, 2);
 }
+
+#[test]
+fn a_run_of_zero_clusters_writes_what_single_zero_clusters_write() {
+    // A hole of 150 clusters (three extents' worth) between data clusters, on two devices,
+    // as a live backup hands it over (one WRITE_ZEROES run): the same bytes as cluster by
+    // cluster, and a cluster already written stops the run with an error.
+    let size = 160 * CLUSTER_SIZE as u64;
+    let write = |runs: bool| {
+        let mut w = Writer::with_identity(Vec::new(), [3; 16], Some(1_700_000_000));
+        w.add_config("qemu-server.conf", b"memory: 512\n").unwrap();
+        let a = w.register_device("drive-scsi0", size).unwrap();
+        let b = w.register_device("drive-scsi1", size).unwrap();
+        for id in [a, b] {
+            w.write_cluster(id, 0, &cluster(1, 0)).unwrap();
+            if runs {
+                w.write_zero_clusters(id, 1, 150).unwrap();
+            } else {
+                for c in 1..151 {
+                    w.write_zero_cluster(id, c).unwrap();
+                }
+            }
+            for c in 151..160 {
+                w.write_cluster(id, c, &cluster(2, c)).unwrap();
+            }
+        }
+        if runs {
+            assert!(
+                w.write_zero_clusters(a, 159, 1).is_err(),
+                "cluster 159 is there"
+            );
+        }
+        w.finish().unwrap().0
+    };
+    let single = write(false);
+    assert!(
+        write(true) == single,
+        "zero runs differ from single zero clusters"
+    );
+}

@@ -81,8 +81,25 @@ impl Request {
     /// Decodes one request. A WRITE longer than `max_payload` (never above [`MAX_PAYLOAD`]) is a
     /// protocol error: its data cannot be skipped safely, so the connection must end.
     pub fn decode(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Self>, ProtocolError> {
-        if buf.len() < REQUEST_HEADER_LEN {
+        let Some(head) = Self::decode_head(&buf[..], max_payload)? else {
             buf.reserve(REQUEST_HEADER_LEN - buf.len());
+            return Ok(None);
+        };
+        let total = REQUEST_HEADER_LEN + head.payload_len();
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(REQUEST_HEADER_LEN);
+        let payload = buf.split_to(head.payload_len()).freeze();
+        Ok(Some(Self { payload, ..head }))
+    }
+
+    /// The request whose header starts `buf` (checked, not consumed), with an empty
+    /// payload; `None` until the whole header is there. [`Request::payload_len`] tells how
+    /// many payload bytes follow the header.
+    pub fn decode_head(buf: &[u8], max_payload: u32) -> Result<Option<Self>, ProtocolError> {
+        if buf.len() < REQUEST_HEADER_LEN {
             return Ok(None);
         }
         let mut head = &buf[..REQUEST_HEADER_LEN];
@@ -93,35 +110,32 @@ impl Request {
                 found: magic.into(),
             });
         }
-        let flags = head.get_u16();
-        let command = head.get_u16();
-        let cookie = head.get_u64();
-        let offset = head.get_u64();
-        let length = head.get_u32();
-        let payload_len = if command == CMD_WRITE { length } else { 0 };
+        let req = Self {
+            flags: head.get_u16(),
+            command: head.get_u16(),
+            cookie: head.get_u64(),
+            offset: head.get_u64(),
+            length: head.get_u32(),
+            payload: Bytes::new(),
+        };
         let max = max_payload.min(MAX_PAYLOAD);
-        if payload_len > max {
+        if req.payload_len() > max as usize {
             return Err(ProtocolError::TooLong {
                 what: "NBD_CMD_WRITE payload",
-                len: payload_len.into(),
+                len: req.payload_len() as u64,
                 max: max.into(),
             });
         }
-        let total = REQUEST_HEADER_LEN + payload_len as usize;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
+        Ok(Some(req))
+    }
+
+    /// Bytes of payload that follow the header on the wire (`length` for WRITE, else 0).
+    pub fn payload_len(&self) -> usize {
+        if self.command == CMD_WRITE {
+            self.length as usize
+        } else {
+            0
         }
-        buf.advance(REQUEST_HEADER_LEN);
-        let payload = buf.split_to(payload_len as usize).freeze();
-        Ok(Some(Self {
-            flags,
-            command,
-            cookie,
-            offset,
-            length,
-            payload,
-        }))
     }
 
     /// Appends the header (the caller sends `payload` after it, to avoid a copy).
