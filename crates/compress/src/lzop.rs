@@ -554,6 +554,12 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "byte {at}");
             assert!(e.to_string().contains(what), "byte {at}: {e}");
         }
+        // Errors name the block they are in.
+        let s = stream(0x1040, 1, F_ADLER32_D, b"", &[&stored, &stored]);
+        let mut bad = s.clone();
+        bad[38 + 12 + stored.len() + 8] ^= 1;
+        let e = read_all(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("lzop block 1: data checksum"), "{e}");
         // Without checksums of the compressed data, a damaged block still fails on the data.
         let s = stream(0x1040, 1, F_CRC32_D, b"", &[&packed]);
         let mut bad = s.clone();
@@ -593,10 +599,40 @@ mod tests {
         let mut big = x[..38].to_vec();
         big.extend_from_slice(&(max + 1).to_be_bytes());
         assert!(err(&big).contains("extra field too large"));
+        big[38..42].copy_from_slice(&max.to_be_bytes());
+        let e = read_all(&big).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof,
+            "64 MiB extra field: {e}"
+        );
 
         // A packed block that decodes to fewer bytes than it claims.
         let mut s = stream(0x1040, 1, 0, b"", &[&block]);
         s[38..42].copy_from_slice(&4097u32.to_be_bytes());
         assert!(read_all(&s).is_err());
+    }
+
+    #[test]
+    fn crc_is_the_standard_crc_32() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn a_block_lzo_does_not_shrink_at_all_is_stored() {
+        // LZO output exactly as long as its input: lzop marks stored blocks by equal lengths,
+        // so such a block must be stored, never written compressed.
+        let data = (0..4096)
+            .map(|k| [vec![0u8; k], noise(600)].concat())
+            .find(|d| crate::lzo1x_compress(d).len() == d.len())
+            .expect("some prefix makes LZO break even");
+        let mut w = LzopWriter::new(Vec::new());
+        w.write_all(&data).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(be32(&out, 38) as usize, data.len());
+        assert_eq!(be32(&out, 42) as usize, data.len(), "stored");
+        assert_eq!(&out[50..50 + data.len()], &data[..]);
+        assert_eq!(read_all(&out).unwrap(), data);
     }
 }
