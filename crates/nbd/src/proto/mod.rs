@@ -283,7 +283,8 @@ pub(crate) fn put_string(buf: &mut bytes::BytesMut, s: &str) {
 /// Feeds `full` (one encoded message) to `decode` one prefix at a time: every incomplete
 /// prefix must return "need more" without consuming anything and reserve room for the rest of
 /// what the decoder can know it needs (the whole message once its `header` bytes are in, else
-/// the header), and the whole message must decode, consuming exactly its bytes.
+/// the header); the whole message must decode, alone or followed by more bytes, consuming
+/// exactly its own.
 #[cfg(test)]
 pub(crate) fn assert_needs_more_until_complete<T: std::fmt::Debug>(
     full: &[u8],
@@ -307,9 +308,14 @@ pub(crate) fn assert_needs_more_until_complete<T: std::fmt::Debug>(
             buf.capacity()
         );
     }
+    let mut exact = bytes::BytesMut::from(full);
+    let msg = decode(&mut exact)
+        .expect("complete message")
+        .expect("decoded");
+    assert!(exact.is_empty(), "the whole message consumed");
     let mut buf = bytes::BytesMut::from(full);
     buf.extend_from_slice(b"next");
-    let msg = decode(&mut buf)
+    decode(&mut buf)
         .expect("complete message")
         .expect("decoded");
     assert_eq!(&buf[..], b"next", "exactly one message consumed");
