@@ -635,4 +635,23 @@ mod tests {
         assert_eq!(&out[50..50 + data.len()], &data[..]);
         assert_eq!(read_all(&out).unwrap(), data);
     }
+
+    #[test]
+    fn flush_reaches_the_inner_writer() {
+        struct Flushes(usize);
+        impl Write for Flushes {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.0 += 1;
+                Ok(())
+            }
+        }
+        let mut w = LzopWriter::new(Flushes(0));
+        w.write_all(b"data").unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.inner.as_ref().unwrap().0, 1);
+        assert_eq!(w.finish().unwrap().0, 2, "finish flushes too");
+    }
 }
