@@ -210,7 +210,11 @@ fn a_reader_that_closes_stdout_early_is_not_a_failure() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "vm {args:?}: {:?} {stderr}", out.status);
+        assert!(
+            out.status.success(),
+            "vm {args:?}: {:?} {stderr}",
+            out.status
+        );
         assert!(stderr.is_empty(), "vm {args:?}: {stderr}");
     }
 }
