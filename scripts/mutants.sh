@@ -5,6 +5,7 @@
 #   bash scripts/mutants.sh vma restore     # some targets
 #   bash scripts/mutants.sh --diff main     # only mutants in lines changed since `main`
 #   MUTANTS_ARGS="-F write_cluster" bash scripts/mutants.sh vma   # extra cargo-mutants args
+#   bash scripts/mutants.sh --diff HEAD~1 --budget 40   # CI: see below
 #
 # Targets (name: package, files, tests run for each mutant):
 #   vma       vmdump-vma       src/*.rs             unit + integration tests
@@ -20,16 +21,37 @@
 # first; an interrupted run is restored by cargo-mutants, but check `git status` after.
 # Results: mutants.out/<target>/ (outcomes.json, caught.txt, missed.txt, timeout.txt,
 # unviable.txt). Summary per target on stdout; docs/mutation.md records the last full run.
+#
+# `--budget N` (with `--diff`, what CI runs): does nothing when the diff touches no target
+# file; else counts the mutants in the diff (`--list`) over all targets given, skips with a
+# `mutants: skipped` line when there are more than N, and otherwise runs them and fails on
+# any missed mutant. `--time-limit S`: the mutant runs (not the install or the listing) get
+# S seconds in all; then they are interrupted (SIGINT: cargo-mutants puts the source back), a
+# `mutants: stopped` line says so, and that is not a failure.
 set -euo pipefail -f
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+# The version docs/mutation.md's scores were taken with.
+mutants_version=27.1.0
+install_mutants() {
+  command -v cargo-mutants >/dev/null || cargo install cargo-mutants --version "$mutants_version" --locked
+}
 
 diff_base=
-if [ "${1:-}" = "--diff" ]; then
-  diff_base=$2
-  shift 2
+budget=
+time_limit=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --diff) diff_base=$2; shift 2 ;;
+    --budget) budget=$2; shift 2 ;;
+    --time-limit) time_limit=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+if [ -n "$budget" ] && [ -z "$diff_base" ]; then
+  echo "--budget needs --diff" >&2
+  exit 1
 fi
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(vma compress nbd blockdev store engine restore)
@@ -47,12 +69,51 @@ args_for() {
   esac
 }
 
+# The files a target mutates, as git pathspecs.
+files_for() {
+  args_for "$1" | tr ' ' '\n' | grep '^crates/'
+}
+
 diff_file=
 if [ -n "$diff_base" ]; then
   diff_file=$(mktemp)
   trap 'rm -f "$diff_file"' EXIT
   git diff "$diff_base" -- crates > "$diff_file"
 fi
+
+if [ -n "$budget" ]; then
+  touched=()
+  for t in "${targets[@]}"; do
+    # shellcheck disable=SC2046 # one pathspec per file glob
+    if [ -n "$(git diff --name-only "$diff_base" -- $(files_for "$t"))" ]; then
+      touched+=("$t")
+    fi
+  done
+  if [ ${#touched[@]} -eq 0 ]; then
+    echo "mutants: no target file changed since $diff_base"
+    exit 0
+  fi
+  install_mutants
+  total=0
+  for t in "${touched[@]}"; do
+    # shellcheck disable=SC2046 # word splitting of the target's arguments is intended
+    n=$(cargo mutants --list --in-diff "$diff_file" $(args_for "$t") | grep -c . || true)
+    echo "mutants: $t has $n mutants in the diff"
+    total=$((total + n))
+  done
+  if [ "$total" -eq 0 ]; then
+    echo "mutants: no mutants in the diff since $diff_base"
+    exit 0
+  fi
+  if [ "$total" -gt "$budget" ]; then
+    echo "mutants: skipped, $total mutants in the diff since $diff_base (budget $budget): run scripts/mutants.sh --diff before merging"
+    exit 0
+  fi
+  targets=("${touched[@]}")
+fi
+install_mutants
+deadline=
+[ -z "$time_limit" ] || deadline=$((SECONDS + time_limit))
 
 status=0
 for t in "${targets[@]}"; do
@@ -62,14 +123,29 @@ for t in "${targets[@]}"; do
   mkdir -p "$out"
   extra=()
   [ -z "$diff_file" ] || extra+=(--in-diff "$diff_file")
-  # shellcheck disable=SC2086 # word splitting of the target's arguments is intended
+  limit=()
+  if [ -n "$deadline" ]; then
+    left=$((deadline - SECONDS))
+    if [ "$left" -le 0 ]; then
+      echo "mutants: stopped, no time left for $t"
+      continue
+    fi
+    limit=(timeout -s INT -k 60 "$left")
+  fi
   set +e
-  cargo mutants --in-place --timeout "${MUTANTS_TIMEOUT:-30}" --build-timeout 600 \
+  # shellcheck disable=SC2086 # word splitting of the target's arguments is intended
+  "${limit[@]}" cargo mutants --in-place --timeout "${MUTANTS_TIMEOUT:-30}" --build-timeout 600 \
     --no-shuffle --output "$out" $a "${extra[@]}" ${MUTANTS_ARGS:-}
   rc=$?
   set -e
-  # 0: all caught; 2: missed mutants; 3: timeouts; others are failures of the run itself.
-  case $rc in 0 | 2 | 3) ;; *) status=$rc ;; esac
+  # 0: all caught; 2: missed mutants; 3: timeouts; 4: nothing to mutate (--in-diff);
+  # others are failures of the run itself. Under a budget (CI) a missed mutant fails too.
+  case $rc in
+    124) echo "mutants: stopped after ${time_limit} s, not all mutants of $t were checked" ;;
+    0 | 3 | 4) ;;
+    2) [ -z "$budget" ] || status=2 ;;
+    *) status=$rc ;;
+  esac
   d=$out/mutants.out
   count() { [ -f "$d/$1.txt" ] && wc -l < "$d/$1.txt" || echo 0; }
   echo "mutants: $t caught $(count caught) missed $(count missed) unviable $(count unviable) timeout $(count timeout)"

@@ -362,4 +362,296 @@ mod tests {
     fn adler_known_value() {
         assert_eq!(adler32(1, b"Wikipedia"), 0x11E6_0398);
     }
+
+    /// Adler-32 the slow way: every byte reduced at once.
+    fn adler_reference(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u64, 0u64);
+        for &x in data {
+            a = (a + u64::from(x)) % 65521;
+            b = (b + a) % 65521;
+        }
+        ((b << 16) | a) as u32
+    }
+
+    #[test]
+    fn adler_matches_the_definition_over_long_runs() {
+        for len in [0, 1, 5551, 5552, 5553, 20_000] {
+            let data: Vec<u8> = (0..len).map(|i| 255 - (i % 7) as u8).collect();
+            assert_eq!(adler32(1, &data), adler_reference(&data), "{len} bytes");
+        }
+    }
+
+    /// Bytes that LZO cannot shrink (a xorshift sequence).
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn read_all(stream: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        LzopReader::new(stream).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn be32(b: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn writer_frames_256_kib_blocks_as_lzop_does() {
+        assert_eq!(LZOP_BLOCK_SIZE, 262_144);
+        let mut data = vec![7u8; LZOP_BLOCK_SIZE];
+        data.extend(noise(LZOP_BLOCK_SIZE));
+        data.extend([b'z'; 100]);
+        let mut w = LzopWriter::new(Vec::new());
+        assert_eq!(
+            w.write(&data).unwrap(),
+            LZOP_BLOCK_SIZE,
+            "one block per write"
+        );
+        let mut rest = &data[LZOP_BLOCK_SIZE..];
+        while !rest.is_empty() {
+            let n = w.write(&rest[..rest.len().min(100_000)]).unwrap();
+            rest = &rest[n..];
+        }
+        w.flush().unwrap();
+        let out = w.finish().unwrap();
+
+        assert_eq!(out[..9], LZOP_MAGIC);
+        let h = &out[9..9 + 25];
+        assert_eq!(h[..8], [0x10, 0x40, 0x20, 0xa0, 0x09, 0x40, 1, 5]);
+        assert_eq!(be32(h, 8), 0x0300_0001, "Unix, Adler-32 of the data");
+        assert_eq!(be32(h, 12), 0o100644);
+        assert_eq!(h[24], 0, "no name");
+        assert_eq!(be32(&out, 34), adler_reference(h));
+        // Blocks: (uncompressed, compressed, Adler-32 of the uncompressed data).
+        let mut at = 38;
+        for (i, want) in data.chunks(LZOP_BLOCK_SIZE).enumerate() {
+            let (dlen, clen) = (be32(&out, at) as usize, be32(&out, at + 4) as usize);
+            assert_eq!(dlen, want.len(), "block {i}");
+            assert_eq!(be32(&out, at + 8), adler_reference(want), "block {i}");
+            let body = &out[at + 12..at + 12 + clen];
+            if i == 1 {
+                assert_eq!(clen, dlen, "incompressible: stored");
+                assert_eq!(body, want);
+            } else {
+                assert!(clen < dlen, "block {i}: {clen} of {dlen}");
+                assert_eq!(crate::lzo1x_decompress(body, dlen).unwrap(), want);
+            }
+            at += 12 + clen;
+        }
+        assert_eq!(&out[at..], &[0, 0, 0, 0], "end marker");
+        assert_eq!(read_all(&out).unwrap(), data);
+
+        // Reading one byte at a time crosses the block boundaries the same way.
+        let mut r = LzopReader::new(&out[..]);
+        let mut back = Vec::new();
+        let mut b = [0u8; 1];
+        while r.read(&mut b).unwrap() == 1 {
+            back.push(b[0]);
+        }
+        assert_eq!(back, data);
+        assert_eq!(r.read(&mut b).unwrap(), 0, "EOF stays EOF");
+
+        let empty = LzopWriter::new(Vec::new()).finish().unwrap();
+        assert_eq!(empty.len(), 38 + 4, "header and end marker only");
+        assert!(read_all(&empty).unwrap().is_empty());
+    }
+
+    /// An lzop stream as the lzop tool may write it: `flags` choose the checksums (header CRC-32
+    /// with `F_H_CRC32`), `method`, `name`, an optional extra field; blocks are LZO-compressed
+    /// when that is smaller, stored otherwise.
+    fn stream(version: u16, method: u8, flags: u32, name: &[u8], blocks: &[&[u8]]) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&version.to_be_bytes());
+        h.extend_from_slice(&0x20a0u16.to_be_bytes());
+        h.extend_from_slice(&0x0940u16.to_be_bytes());
+        h.push(method);
+        h.push(9);
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&0o100600u32.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 0]);
+        h.push(name.len() as u8);
+        h.extend_from_slice(name);
+        let sum = if flags & F_H_CRC32 != 0 {
+            crc32(&h)
+        } else {
+            adler32(1, &h)
+        };
+        let mut s = LZOP_MAGIC.to_vec();
+        s.extend_from_slice(&h);
+        s.extend_from_slice(&sum.to_be_bytes());
+        if flags & F_H_EXTRA_FIELD != 0 {
+            s.extend_from_slice(&[0, 0, 0, 3, b'x', b'y', b'z', 0xde, 0xad, 0xbe, 0xef]);
+        }
+        for d in blocks {
+            let c = crate::lzo1x_compress(d);
+            let body = if c.len() < d.len() { &c[..] } else { d };
+            s.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            s.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            let packed = body.len() < d.len();
+            for (bit, sum) in [
+                (F_ADLER32_D, adler32(1, d)),
+                (F_CRC32_D, crc32(d)),
+                (F_ADLER32_C, adler32(1, body)),
+                (F_CRC32_C, crc32(body)),
+            ] {
+                let of_compressed = bit == F_ADLER32_C || bit == F_CRC32_C;
+                if flags & bit != 0 && (packed || !of_compressed) {
+                    s.extend_from_slice(&sum.to_be_bytes());
+                }
+            }
+            s.extend_from_slice(body);
+        }
+        s.extend_from_slice(&[0, 0, 0, 0]);
+        s
+    }
+
+    #[test]
+    fn reader_takes_every_checksum_and_header_lzop_may_write() {
+        let packed = vec![3u8; 10_000];
+        let stored = noise(3000);
+        let data = [&packed[..], &stored[..]].concat();
+        let all = F_ADLER32_D | F_ADLER32_C | F_CRC32_D | F_CRC32_C;
+        for flags in [
+            0,
+            F_ADLER32_D,
+            F_CRC32_D | F_CRC32_C,
+            all | F_H_CRC32,
+            F_ADLER32_D | F_ADLER32_C | F_H_EXTRA_FIELD,
+        ] {
+            for method in [1, 2, 3] {
+                let s = stream(0x0940, method, flags, b"disk.raw", &[&packed, &stored]);
+                assert_eq!(
+                    read_all(&s).unwrap(),
+                    data,
+                    "flags {flags:#x} method {method}"
+                );
+            }
+        }
+        // Every checksum is checked: change one byte of each and the stream is refused.
+        let s = stream(0x1040, 1, all, b"", &[&packed]);
+        let clen = be32(&s, 38 + 4) as usize;
+        let body = 38 + 8 + 16;
+        for (at, what) in [
+            (34, "header checksum"),
+            (38 + 8, "data checksum"),
+            (38 + 12, "data checksum"),
+            (38 + 16, "compressed data checksum"),
+            (38 + 20, "compressed data checksum"),
+            (body + clen / 2, "compressed data checksum"),
+        ] {
+            let mut bad = s.clone();
+            bad[at] ^= 0x10;
+            let e = read_all(&bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "byte {at}");
+            assert!(e.to_string().contains(what), "byte {at}: {e}");
+        }
+        // Errors name the block they are in.
+        let s = stream(0x1040, 1, F_ADLER32_D, b"", &[&stored, &stored]);
+        let mut bad = s.clone();
+        bad[38 + 12 + stored.len() + 8] ^= 1;
+        let e = read_all(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("lzop block 1: data checksum"), "{e}");
+        // Without checksums of the compressed data, a damaged block still fails on the data.
+        let s = stream(0x1040, 1, F_CRC32_D, b"", &[&packed]);
+        let mut bad = s.clone();
+        bad[38 + 12 + be32(&s, 42) as usize / 2] ^= 0x10;
+        assert!(read_all(&bad).is_err());
+    }
+
+    #[test]
+    fn hostile_lzop_streams_are_refused() {
+        let block = vec![1u8; 4096];
+        let ok = |s: &[u8]| read_all(s).map(|d| d == block).unwrap_or(false);
+        assert!(ok(&stream(0x0940, 1, F_ADLER32_D, b"", &[&block])));
+        let err = |s: &[u8]| read_all(s).unwrap_err().to_string();
+        assert!(err(&stream(0x093f, 1, 0, b"", &[&block])).contains("too old"));
+        for method in [0, 4] {
+            assert!(err(&stream(0x1040, method, 0, b"", &[&block])).contains("method"));
+        }
+        for flag in [F_H_FILTER, F_MULTIPART] {
+            assert!(err(&stream(0x1040, 1, flag, b"", &[&block])).contains("flags"));
+        }
+        let mut s = stream(0x1040, 1, 0, b"", &[]);
+        s[0] = 0x88;
+        assert!(err(&s).contains("bad magic"));
+
+        // Sizes: an extra field or a block above 64 MiB is refused before any allocation;
+        // 64 MiB itself passes the size check (and then runs out of input).
+        let head = stream(0x1040, 1, 0, b"", &[]);
+        let head = &head[..head.len() - 4];
+        let with = |tail: &[u8]| [head, tail].concat();
+        let max = MAX_BLOCK as u32;
+        assert_eq!(MAX_BLOCK, 67_108_864);
+        assert!(err(&with(&(max + 1).to_be_bytes())).contains("too large"));
+        let e = read_all(&with(&[max.to_be_bytes(), max.to_be_bytes()].concat())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(err(&with(&[0, 0, 0, 4, 0, 0, 0, 5])).contains("exceeds"));
+        let x = stream(0x1040, 1, F_H_EXTRA_FIELD, b"", &[]);
+        let mut big = x[..38].to_vec();
+        big.extend_from_slice(&(max + 1).to_be_bytes());
+        assert!(err(&big).contains("extra field too large"));
+        big[38..42].copy_from_slice(&max.to_be_bytes());
+        let e = read_all(&big).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof,
+            "64 MiB extra field: {e}"
+        );
+
+        // A packed block that decodes to fewer bytes than it claims.
+        let mut s = stream(0x1040, 1, 0, b"", &[&block]);
+        s[38..42].copy_from_slice(&4097u32.to_be_bytes());
+        assert!(read_all(&s).is_err());
+    }
+
+    #[test]
+    fn crc_is_the_standard_crc_32() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn a_block_lzo_does_not_shrink_at_all_is_stored() {
+        // LZO output exactly as long as its input: lzop marks stored blocks by equal lengths,
+        // so such a block must be stored, never written compressed.
+        let data = (0..4096)
+            .map(|k| [vec![0u8; k], noise(600)].concat())
+            .find(|d| crate::lzo1x_compress(d).len() == d.len())
+            .expect("some prefix makes LZO break even");
+        let mut w = LzopWriter::new(Vec::new());
+        w.write_all(&data).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(be32(&out, 38) as usize, data.len());
+        assert_eq!(be32(&out, 42) as usize, data.len(), "stored");
+        assert_eq!(&out[50..50 + data.len()], &data[..]);
+        assert_eq!(read_all(&out).unwrap(), data);
+    }
+
+    #[test]
+    fn flush_reaches_the_inner_writer() {
+        struct Flushes(usize);
+        impl Write for Flushes {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.0 += 1;
+                Ok(())
+            }
+        }
+        let mut w = LzopWriter::new(Flushes(0));
+        w.write_all(b"data").unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.inner.as_ref().unwrap().0, 1);
+        assert_eq!(w.finish().unwrap().0, 2, "finish flushes too");
+    }
 }

@@ -166,4 +166,52 @@ mod tests {
         let mut buf = BytesMut::from(&[0, 0, 0, 3][..]);
         assert!(ClientFlags::decode(&mut buf).unwrap().unwrap().no_zeroes());
     }
+
+    #[test]
+    fn greeting_needs_all_18_bytes_and_fixed_newstyle() {
+        let mut full = BytesMut::new();
+        Greeting { flags: 1 }.encode(&mut full);
+        let g = crate::proto::assert_needs_more_until_complete(&full, GREETING_LEN, |b| {
+            Greeting::decode(b)
+        });
+        assert_eq!(g, Greeting { flags: 1 });
+        for (flags, fixed) in [(0, false), (1, true), (2, false), (3, true)] {
+            let mut buf = BytesMut::new();
+            Greeting { flags }.encode(&mut buf);
+            assert_eq!(Greeting::decode(&mut buf).is_ok(), fixed, "flags {flags}");
+        }
+    }
+
+    #[test]
+    fn client_flags_say_whether_zeroes_are_skipped() {
+        for (bits, no_zeroes) in [(0, false), (1, false), (2, true), (3, true)] {
+            let mut full = BytesMut::new();
+            ClientFlags(bits).encode(&mut full);
+            let f = crate::proto::assert_needs_more_until_complete(&full, 4, |b| {
+                ClientFlags::decode(b)
+            });
+            assert_eq!(f, ClientFlags(bits));
+            assert_eq!(f.no_zeroes(), no_zeroes, "flags {bits}");
+        }
+        assert!(ClientFlags::decode(&mut BytesMut::from(&[0, 0, 0, 4][..])).is_err());
+    }
+
+    #[test]
+    fn export_name_reply_with_and_without_the_124_zeroes() {
+        let reply = ExportNameReply {
+            size: 0x0102_0304_0506_0708,
+            flags: 0x0a0b,
+        };
+        for (no_zeroes, len) in [(false, 134), (true, 10)] {
+            let mut full = BytesMut::new();
+            reply.encode(&mut full, no_zeroes);
+            assert_eq!(full.len(), len);
+            assert_eq!(&full[..10], &[1, 2, 3, 4, 5, 6, 7, 8, 0x0a, 0x0b]);
+            assert!(full[10..].iter().all(|&b| b == 0));
+            let got = crate::proto::assert_needs_more_until_complete(&full, len, |b| {
+                ExportNameReply::decode(b, no_zeroes)
+            });
+            assert_eq!(got, reply);
+        }
+    }
 }

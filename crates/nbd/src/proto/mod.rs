@@ -279,3 +279,181 @@ pub(crate) fn put_string(buf: &mut bytes::BytesMut, s: &str) {
     buf.put_u32(s.len() as u32);
     buf.put_slice(s.as_bytes());
 }
+
+/// Feeds `full` (one encoded message) to `decode` one prefix at a time: every incomplete
+/// prefix must return "need more" without consuming anything and reserve room for the rest of
+/// what the decoder can know it needs (the whole message once its `header` bytes are in, else
+/// the header); the whole message must decode, alone or followed by more bytes, consuming
+/// exactly its own.
+#[cfg(test)]
+pub(crate) fn assert_needs_more_until_complete<T: std::fmt::Debug>(
+    full: &[u8],
+    header: usize,
+    mut decode: impl FnMut(&mut bytes::BytesMut) -> Result<Option<T>, ProtocolError>,
+) -> T {
+    for k in 0..full.len() {
+        let mut buf = bytes::BytesMut::from(&full[..k]);
+        let got = decode(&mut buf);
+        assert!(
+            matches!(got, Ok(None)),
+            "{k} of {} bytes: {got:?}",
+            full.len()
+        );
+        assert_eq!(&buf[..], &full[..k], "{k} bytes: nothing consumed");
+        let want = if k < header { header } else { full.len() };
+        assert!(
+            buf.capacity() >= want,
+            "{k} of {} bytes: reserved {} < {want}",
+            full.len(),
+            buf.capacity()
+        );
+    }
+    let mut exact = bytes::BytesMut::from(full);
+    let msg = decode(&mut exact)
+        .expect("complete message")
+        .expect("decoded");
+    assert!(exact.is_empty(), "the whole message consumed");
+    let mut buf = bytes::BytesMut::from(full);
+    buf.extend_from_slice(b"next");
+    decode(&mut buf)
+        .expect("complete message")
+        .expect("decoded");
+    assert_eq!(&buf[..], b"next", "exactly one message consumed");
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    #[test]
+    fn wire_numbers_are_the_specs() {
+        // The numbers as the NBD protocol document (doc/proto.md) writes them.
+        assert_eq!(NBD_MAGIC, 0x4e42444d41474943);
+        assert_eq!(IHAVEOPT, 0x49484156454F5054);
+        assert_eq!(OPTION_REPLY_MAGIC, 0x3e889045565a9);
+        assert_eq!(REQUEST_MAGIC, 0x25609513);
+        assert_eq!(SIMPLE_REPLY_MAGIC, 0x67446698);
+        assert_eq!(STRUCTURED_REPLY_MAGIC, 0x668e33ef);
+        assert_eq!(MAX_STRING, 4096);
+        assert_eq!(MAX_PAYLOAD, 33_554_432);
+        assert_eq!(MAX_OPTION_LEN, 65_536);
+        assert_eq!([FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES], [1, 2]);
+        assert_eq!([FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES], [1, 2]);
+        use tflags::*;
+        assert_eq!(
+            [
+                HAS_FLAGS,
+                READ_ONLY,
+                SEND_FLUSH,
+                SEND_FUA,
+                ROTATIONAL,
+                SEND_TRIM,
+                SEND_WRITE_ZEROES,
+                SEND_DF,
+                CAN_MULTI_CONN,
+                SEND_CACHE,
+                SEND_FAST_ZERO,
+            ],
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2048]
+        );
+    }
+
+    /// Every errno the wire carries: number (the spec's, equal to Linux's), name, strerror text.
+    const ERRNOS: [(u32, &str, &str); 8] = [
+        (1, "EPERM", "Operation not permitted"),
+        (5, "EIO", "Input/output error"),
+        (12, "ENOMEM", "Cannot allocate memory"),
+        (22, "EINVAL", "Invalid argument"),
+        (28, "ENOSPC", "No space left on device"),
+        (75, "EOVERFLOW", "Value too large for defined data type"),
+        (95, "ENOTSUP", "Operation not supported"),
+        (
+            108,
+            "ESHUTDOWN",
+            "Cannot send after transport endpoint shutdown",
+        ),
+    ];
+
+    #[test]
+    fn errno_numbers_names_and_descriptions() {
+        use errno::*;
+        assert_eq!(
+            [EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN],
+            ERRNOS.map(|(code, _, _)| code)
+        );
+        for (code, name, text) in ERRNOS {
+            assert_eq!(errno::name(code), name);
+            assert_eq!(describe(code), text);
+            // The local errno of the same number says the same thing.
+            let local = std::io::Error::from_raw_os_error(code as i32).to_string();
+            assert!(local.starts_with(text), "{local} vs {text}");
+        }
+        assert_eq!(errno::name(2), "unknown errno");
+        assert_eq!(describe(2), "unknown error");
+        let e = io_error(ENOSPC, "export full");
+        assert_eq!(e.to_string(), "export full (ENOSPC)");
+    }
+
+    #[test]
+    fn local_errors_map_to_the_closest_errno() {
+        use errno::*;
+        use std::io::{Error, ErrorKind as K};
+        // Our own Errno keeps its exact code, whatever its kind says.
+        assert_eq!(from_io(&io_error(ESHUTDOWN, "stopping")), ESHUTDOWN);
+        assert_eq!(from_io(&io_error(EOVERFLOW, "past the end")), EOVERFLOW);
+        // OS errors with an NBD number keep it; others become EIO.
+        for (code, _, _) in ERRNOS {
+            assert_eq!(from_io(&Error::from_raw_os_error(code as i32)), code);
+        }
+        assert_eq!(from_io(&Error::from_raw_os_error(2)), EIO, "ENOENT");
+        assert_eq!(from_io(&Error::from_raw_os_error(13)), EPERM, "EACCES");
+        for (kind, code) in [
+            (K::PermissionDenied, EPERM),
+            (K::InvalidInput, EINVAL),
+            (K::InvalidData, EINVAL),
+            (K::OutOfMemory, ENOMEM),
+            (K::StorageFull, ENOSPC),
+            (K::Unsupported, ENOTSUP),
+            (K::UnexpectedEof, EIO),
+            (K::Other, EIO),
+        ] {
+            assert_eq!(from_io(&Error::new(kind, "x")), code, "{kind:?}");
+        }
+    }
+
+    fn string_of(len: usize) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u32(len as u32);
+        b.put_bytes(b'x', len);
+        b.freeze()
+    }
+
+    #[test]
+    fn strings_up_to_the_spec_limit_are_read() {
+        let mut b = string_of(4096);
+        assert_eq!(take_string(&mut b, "name").unwrap(), "x".repeat(4096));
+        assert!(b.is_empty());
+        let mut b = string_of(0);
+        assert_eq!(take_string(&mut b, "name").unwrap(), "");
+        assert!(matches!(
+            take_string(&mut string_of(4097), "name"),
+            Err(ProtocolError::TooLong {
+                len: 4097,
+                max: 4096,
+                ..
+            })
+        ));
+        for short in [&[][..], &[0, 0, 0][..]] {
+            assert!(matches!(
+                take_string(&mut Bytes::copy_from_slice(short), "name"),
+                Err(ProtocolError::Malformed { .. })
+            ));
+        }
+        let mut b = Bytes::from_static(b"\0\0\0\x03ab");
+        assert!(take_string(&mut b, "name").is_err(), "past the end");
+        let mut b = Bytes::from_static(b"\0\0\0\x02a\0");
+        assert!(take_string(&mut b, "name").is_err(), "NUL inside");
+    }
+}

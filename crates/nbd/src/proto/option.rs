@@ -716,4 +716,249 @@ mod tests {
         };
         assert!(ReplyKind::parse(&raw).is_err());
     }
+
+    #[test]
+    fn option_and_reply_numbers_are_the_specs() {
+        let options = [
+            (OPT_EXPORT_NAME, 1, "NBD_OPT_EXPORT_NAME"),
+            (OPT_ABORT, 2, "NBD_OPT_ABORT"),
+            (OPT_LIST, 3, "NBD_OPT_LIST"),
+            (OPT_STARTTLS, 5, "NBD_OPT_STARTTLS"),
+            (OPT_INFO, 6, "NBD_OPT_INFO"),
+            (OPT_GO, 7, "NBD_OPT_GO"),
+            (OPT_STRUCTURED_REPLY, 8, "NBD_OPT_STRUCTURED_REPLY"),
+            (OPT_LIST_META_CONTEXT, 9, "NBD_OPT_LIST_META_CONTEXT"),
+            (OPT_SET_META_CONTEXT, 10, "NBD_OPT_SET_META_CONTEXT"),
+        ];
+        for (code, spec, name) in options {
+            assert_eq!(code, spec, "{name}");
+            assert_eq!(option_name(code), name);
+        }
+        assert_eq!(option_name(4), "unknown option");
+        assert_eq!(
+            [REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT],
+            [1, 2, 3, 4]
+        );
+        // The spec writes the error replies as 2^31 + n.
+        let errors = [
+            (REP_ERR_UNSUP, 0x8000_0001, "NBD_REP_ERR_UNSUP"),
+            (REP_ERR_POLICY, 0x8000_0002, "NBD_REP_ERR_POLICY"),
+            (REP_ERR_INVALID, 0x8000_0003, "NBD_REP_ERR_INVALID"),
+            (REP_ERR_PLATFORM, 0x8000_0004, "NBD_REP_ERR_PLATFORM"),
+            (REP_ERR_TLS_REQD, 0x8000_0005, "NBD_REP_ERR_TLS_REQD"),
+            (REP_ERR_UNKNOWN, 0x8000_0006, "NBD_REP_ERR_UNKNOWN"),
+            (REP_ERR_SHUTDOWN, 0x8000_0007, "NBD_REP_ERR_SHUTDOWN"),
+            (
+                REP_ERR_BLOCK_SIZE_REQD,
+                0x8000_0008,
+                "NBD_REP_ERR_BLOCK_SIZE_REQD",
+            ),
+            (REP_ERR_TOO_BIG, 0x8000_0009, "NBD_REP_ERR_TOO_BIG"),
+        ];
+        for (code, spec, name) in errors {
+            assert_eq!(code, spec, "{name}");
+            assert_eq!(reply_error_name(code), name);
+        }
+        assert_eq!(reply_error_name(0x8000_000a), "unknown option error");
+        assert_eq!(reply_error_name(1), "unknown option error");
+        assert_eq!(
+            [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE],
+            [0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn option_requests_up_to_the_limit_are_framed() {
+        for len in [0, 3, MAX_OPTION_LEN as usize] {
+            let raw = RawOption {
+                code: 99,
+                data: Bytes::from(vec![7; len]),
+            };
+            let mut full = BytesMut::new();
+            raw.encode(&mut full);
+            let got = crate::proto::assert_needs_more_until_complete(&full, 16, RawOption::decode);
+            assert_eq!(got, raw);
+        }
+        let mut buf = BytesMut::new();
+        buf.put_u64(IHAVEOPT);
+        buf.put_u32(OPT_GO);
+        buf.put_u32(MAX_OPTION_LEN + 1);
+        assert_eq!(
+            RawOption::decode(&mut buf),
+            Err(ProtocolError::TooLong {
+                what: "option request",
+                len: 65_537,
+                max: 65_536
+            })
+        );
+    }
+
+    #[test]
+    fn option_replies_up_to_the_limit_are_framed() {
+        for len in [0, 3, MAX_OPTION_LEN as usize] {
+            let raw = RawReply {
+                option: OPT_GO,
+                kind: REP_ERR_INVALID,
+                data: Bytes::from(vec![b'e'; len]),
+            };
+            let mut full = BytesMut::new();
+            raw.encode(&mut full);
+            let got = crate::proto::assert_needs_more_until_complete(&full, 20, RawReply::decode);
+            assert_eq!(got, raw);
+        }
+        let mut buf = BytesMut::new();
+        buf.put_u64(OPTION_REPLY_MAGIC);
+        buf.put_u32(OPT_GO);
+        buf.put_u32(REP_ACK);
+        buf.put_u32(MAX_OPTION_LEN + 1);
+        assert!(matches!(
+            RawReply::decode(&mut buf),
+            Err(ProtocolError::TooLong { len: 65_537, .. })
+        ));
+    }
+
+    fn too_long(r: Result<impl std::fmt::Debug, ProtocolError>) -> (u64, u64) {
+        match r {
+            Err(ProtocolError::TooLong { len, max, .. }) => (len, max),
+            other => panic!("expected TooLong, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn option_payload_counts_up_to_their_limits() {
+        let name = "n".repeat(4096);
+        round_trip(ClientOption::ExportName(name.clone()));
+        let raw = ClientOption::ExportName(name.clone() + "n").to_raw();
+        assert_eq!(too_long(ClientOption::parse(&raw)), (4097, 4096));
+
+        let go = |n: u16| GoRequest {
+            name: name.clone(),
+            info: (0..n).collect(),
+        };
+        round_trip(ClientOption::Go(go(64)));
+        round_trip(ClientOption::Info(go(0)));
+        let raw = ClientOption::Go(go(65)).to_raw();
+        assert_eq!(too_long(ClientOption::parse(&raw)), (65, 64));
+
+        let meta = |n: usize| MetaRequest {
+            export: String::new(),
+            queries: vec!["base:allocation".into(); n],
+        };
+        round_trip(ClientOption::ListMetaContext(meta(0)));
+        round_trip(ClientOption::SetMetaContext(meta(64)));
+        let raw = ClientOption::ListMetaContext(meta(65)).to_raw();
+        assert_eq!(too_long(ClientOption::parse(&raw)), (65, 64));
+        round_trip(ClientOption::List);
+        round_trip(ClientOption::Other(OPT_STARTTLS));
+
+        // Counts cut short are malformed, not a panic.
+        for data in [&[0, 0, 0, 0, 0][..], &[0, 0, 0, 0, 0, 0, 0][..]] {
+            for code in [OPT_GO, OPT_SET_META_CONTEXT] {
+                let raw = RawOption {
+                    code,
+                    data: Bytes::copy_from_slice(data),
+                };
+                let r = ClientOption::parse(&raw);
+                assert!(
+                    matches!(r, Err(ProtocolError::Malformed { .. })),
+                    "{code} {data:?}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn block_size_constraints_follow_the_spec() {
+        let ok = |min, preferred, max| {
+            BlockSize {
+                min,
+                preferred,
+                max,
+            }
+            .validate()
+            .is_ok()
+        };
+        assert!(ok(1, 4096, 32 << 20));
+        assert!(ok(512, 512, u32::MAX), "no maximum, not a multiple of min");
+        assert!(ok(65536, 65536, 65536));
+        assert!(ok(4096, 4096, 8192));
+        assert!(!ok(3, 4096, u32::MAX), "min not a power of two");
+        assert!(!ok(131072, 131072, u32::MAX), "min above 64 KiB");
+        assert!(!ok(1, 3000, u32::MAX), "preferred not a power of two");
+        assert!(!ok(1, 256, u32::MAX), "preferred below 512");
+        assert!(!ok(4096, 2048, u32::MAX), "preferred below min");
+        assert!(!ok(512, 4096, 1000), "max not a multiple of min");
+        assert!(!ok(4096, 4096, 0), "max below min");
+    }
+
+    fn reply(kind: u32, data: &[u8]) -> Result<ReplyKind, ProtocolError> {
+        ReplyKind::parse(&RawReply {
+            option: OPT_GO,
+            kind,
+            data: Bytes::copy_from_slice(data),
+        })
+    }
+
+    #[test]
+    fn reply_payloads_at_their_length_boundaries() {
+        assert_eq!(
+            reply(REP_INFO, &[0, 99]).unwrap(),
+            ReplyKind::Info(Info::Unknown(99)),
+            "a bare unknown info type"
+        );
+        assert!(reply(REP_INFO, &[0]).is_err());
+        assert!(reply(REP_INFO, &[]).is_err());
+        assert!(reply(REP_INFO, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(reply(REP_ACK, &[0]).is_err());
+        let long = "d".repeat(4096);
+        for (ty, info) in [
+            (INFO_NAME, Info::Name(long.clone())),
+            (INFO_DESCRIPTION, Info::Description(long.clone())),
+            (INFO_NAME, Info::Name("disk".into())),
+            (INFO_DESCRIPTION, Info::Description(String::new())),
+        ] {
+            let r = ReplyKind::Info(info);
+            assert_eq!(ReplyKind::parse(&r.to_raw(OPT_GO)).unwrap(), r);
+            let mut data = vec![0, ty as u8];
+            data.extend(std::iter::repeat_n(b'd', 4097));
+            assert_eq!(too_long(reply(REP_INFO, &data)), (4097, 4096));
+        }
+
+        assert_eq!(
+            reply(REP_META_CONTEXT, &[0, 0, 0, 9]).unwrap(),
+            ReplyKind::MetaContext {
+                id: 9,
+                name: String::new()
+            }
+        );
+        assert!(reply(REP_META_CONTEXT, &[0, 0, 9]).is_err());
+        let r = ReplyKind::MetaContext {
+            id: 1,
+            name: long.clone(),
+        };
+        assert_eq!(ReplyKind::parse(&r.to_raw(OPT_GO)).unwrap(), r);
+        let mut data = vec![0, 0, 0, 1];
+        data.extend(std::iter::repeat_n(b'm', 4097));
+        assert_eq!(too_long(reply(REP_META_CONTEXT, &data)), (4097, 4096));
+    }
+
+    #[test]
+    fn only_bit_31_makes_a_reply_an_error() {
+        assert_eq!(reply(77, &[1, 2]).unwrap(), ReplyKind::Unknown(77));
+        assert_eq!(
+            reply(0x8000_0063, b"m\xff").unwrap(),
+            ReplyKind::Error {
+                code: 0x8000_0063,
+                message: "m\u{fffd}".into()
+            },
+            "unknown error codes are errors; messages are read leniently"
+        );
+        assert_eq!(
+            reply(REP_ERR_POLICY, b"").unwrap(),
+            ReplyKind::Error {
+                code: REP_ERR_POLICY,
+                message: String::new()
+            }
+        );
+    }
 }

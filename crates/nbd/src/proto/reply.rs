@@ -504,4 +504,202 @@ mod tests {
         let mut buf = BytesMut::from(&b"\xde\xad\xbe\xef and then some"[..]);
         assert!(Reply::decode(&mut buf, |_| None).is_err());
     }
+
+    #[test]
+    fn reply_numbers_are_the_specs() {
+        assert_eq!(
+            [SIMPLE_HEADER_LEN, CHUNK_HEADER_LEN],
+            [16, 20],
+            "header sizes"
+        );
+        assert_eq!(MAX_CHUNK_PAYLOAD, 33_554_440);
+        assert_eq!(FLAG_DONE, 1);
+        assert_eq!(
+            [
+                TYPE_NONE,
+                TYPE_OFFSET_DATA,
+                TYPE_OFFSET_HOLE,
+                TYPE_BLOCK_STATUS,
+                TYPE_ERROR,
+                TYPE_ERROR_OFFSET
+            ],
+            [0, 1, 2, 5, 32769, 32770]
+        );
+        assert_eq!([STATE_HOLE, STATE_ZERO], [1, 2]);
+    }
+
+    #[test]
+    fn replies_need_more_until_complete() {
+        let mut simple = BytesMut::new();
+        encode_simple(&mut simple, 7, 0);
+        // Payloads longer than twice the header: a short reservation is not hidden by the
+        // buffer doubling its capacity.
+        simple.put_bytes(b'd', 100);
+        let r = crate::proto::assert_needs_more_until_complete(&simple, 16, |b| {
+            Reply::decode(b, |c| (c == 7).then_some(100))
+        });
+        assert_eq!(r.cookie(), 7);
+        let mut error = BytesMut::new();
+        encode_simple(&mut error, 8, 5);
+        let r = crate::proto::assert_needs_more_until_complete(&error, 16, |b| {
+            Reply::decode(b, |_| Some(10))
+        });
+        assert_eq!(
+            r,
+            Reply::Simple {
+                cookie: 8,
+                error: 5,
+                data: None
+            },
+            "a failed read carries no data"
+        );
+        let chunk = Chunk::OffsetData {
+            offset: 1 << 33,
+            data: Bytes::from(vec![b'c'; 100]),
+        };
+        let r = crate::proto::assert_needs_more_until_complete(&enc(&chunk, 0), 20, |b| {
+            Reply::decode(b, |_| None)
+        });
+        assert_eq!(
+            r,
+            Reply::Structured {
+                cookie: 9,
+                flags: 0,
+                chunk
+            }
+        );
+        // Four bytes are enough to refuse a bad magic.
+        let mut buf = BytesMut::from(&b"\xde\xad\xbe\xef"[..]);
+        assert!(matches!(
+            Reply::decode(&mut buf, |_| None),
+            Err(ProtocolError::BadMagic { .. })
+        ));
+    }
+
+    fn header_only(magic_len: (u32, u32), kind: u16) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(magic_len.0);
+        if magic_len.0 == SIMPLE_REPLY_MAGIC {
+            buf.put_u32(0);
+            buf.put_u64(1);
+        } else {
+            buf.put_u16(0);
+            buf.put_u16(kind);
+            buf.put_u64(1);
+            buf.put_u32(magic_len.1);
+        }
+        buf
+    }
+
+    #[test]
+    fn payload_lengths_up_to_the_limits() {
+        // A full 32 MiB read is accepted (and waited for), one byte more is refused.
+        let mut buf = header_only((SIMPLE_REPLY_MAGIC, 0), 0);
+        assert_eq!(Reply::decode(&mut buf, |_| Some(MAX_PAYLOAD)), Ok(None));
+        let mut buf = header_only((SIMPLE_REPLY_MAGIC, 0), 0);
+        assert!(matches!(
+            Reply::decode(&mut buf, |_| Some(MAX_PAYLOAD + 1)),
+            Err(ProtocolError::TooLong {
+                len: 33_554_433,
+                ..
+            })
+        ));
+        let mut buf = header_only((STRUCTURED_REPLY_MAGIC, MAX_CHUNK_PAYLOAD), 1);
+        assert_eq!(Reply::decode(&mut buf, |_| None), Ok(None));
+        let mut buf = header_only((STRUCTURED_REPLY_MAGIC, MAX_CHUNK_PAYLOAD + 1), 1);
+        assert!(matches!(
+            Reply::decode(&mut buf, |_| None),
+            Err(ProtocolError::TooLong {
+                len: 33_554_441,
+                ..
+            })
+        ));
+    }
+
+    fn chunk(kind: u16, flags: u16, payload: &[u8]) -> Result<Chunk, ProtocolError> {
+        Chunk::parse(kind, flags, Bytes::copy_from_slice(payload))
+    }
+
+    #[test]
+    fn chunk_payloads_at_their_length_boundaries() {
+        assert_eq!(
+            chunk(TYPE_OFFSET_DATA, 0, &[0, 0, 0, 0, 0, 0, 0, 3, b'x']).unwrap(),
+            Chunk::OffsetData {
+                offset: 3,
+                data: Bytes::from_static(b"x")
+            },
+            "one data byte"
+        );
+        assert_eq!(
+            chunk(TYPE_BLOCK_STATUS, 0, &[0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 0, 3]).unwrap(),
+            Chunk::BlockStatus {
+                context: 1,
+                extents: vec![Extent {
+                    length: 512,
+                    flags: 3
+                }]
+            },
+            "one descriptor"
+        );
+        for len in [0, 4, 11, 16, 19] {
+            assert!(
+                chunk(TYPE_BLOCK_STATUS, 0, &vec![0; len]).is_err(),
+                "BLOCK_STATUS of {len} bytes"
+            );
+        }
+        assert!(chunk(TYPE_BLOCK_STATUS, 0, &[1; 20]).is_ok());
+        assert!(chunk(TYPE_OFFSET_HOLE, 0, &[0; 12]).is_err(), "empty hole");
+        assert_eq!(
+            chunk(TYPE_ERROR, 0, &[0, 0, 0, 28, 0, 0]).unwrap(),
+            Chunk::Error {
+                errno: 28,
+                message: String::new(),
+                offset: None
+            },
+            "an error without a message"
+        );
+        for len in 0..6 {
+            assert!(chunk(TYPE_ERROR, 0, &vec![1; len]).is_err());
+            assert!(chunk(0x8003, 0, &vec![1; len]).is_err());
+        }
+        assert_eq!(
+            chunk(
+                TYPE_ERROR_OFFSET,
+                0,
+                &[0, 0, 0, 5, 0, 1, b'e', 0, 0, 0, 0, 0, 0, 2, 0]
+            )
+            .unwrap(),
+            Chunk::Error {
+                errno: 5,
+                message: "e".into(),
+                offset: Some(512)
+            }
+        );
+        assert!(chunk(TYPE_ERROR_OFFSET, 0, &[0, 0, 0, 5, 0, 1, b'e']).is_err());
+    }
+
+    #[test]
+    fn only_bit_15_makes_an_unknown_chunk_an_error() {
+        assert_eq!(
+            chunk(99, FLAG_DONE, &[1, 2, 3]).unwrap(),
+            Chunk::Unknown { kind: 99 }
+        );
+        assert_eq!(
+            chunk(0x8003, 0, &[0, 0, 0, 22, 0, 0]).unwrap(),
+            Chunk::Error {
+                errno: 22,
+                message: "unknown error chunk type 0x8003".into(),
+                offset: None
+            }
+        );
+        assert_eq!(
+            chunk(0x8003, 0, &[0, 0, 0, 0, 0, 0]).unwrap(),
+            Chunk::Error {
+                errno: 5,
+                message: "unknown error chunk type 0x8003".into(),
+                offset: None
+            },
+            "errno 0 would read as success: EIO"
+        );
+    }
 }

@@ -208,4 +208,74 @@ mod tests {
         assert_eq!(req.length, u32::MAX);
         assert!(req.payload.is_empty());
     }
+
+    #[test]
+    fn command_numbers_are_the_specs() {
+        let commands = [
+            (CMD_READ, 0, "NBD_CMD_READ"),
+            (CMD_WRITE, 1, "NBD_CMD_WRITE"),
+            (CMD_DISC, 2, "NBD_CMD_DISC"),
+            (CMD_FLUSH, 3, "NBD_CMD_FLUSH"),
+            (CMD_TRIM, 4, "NBD_CMD_TRIM"),
+            (CMD_CACHE, 5, "NBD_CMD_CACHE"),
+            (CMD_WRITE_ZEROES, 6, "NBD_CMD_WRITE_ZEROES"),
+            (CMD_BLOCK_STATUS, 7, "NBD_CMD_BLOCK_STATUS"),
+        ];
+        for (code, spec, name) in commands {
+            assert_eq!(code, spec, "{name}");
+            assert_eq!(command_name(code), name);
+        }
+        assert_eq!(command_name(8), "unknown command");
+        use cflags::*;
+        assert_eq!([FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO], [1, 2, 4, 8, 16]);
+        assert_eq!(ALL, 31);
+        assert_eq!(REQUEST_HEADER_LEN, 28);
+    }
+
+    fn write_of(len: u32) -> BytesMut {
+        let mut buf = BytesMut::new();
+        Request {
+            flags: 0,
+            command: CMD_WRITE,
+            cookie: 5,
+            offset: 4096,
+            length: len,
+            payload: Bytes::new(),
+        }
+        .encode_header(&mut buf);
+        buf.put_bytes(0x5a, len as usize);
+        buf
+    }
+
+    #[test]
+    fn writes_up_to_the_negotiated_maximum() {
+        let full = write_of(100);
+        let req = crate::proto::assert_needs_more_until_complete(&full, REQUEST_HEADER_LEN, |b| {
+            Request::decode(b, 100)
+        });
+        assert_eq!(&req.payload[..], &[0x5a; 100]);
+        assert_eq!((req.cookie, req.offset, req.length), (5, 4096, 100));
+        assert!(matches!(
+            Request::decode(&mut write_of(101), 100),
+            Err(ProtocolError::TooLong {
+                len: 101,
+                max: 100,
+                ..
+            })
+        ));
+        // A larger negotiated maximum is still capped at 32 MiB.
+        let mut head = write_of(0);
+        head[24..28].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
+        assert!(matches!(
+            Request::decode(&mut head, u32::MAX),
+            Err(ProtocolError::TooLong {
+                max: 33_554_432,
+                ..
+            })
+        ));
+        let mut head = write_of(0);
+        head[24..28].copy_from_slice(&MAX_PAYLOAD.to_be_bytes());
+        assert_eq!(Request::decode(&mut head, u32::MAX), Ok(None));
+        assert!(head.capacity() >= REQUEST_HEADER_LEN + MAX_PAYLOAD as usize);
+    }
 }
