@@ -357,32 +357,64 @@ pub async fn backup_vm_with(
     }
     .await;
     let hostname = known.1.clone().unwrap_or_else(|| format!("VM {vmid}"));
-    let archive = known.0.as_ref().map(|n| job.target(n));
-    let log_path = known.0.as_ref().map(ArchiveName::log);
-    let call = GuestCall {
-        mode: known.2.as_str(),
-        vmid: vmid.get(),
+    let end = GuestEnd {
+        vmid,
         vmtype: "qemu",
+        mode: known.2.as_str(),
         hostname: &hostname,
-        target: archive.as_deref(),
-        logfile: log_path.as_deref(),
+        names: known.0.as_ref(),
+        started,
     };
-    match res {
-        Ok((archive, log_path, size, transfer)) => {
-            let duration = started.elapsed();
-            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Ok(duration)).await;
-            Ok(BackupReport {
-                vmid,
-                archive,
-                log: log_path,
-                size,
-                transfer,
-                duration,
-            })
-        }
-        Err(e) => {
-            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Err(&e)).await;
-            Err(e)
+    end.finish(job, &log, res).await
+}
+
+/// What the end of one guest's backup (VM or container) tells the hooks and the report.
+pub(crate) struct GuestEnd<'a> {
+    pub(crate) vmid: VmId,
+    pub(crate) vmtype: &'a str,
+    pub(crate) mode: &'a str,
+    pub(crate) hostname: &'a str,
+    /// The archive's names, once claimed.
+    pub(crate) names: Option<&'a ArchiveName>,
+    pub(crate) started: std::time::Instant,
+}
+
+impl GuestEnd<'_> {
+    /// Runs the `backup-end` or `backup-abort` and `log-end` hooks and makes the report of
+    /// `res`: (archive, log file, archive size, transfer).
+    pub(crate) async fn finish(
+        &self,
+        job: &BackupJob,
+        log: &TaskLog<'_>,
+        res: Result<(PathBuf, PathBuf, u64, Transfer)>,
+    ) -> Result<BackupReport> {
+        let target = self.names.map(|n| job.target(n));
+        let logfile = self.names.map(ArchiveName::log);
+        let call = GuestCall {
+            mode: self.mode,
+            vmid: self.vmid.get(),
+            vmtype: self.vmtype,
+            hostname: self.hostname,
+            target: target.as_deref(),
+            logfile: logfile.as_deref(),
+        };
+        match res {
+            Ok((archive, log_path, size, transfer)) => {
+                let duration = self.started.elapsed();
+                crate::hook::guest_end(job.hook.as_ref(), &call, log, Ok(duration)).await;
+                Ok(BackupReport {
+                    vmid: self.vmid,
+                    archive,
+                    log: log_path,
+                    size,
+                    transfer,
+                    duration,
+                })
+            }
+            Err(e) => {
+                crate::hook::guest_end(job.hook.as_ref(), &call, log, Err(&e)).await;
+                Err(e)
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::{Error, Failure, Result};
 use crate::job::{self, Poll, SourceDisk};
 use crate::log::TaskLog;
 use crate::output::ArchiveFile;
-use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
+use crate::pipeline::{Msg, Shared, WriterThread, CHANNEL_CLUSTERS};
 use crate::progress::ProgressLines;
 use crate::target::{DiskExport, NbdTarget};
 
@@ -153,6 +153,60 @@ pub async fn run(
     res
 }
 
+/// The archive side of a backup, push or pull: the archive file (or `--stdout`), its VMA
+/// writer holding the configs and one device per disk, and the writer thread fed over `tx`.
+pub(crate) struct ArchiveSide {
+    pub(crate) uuid: uuid::Uuid,
+    /// The VMA device number of each disk, in order.
+    pub(crate) devs: Vec<u8>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: mpsc::Sender<Msg>,
+    pub(crate) writer: WriterThread,
+}
+
+/// Starts the [`ArchiveSide`] of a backup of `disks` into `dat`.
+pub(crate) fn start_archive(
+    dat: &Path,
+    opts: &LiveOptions,
+    configs: &[(String, Vec<u8>)],
+    disks: &[SourceDisk],
+) -> Result<ArchiveSide> {
+    let uuid = uuid::Uuid::new_v4();
+    let output = ArchiveFile::open(
+        dat,
+        opts.stream.as_deref(),
+        opts.compress,
+        opts.zstd_threads,
+        opts.zstd_level,
+    )
+    .map_err(|e| Error::file("create archive", dat, e))?;
+    let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
+    for (name, data) in configs {
+        writer.add_config(name, data).map_err(Error::Header)?;
+    }
+    let mut ids = Vec::new();
+    for d in disks {
+        ids.push(
+            writer
+                .register_device(&d.drive, d.size)
+                .map_err(Error::Header)?,
+        );
+    }
+    let devs = ids.iter().map(|id| id.get()).collect();
+    let names = disks.iter().map(|d| d.drive.clone()).collect();
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
+    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids)
+        .map_err(|e| Error::file("start the writer thread for", dat, e))?;
+    Ok(ArchiveSide {
+        uuid,
+        devs,
+        shared,
+        tx,
+        writer,
+    })
+}
+
 async fn run_inner(
     qmp: &Client,
     keys: &[String],
@@ -167,33 +221,18 @@ async fn run_inner(
     let disks = job::resolve_disks(qmp, keys).await?;
 
     // Archive side.
-    let uuid = uuid::Uuid::new_v4();
-    let output = ArchiveFile::open(
-        dat,
-        opts.stream.as_deref(),
-        opts.compress,
-        opts.zstd_threads,
-        opts.zstd_level,
-    )
-    .map_err(|e| Error::file("create archive", dat, e))?;
-    let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
-    for (name, data) in configs {
-        writer.add_config(name, data).map_err(Error::Header)?;
-    }
-    let mut exports = Vec::new();
-    let mut ids = Vec::new();
-    for d in &disks {
-        let id = writer
-            .register_device(&d.drive, d.size)
-            .map_err(Error::Header)?;
-        exports.push(Arc::new(DiskExport::new(&d.drive, id.get(), d.size)));
-        ids.push(id);
-    }
-    let names = disks.iter().map(|d| d.drive.clone()).collect();
-    let shared = Arc::new(Shared::default());
-    let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
-    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids)
-        .map_err(|e| Error::file("start the writer thread for", dat, e))?;
+    let ArchiveSide {
+        uuid,
+        devs,
+        shared,
+        tx,
+        writer,
+    } = start_archive(dat, opts, configs, &disks)?;
+    let exports = disks
+        .iter()
+        .zip(&devs)
+        .map(|(d, &dev)| Arc::new(DiskExport::new(&d.drive, dev, d.size)))
+        .collect();
     let socket = opts
         .socket_dir
         .join(format!("vmdump-{}-{}.nbd", opts.vmid, std::process::id()));

@@ -224,34 +224,15 @@ pub async fn backup_ct(
         Ok::<_, Error>((archive, names.log(), size, transfer))
     });
     let hostname = known.1.unwrap_or_else(|| format!("CT{vmid}"));
-    let target = known.0.as_ref().map(|n| job.target(n));
-    let logfile = known.0.as_ref().map(ArchiveName::log);
-    let call = GuestCall {
-        mode: known.2,
-        vmid: vmid.get(),
+    let end = crate::backup::GuestEnd {
+        vmid,
         vmtype: "lxc",
+        mode: known.2,
         hostname: &hostname,
-        target: target.as_deref(),
-        logfile: logfile.as_deref(),
+        names: known.0.as_ref(),
+        started,
     };
-    match res {
-        Ok((archive, log_path, size, transfer)) => {
-            let duration = started.elapsed();
-            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Ok(duration)).await;
-            Ok(BackupReport {
-                vmid,
-                archive,
-                log: log_path,
-                size,
-                transfer,
-                duration,
-            })
-        }
-        Err(e) => {
-            crate::hook::guest_end(job.hook.as_ref(), &call, &log, Err(&e)).await;
-            Err(e)
-        }
-    }
+    end.finish(job, &log, res).await
 }
 
 /// `lock: backup` in the container config while the backup runs; removed on drop.

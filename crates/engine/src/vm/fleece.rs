@@ -45,10 +45,11 @@ use vmdump_task::{Cancel, Level, Transfer};
 use crate::cluster::Assembler;
 use crate::error::{Error, Result};
 use crate::job::{self, SourceDisk, PREFIX};
-use crate::live::{archive_failed, qemu_gone, set_hold, LiveOptions, LiveOutcome};
+use crate::live::{
+    archive_failed, qemu_gone, set_hold, start_archive, ArchiveSide, LiveOptions, LiveOutcome,
+};
 use crate::log::TaskLog;
-use crate::output::ArchiveFile;
-use crate::pipeline::{Msg, Shared, WriterThread, CHANNEL_CLUSTERS};
+use crate::pipeline::{Msg, Shared};
 use crate::progress::ProgressLines;
 
 /// The guest config section and key listing fleecing images (Proxmox's names).
@@ -486,33 +487,13 @@ async fn with_images(
     graph: &mut Graph,
 ) -> Result<LiveOutcome> {
     // Archive side: the push path's writer thread, fed by this task.
-    let uuid = uuid::Uuid::new_v4();
-    let output = ArchiveFile::open(
-        dat,
-        opts.stream.as_deref(),
-        opts.compress,
-        opts.zstd_threads,
-        opts.zstd_level,
-    )
-    .map_err(|e| Error::file("create archive", dat, e))?;
-    let mut writer = vmdump_vma::Writer::with_identity(output, *uuid.as_bytes(), None);
-    for (name, data) in configs {
-        writer.add_config(name, data).map_err(Error::Header)?;
-    }
-    let mut ids = Vec::new();
-    for d in disks {
-        ids.push(
-            writer
-                .register_device(&d.drive, d.size)
-                .map_err(Error::Header)?,
-        );
-    }
-    let devs: Vec<u8> = ids.iter().map(|id| id.get()).collect();
-    let names = disks.iter().map(|d| d.drive.clone()).collect();
-    let shared = Arc::new(Shared::default());
-    let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
-    let writer = WriterThread::spawn(writer, rx, Arc::clone(&shared), names, ids)
-        .map_err(|e| Error::file("start the writer thread for", dat, e))?;
+    let ArchiveSide {
+        uuid,
+        devs,
+        shared,
+        tx,
+        writer,
+    } = start_archive(dat, opts, configs, disks)?;
 
     let socket = opts.socket_dir.join(format!(
         "vmdump-{}-{}.fleece.nbd",
