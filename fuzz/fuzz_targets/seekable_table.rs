@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
             match t.frame_at(off) {
                 Some(i) => {
                     let f = t.frames()[i];
-                    assert!(f.offset <= off && off < f.offset + u64::from(f.len), "{off}");
+                    assert!(
+                        f.offset <= off && off < f.offset + u64::from(f.len),
+                        "{off}"
+                    );
                 }
                 None => assert!(off >= d, "no frame for {off} < {d}"),
             }
