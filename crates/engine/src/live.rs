@@ -153,6 +153,24 @@ pub async fn run(
     res
 }
 
+/// Freezes the guest's filesystems through the agent of `opts`, if it has one, with the hold
+/// written into the backup mark first (and cleared again when the agent does not answer).
+/// Returns the agent and the freeze's start for the thaw.
+pub(crate) async fn freeze_marked(
+    opts: &LiveOptions,
+    log: &TaskLog<'_>,
+) -> Option<(vmdump_qmp::qga::Client, Instant)> {
+    let path = opts.agent.as_ref()?;
+    let mark = opts.mark.as_ref();
+    set_hold(mark, Hold::Frozen, log);
+    let agent = crate::freeze::freeze(path, log).await;
+    match agent {
+        Some(_) => crate::vm::stall("frozen"),
+        None => set_hold(mark, Hold::None, log),
+    }
+    agent
+}
+
 /// The archive side of a backup, push or pull: the archive file (or `--stdout`), its VMA
 /// writer holding the configs and one device per disk, and the writer thread fed over `tx`.
 pub(crate) struct ArchiveSide {
@@ -321,20 +339,7 @@ async fn transfer(
     job::add_targets(qmp, disks, target.socket()).await?;
 
     let mark = opts.mark.as_ref();
-    let agent = match &opts.agent {
-        Some(path) => {
-            set_hold(mark, Hold::Frozen, log);
-            let agent = crate::freeze::freeze(path, log).await;
-            if agent.is_none() {
-                set_hold(mark, Hold::None, log);
-            }
-            agent
-        }
-        None => None,
-    };
-    if agent.is_some() {
-        crate::vm::stall("frozen");
-    }
+    let agent = freeze_marked(opts, log).await;
     log.info("starting backup via QMP command");
     let started = job::start_jobs(qmp, disks, opts.speed, opts.max_workers).await;
     if let Some((agent, frozen_at)) = agent {

@@ -46,7 +46,8 @@ use crate::cluster::Assembler;
 use crate::error::{Error, Result};
 use crate::job::{self, SourceDisk, PREFIX};
 use crate::live::{
-    archive_failed, qemu_gone, set_hold, start_archive, ArchiveSide, LiveOptions, LiveOutcome,
+    archive_failed, freeze_marked, qemu_gone, set_hold, start_archive, ArchiveSide, LiveOptions,
+    LiveOutcome,
 };
 use crate::log::TaskLog;
 use crate::pipeline::{Msg, Shared};
@@ -641,20 +642,11 @@ async fn attach(
         == RunState::Running;
 
     let mark = opts.mark.as_ref();
-    let agent = match &opts.agent {
-        Some(path) if running => {
-            set_hold(mark, Hold::Frozen, log);
-            let agent = crate::freeze::freeze(path, log).await;
-            if agent.is_none() {
-                set_hold(mark, Hold::None, log);
-            }
-            agent
-        }
-        _ => None,
+    let agent = if running {
+        freeze_marked(opts, log).await
+    } else {
+        None
     };
-    if agent.is_some() {
-        crate::vm::stall("frozen");
-    }
     log.info("starting backup via QMP command");
     // One instant for every disk: the guest's CPUs stop (QEMU drains its I/O) while the
     // filters go in.
