@@ -20,6 +20,26 @@ const STATUS_SPAN: u64 = 1 << 30;
 /// `base:allocation` flag: the range reads as zeros.
 const ZERO_FLAG: u32 = 2;
 
+/// The extents of an NBD `base:allocation` block-status reply, neighbours of the same kind
+/// joined.
+pub(crate) fn extents_of(list: &[vmdump_nbd::client::BlockExtent]) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(list.len());
+    for e in list {
+        let zero = e.flags & ZERO_FLAG != 0;
+        match out.last_mut() {
+            Some(last) if last.zero == zero && last.end() == e.offset => {
+                last.length += e.length;
+            }
+            _ => out.push(Extent {
+                offset: e.offset,
+                length: e.length,
+                zero,
+            }),
+        }
+    }
+    out
+}
+
 /// The session of images opened without an explicit one: under the run base of the
 /// environment (for an unprivileged user who cannot create it, `<tmp>/vmdump-<uid>`), for
 /// the life of the process (a later run removes its directory).
@@ -326,21 +346,7 @@ impl BlockStatus for Image {
             .rt
             .block_on(c.block_status(range.start, len, vmdump_nbd::server::BASE_ALLOCATION))
             .map_err(self.nbd("block status of"))?;
-        let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
-        for e in extents {
-            let zero = e.flags & ZERO_FLAG != 0;
-            match out.last_mut() {
-                Some(last) if last.zero == zero && last.end() == e.offset => {
-                    last.length += e.length;
-                }
-                _ => out.push(Extent {
-                    offset: e.offset,
-                    length: e.length,
-                    zero,
-                }),
-            }
-        }
-        Ok(out)
+        Ok(extents_of(&extents))
     }
 }
 

@@ -18,9 +18,6 @@ use vmdump_nbd::{Client, ClientOptions};
 use crate::error::{Error, Result};
 use crate::Extent;
 
-/// `base:allocation` flag: the range reads as zeros.
-const ZERO_FLAG: u32 = 2;
-
 /// How requests to a snapshot export are shaped for the QEMU serving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotRules {
@@ -127,21 +124,7 @@ impl SnapshotExport {
             )
             .await
             .map_err(self.at("block status", range.start))?;
-        let mut out: Vec<Extent> = Vec::with_capacity(list.len());
-        for e in list {
-            let zero = e.flags & ZERO_FLAG != 0;
-            match out.last_mut() {
-                Some(last) if last.zero == zero && last.end() == e.offset => {
-                    last.length += e.length;
-                }
-                _ => out.push(Extent {
-                    offset: e.offset,
-                    length: e.length,
-                    zero,
-                }),
-            }
-        }
-        Ok(out)
+        Ok(crate::image::extents_of(&list))
     }
 
     /// Reads `len` bytes at `offset` (pipelined pieces under the rules).
