@@ -17,12 +17,12 @@ if [ -x scripts/fuzz-smoke.sh ] || [ -f scripts/fuzz-smoke.sh ]; then
 fi
 
 # The failures again at the very end, where a log cut to its tail still shows them: each
-# failed test's name and the last lines of what it printed.
+# failed test's name and the last lines of what it printed (before any backtrace).
 if grep -q '^test .* FAILED$' "$log"; then
   echo "== failed tests =="
-  grep '^test .* FAILED$' "$log"
+  grep '^test .* FAILED$' "$log" | sort -u
   awk '/^---- .* stdout ----$/ { t++; name[t] = $2; n[t] = 0; on = 1; next }
-       /^failures:$/ || /^test result:/ { on = 0 }
+       /^failures:$/ || /^test result:/ || /^Stack backtrace:$/ || /^stack backtrace:$/ { on = 0 }
        on { n[t]++; line[t, n[t]] = $0 }
        END { for (k = 1; k <= t; k++) { printf "== last lines of %s ==\n", name[k]
              for (i = (n[k] > 40 ? n[k] - 39 : 1); i <= n[k]; i++) print line[k, i] } }' "$log"

@@ -15,16 +15,20 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use backup_common::*;
 
-/// Waits (up to 60 s) until QEMU has an NBD export named `vmdump-*` (the fleecing setup is
-/// complete and vmdump reads).
-async fn wait_export(vm: &Qemu) -> Result<()> {
-    for _ in 0..600 {
+/// Waits (up to 120 s) until QEMU has an NBD export named `vmdump-*` (the fleecing setup is
+/// complete and vmdump reads). Returns `false` instead when vmdump has already exited (a
+/// backup that failed during or right after the setup); the caller checks its output.
+async fn wait_export(vm: &Qemu, child: &mut std::process::Child) -> Result<bool> {
+    for _ in 0..1200 {
         if !exports(vm).await?.is_empty() {
-            return Ok(());
+            return Ok(true);
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the fleecing export did not appear")
+    bail!("the fleecing export did not appear in 120 s and vmdump still runs")
 }
 
 async fn exports(vm: &Qemu) -> Result<Vec<String>> {
@@ -142,13 +146,17 @@ async fn fleecing_backup_equals_the_disks_at_the_instant_and_leaves_nothing() ->
 
     // ~108 MiB at 16 MiB/s: virtio0 is read first (4 s), then virtio1, then virtio2, while
     // guest-path writes hit virtio1 and virtio2 before, across and after the read frontier.
-    let child = env
+    let mut child = env
         .vmdump_command(&["100", "--fleecing", "1", "--bwlimit", "16384"])
         .args(["--compress", "zstd"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    wait_export(&vm).await?;
+    if !wait_export(&vm, &mut child).await? {
+        let out = child.wait_with_output()?;
+        expect_success(&out, "vmdump backup --fleecing 1");
+        bail!("vmdump ended before its fleecing export appeared");
+    }
     let during = std::fs::read_to_string(&conf_path)?;
     assert!(
         during.contains("\n[special:fleecing]\nfleecing-images: local:100/vm-100-fleece-0.qcow2,local:100/vm-100-fleece-1.qcow2,local:100/vm-100-fleece-2.qcow2\n"),
@@ -282,13 +290,18 @@ async fn full_then_killed(env: &Env, small: &Path) -> Result<()> {
 
     // 1. The fleecing storage fills up: 4 MiB of guest writes to virtio1 (read second, after
     //    8 s of virtio0) need their old data saved; the image cannot take it.
-    let child = env
+    let mut child = env
         .vmdump_command(&["100", "--fleecing", "enabled=1,storage=small"])
         .args(["--bwlimit", "8192"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    wait_export(&vm).await?;
+    // The guest's own writer (a tick every 50 ms, journal and new blocks on virtio0) can fill
+    // the small storage first, even before the export shows up here: the same failure, by
+    // other guest writes; the writes below then find no backup running, which changes
+    // nothing of what is checked.
+    let seen = wait_export(&vm, &mut child).await?;
+    println!("fleecing export seen before vmdump ended: {seen}");
     for k in 0..64u64 {
         vm.io_write("virtio1", 0x5a, k * 65536, 65536).await?;
     }
@@ -323,7 +336,10 @@ async fn full_then_killed(env: &Env, small: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    wait_export(&vm).await?;
+    assert!(
+        wait_export(&vm, &mut child).await?,
+        "vmdump --fleecing 1 ended before its export appeared"
+    );
     child.kill()?;
     child.wait()?;
     let left = std::fs::read_to_string(&conf_path)?;

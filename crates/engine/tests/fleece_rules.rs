@@ -76,6 +76,14 @@ async fn seven_two_rules_read_the_snapshot_across_copied_clusters() -> Result<()
     vm.io_write("virtio0", 0xa2, 3 * MIB + 65536 + 4096, 4096)
         .await?;
     zero(5 * MIB + 32768, 131072).await?;
+    // The writes reached the live disk (so the snapshot differs from it there).
+    let live = std::fs::read(&disk)?;
+    assert!(live[MIB as usize..(MIB + 65536) as usize]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(
+        live[MIB as usize..(MIB + 65536) as usize] != want[MIB as usize..(MIB + 65536) as usize]
+    );
 
     let good = SnapshotExport::connect(&sock, "snap", SnapshotRules::for_qemu(7, 2)).await?;
     // What the engine reads of a range: block status, then the data ranges.
