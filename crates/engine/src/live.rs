@@ -403,6 +403,9 @@ async fn wait(
     let mut lines = ProgressLines::new();
     let mut last_update = Instant::now();
     let mut finalized = false;
+    // Subscribed before the first poll, so no status change is missed between a poll and
+    // the wait after it.
+    let mut events = qmp.events();
     let snapshot = |elapsed| Transfer {
         transferred: shared.transferred(),
         zero: shared.zero(),
@@ -457,7 +460,7 @@ async fn wait(
             }
             Poll::Concluded => break,
         }
-        tokio::time::sleep(POLL).await;
+        next_change(&mut events).await;
     }
     job::dismiss(qmp, disks).await?;
     // Closing the target nodes makes QEMU send FLUSH + DISC: the commit point.
@@ -478,6 +481,23 @@ async fn wait(
         log.line(Level::Info, &line, true);
     }
     Ok(t)
+}
+
+/// Waits for the next job status change (pending, concluded, aborting) or [`POLL`], whichever
+/// comes first: the end of a backup is seen when QEMU reports it, not up to two poll
+/// intervals later (pending, then concluded after the finalize).
+async fn next_change(events: &mut vmdump_qmp::event::Events) {
+    let change = async {
+        loop {
+            match events.next().await {
+                Ok(ev) if ev.is(vmdump_qmp::event::name::JOB_STATUS_CHANGE) => return,
+                Ok(_) => {}
+                // The monitor is gone: the next poll says so.
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(POLL, change).await;
 }
 
 /// The archive side's recorded failure as an error.
