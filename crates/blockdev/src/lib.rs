@@ -64,7 +64,7 @@ pub use export::SourceExport;
 pub use image::{Image, ImageOptions};
 pub use memory::MemDisk;
 pub use raw::RawFile;
-pub use snapshot::{SnapshotExport, SnapshotRules};
+pub use snapshot::{SnapshotExport, SnapshotRules, SparsePiece};
 
 /// A run of a disk with one allocation state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,30 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use vmdump_nbd::client::ReadPiece;
 use vmdump_nbd::{Client, ClientOptions};
 
 use crate::error::{Error, Result};
 use crate::Extent;
+
+/// A part of [`SnapshotExport::read_sparse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SparsePiece {
+    /// Bytes at `offset`.
+    Data {
+        /// Absolute offset.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// `len` bytes at `offset` that read as zeros.
+    Zero {
+        /// Absolute offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+}
 
 /// How requests to a snapshot export are shaped for the QEMU serving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +154,25 @@ impl SnapshotExport {
             .read(offset, len)
             .await
             .map_err(self.at("read", offset))
+    }
+
+    /// Reads `len` bytes at `offset` as they lie: data pieces, and the ranges QEMU reports as
+    /// holes (reading as zeros) without their bytes; in order and contiguous. One request per
+    /// piece under the rules, where block status and then the data would take two.
+    pub async fn read_sparse(&self, offset: u64, len: u64) -> Result<Vec<SparsePiece>> {
+        crate::check_range(&self.socket, self.size(), offset, len)?;
+        let pieces = self
+            .client
+            .read_pieces(offset, len)
+            .await
+            .map_err(self.at("read", offset))?;
+        Ok(pieces
+            .into_iter()
+            .map(|p| match p {
+                ReadPiece::Data { offset, data } => SparsePiece::Data { offset, data },
+                ReadPiece::Hole { offset, len } => SparsePiece::Zero { offset, len },
+            })
+            .collect())
     }
 
     /// Drops `offset..offset+len` from the snapshot: QEMU discards it from the fleecing image

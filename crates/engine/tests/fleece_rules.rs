@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::Result;
 use serde_json::json;
-use vmdump_blockdev::{SnapshotExport, SnapshotRules};
+use vmdump_blockdev::{SnapshotExport, SnapshotRules, SparsePiece};
 use vmdump_qmp::NbdExport;
 use vmdump_testkit::{run, write_random, Disk, Qemu, MIB};
 
@@ -112,6 +112,24 @@ async fn seven_two_rules_read_the_snapshot_across_copied_clusters() -> Result<()
     let all = good.read(0, size).await?;
     assert!(all[..] == want[..], "snapshot differs from the instant");
     assert!(pull(&good, 0, size).await?[..] == want[..]);
+    // The engine's read: sparse pieces (data, and holes without their bytes), in order.
+    let mut sparse = Vec::new();
+    for p in good.read_sparse(0, size).await? {
+        match p {
+            SparsePiece::Data { offset, data } => {
+                assert_eq!(offset, sparse.len() as u64);
+                sparse.extend_from_slice(&data);
+            }
+            SparsePiece::Zero { offset, len } => {
+                assert_eq!(offset, sparse.len() as u64);
+                sparse.resize(sparse.len() + len as usize, 0);
+            }
+        }
+    }
+    assert!(
+        sparse[..] == want[..],
+        "sparse read differs from the instant"
+    );
     // Discarding what was read empties the fleecing image (unaligned edges are skipped).
     let before = std::fs::metadata(&fleece)?.len();
     good.discard(4096, size - 4096).await?;
