@@ -17,14 +17,15 @@ bench_vmdump() {
   echo "$(bench_target_dir)/release/vmdump"
 }
 
-# bench_half_data IMG SIZE: a sparse disk image of SIZE bytes whose first half is data,
-# alternating 64 MiB of random bytes and of repeated text (so a compressor has work to do),
-# and whose second half is never written.
+# bench_half_data IMG SIZE [SKIP-MiB]: a sparse disk image of SIZE bytes whose first half is
+# data, alternating 64 MiB of random bytes and of repeated text (so a compressor has work to
+# do), and whose second half is never written. With SKIP-MiB (a multiple of 4) the data starts
+# that far in and what is there (a filesystem) is kept.
 bench_half_data() {
-  local img=$1 size=$2 chunks i
+  local img=$1 size=$2 skip=${3:-0} chunks i
   truncate -s "$size" "$img"
   chunks=$((size / 2 / (64 << 20)))
-  echo "bench: writing $((chunks * 64)) MiB of data into a $((size >> 20)) MiB disk"
+  echo "bench: writing $((chunks * 64)) MiB of data into a $((size >> 20)) MiB disk at $skip MiB"
   for ((i = 0; i < chunks; i++)); do
     if ((i % 2 == 0)); then
       head -c $((64 << 20)) /dev/urandom
@@ -33,7 +34,7 @@ bench_half_data() {
       { yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true; } |
         head -c $((64 << 20))
     fi
-  done | dd of="$img" bs=4M conv=notrunc status=none
+  done | dd of="$img" bs=4M seek=$((skip / 4)) conv=notrunc status=none
 }
 
 # bench_init NAME DEFAULT_GIB [SIZE_GIB]: sets size_gib, size (bytes) and work, a new scratch

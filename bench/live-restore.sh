@@ -16,7 +16,7 @@ bench_init live-restore 4 "$@"
 vmdump=$(bench_vmdump)
 guest="$root/.cache/testguest"
 [ -f "$guest/vm.conf" ] || bash "$root/testguest/build.sh"
-export VMDUMP_ROOT="$work/etc" VMDUMP_RUN_DIR="$work/run" VMDUMP_ACCEL=tcg
+bench_vm_env
 cleanup() {
   for v in 100 200 201; do
     "$vmdump" vm stop "$v" --skiplock >/dev/null 2>&1 || true
@@ -25,22 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$work/etc/qemu-server" "$work/store/images/100"
-printf 'dir: local\n\tpath %s\n\tcontent images,backup\n' "$work/store" > "$work/etc/storage.cfg"
+mkdir -p "$work/store/images/100"
 sed "s/@VMID@/100/g" "$guest/vm.conf" > "$work/etc/qemu-server/100.conf"
 img="$work/store/images/100/vm-100-disk-0.raw"
 cp "$guest/data.raw" "$img"
-truncate -s "$size" "$img"
-chunks=$((size / 2 / (64 << 20)))
-echo "bench: writing $((chunks * 64)) MiB of data after the filesystem of a $size_gib GiB disk"
-for ((i = 0; i < chunks; i++)); do
-  if ((i % 2 == 0)); then
-    head -c $((64 << 20)) /dev/urandom
-  else
-    { yes "vmdump benchmark line $i: the quick brown fox jumps over the lazy dog" || true; } |
-      head -c $((64 << 20))
-  fi
-done | dd of="$img" bs=4M seek=16 conv=notrunc status=none
+bench_half_data "$img" "$size" 64
 "$vmdump" backup 100 --storage local --compress zstd >"$work/backup.log" 2>&1 ||
   { cat "$work/backup.log" >&2; exit 1; }
 archive=$(ls "$work"/store/dump/vzdump-qemu-100-*.vma.zst)
