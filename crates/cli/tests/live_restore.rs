@@ -13,168 +13,112 @@
 //!    qcow2 volume at full speed; after a clean shutdown the volume passes the check too.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmdump_testkit::{check_disk, expect_success, kill_pidfile, pid_alive, testguest_dir};
+mod guest_env;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
+use guest_env::GuestEnv;
+use vmdump_testkit::{check_disk, expect_success, kill_pidfile, pid_alive};
+
 const BOOT: Duration = Duration::from_secs(240);
 
-struct Env {
-    dir: tempfile::TempDir,
+/// The output of a foreground live-restore (202), the log of a background one (201).
+fn log(env: &GuestEnv, vmid: u32) -> PathBuf {
+    if vmid == 201 {
+        env.run().join("live-restore/201.log")
+    } else {
+        env.path().join(format!("live-{vmid}.log"))
+    }
 }
 
-impl Env {
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("etc")
-    }
-    fn run(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("VMDUMP_ROOT", self.root())
-            .env("VMDUMP_RUN_DIR", self.run())
-            .env("VMDUMP_ACCEL", "tcg");
-        c
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out: Output = self.cmd(args).output().unwrap();
-        expect_success(&out, &format!("vmdump {args:?}"))
-    }
-    fn serial(&self, vmid: u32) -> String {
-        std::fs::read_to_string(self.run().join(format!("{vmid}/serial.log"))).unwrap_or_default()
-    }
-    /// Waits until the serial log contains `needle`; the live-restore must still be running
-    /// meanwhile (`copying`: it copies until the test lets it finish).
-    fn wait_serial(&self, vmid: u32, needle: &str, copying: &mut dyn FnMut() -> bool) {
-        let start = Instant::now();
-        while !self.serial(vmid).contains(needle) {
-            assert!(
-                copying(),
-                "live-restore ended before '{needle}':\n{}",
-                self.console_and_log(vmid)
-            );
-            assert!(
-                start.elapsed() < BOOT,
-                "VM {vmid}: no '{needle}' within {BOOT:?}:\n{}",
-                self.console_and_log(vmid)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    /// The output of a foreground live-restore (202), the log of a background one (201).
-    fn log(&self, vmid: u32) -> PathBuf {
-        if vmid == 201 {
-            self.run().join("live-restore/201.log")
+fn console_and_log(env: &GuestEnv, vmid: u32) -> String {
+    format!(
+        "console:\n{}\nlive-restore output:\n{}",
+        env.serial(vmid),
+        std::fs::read_to_string(log(env, vmid)).unwrap_or_default()
+    )
+}
+
+/// Waits until the console shows `needle`; the live-restore must still be running meanwhile
+/// (`copying`: it copies until the test lets it finish).
+fn wait_serial(env: &GuestEnv, vmid: u32, needle: &str, copying: &mut dyn FnMut() -> bool) {
+    env.wait_serial_while(vmid, needle, BOOT, &mut || {
+        if copying() {
+            Ok(())
         } else {
-            self.dir.path().join(format!("live-{vmid}.log"))
+            Err(format!(
+                "live-restore ended:\n{}",
+                console_and_log(env, vmid)
+            ))
         }
-    }
-    fn console_and_log(&self, vmid: u32) -> String {
-        format!(
-            "console:\n{}\nlive-restore output:\n{}",
-            self.serial(vmid),
-            std::fs::read_to_string(self.log(vmid)).unwrap_or_default()
-        )
-    }
-    /// `vmdump restore --live <archive> <vmid> --bwlimit 64`, output to a file.
-    fn live_restore(&self, archive: &Path, vmid: u32) -> Child {
-        let log = std::fs::File::create(self.log(vmid)).unwrap();
-        self.cmd(&[
-            "restore",
-            "--live",
-            archive.to_str().unwrap(),
-            &vmid.to_string(),
-            "--bwlimit",
-            "64",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-    }
-    /// Waits until `running` turns false.
-    fn wait_end(&self, vmid: u32, running: &mut dyn FnMut() -> bool) {
-        let start = Instant::now();
-        while running() {
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "live-restore of {vmid} did not end:\n{}",
-                self.console_and_log(vmid)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    fn qmp<T>(&self, vmid: u32, f: impl AsyncFnOnce(vmdump_qmp::Client) -> T) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let sock = self.run().join(format!("{vmid}/ctl.sock"));
-        rt.block_on(async move {
-            let c = vmdump_qmp::Client::connect(&sock).await.unwrap();
-            f(c).await
-        })
+    });
+}
+
+/// `vmdump restore --live <archive> <vmid> --bwlimit 64`, output to a file.
+fn live_restore(env: &GuestEnv, archive: &Path, vmid: u32) -> Child {
+    let log = std::fs::File::create(log(env, vmid)).unwrap();
+    env.cmd(&[
+        "restore",
+        "--live",
+        archive.to_str().unwrap(),
+        &vmid.to_string(),
+        "--bwlimit",
+        "64",
+    ])
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until `running` turns false.
+fn wait_end(env: &GuestEnv, vmid: u32, running: &mut dyn FnMut() -> bool) {
+    let start = Instant::now();
+    while running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "live-restore of {vmid} did not end:\n{}",
+            console_and_log(env, vmid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for vmid in [100, 201, 202, 203] {
-            kill_pidfile(&self.run().join(format!("{vmid}/qemu.pid")));
-        }
-    }
+fn qmp<T>(env: &GuestEnv, vmid: u32, f: impl AsyncFnOnce(vmdump_qmp::Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sock = env.run().join(format!("{vmid}/ctl.sock"));
+    rt.block_on(async move {
+        let c = vmdump_qmp::Client::connect(&sock).await.unwrap();
+        f(c).await
+    })
 }
 
 #[test]
 fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() {
-    let guest = testguest_dir();
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    std::fs::create_dir_all(env.root().join("qemu-server")).unwrap();
-    std::fs::write(
-        env.root().join("storage.cfg"),
-        format!(
-            "dir: local\n\tpath {}\n\tcontent images,backup\n",
-            env.store().display()
-        ),
-    )
-    .unwrap();
-    let conf = std::fs::read_to_string(guest.join("vm.conf"))
-        .unwrap()
-        .replace("@VMID@", "100");
-    std::fs::write(env.root().join("qemu-server/100.conf"), &conf).unwrap();
+    let env = GuestEnv::new();
     let images = env.store().join("images/100");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::copy(guest.join("data.raw"), images.join("vm-100-disk-0.raw")).unwrap();
+    let conf = std::fs::read_to_string(env.root().join("qemu-server/100.conf")).unwrap();
     env.ok(&["backup", "100", "--storage", "local", "--compress", "zstd"]);
-    let archive = std::fs::read_dir(env.store().join("dump"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".vma.zst"))
-        .expect("the backup archive");
+    let archive = env.archive(".vma.zst");
 
     // 1. A failure once the guest runs: QEMU dies during the copy.
-    let mut child = env.live_restore(&archive, 202);
+    let mut child = live_restore(&env, &archive, 202);
     let mut copying = || child.try_wait().unwrap().is_none();
-    env.wait_serial(202, "vmdump-writer: tick 2", &mut copying);
+    wait_serial(&env, 202, "vmdump-writer: tick 2", &mut copying);
     let pid: u32 = std::fs::read_to_string(env.run().join("202/qemu.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     kill_pidfile(&env.run().join("202/qemu.pid"));
-    env.wait_end(202, &mut copying);
+    wait_end(&env, 202, &mut copying);
     let st = child.wait().unwrap();
-    let out = std::fs::read_to_string(env.log(202)).unwrap();
+    let out = std::fs::read_to_string(log(&env, 202)).unwrap();
     eprintln!("live-restore of 202 (QEMU killed):\n{out}");
     assert_eq!(st.code(), Some(1), "{out}");
     assert!(
@@ -223,16 +167,16 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no background pid: {out}"));
     let mut copying = || pid_alive(copier);
-    env.wait_serial(201, "vmdump-testguest: ready writer=1", &mut copying);
-    env.wait_serial(201, "vmdump-writer: tick 3", &mut copying);
+    wait_serial(&env, 201, "vmdump-testguest: ready writer=1", &mut copying);
+    wait_serial(&env, 201, "vmdump-writer: tick 3", &mut copying);
     let conf201 = std::fs::read_to_string(env.root().join("qemu-server/201.conf")).unwrap();
     assert!(conf201.contains("lock: create"), "{conf201}");
     assert!(copying(), "the copy is still running");
-    env.qmp(201, async |c| {
+    qmp(&env, 201, async |c| {
         c.block_job_set_speed("vmdump-lr-virtio0", 0).await.unwrap();
     });
-    env.wait_end(201, &mut copying);
-    let out = std::fs::read_to_string(env.log(201)).unwrap();
+    wait_end(&env, 201, &mut copying);
+    let out = std::fs::read_to_string(log(&env, 201)).unwrap();
     eprintln!("live-restore of 201:\n{out}");
     assert!(out.contains("VM 201 started (pid "), "{out}");
     assert!(out.contains("live-restore: "), "progress lines: {out}");
@@ -253,7 +197,9 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
     // The archive is detached: no overlay or NBD node is left, and the guest reads all of
     // its seed files (page cache dropped) with the archive file gone.
     std::fs::remove_file(&archive).unwrap();
-    let nodes = env.qmp(201, async |c| c.query_named_block_nodes().await.unwrap());
+    let nodes = qmp(&env, 201, async |c| {
+        c.query_named_block_nodes().await.unwrap()
+    });
     assert!(
         nodes.iter().all(|n| !n.node_name.starts_with("vmdump-lr-")),
         "{nodes:?}"
@@ -294,7 +240,8 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
         .filter_map(|n| n.trim().parse().ok())
         .max()
         .unwrap();
-    env.wait_serial(
+    wait_serial(
+        &env,
         201,
         &format!("vmdump-writer: tick {}", last + 3),
         &mut || true,
@@ -335,9 +282,9 @@ fn live_restore_runs_the_guest_during_the_copy_and_a_failure_keeps_its_writes() 
         "{out}"
     );
     assert!(out.contains("live-restore of VM 203 complete"), "{out}");
-    env.wait_serial(203, "vmdump-writer: tick 2", &mut || true);
+    wait_serial(&env, 203, "vmdump-writer: tick 2", &mut || true);
     env.ok(&["vm", "shutdown", "203", "--timeout", "60"]);
-    let raw203 = env.dir.path().join("203.raw");
+    let raw203 = env.path().join("203.raw");
     expect_success(
         &Command::new("qemu-img")
             .args(["convert", "-f", "qcow2", "-O", "raw"])

@@ -6,65 +6,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmdump_testkit::{check_disk, expect_success, kill_pidfile, sha256_file, testguest_dir};
+mod guest_env;
+
+use guest_env::GuestEnv;
+use vmdump_testkit::{check_disk, sha256_file};
 use vmdump_vma::{Writer, CLUSTER_SIZE};
-
-const BIN: &str = env!("CARGO_BIN_EXE_vmdump");
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("etc")
-    }
-    fn run(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn vmdump(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("VMDUMP_ROOT", self.root())
-            .env("VMDUMP_RUN_DIR", self.run())
-            .env("VMDUMP_ACCEL", "tcg")
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        expect_success(&self.vmdump(args), &format!("vmdump {args:?}"))
-    }
-    fn serial(&self, vmid: u32) -> String {
-        std::fs::read_to_string(self.run().join(format!("{vmid}/serial.log"))).unwrap_or_default()
-    }
-    /// Wait until the serial log contains `needle`.
-    fn wait_serial(&self, vmid: u32, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self.serial(vmid).contains(needle) {
-            assert!(
-                start.elapsed() < timeout,
-                "VM {vmid}: no '{needle}' on the console within {timeout:?}:\n{}",
-                self.serial(vmid)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for vmid in [100, 200] {
-            kill_pidfile(&self.run().join(format!("{vmid}/qemu.pid")));
-        }
-    }
-}
 
 /// One guest-agent exchange on the agent socket: `guest-sync` with a token, then
 /// `guest-ping`; true when both answer.
@@ -104,31 +54,9 @@ fn agent_answers(sock: &Path) -> bool {
 
 #[test]
 fn restored_test_guest_boots_and_its_data_checks_pass() {
-    let guest = testguest_dir();
-    assert!(
-        guest.join("vm.conf").exists() && guest.join("data.raw").exists(),
-        "test guest missing: run testguest/build.sh"
-    );
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    std::fs::create_dir_all(env.root().join("qemu-server")).unwrap();
-    std::fs::write(
-        env.root().join("storage.cfg"),
-        format!(
-            "dir: local\n\tpath {}\n\tcontent images,backup\n",
-            env.store().display()
-        ),
-    )
-    .unwrap();
-    let conf_text = std::fs::read_to_string(guest.join("vm.conf"))
-        .unwrap()
-        .replace("@VMID@", "100");
-    std::fs::write(env.root().join("qemu-server/100.conf"), &conf_text).unwrap();
-    let images = env.store().join("images/100");
-    std::fs::create_dir_all(&images).unwrap();
-    let disk = images.join("vm-100-disk-0.raw");
-    std::fs::copy(guest.join("data.raw"), &disk).unwrap();
+    let env = GuestEnv::new();
+    let conf_text = std::fs::read_to_string(env.root().join("qemu-server/100.conf")).unwrap();
+    let disk = env.store().join("images/100/vm-100-disk-0.raw");
 
     // 1. Let the writer of the original VM leave some files, then shut down cleanly.
     env.ok(&["vm", "start", "100"]);
@@ -140,10 +68,7 @@ fn restored_test_guest_boots_and_its_data_checks_pass() {
     let vm = vmdump_config::QemuConfig::parse(&conf_text, "100.conf").unwrap();
     let (archived, disks, _) = vmdump_config::qmdump::backup_config(&vm).unwrap();
     assert_eq!(disks.len(), 1);
-    let archive = env
-        .dir
-        .path()
-        .join("vzdump-qemu-100-2025_01_01-00_00_00.vma");
+    let archive = env.path().join("vzdump-qemu-100-2025_01_01-00_00_00.vma");
     let mut w = Writer::new(std::fs::File::create(&archive).unwrap());
     w.add_config("qemu-server.conf", archived.as_bytes())
         .unwrap();
