@@ -173,3 +173,37 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Waits (up to 10 s) until the test guest's writer has ticked at least 3 times; its last
+/// tick.
+pub async fn writer_ticking(vm: &Qemu) -> Result<u64> {
+    for _ in 0..100 {
+        if vm.last_tick() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let tick = vm.last_tick();
+    anyhow::ensure!(tick >= 3, "the guest writer does not run");
+    Ok(tick)
+}
+
+/// The archive `archive` read by the independent oracle (dissect.archive): its devices after
+/// the first are `more` (name, size, SHA-256), and its first device, the test guest's ext4,
+/// is clean (no journal replay) with the writer's files complete up to `tick`.
+pub fn check_guest_archive(
+    archive: &Path,
+    scratch: &Path,
+    more: &[(String, u64, String)],
+    tick: u64,
+) -> Result<()> {
+    let plain = plain_vma(archive, scratch)?;
+    let devs = dissect_devices(&plain)?;
+    assert_eq!(devs.len(), 1 + more.len(), "{devs:?}");
+    assert_eq!(&devs[1..], more);
+    let disk = scratch.join("guest-disk.raw");
+    dissect_extract(&plain, &devs[0].0, &disk)?;
+    check_disk(&disk, tick)?;
+    std::fs::remove_file(&disk)?;
+    Ok(())
+}
