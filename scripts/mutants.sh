@@ -5,6 +5,7 @@
 #   bash scripts/mutants.sh vma restore     # some targets
 #   bash scripts/mutants.sh --diff main     # only mutants in lines changed since `main`
 #   MUTANTS_ARGS="-F write_cluster" bash scripts/mutants.sh vma   # extra cargo-mutants args
+#   MUTANTS_FILES="crates/vma/src/writer.rs" bash scripts/mutants.sh vma   # only these files
 #   bash scripts/mutants.sh --diff HEAD~1 --budget 40   # CI: see below
 #
 # Targets (name: package, files, tests run for each mutant):
@@ -118,6 +119,11 @@ deadline=
 status=0
 for t in "${targets[@]}"; do
   a=$(args_for "$t")
+  if [ -n "${MUTANTS_FILES:-}" ]; then
+    # Instead of the target's files (`-f` in MUTANTS_ARGS would add to them, not replace).
+    a=$(echo "$a" | sed -E 's/ -f [^ ]+//g')
+    for f in $MUTANTS_FILES; do a+=" -f $f"; done
+  fi
   out=mutants.out/$t
   rm -rf "$out"
   mkdir -p "$out"
