@@ -10,7 +10,7 @@
 #
 # Targets (name: package, files, tests run for each mutant):
 #   vma       vmdump-vma       src/*.rs             unit + integration tests
-#   compress  vmdump-compress  src/*.rs             unit tests (cli_tools needs the real tools: slow)
+#   compress  vmdump-compress  src/*.rs             unit tests + tests/seekable.rs (cli_tools needs the real tools: slow)
 #   nbd       vmdump-nbd       src/proto/**         unit tests + tests/hostile.rs
 #   blockdev  vmdump-blockdev  src/memory.rs src/raw.rs  unit tests
 #   store     vmdump-store     src/retention.rs src/prune.rs  unit + integration tests
@@ -60,7 +60,7 @@ targets=("$@")
 args_for() {
   case $1 in
     vma) echo "-p vmdump-vma -f crates/vma/src/*.rs --cargo-test-arg=--tests" ;;
-    compress) echo "-p vmdump-compress -f crates/compress/src/*.rs --cargo-test-arg=--lib" ;;
+    compress) echo "-p vmdump-compress -f crates/compress/src/*.rs --cargo-test-arg=--lib --cargo-test-arg=--test=seekable" ;;
     nbd) echo "-p vmdump-nbd -f crates/nbd/src/proto/*.rs --cargo-test-arg=--lib --cargo-test-arg=--test=hostile" ;;
     blockdev) echo "-p vmdump-blockdev -f crates/blockdev/src/memory.rs -f crates/blockdev/src/raw.rs --cargo-test-arg=--lib" ;;
     store) echo "-p vmdump-store -f crates/store/src/retention.rs -f crates/store/src/prune.rs --cargo-test-arg=--tests" ;;

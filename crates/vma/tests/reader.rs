@@ -709,7 +709,7 @@ fn short_or_foreign_starts_are_told_apart() {
 #[test]
 fn finish_for_checks_only_the_devices_asked_for() {
     // Device 1 has 30 clusters, all in the first extent; device 2 has 100.
-    let imgs = vec![mixed_image(7, 30 * CS), mixed_image(8, 100 * CS)];
+    let imgs = [mixed_image(7, 30 * CS), mixed_image(8, 100 * CS)];
     let mut w = vmdump_vma::Writer::with_identity(Vec::new(), [0x42; 16], Some(1));
     let d1 = w.register_device("drive-scsi0", 30 * CS as u64).unwrap();
     let d2 = w.register_device("drive-scsi1", 100 * CS as u64).unwrap();
