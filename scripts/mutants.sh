@@ -5,11 +5,12 @@
 #   bash scripts/mutants.sh vma restore     # some targets
 #   bash scripts/mutants.sh --diff main     # only mutants in lines changed since `main`
 #   MUTANTS_ARGS="-F write_cluster" bash scripts/mutants.sh vma   # extra cargo-mutants args
+#   MUTANTS_FILES="crates/vma/src/writer.rs" bash scripts/mutants.sh vma   # only these files
 #   bash scripts/mutants.sh --diff HEAD~1 --budget 40   # CI: see below
 #
 # Targets (name: package, files, tests run for each mutant):
 #   vma       vmdump-vma       src/*.rs             unit + integration tests
-#   compress  vmdump-compress  src/*.rs             unit tests (cli_tools needs the real tools: slow)
+#   compress  vmdump-compress  src/*.rs             unit tests + tests/seekable.rs (cli_tools needs the real tools: slow)
 #   nbd       vmdump-nbd       src/proto/**         unit tests + tests/hostile.rs
 #   blockdev  vmdump-blockdev  src/memory.rs src/raw.rs  unit tests
 #   store     vmdump-store     src/retention.rs src/prune.rs  unit + integration tests
@@ -59,7 +60,7 @@ targets=("$@")
 args_for() {
   case $1 in
     vma) echo "-p vmdump-vma -f crates/vma/src/*.rs --cargo-test-arg=--tests" ;;
-    compress) echo "-p vmdump-compress -f crates/compress/src/*.rs --cargo-test-arg=--lib" ;;
+    compress) echo "-p vmdump-compress -f crates/compress/src/*.rs --cargo-test-arg=--lib --cargo-test-arg=--test=seekable" ;;
     nbd) echo "-p vmdump-nbd -f crates/nbd/src/proto/*.rs --cargo-test-arg=--lib --cargo-test-arg=--test=hostile" ;;
     blockdev) echo "-p vmdump-blockdev -f crates/blockdev/src/memory.rs -f crates/blockdev/src/raw.rs --cargo-test-arg=--lib" ;;
     store) echo "-p vmdump-store -f crates/store/src/retention.rs -f crates/store/src/prune.rs --cargo-test-arg=--tests" ;;
@@ -118,6 +119,11 @@ deadline=
 status=0
 for t in "${targets[@]}"; do
   a=$(args_for "$t")
+  if [ -n "${MUTANTS_FILES:-}" ]; then
+    # Instead of the target's files (`-f` in MUTANTS_ARGS would add to them, not replace).
+    a=$(echo "$a" | sed -E 's/ -f [^ ]+//g')
+    for f in $MUTANTS_FILES; do a+=" -f $f"; done
+  fi
   out=mutants.out/$t
   rm -rf "$out"
   mkdir -p "$out"

@@ -348,6 +348,118 @@ mod tests {
         }
     }
 
+    /// A [`RawFile`] for writing `path` whose writeback helper records the ranges it is
+    /// handed (instead of advising the kernel); the ranges arrive on the returned channel
+    /// once the file is finished or dropped.
+    fn recording_writer(path: &Path) -> (RawFile, std::sync::mpsc::Receiver<Vec<(u64, u64)>>) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(4);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = done_tx.send(rx.into_iter().collect());
+        });
+        let disk = RawFile::new(Arc::new(file), path, Some(Kicker { tx, handle })).unwrap();
+        (disk, done_rx)
+    }
+
+    #[test]
+    fn each_64_mib_written_hand_the_written_range_to_writeback() {
+        const M: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        File::create(&path).unwrap().set_len(96 * M).unwrap();
+        let (mut disk, kicked) = recording_writer(&path);
+        let chunk = Bytes::from(vec![0x5A; 4 * M as usize]);
+        // Out of order: the range runs from the lowest to the highest byte written.
+        disk.write_at(chunk.clone(), 8 * M).unwrap();
+        disk.write_at(chunk.slice(..M as usize), 3 * M).unwrap();
+        assert_eq!(disk.dirty, Some((3 * M, 12 * M)));
+        assert_eq!(disk.dirty_bytes, 5 * M);
+        // 5 + 14 * 4 = 61 MiB: not yet.
+        for i in 0..14 {
+            disk.write_at(chunk.clone(), 12 * M + i * 4 * M).unwrap();
+        }
+        assert_eq!(disk.dirty, Some((3 * M, 68 * M)));
+        assert_eq!(disk.dirty_bytes, 61 * M);
+        // 3 MiB more reach 64 MiB: the range goes to writeback and counting starts again.
+        disk.write_at(chunk.slice(..3 * M as usize), 0).unwrap();
+        assert_eq!(disk.dirty, None);
+        assert_eq!(disk.dirty_bytes, 0);
+        disk.write_at(chunk.slice(..M as usize), 90 * M).unwrap();
+        assert_eq!(disk.dirty, Some((90 * M, 91 * M)));
+        Box::new(disk).finish().unwrap();
+        // The rest is left to the final sync: one kick in all.
+        assert_eq!(kicked.recv().unwrap(), vec![(0, 68 * M)]);
+        let bytes = std::fs::read(&path).unwrap();
+        let filled = |r: Range<u64>, b: u8| {
+            bytes[r.start as usize..r.end as usize]
+                .iter()
+                .all(|&x| x == b)
+        };
+        assert!(filled(0..4 * M, 0x5A) && filled(8 * M..68 * M, 0x5A));
+        assert!(filled(90 * M..91 * M, 0x5A));
+        assert!(filled(4 * M..8 * M, 0) && filled(68 * M..90 * M, 0) && filled(91 * M..96 * M, 0));
+    }
+
+    #[test]
+    fn a_final_sync_that_fails_is_an_error() {
+        // A FIFO takes writes but not fsync (EINVAL), as a file system that fails the final
+        // sync would: `finish` must say so, a restore must not report the disk as written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Read-write: opening a FIFO does not wait for the other end.
+        let disk = Box::new(RawFile::open_write(&path).unwrap());
+        let err = disk.finish().unwrap_err();
+        match &err {
+            Error::Io { what, source, .. } => {
+                assert_eq!(*what, "sync");
+                assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
+            }
+            other => panic!("not a sync error: {other}"),
+        }
+        assert_eq!(err.to_string(), format!("sync {}", path.display()));
+    }
+
+    #[test]
+    fn where_the_file_cannot_tell_its_holes_all_is_data() {
+        // SEEK_DATA fails on a FIFO (ESPIPE): standing in for a file system or device that
+        // cannot tell, with a size set by hand (a FIFO has none).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut disk = RawFile::new(Arc::new(file), &path, None).unwrap();
+        assert_eq!(disk.size(), 0);
+        disk.size = 1024 * K;
+        assert_eq!(
+            disk.extents(4 * K..2048 * K).unwrap(),
+            vec![extent(4 * K, 1020 * K, false)]
+        );
+    }
+
     #[test]
     fn probes_tell_files_from_block_devices() {
         let dir = tempfile::tempdir().unwrap();

@@ -357,4 +357,161 @@ mod tests {
         assert_eq!(idx.string(1).as_deref(), Some("ab"));
         assert!(idx.blob(6).is_none());
     }
+
+    /// The header of an archive (configs `a.conf` = "x" and `b.conf` = "yy", devices
+    /// `drive-scsi0` of 1 MiB and `drive-scsi1` of 64 KiB + 1) as our writer writes it.
+    fn written() -> Vec<u8> {
+        let mut w = crate::Writer::with_identity(Vec::new(), [7; 16], Some(1_700_000_000));
+        w.add_config("a.conf", b"x").unwrap();
+        w.add_config("b.conf", b"yy").unwrap();
+        let d0 = w.register_device("drive-scsi0", 1 << 20).unwrap();
+        let d1 = w.register_device("drive-scsi1", 65537).unwrap();
+        w.write_zero_clusters(d0, 0, 16).unwrap();
+        w.write_zero_clusters(d1, 0, 2).unwrap();
+        let (mut a, _) = w.finish().unwrap();
+        a.truncate(be_u32(&a, H_HEADER_SIZE) as usize);
+        a
+    }
+
+    /// `h` with its md5 made right again after a change.
+    fn resealed(mut h: Vec<u8>) -> Vec<u8> {
+        let md5 = header_md5(&h);
+        put(&mut h, H_MD5, &md5);
+        h
+    }
+
+    fn bad_header(h: Vec<u8>) -> String {
+        match Header::parse(&resealed(h)) {
+            Err(Error::BadHeader { reason }) => reason,
+            other => panic!("not refused as a bad header: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_written_header_parses_into_its_configs_and_devices() {
+        let h = Header::parse(&written()).unwrap();
+        assert_eq!(h.uuid_string(), "07070707-0707-0707-0707-070707070707");
+        assert_eq!(h.ctime, 1_700_000_000);
+        assert_eq!((h.header_size, h.blob_buffer_offset), (12288 + 512, 12288));
+        assert_eq!(h.config("b.conf").unwrap().data, b"yy");
+        assert!(h.config("c.conf").is_none());
+        assert_eq!(h.device(2).unwrap().name, "drive-scsi1");
+        assert_eq!(h.device(2).unwrap().cluster_count(), 2);
+        assert!(h.device(0).is_none() && h.device(3).is_none() && h.device(255).is_none());
+    }
+
+    #[test]
+    fn header_sizes_are_bounded_at_the_limits() {
+        let mut prefix = vec![0u8; HEADER_FIXED_SIZE];
+        put(&mut prefix, 0, &MAGIC);
+        let with_size = |mut p: Vec<u8>, size: usize| {
+            put(&mut p, H_HEADER_SIZE, &(size as u32).to_be_bytes());
+            Header::size_from_prefix(&p)
+        };
+        assert_eq!(
+            with_size(prefix.clone(), HEADER_FIXED_SIZE + 1).unwrap(),
+            HEADER_FIXED_SIZE + 1
+        );
+        assert_eq!(
+            with_size(prefix.clone(), MAX_READER_HEADER_SIZE).unwrap(),
+            MAX_READER_HEADER_SIZE
+        );
+        for size in [HEADER_FIXED_SIZE, MAX_READER_HEADER_SIZE + 1] {
+            assert!(
+                matches!(
+                    with_size(prefix.clone(), size),
+                    Err(Error::BadHeader { .. })
+                ),
+                "{size}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_blob_buffer_must_lie_inside_the_header() {
+        let h = written();
+        let size = h.len() as u32;
+        // Reaching exactly to the end of the header: fine (the rest of the table is zeros).
+        let mut whole = h.clone();
+        put(&mut whole, H_BLOB_SIZE, &(size - 12288).to_be_bytes());
+        let parsed = Header::parse(&resealed(whole)).unwrap();
+        assert_eq!(parsed.blob_buffer_size, size - 12288);
+        assert_eq!(parsed.devices.len(), 2);
+        // One byte past the end, or starting inside the fixed part: refused.
+        let mut past = h.clone();
+        put(&mut past, H_BLOB_SIZE, &(size - 12288 + 1).to_be_bytes());
+        assert!(bad_header(past).contains("outside header"));
+        let mut early = h.clone();
+        put(&mut early, H_BLOB_OFFSET, &12287u32.to_be_bytes());
+        assert!(bad_header(early).contains("outside header"));
+    }
+
+    #[test]
+    fn slots_missing_a_pointer_or_a_size_are_unused() {
+        let mut h = written();
+        // Config 0 without its data, config 1 without its name: both slots are empty.
+        put(&mut h, H_CONFIG_DATA, &0u32.to_be_bytes());
+        put(&mut h, H_CONFIG_NAMES + 4, &0u32.to_be_bytes());
+        // Device 2 with its name but size 0: no device.
+        put(
+            &mut h,
+            H_DEV_INFO + DEV_INFO_SIZE * 2 + 8,
+            &0u64.to_be_bytes(),
+        );
+        let parsed = Header::parse(&resealed(h)).unwrap();
+        assert_eq!(parsed.configs, vec![]);
+        assert_eq!(parsed.devices.len(), 1);
+        assert_eq!(parsed.devices[0].name, "drive-scsi0");
+        assert!(parsed.device(2).is_none());
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let h = written();
+        let at = |name: &[u8]| {
+            h.windows(name.len())
+                .position(|w| w == name)
+                .expect("name in the blob buffer")
+        };
+        for (name, what) in [(&b"b.conf\0"[..], "config"), (b"drive-scsi1\0", "device")] {
+            let mut bad = h.clone();
+            bad[at(name) + 1] = b'\n';
+            let reason = bad_header(bad);
+            assert!(
+                reason.contains(what) && reason.contains("control character"),
+                "{reason}"
+            );
+        }
+        // The writer refuses them too.
+        let mut w = crate::Writer::new(Vec::new());
+        assert!(w.add_config("a\nb.conf", b"").is_err());
+        assert!(w.register_device("drive\u{7f}", 1).is_err());
+        assert!(!has_control("drive-scsi0 ü"));
+    }
+
+    /// Table sizes computed by hand from Proxmox's rule (grow by whole sectors when
+    /// `size < pos + len + 2`), with our extra sector where its first allocation overruns.
+    #[test]
+    fn blob_tables_grow_only_when_a_blob_does_not_fit() {
+        for (lens, size, pos) in [
+            (&[509][..], 512, 512),    // ends exactly at the end of the first sector
+            (&[510], 1024, 513),       // Proxmox overruns by one byte: one sector more
+            (&[7, 500], 512, 512),     // the second blob fits exactly
+            (&[7, 501], 1024, 513),    // one byte more: one more sector
+            (&[7, 300], 512, 312),     // fits
+            (&[510, 511], 2048, 1026), // 513 bytes need two more sectors
+            (&[0, 511], 1536, 516),
+        ] {
+            let mut t = BlobTable::new();
+            assert_eq!(
+                t.projected_size(lens.iter().copied()),
+                size,
+                "{lens:?} projected"
+            );
+            for &len in lens {
+                t.push(&vec![1; len]).unwrap();
+            }
+            assert_eq!((t.buf.len(), t.pos), (size, pos), "{lens:?}");
+        }
+    }
 }

@@ -470,3 +470,279 @@ fn cluster_runs_cover_the_device_once_in_block_runs() {
     }
     assert_eq!(back, img);
 }
+
+/// A device whose clusters have every kind of block mask (none, all, first, last, every
+/// other, a run in the middle), filled with non-zero bytes where set.
+fn masked_image(masks: &[u16]) -> Vec<u8> {
+    let mut img = vec![0u8; masks.len() * CS];
+    for (c, m) in masks.iter().enumerate() {
+        for b in 0..16 {
+            if m & (1 << b) != 0 {
+                let at = c * CS + b * BS;
+                let data = pseudo_random((c * 16 + b) as u64 + 1, BS);
+                img[at..at + BS].copy_from_slice(&data);
+                img[at] = 0x80 | b as u8;
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn a_clusters_blocks_zero_test_and_data_offset_agree_with_the_device() {
+    let masks = [0u16, 0xFFFF, 0x0001, 0x8000, 0x5555, 0x0FF0, 0, 0x00F3];
+    let img = masked_image(&masks);
+    let a = write_images(&["drive-scsi0"], std::slice::from_ref(&img), &[], 9);
+    let mut r = Reader::new(&a[..]).unwrap();
+    let mut seen = 0;
+    while let Some(e) = r.next_extent().unwrap() {
+        let bytes = e.bytes().clone();
+        assert_eq!(e.block_count() * BS, bytes.len());
+        let mut at = 0;
+        for c in e.clusters() {
+            let m = masks[c.cluster as usize];
+            assert_eq!(c.mask, m, "cluster {}", c.cluster);
+            assert_eq!(c.is_zero(), m == 0, "cluster {}", c.cluster);
+            // The cluster's data is the next piece of the extent's data.
+            assert_eq!(c.data_offset(), at, "cluster {}", c.cluster);
+            assert!(bytes[at..at + c.data().len()] == *c.data());
+            at += c.data().len();
+            let base = c.cluster as usize * CS;
+            let mut listed = Vec::new();
+            for b in 0..16 {
+                let want = &img[base + b * BS..base + (b + 1) * BS];
+                match c.block(b) {
+                    Some(d) => {
+                        assert!(
+                            m & (1 << b) != 0 && d == want,
+                            "cluster {} block {b}",
+                            c.cluster
+                        );
+                        listed.push(b);
+                    }
+                    None => assert_eq!(m & (1 << b), 0, "cluster {} block {b}", c.cluster),
+                }
+            }
+            assert!(c.block(16).is_none());
+            assert_eq!(c.blocks().map(|(b, _)| b).collect::<Vec<_>>(), listed);
+            seen += 1;
+        }
+        assert_eq!(at, bytes.len());
+    }
+    r.finish().unwrap();
+    assert_eq!(seen, masks.len());
+}
+
+#[test]
+fn extents_and_statistics_say_where_and_how_much() {
+    // Two devices over three extents (58 clusters each).
+    let imgs = vec![mixed_image(5, 100 * CS), mixed_image(6, 20 * CS + 100)];
+    let a = write_images(&["drive-scsi0", "drive-scsi1"], &imgs, &[("a", b"b")], 4);
+    let mut r = Reader::new(&a[..]).unwrap();
+    let hs = header_size(&a) as u64;
+    assert_eq!(r.offset(), hs);
+    assert_eq!(r.stats().bytes_read, hs);
+    let mut index = 0;
+    loop {
+        let before = r.offset();
+        let Some(e) = r.next_extent().unwrap() else {
+            break;
+        };
+        assert_eq!((e.index(), e.offset()), (index, before));
+        let at = before as usize;
+        assert_eq!(&a[at..at + 4], b"VMAE");
+        let count = u16::from_be_bytes([a[at + 6], a[at + 7]]) as usize;
+        assert_eq!(e.block_count(), count);
+        index += 1;
+        assert_eq!(r.offset(), before + 512 + (count * BS) as u64);
+        assert_eq!(r.stats().extents, index);
+    }
+    assert_eq!(index, 3);
+    assert_eq!(r.offset(), a.len() as u64);
+    let stats = r.finish().unwrap();
+    assert_eq!((stats.extents, stats.bytes_read), (3, a.len() as u64));
+    for (i, img) in imgs.iter().enumerate() {
+        let clusters = img.len().div_ceil(CS) as u64;
+        let stored =
+            img.chunks(BS).filter(|b| b.iter().any(|&x| x != 0)).count() as u64 * BS as u64;
+        let d = &stats.devices[i + 1];
+        assert_eq!(
+            (d.clusters, d.stored_bytes, d.zero_bytes),
+            (clusters, stored, clusters * CS as u64 - stored),
+            "device {}",
+            i + 1
+        );
+    }
+    // The same through `for_each_cluster`.
+    let mut n = 0;
+    let again = Reader::new(&a[..])
+        .unwrap()
+        .for_each_cluster(|_, _| {
+            n += 1;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    assert_eq!(again, stats);
+    assert_eq!(n, 121);
+}
+
+/// A source that fails every other call with `Interrupted`, hands out at most 1000 bytes per
+/// call, and fails for good (EIO) after `fail_after` bytes.
+struct Flaky<'a> {
+    data: &'a [u8],
+    pos: usize,
+    fail_after: usize,
+    calls: usize,
+}
+
+impl Read for Flaky<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 2 == 1 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.pos >= self.fail_after {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        let n = buf
+            .len()
+            .min(1000)
+            .min(self.data.len() - self.pos)
+            .min(self.fail_after - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn interrupted_reads_are_retried_and_failed_ones_say_where() {
+    let (imgs, a) = sample();
+    let flaky = |fail_after| Flaky {
+        data: &a,
+        pos: 0,
+        fail_after,
+        calls: 0,
+    };
+    let mut r = Reader::new(flaky(usize::MAX)).unwrap();
+    let mut got: Vec<Vec<u8>> = imgs.iter().map(|i| vec![0; i.len()]).collect();
+    while let Some(e) = r.next_extent().unwrap() {
+        for c in e.clusters() {
+            let img = &mut got[usize::from(c.dev_id) - 1];
+            let start = c.device_offset() as usize;
+            let end = (start + CS).min(img.len());
+            c.expand_into(&mut img[start..end]);
+        }
+    }
+    r.finish().unwrap();
+    assert!(got == imgs, "images differ after interrupted reads");
+
+    let hs = header_size(&a);
+    let io_offset = |fail_after| match Reader::new(flaky(fail_after)).map(|mut r| {
+        while r.next_extent()?.is_some() {}
+        Ok(())
+    }) {
+        Err(Error::Io { offset, source }) | Ok(Err(Error::Io { offset, source })) => {
+            assert_eq!(source.raw_os_error(), Some(5));
+            offset
+        }
+        other => panic!("not an i/o error: {other:?}"),
+    };
+    // In the fixed header, in the blob buffer, in an extent header, in its data.
+    assert_eq!(io_offset(100), 0);
+    assert_eq!(io_offset(12288 + 10), 12288);
+    assert_eq!(io_offset(hs + 10), hs as u64);
+    assert_eq!(io_offset(hs + 512 + 10), hs as u64 + 512);
+}
+
+#[test]
+fn short_or_foreign_starts_are_told_apart() {
+    let (_, a) = sample();
+    let hs = header_size(&a);
+    // Not an archive at all (a few bytes of text): bad magic, not "truncated".
+    let e = expect_err(b"hello, this is not an archive\n");
+    assert!(matches!(e, Error::BadMagic { .. }), "{e}");
+    // Too short to tell: truncated.
+    let e = expect_err(b"VM");
+    assert!(
+        matches!(
+            e,
+            Error::TruncatedHeader {
+                got: 2,
+                expected: 12288
+            }
+        ),
+        "{e}"
+    );
+    // An archive cut inside the fixed part, and inside the blob buffer.
+    let e = expect_err(&a[..5000]);
+    assert!(
+        matches!(
+            e,
+            Error::TruncatedHeader {
+                got: 5000,
+                expected: 12288
+            }
+        ),
+        "{e}"
+    );
+    let e = expect_err(&a[..12288 + 100]);
+    assert!(
+        matches!(e, Error::TruncatedHeader { got: 12388, expected } if expected as usize == hs),
+        "{e}"
+    );
+    // Cut inside the first extent's data: how much was expected and how much came.
+    let count = u16::from_be_bytes([a[hs + 6], a[hs + 7]]) as u64;
+    let e = expect_err(&a[..hs + 512 + 3 * BS + 5]);
+    assert!(
+        matches!(
+            e,
+            Error::TruncatedExtent { index: 0, offset, expected, got }
+                if offset as usize == hs
+                    && expected == 512 + count * BS as u64
+                    && got == 512 + 3 * BS as u64 + 5
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn finish_for_checks_only_the_devices_asked_for() {
+    // Device 1 has 30 clusters, all in the first extent; device 2 has 100.
+    let imgs = [mixed_image(7, 30 * CS), mixed_image(8, 100 * CS)];
+    let mut w = vmdump_vma::Writer::with_identity(Vec::new(), [0x42; 16], Some(1));
+    let d1 = w.register_device("drive-scsi0", 30 * CS as u64).unwrap();
+    let d2 = w.register_device("drive-scsi1", 100 * CS as u64).unwrap();
+    for c in 0..30 {
+        w.write_cluster(d1, c, &imgs[0][c as usize * CS..(c as usize + 1) * CS])
+            .unwrap();
+    }
+    for c in 0..100 {
+        w.write_cluster(d2, c, &imgs[1][c as usize * CS..(c as usize + 1) * CS])
+            .unwrap();
+    }
+    let a = w.finish().unwrap().0;
+    fn first_extent(a: &[u8]) -> Reader<&[u8]> {
+        let mut r = Reader::new(a).unwrap();
+        r.next_extent().unwrap().unwrap();
+        r
+    }
+    // After the first extent (58 clusters: device 1's 30 and 28 of device 2).
+    let stats = first_extent(&a).finish_for(|id| id == 1).unwrap();
+    assert_eq!((stats.extents, stats.devices[1].clusters), (1, 30));
+    assert_eq!(stats.devices[2].clusters, 28);
+    let e = first_extent(&a).finish_for(|_| true).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MissingCluster {
+                dev_id: 2,
+                first: 28,
+                missing: 72,
+                cluster_count: 100,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

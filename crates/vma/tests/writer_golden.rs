@@ -233,7 +233,17 @@ fn devices_254_accepted_255th_refused() {
     }
     assert_eq!(ids.last().unwrap().get(), 254);
     let err = w.register_device("drive-extra", 4096).unwrap_err();
-    assert!(err.to_string().contains("number of devices"), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "number of devices",
+                limit: 254,
+                got: 255
+            }
+        ),
+        "{err}"
+    );
     for (i, id) in ids.iter().enumerate() {
         w.write_cluster(*id, 0, &[i as u8 + 1; 4096]).unwrap();
     }
@@ -333,5 +343,239 @@ fn pinned_output_is_stable_and_read_by_proxmox() {
     assert_eq!(
         std::fs::read(x.join("qemu-server.conf")).unwrap(),
         b"memory: 64\n"
+    );
+}
+
+/// What comes after the configs that fill the blob table in [`at_the_header_limit`].
+#[derive(Debug, Clone, Copy)]
+enum Last {
+    /// A config `z` of this many bytes (its name blob takes 4 bytes).
+    Config(usize),
+    /// A device named with this many `d`s.
+    Device(usize),
+}
+
+/// Devices `devices` (registered first), configs `c0`..`c7` that fill the blob table to
+/// exactly 512000 bytes, the most a header of 8 clusters (524288 bytes) holds, with 4048
+/// bytes left (7 of 65535 bytes and one of 49150), then `last`. Says whether the writer
+/// took `last`; checks that it refused it only for the header limit, and that what it took
+/// makes exactly the header the model predicts.
+fn at_the_header_limit(devices: &[&str], last: Last) -> bool {
+    let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
+    let mut ids = Vec::new();
+    let mut dev_lens = Vec::new();
+    for d in devices {
+        ids.push(w.register_device(d, 4096).unwrap());
+        dev_lens.push(d.len() + 1);
+    }
+    let mut lens = Vec::new();
+    for i in 0..8 {
+        let data = vec![b'x'; if i < 7 { 65535 } else { 49150 }];
+        w.add_config(&format!("c{i}"), &data).unwrap();
+        lens.extend([3, data.len()]);
+    }
+    let taken = match last {
+        Last::Config(len) => {
+            lens.extend([2, len]);
+            w.add_config("z", &vec![b'y'; len]).map(|()| None)
+        }
+        Last::Device(n) => {
+            dev_lens.push(n + 1);
+            w.register_device(&"d".repeat(n), 4096).map(Some)
+        }
+    };
+    // Device names go after the configs, in id order.
+    lens.extend(dev_lens);
+    let (table, _) = model_table(&lens);
+    let fits = 12288 + table <= 524288;
+    match taken {
+        Ok(id) => {
+            assert!(
+                fits,
+                "{last:?} taken, but the header would be {}",
+                12288 + table
+            );
+            ids.extend(id);
+            for id in ids {
+                w.write_zero_cluster(id, 0).unwrap();
+            }
+            let (a, _) = w.finish().unwrap();
+            assert_eq!(be32(&a, 56) as usize, 12288 + table);
+            let (h, _) = read_all(&a).unwrap();
+            assert_eq!(
+                h.configs.len(),
+                8 + usize::from(matches!(last, Last::Config(_)))
+            );
+        }
+        Err(err) => {
+            assert!(!fits, "{last:?} refused, but it fits: {err}");
+            assert!(
+                matches!(
+                    err,
+                    Error::Limit {
+                        what: "header size",
+                        limit: 524288,
+                        got
+                    } if got as usize == 12288 + table
+                ),
+                "{err}"
+            );
+        }
+    }
+    fits
+}
+
+#[test]
+fn the_header_limit_counts_every_name_and_config_to_the_byte() {
+    // 4048 bytes left: a config `z` (4 bytes of name blob, 2 of length) of 4042 bytes
+    // fits exactly, a device name of 4045 bytes (+ NUL + 2) too; the name `d` of a device
+    // registered before takes 4 of them.
+    for (devices, last_config, last_device) in [(&[][..], 4042, 4045), (&["d"][..], 4038, 4041)] {
+        for len in last_config - 2..=last_config + 2 {
+            let taken = at_the_header_limit(devices, Last::Config(len));
+            assert_eq!(
+                taken,
+                len <= last_config,
+                "{devices:?}, config of {len} bytes"
+            );
+        }
+        for n in last_device - 2..=last_device + 2 {
+            let taken = at_the_header_limit(devices, Last::Device(n));
+            assert_eq!(
+                taken,
+                n <= last_device,
+                "{devices:?}, device name of {n} bytes"
+            );
+        }
+    }
+}
+
+#[test]
+fn limits_refuse_one_past_and_say_what_they_got() {
+    let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
+    for i in 0..256 {
+        w.add_config(&format!("c{i}"), b"").unwrap();
+    }
+    let err = w.add_config("one-more", b"").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "number of configs",
+                limit: 256,
+                got: 257
+            }
+        ),
+        "{err}"
+    );
+
+    // Names: not empty, at most 65534 bytes (65535 with the NUL).
+    let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
+    assert!(matches!(w.add_config("", b""), Err(Error::Usage(_))));
+    assert!(matches!(w.register_device("", 1), Err(Error::Usage(_))));
+    let err = w.add_config(&"n".repeat(65535), b"").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                limit: 65534,
+                got: 65535,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    w.add_config(&"n".repeat(65534), b"").unwrap();
+
+    // Devices: at most 2^32 clusters (cluster numbers are 32 bits): 256 TiB.
+    let most = (1u64 << 32) * CS as u64;
+    let big = w.register_device("drive-big", most).unwrap();
+    let err = w.register_device("drive-bigger", most + 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "device clusters",
+                limit: 4294967296,
+                got: 4294967297
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(w.device_count(), 1);
+    // The vmstate stream has no size limit, but its cluster numbers are 32 bits too.
+    let vmstate = w.register_device("vmstate", 1).unwrap();
+    assert_eq!(w.device_count(), 2);
+    let err = w.write_zero_cluster(vmstate, 1 << 32).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "cluster number",
+                limit: 4294967295,
+                got: 4294967296
+            }
+        ),
+        "{err}"
+    );
+    w.write_zero_cluster(big, (1 << 32) - 1).unwrap();
+    w.write_zero_cluster(vmstate, (1 << 32) - 1).unwrap();
+    let missing = w.finish().unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "device 1 (drive-big): missing cluster 0 (4294967295 of 4294967296 clusters missing)"
+    );
+}
+
+#[test]
+fn finish_reports_each_device_by_its_id() {
+    let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
+    assert_eq!(w.uuid(), UUID);
+    let a = w.register_device("drive-scsi0", 3 * CS as u64).unwrap();
+    let b = w.register_device("drive-scsi1", 100).unwrap();
+    w.write_cluster(a, 1, &[1; CS]).unwrap();
+    w.write_zero_cluster(b, 0).unwrap();
+    let err = w.finish().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "device 1 (drive-scsi0): missing cluster 0 (2 of 3 clusters missing)"
+    );
+
+    let mut w = Writer::with_identity(Vec::new(), UUID, Some(CTIME));
+    let a = w.register_device("drive-scsi0", CS as u64).unwrap();
+    let b = w.register_device("drive-scsi1", 100).unwrap();
+    w.write_cluster(a, 0, &[1; CS]).unwrap();
+    w.write_cluster(b, 0, &[0; 100]).unwrap();
+    let (_, stats) = w.finish().unwrap();
+    let ids: Vec<_> = stats
+        .devices
+        .iter()
+        .map(|d| (d.id.get(), d.zero_bytes))
+        .collect();
+    // A zero cluster counts all 16 blocks, also past the end of the device.
+    assert_eq!(ids, vec![(1, 0), (2, CS as u64)]);
+}
+
+#[test]
+fn an_unpinned_writer_takes_a_fresh_uuid_and_the_time_of_writing() {
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let mut w = Writer::new(Vec::new());
+    let other = Writer::new(Vec::new()).uuid();
+    let uuid = w.uuid();
+    assert_ne!(uuid, other);
+    w.add_config("qemu-server.conf", b"").unwrap();
+    let before = secs();
+    let (a, _) = w.finish().unwrap();
+    let after = secs();
+    assert_eq!(&a[8..24], &uuid);
+    let ctime = be64(&a, 24) as i64;
+    assert!(
+        (before..=after).contains(&ctime),
+        "{before} {ctime} {after}"
     );
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use vmdump_vma::{Reader, Writer, CLUSTER_SIZE};
+use vmdump_vma::{Error, Reader, Writer, CLUSTER_SIZE};
 
 /// An output that takes at most `max` bytes per call (and one slice per vectored call), so
 /// the vectored path has to resume in the middle of slices.
@@ -25,6 +25,50 @@ impl Write for Trickle {
         Ok(())
     }
 }
+
+/// An output that fails every other call with `Interrupted` (the caller is to retry), takes
+/// at most `max` bytes per call, and fails for good (EIO) once it holds `fail_after` bytes.
+struct Flaky {
+    out: Vec<u8>,
+    max: usize,
+    fail_after: usize,
+    calls: usize,
+}
+
+impl Flaky {
+    fn new(max: usize, fail_after: usize) -> Self {
+        Flaky {
+            out: Vec::new(),
+            max,
+            fail_after,
+            calls: 0,
+        }
+    }
+}
+
+impl Write for Flaky {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 2 == 1 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.out.len() >= self.fail_after {
+            return Err(std::io::Error::from_raw_os_error(EIO));
+        }
+        let n = buf
+            .len()
+            .min(self.max)
+            .min(self.fail_after - self.out.len());
+        self.out.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// EIO's number on Linux.
+const EIO: i32 = 5;
 
 /// Cluster `c` of a device: a pattern of zero and non-zero 4 KiB blocks that changes
 /// from cluster to cluster (all-zero clusters included).
@@ -195,4 +239,47 @@ fn a_run_of_zero_clusters_writes_what_single_zero_clusters_write() {
         write(true) == single,
         "zero runs differ from single zero clusters"
     );
+}
+
+#[test]
+fn interrupted_writes_are_retried_and_a_failed_write_poisons_the_writer() {
+    let copied = archive(None, &SIZES);
+    let mut w = Writer::with_identity(
+        Flaky::new(65536 + 3, usize::MAX),
+        [7; 16],
+        Some(1_700_000_000),
+    );
+    fill(&mut w, &SIZES, |c| c % 5 != 3);
+    let (out, _) = w.finish().unwrap();
+    assert!(out.calls > 100, "the flaky output was not exercised");
+    assert!(
+        out.out == copied,
+        "archive differs after interrupted writes"
+    );
+
+    // An output that fails for good after 1 MiB: the first extent (58 clusters, written
+    // when the 59th comes) fails, at its offset after the header, and the writer takes
+    // nothing after that: the archive it leaves is not to be finished.
+    let mut w = Writer::with_identity(Flaky::new(65536 + 3, 1 << 20), [7; 16], Some(1));
+    let id = w
+        .register_device("drive-scsi0", 200 * CLUSTER_SIZE as u64)
+        .unwrap();
+    for c in 0..58 {
+        w.write_cluster_shared(id, c, &Bytes::from(cluster(0, c)))
+            .unwrap();
+    }
+    let err = w
+        .write_cluster_shared(id, 58, &Bytes::from(cluster(0, 58)))
+        .unwrap_err();
+    match &err {
+        Error::Io { offset, source } => {
+            assert_eq!(*offset, 12288 + 512, "{err}");
+            assert_eq!(source.raw_os_error(), Some(EIO), "{err}");
+        }
+        other => panic!("not an i/o error: {other}"),
+    }
+    let again = w.write_cluster_shared(id, 58, &Bytes::from(cluster(0, 58)));
+    assert!(matches!(again, Err(Error::Poisoned)), "{again:?}");
+    assert!(matches!(w.write_zero_cluster(id, 59), Err(Error::Poisoned)));
+    assert!(matches!(w.finish(), Err(Error::Poisoned)));
 }
