@@ -405,12 +405,9 @@ mod tests {
         assert!(filled(4 * M..8 * M, 0) && filled(68 * M..90 * M, 0) && filled(91 * M..96 * M, 0));
     }
 
-    #[test]
-    fn a_final_sync_that_fails_is_an_error() {
-        // A FIFO takes writes but not fsync (EINVAL), as a file system that fails the final
-        // sync would: `finish` must say so, a restore must not report the disk as written.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fifo");
+    /// A FIFO `fifo` in `dir`: takes writes, but neither fsync nor SEEK_DATA.
+    fn fifo(dir: &Path) -> PathBuf {
+        let path = dir.join("fifo");
         rustix::fs::mknodat(
             rustix::fs::CWD,
             &path,
@@ -419,6 +416,15 @@ mod tests {
             0,
         )
         .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_final_sync_that_fails_is_an_error() {
+        // A FIFO takes writes but not fsync (EINVAL), as a file system that fails the final
+        // sync would: `finish` must say so, a restore must not report the disk as written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path());
         // Read-write: opening a FIFO does not wait for the other end.
         let disk = Box::new(RawFile::open_write(&path).unwrap());
         let err = disk.finish().unwrap_err();
@@ -437,15 +443,7 @@ mod tests {
         // SEEK_DATA fails on a FIFO (ESPIPE): standing in for a file system or device that
         // cannot tell, with a size set by hand (a FIFO has none).
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        let path = fifo(dir.path());
         let file = OpenOptions::new()
             .read(true)
             .write(true)
