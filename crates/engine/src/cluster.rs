@@ -172,6 +172,50 @@ impl Assembler {
         (0..self.clusters).find(|&n| !self.is_done(n))
     }
 
+    /// Number of clusters emitted so far.
+    pub fn done(&self) -> u64 {
+        self.done_count
+    }
+
+    /// Emits every cluster not emitted yet as zero runs of at most `max_len` bytes (a
+    /// multiple of [`CLUSTER_SIZE`]), in order: the clusters a `sync=top` job skipped because
+    /// the image never allocated them. Partly filled clusters are zero where nothing arrived.
+    pub fn fill_missing(&mut self, max_len: usize, mut emit: impl FnMut(Cluster)) {
+        let max = (max_len as u64 / CLUSTER_SIZE).max(1);
+        let mut n = 0;
+        while n < self.clusters {
+            if self.is_done(n) {
+                n += 1;
+                continue;
+            }
+            if let Some(part) = self.partial.remove(&n) {
+                self.set_done(n);
+                emit(Cluster {
+                    num: n,
+                    data: part.has_data.then(|| Bytes::from(part.buf)),
+                    len: self.cluster_len(n),
+                });
+                n += 1;
+                continue;
+            }
+            let start = n;
+            while n < self.clusters
+                && n - start < max
+                && !self.is_done(n)
+                && !self.partial.contains_key(&n)
+            {
+                self.set_done(n);
+                n += 1;
+            }
+            let len = (n * CLUSTER_SIZE).min(self.size) - start * CLUSTER_SIZE;
+            emit(Cluster {
+                num: start,
+                data: None,
+                len: len as usize,
+            });
+        }
+    }
+
     /// Bytes dropped because their cluster (or those bytes) had already arrived.
     #[cfg(test)]
     pub fn duplicate_bytes(&self) -> u64 {
@@ -327,6 +371,85 @@ mod tests {
     /// The runs in `out` split into single clusters.
     fn singles(out: &[Cluster]) -> Vec<(u64, usize, Option<Bytes>)> {
         out.iter().flat_map(|c| c.each()).collect()
+    }
+
+    /// What `fill_missing` emits, as (first cluster, bytes, has data).
+    fn fill(a: &mut Assembler, max_len: usize) -> Vec<(u64, usize, bool)> {
+        let mut out = Vec::new();
+        a.fill_missing(max_len, |c| out.push((c.num, c.len, c.data.is_some())));
+        out
+    }
+
+    #[test]
+    fn fill_missing_emits_the_gaps_as_zero_runs_in_order() {
+        const C: usize = CLUSTER_SIZE as usize;
+        // 10 whole clusters and a short 11th of 4608 bytes.
+        let mut a = Assembler::new(10 * CLUSTER_SIZE + 4608);
+        let got = collect(
+            &mut a,
+            &[
+                (2 * CLUSTER_SIZE, Some(vec![7; 2 * C]), 0),
+                (7 * CLUSTER_SIZE, None, CLUSTER_SIZE),
+            ],
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(a.done(), 3);
+        let runs = fill(&mut a, 2 * C);
+        assert_eq!(
+            runs,
+            vec![
+                (0, 2 * C, false),
+                (4, 2 * C, false),
+                (6, C, false),
+                (8, 2 * C, false),
+                (10, 4608, false),
+            ]
+        );
+        assert_eq!(a.done(), 11);
+        assert_eq!(a.first_missing(), None);
+        // Nothing is left to fill, and later writes to filled clusters are duplicates.
+        assert!(fill(&mut a, 2 * C).is_empty());
+        assert!(collect(&mut a, &[(0, Some(vec![1; C]), 0)]).is_empty());
+        assert_eq!(a.duplicate_bytes(), CLUSTER_SIZE);
+    }
+
+    #[test]
+    fn fill_missing_runs_are_at_least_one_cluster_and_reach_the_end() {
+        const C: usize = CLUSTER_SIZE as usize;
+        let mut a = Assembler::new(3 * CLUSTER_SIZE);
+        assert_eq!(a.done(), 0);
+        assert_eq!(
+            fill(&mut a, 100),
+            vec![(0, C, false), (1, C, false), (2, C, false)]
+        );
+        let mut b = Assembler::new(3 * CLUSTER_SIZE);
+        assert_eq!(fill(&mut b, 1 << 30), vec![(0, 3 * C, false)]);
+        assert!(b.is_complete());
+    }
+
+    #[test]
+    fn fill_missing_completes_a_partial_cluster_with_zeros() {
+        const C: usize = CLUSTER_SIZE as usize;
+        let mut a = Assembler::new(4 * CLUSTER_SIZE);
+        let got = collect(&mut a, &[(CLUSTER_SIZE + 10, Some(vec![9; 100]), 0)]);
+        assert!(got.is_empty());
+        let mut out = Vec::new();
+        a.fill_missing(4 * C, |c| out.push(c));
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            (out[0].num, out[0].len, out[0].data.is_none()),
+            (0, C, true)
+        );
+        assert_eq!((out[1].num, out[1].len), (1, C));
+        let data = out[1].data.as_ref().expect("the partial cluster has data");
+        assert!(data[..10].iter().all(|&x| x == 0));
+        assert!(data[10..110].iter().all(|&x| x == 9));
+        assert!(data[110..].iter().all(|&x| x == 0));
+        assert_eq!(
+            (out[2].num, out[2].len, out[2].data.is_none()),
+            (2, 2 * C, true)
+        );
+        assert!(a.is_complete());
     }
 
     fn collect(a: &mut Assembler, ops: &[(u64, Option<Vec<u8>>, u64)]) -> Vec<Cluster> {

@@ -233,6 +233,16 @@ pub enum Failure {
     /// The writer thread is gone (it failed or could not start).
     #[error("the archive writer stopped")]
     WriterStopped,
+    /// QEMU's job reports more clusters copied than arrived at the target.
+    #[error("device '{device}': the backup job copied {copied} clusters but {arrived} arrived")]
+    Lost {
+        /// The device.
+        device: String,
+        /// Clusters the job copied (its progress).
+        copied: u64,
+        /// Clusters that arrived.
+        arrived: u64,
+    },
 }
 
 impl Failure {
@@ -244,6 +254,7 @@ impl Failure {
             }
             Failure::OutOfRange { .. } => "QEMU sent data that does not fit the disk",
             Failure::Disconnected { .. } => "the NBD connection from QEMU broke",
+            Failure::Lost { .. } => "data QEMU copied did not reach the archive",
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct SourceDisk {
     pub node: String,
     /// Size QEMU reports, in bytes.
     pub size: u64,
+    /// The node has nothing below it that provides data (no backing file, no filter), so a
+    /// cluster it has not allocated reads as zeros: the job copies only allocated clusters
+    /// (`sync=top`) and the archive records the rest as zero (see [`crate::target`]).
+    pub top_only: bool,
 }
 
 impl SourceDisk {
@@ -75,6 +79,7 @@ pub async fn resolve_disks(qmp: &Client, keys: &[String]) -> Result<Vec<SourceDi
                 (
                     ins.node_name.clone(),
                     ins.image.as_ref().map_or(0, |i| i.virtual_size),
+                    ins.backing_file_depth == Some(0),
                 )
             })
         });
@@ -93,12 +98,13 @@ pub async fn resolve_disks(qmp: &Client, keys: &[String]) -> Result<Vec<SourceDi
                         (
                             n.node_name.clone(),
                             n.image.as_ref().map_or(0, |i| i.virtual_size),
+                            n.backing_file_depth == Some(0),
                         )
                     })
                 })
             }
         };
-        let (node, size) = found.unwrap_or_default();
+        let (node, size, top_only) = found.unwrap_or_default();
         if node.is_empty() || size == 0 {
             return Err(Error::NoBlockNode {
                 device: drive,
@@ -111,6 +117,7 @@ pub async fn resolve_disks(qmp: &Client, keys: &[String]) -> Result<Vec<SourceDi
             drive,
             node,
             size,
+            top_only,
         });
     }
     Ok(out)
@@ -206,7 +213,12 @@ pub async fn start_jobs(
     let actions: Vec<Action> = disks
         .iter()
         .map(|d| {
-            let mut b = BlockdevBackup::new(d.job(), &d.node, d.target_node(), SyncMode::Full);
+            let sync = if d.top_only {
+                SyncMode::Top
+            } else {
+                SyncMode::Full
+            };
+            let mut b = BlockdevBackup::new(d.job(), &d.node, d.target_node(), sync);
             b.auto_finalize = Some(false);
             b.auto_dismiss = Some(false);
             b.filter_node_name = Some(d.filter_node());
@@ -264,6 +276,28 @@ pub async fn poll(qmp: &Client, disks: &[SourceDisk]) -> Result<Poll> {
         return Ok(Poll::Pending);
     }
     Ok(Poll::Running)
+}
+
+/// How many bytes each job copied (its progress; whole clusters), in the order of `disks`.
+/// Asked once all jobs are pending: nothing is copied after that.
+pub async fn copied(qmp: &Client, disks: &[SourceDisk]) -> Result<Vec<u64>> {
+    let jobs = qmp
+        .query_jobs()
+        .await
+        .map_err(|e| Error::qmp("query-jobs", e))?;
+    disks
+        .iter()
+        .map(|d| {
+            let id = d.job();
+            jobs.iter()
+                .find(|j| j.id == id)
+                .map(|j| j.current_progress)
+                .ok_or_else(|| Error::Job {
+                    job: id.clone(),
+                    message: format!("job '{id}' disappeared"),
+                })
+        })
+        .collect()
 }
 
 /// `job-finalize` (once for the group).

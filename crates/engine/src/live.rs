@@ -98,6 +98,9 @@ pub struct LiveOutcome {
     pub frozen: Option<Duration>,
     /// How long the guest was down, from [`LiveOptions::resume`] to its `cont`.
     pub down: Option<Duration>,
+    /// Bytes the `sync=top` jobs did not copy because the images never allocated them
+    /// (recorded as zero in the archive).
+    pub unallocated: u64,
 }
 
 /// The windows of one job start.
@@ -293,6 +296,7 @@ async fn run_inner(
 
     // Every export saw DISC: all data is in the channel. Check completeness, then let the
     // writer finish.
+    let unallocated = target.exports().iter().map(|e| e.unallocated()).sum();
     let mut incomplete = None;
     for e in target.exports() {
         if let Some(n) = e.first_missing() {
@@ -321,6 +325,7 @@ async fn run_inner(
         disks,
         frozen: windows.frozen,
         down: windows.down,
+        unallocated,
     })
 }
 
@@ -440,6 +445,17 @@ async fn wait(
         match state {
             Poll::Running => {}
             Poll::Pending if !finalized => {
+                // Nothing is copied after this: what the `sync=top` jobs copied is final.
+                if disks.iter().any(|d| d.top_only) {
+                    let copied = job::copied(qmp, disks).await?;
+                    for (d, bytes) in disks.iter().zip(copied) {
+                        if let Some(e) = target.exports().iter().find(|e| e.name == d.drive) {
+                            if d.top_only {
+                                e.expect_copied(bytes);
+                            }
+                        }
+                    }
+                }
                 job::finalize(qmp, disks).await?;
                 finalized = true;
             }

@@ -13,6 +13,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use vmdump_nbd::export::{Capabilities, WriteFlags, ZeroFlags};
 use vmdump_nbd::server::{CloseReason, Event};
 use vmdump_nbd::{Server, ServerOptions};
 
-use crate::cluster::{Assembler, Cluster};
+use crate::cluster::{Assembler, Cluster, CLUSTER_SIZE};
 use crate::error::Failure;
 use crate::pipeline::{Msg, Shared};
 
@@ -44,6 +45,11 @@ pub struct DiskExport {
     zeros: Mutex<Vec<Cluster>>,
     /// Set once the client sent `DISC` (after `FLUSH`): the commit point of this disk.
     closed: watch::Sender<bool>,
+    /// A `sync=top` job's progress (bytes, whole clusters) once it is pending: the clusters
+    /// it did not send were never allocated and are recorded as zero at `DISC`.
+    copied: Mutex<Option<u64>>,
+    /// Bytes recorded as zero at `DISC` because the `sync=top` job skipped them.
+    unallocated: AtomicU64,
 }
 
 impl DiskExport {
@@ -56,6 +62,21 @@ impl DiskExport {
             assembler: Mutex::new(Assembler::new(size)),
             zeros: Mutex::new(Vec::new()),
             closed: watch::channel(false).0,
+            copied: Mutex::new(None),
+            unallocated: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes the `sync=top` job skipped (never allocated) and the archive records as zero.
+    pub fn unallocated(&self) -> u64 {
+        self.unallocated.load(Ordering::Relaxed)
+    }
+
+    /// Records that the `sync=top` job of this disk copied `bytes` (its final progress): at
+    /// `DISC` exactly that many clusters must have arrived, and the others become zero.
+    pub fn expect_copied(&self, bytes: u64) {
+        if let Ok(mut c) = self.copied.lock() {
+            *c = Some(bytes);
         }
     }
 
@@ -135,6 +156,7 @@ impl NbdTarget {
                                     continue;
                                 };
                                 if d.reason == CloseReason::Disc {
+                                    fill_unallocated(e, &tx_events, &shared).await;
                                     send_zeros(e, &tx_events, &shared).await;
                                     e.closed.send_replace(true);
                                 } else if !e.is_closed() {
@@ -320,6 +342,47 @@ async fn send_run(export: &DiskExport, cluster: Cluster, tx: &Sender, shared: &S
     true
 }
 
+/// At `DISC` of a disk a `sync=top` job copied: checks that every cluster the job copied
+/// arrived, then hands the clusters it skipped (never allocated, so zero at the backup's
+/// instant) to the writer as zero runs. A job that skipped nothing (a raw image) needs no
+/// fill.
+async fn fill_unallocated(export: &DiskExport, tx: &Sender, shared: &Shared) {
+    let Some(copied) = export.copied.lock().ok().and_then(|c| *c) else {
+        return;
+    };
+    let mut runs = Vec::new();
+    let arrived = match export.assembler.lock() {
+        Ok(mut a) => {
+            let arrived = a.done();
+            if arrived == copied.div_ceil(CLUSTER_SIZE) {
+                a.fill_missing(MAX_ZERO_RUN, |c| runs.push(c));
+                None
+            } else {
+                Some(arrived)
+            }
+        }
+        Err(_) => {
+            shared.fail(Failure::WriterStopped);
+            return;
+        }
+    };
+    if let Some(arrived) = arrived {
+        shared.fail(Failure::Lost {
+            device: export.name.clone(),
+            copied: copied.div_ceil(CLUSTER_SIZE),
+            arrived,
+        });
+        return;
+    }
+    let bytes = runs.iter().map(|r| r.len as u64).sum();
+    export.unallocated.store(bytes, Ordering::Relaxed);
+    for run in runs {
+        if !send_run(export, run, tx, shared).await {
+            return;
+        }
+    }
+}
+
 /// Sends the zero run `export` holds back, if any (on `FLUSH` and `DISC`).
 async fn send_zeros(export: &DiskExport, tx: &Sender, shared: &Shared) {
     let held = export
@@ -383,7 +446,8 @@ mod tests {
     use tokio::sync::mpsc;
     use vmdump_testkit::{dissect_devices, run, sha256_file};
 
-    use super::{DiskExport, NbdTarget};
+    use super::{DiskExport, NbdTarget, CLUSTER_SIZE};
+    use crate::error::Failure;
     use crate::output::ArchiveFile;
     use crate::pipeline::{Shared, WriterThread, CHANNEL_CLUSTERS};
 
@@ -481,6 +545,115 @@ mod tests {
             devs,
             vec![("drive-x".to_string(), size, sha256_file(&src)?)]
         );
+        Ok(())
+    }
+
+    /// A target of one disk of `size` bytes with its writer thread, fed by our own NBD client
+    /// with exactly what a `sync=top` job sends: `clusters` (whole 64 KiB clusters, the last
+    /// one short), each filled with its number. The job "reports" `copied` bytes.
+    async fn top_job(size: u64, clusters: &[u64], copied: u64) -> Result<TopJob> {
+        let tmp = tempfile::tempdir()?;
+        let dat = tmp.path().join("out.vma");
+        let out = ArchiveFile::create(&dat, vmdump_config::Codec::None, 1, 1)?;
+        let mut writer = vmdump_vma::Writer::new(out);
+        let id = writer.register_device("drive-x", size)?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
+        let thread = WriterThread::spawn(
+            writer,
+            rx,
+            Arc::clone(&shared),
+            vec!["drive-x".into()],
+            vec![id],
+        )?;
+        let socket = tmp.path().join("t.sock");
+        let export = Arc::new(DiskExport::new("drive-x", id.get(), size));
+        let target =
+            NbdTarget::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
+        let client = vmdump_nbd::Client::connect_unix(
+            &socket,
+            "drive-x",
+            &vmdump_nbd::ClientOptions::default(),
+        )
+        .await?;
+        let mut want = vec![0u8; size as usize];
+        for &n in clusters {
+            let start = n * CLUSTER_SIZE;
+            let end = (start + CLUSTER_SIZE).min(size);
+            want[start as usize..end as usize].fill(n as u8 | 1);
+            let data = bytes::Bytes::from(want[start as usize..end as usize].to_vec());
+            client.write(start, data).await?;
+        }
+        export.expect_copied(copied);
+        client.flush().await?;
+        client.disconnect().await?;
+        let closed = target.wait_closed(Duration::from_secs(10)).await;
+        target.shutdown().await;
+        let out = thread.join();
+        Ok(TopJob {
+            tmp,
+            dat,
+            want,
+            shared,
+            export,
+            closed,
+            out,
+        })
+    }
+
+    struct TopJob {
+        tmp: tempfile::TempDir,
+        dat: std::path::PathBuf,
+        want: Vec<u8>,
+        shared: Arc<Shared>,
+        export: Arc<DiskExport>,
+        closed: bool,
+        out: Option<ArchiveFile>,
+    }
+
+    #[tokio::test]
+    async fn clusters_a_top_job_skipped_are_recorded_as_zero() -> Result<()> {
+        let size = 40 * CLUSTER_SIZE + 1536;
+        let sent = [0, 1, 2, 17, 39, 40];
+        // The last cluster is short, but the job counts it as a whole one.
+        let j = top_job(size, &sent, 6 * CLUSTER_SIZE).await?;
+        assert!(j.closed, "no DISC");
+        assert!(!j.shared.failed(), "{:?}", j.shared.error());
+        assert_eq!(j.export.first_missing(), None);
+        assert_eq!(j.export.unallocated(), 35 * CLUSTER_SIZE);
+        assert_eq!(j.shared.transferred(), size);
+        j.out.expect("writer finished").finish()?;
+        let want = j.tmp.path().join("want.raw");
+        std::fs::write(&want, &j.want)?;
+        assert_eq!(
+            dissect_devices(&j.dat)?,
+            vec![("drive-x".to_string(), size, sha256_file(&want)?)]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cluster_the_top_job_copied_but_that_never_arrived_fails_the_backup() -> Result<()> {
+        let size = 40 * CLUSTER_SIZE;
+        // The job says 4 clusters; 3 arrived.
+        let j = top_job(size, &[3, 4, 30], 4 * CLUSTER_SIZE).await?;
+        assert!(j.shared.failed(), "a lost cluster went unnoticed");
+        let err = j.shared.error().expect("the failure is recorded");
+        assert!(
+            matches!(
+                &*err,
+                Failure::Lost {
+                    device,
+                    copied: 4,
+                    arrived: 3
+                } if device == "drive-x"
+            ),
+            "{err:?}"
+        );
+        // Nothing was filled: the archive is never finished.
+        assert_eq!(j.export.unallocated(), 0);
+        assert_eq!(j.export.first_missing(), Some(0));
+        drop(j.out);
         Ok(())
     }
 }

@@ -182,3 +182,161 @@ async fn paused_vm_consistent_compressed() -> Result<()> {
     consistency_round(12, Codec::Lzo).await?;
     consistency_round(13, Codec::Gzip).await
 }
+
+/// A qcow2 without a backing file is copied with `sync=top`: only its allocated clusters travel
+/// and the archive records the rest as zero; a qcow2 with a backing file is copied whole (its
+/// unallocated clusters read the backing file's data). Guest writes during the jobs, to
+/// never-allocated, allocated and backing-provided clusters, must not reach the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thin_qcow2_travels_allocated_clusters_only_and_a_backing_file_is_read() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let qemu_img = |args: &[&str]| run(Command::new("qemu-img").args(args));
+    let qemu_io = |img: &Path, writes: &[(u8, u64, u64)]| {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "qcow2"]);
+        for (pat, off, len) in writes {
+            cmd.arg("-c").arg(format!("write -P {pat} {off} {len}"));
+        }
+        run(cmd.arg(img))
+    };
+    // The clone: 64 MiB, its base holds data at 0 and 20 MiB, the clone itself at 40 MiB.
+    let base = dir.join("base.qcow2");
+    let clone = dir.join("clone.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&base), "64M"])?;
+    qemu_io(&base, &[(0x11, 0, MIB), (0x22, 20 * MIB, 2 * MIB)])?;
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        path_str(&base),
+        path_str(&clone),
+    ])?;
+    qemu_io(&clone, &[(0x33, 40 * MIB, MIB)])?;
+    // The thin disk: 512 MiB + 12 KiB, 16 pieces of 3 MiB and the short last cluster.
+    let size = 512 * MIB + 12288;
+    let thin = dir.join("thin.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        path_str(&thin),
+        &size.to_string(),
+    ])?;
+    let mut pieces: Vec<(u8, u64, u64)> = (0..16u8)
+        .map(|i| (0x40 + i, (u64::from(i) * 30 + 1) * MIB, 3 * MIB))
+        .collect();
+    pieces.push((0x66, 512 * MIB, 12288));
+    qemu_io(&thin, &pieces)?;
+    let want_clone = image_sha256(&clone, "qcow2", dir)?;
+    let want_thin = image_sha256(&thin, "qcow2", dir)?;
+
+    let qemu = Qemu::paused(
+        dir,
+        &[
+            Disk {
+                key: "virtio0",
+                path: &clone,
+                format: "qcow2",
+            },
+            Disk {
+                key: "virtio1",
+                path: &thin,
+                format: "qcow2",
+            },
+        ],
+    )
+    .await?;
+    let mut opts = LiveOptions::new(100);
+    // 64 MiB (the clone, whole) and 48 MiB (the thin disk's data) at 24 MiB/s: 2-3 s.
+    opts.speed = 24 * MIB;
+    opts.socket_dir = dir.to_path_buf();
+    let dat = dir.join("out.dat");
+    let lines = Lines::default();
+    let keys = vec!["virtio0".to_string(), "virtio1".to_string()];
+    let configs = vec![("qemu-server.conf".to_string(), b"memory: 256\n".to_vec())];
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let writes = {
+        let qemu = &qemu;
+        let done = Arc::clone(&writer_done);
+        async move {
+            qemu.wait_jobs(2).await?;
+            let mut rng = Rng(7);
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) && n < 60 {
+                let piece = rng.below(16);
+                // Never allocated, allocated (maybe not copied yet), the short last cluster.
+                let hole = (piece * 30 + 10 + rng.below(15)) * MIB + rng.below(64) * 4096;
+                let data = (piece * 30 + 1) * MIB + rng.below(3 * 256) * 4096;
+                qemu.io_write("virtio1", 0xa0, hole, 4096).await?;
+                qemu.io_write("virtio1", 0xa1, data, 4096).await?;
+                if n == 0 {
+                    qemu.io_write("virtio1", 0xa2, 512 * MIB, 4096).await?;
+                }
+                // The clone: base data, clone data, nothing anywhere.
+                for (pat, off) in [(0xb0, rng.below(256)), (0xb1, 5120 + rng.below(256))] {
+                    qemu.io_write("virtio0", pat, off * 4096, 4096).await?;
+                }
+                qemu.io_write("virtio0", 0xb2, 40 * MIB + rng.below(256) * 4096, 4096)
+                    .await?;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            anyhow::Ok(n)
+        }
+    };
+    let log = TaskLog::new(&lines);
+    let backup = async {
+        let r = live_backup(&qemu.qmp, &keys, &configs, &dat, &opts, &log).await;
+        writer_done.store(true, Ordering::Relaxed);
+        r
+    };
+    let (outcome, n_writes) = tokio::join!(backup, writes);
+    let outcome = outcome?;
+    let n_writes = n_writes?;
+    assert!(
+        n_writes >= 5,
+        "only {n_writes} write rounds during the backup"
+    );
+    qemu.assert_clean().await?;
+    qemu.quit().await?;
+
+    assert_eq!(
+        outcome.disks.iter().map(|d| d.top_only).collect::<Vec<_>>(),
+        vec![false, true],
+        "only the disk without a backing file is copied with sync=top"
+    );
+    // The thin disk's 48 MiB and last cluster travelled; everything else was recorded as
+    // zero without QEMU sending it.
+    assert_eq!(outcome.unallocated, size - 48 * MIB - 12288);
+    assert_eq!(outcome.transfer.transferred, 64 * MIB + size);
+    assert_ne!(
+        image_sha256(&thin, "qcow2", dir)?,
+        want_thin,
+        "writes did not land"
+    );
+    assert_ne!(
+        image_sha256(&clone, "qcow2", dir)?,
+        want_clone,
+        "writes did not land"
+    );
+
+    let devs = dissect_devices(&dat)?;
+    assert_eq!(
+        devs,
+        vec![
+            ("drive-virtio0".to_string(), 64 * MIB, want_clone),
+            ("drive-virtio1".to_string(), size, want_thin),
+        ]
+    );
+    Ok(())
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}

@@ -141,6 +141,8 @@ async fn blockdev_add_del_and_errors_surface_with_class() {
         .expect("vda backend");
     let inserted = vda.inserted.as_ref().expect("medium");
     assert_eq!(inserted.node_name, "disk0");
+    // No backing file: the engine's backup copies only allocated clusters then.
+    assert_eq!(inserted.backing_file_depth, Some(0));
     assert_eq!(
         inserted.image.as_ref().expect("image").virtual_size,
         64 * MIB
@@ -178,6 +180,16 @@ async fn blockdev_add_del_and_errors_surface_with_class() {
         root(qmp.query_block().await.expect("q")).as_deref(),
         Some("cbw0")
     );
+    // A filter above the image counts as a node that provides data.
+    let depth = qmp
+        .query_block()
+        .await
+        .expect("q")
+        .into_iter()
+        .find_map(|b| {
+            (b.qdev.as_deref() == Some(qdev)).then(|| b.inserted.and_then(|i| i.backing_file_depth))
+        });
+    assert_eq!(depth, Some(Some(1)));
     let err = qmp.blockdev_del("cbw0").await.expect_err("in use");
     assert!(err.to_string().contains("in use"), "{err}");
     qmp.qom_set(qdev, "drive", json!("disk0"))

@@ -583,6 +583,7 @@ async fn with_images(
         disks: disks.to_vec(),
         frozen,
         down,
+        unallocated: 0,
     })
 }
 
@@ -998,6 +999,7 @@ mod tests {
             drive: format!("drive-{key}"),
             node: format!("drive-{key}"),
             size: 1 << 20,
+            top_only: false,
         }
     }
 

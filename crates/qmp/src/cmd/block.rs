@@ -160,6 +160,10 @@ pub struct BlockDeviceInfo {
     pub ro: bool,
     /// Image details.
     pub image: Option<ImageInfo>,
+    /// Nodes below this one that provide data (backing files and filtered children); `None`
+    /// when QEMU did not say.
+    #[serde(default, rename = "backing_file_depth")]
+    pub backing_file_depth: Option<u64>,
     /// Dirty bitmaps on this node.
     #[serde(default)]
     pub dirty_bitmaps: Vec<DirtyBitmapInfo>,
