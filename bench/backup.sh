@@ -7,6 +7,8 @@
 #
 # Contenders, interleaved in every round (the order rotates from round to round):
 #   vmdump-0        vmdump backup --compress 0
+#   vmdump-0-tmpfs  the same into a dump dir on /dev/shm: vmdump without the archive's disk
+#                   writes, against qemu-null (which writes nothing): the software's ceiling
 #   vmdump-zstd1    vmdump backup --compress zstd --zstd 1       (level 1)
 #   vmdump-zstdN    vmdump backup --compress zstd --zstd N       (N = nproc)
 #   qemu-qcow2      QEMU's own blockdev-backup sync=full push into a local qcow2 (as libvirt's
@@ -33,6 +35,7 @@ vmdump=$(bench_vmdump)
 cleanup() {
   "$vmdump" vm stop 100 --skiplock >/dev/null 2>&1 || true
   rm -rf "$work"
+  rm -rf /dev/shm/vmdump-bench.*
 }
 trap cleanup EXIT
 bench_vm_env
@@ -46,7 +49,7 @@ printf 'memory: 256\nname: bench\nscsi0: local:100/vm-100-disk-0.raw,size=%sG\n'
 bench_vm_check_direct 100
 qmp="$work/run/100/qmp.sock"
 
-all="vmdump-0 vmdump-zstd1 vmdump-zstd$n qemu-qcow2 qemu-null convert zstd1 zstd$n"
+all="vmdump-0 vmdump-0-tmpfs vmdump-zstd1 vmdump-zstd$n qemu-qcow2 qemu-null convert zstd1 zstd$n"
 contenders=${ONLY:-$all}
 
 # run NAME: one backup by contender NAME; appends its bench_timed line (plus QEMU's CPU
@@ -58,6 +61,9 @@ run() {
   q0=$(bench_qemu_cpu 100)
   case $name in
     vmdump-0) bench_timed "$work/$name" "$vmdump" backup 100 --compress 0 --dumpdir "$out" ;;
+    vmdump-0-tmpfs)
+      out=$(mktemp -d /dev/shm/vmdump-bench.XXXXXX)
+      bench_timed "$work/$name" "$vmdump" backup 100 --compress 0 --dumpdir "$out" ;;
     vmdump-zstd*)
       bench_timed "$work/$name" "$vmdump" backup 100 --compress zstd --zstd "${name#vmdump-zstd}" \
         --dumpdir "$out" ;;
@@ -76,6 +82,7 @@ run() {
   esac
   q1=$(bench_qemu_cpu 100)
   bytes=$(du -cb "$out" | tail -1 | cut -f1)
+  [[ $out == /dev/shm/* ]] && rm -rf "$out"
   # Append QEMU's CPU and the output size to the line just written.
   sed -i "\$s/\$/ $(awk -v a="$q0" -v b="$q1" 'BEGIN { printf "%.2f", b - a }') $bytes/" "$work/$name"
   echo "bench: round $r $name $(tail -1 "$work/$name")" >&2
@@ -122,6 +129,7 @@ ratio() {
 echo
 ratio qemu-qcow2 vmdump-0 ">= 0.95"
 ratio qemu-null vmdump-0 ">= 0.90"
+ratio qemu-null vmdump-0-tmpfs ">= 0.90 (without the archive's disk writes)"
 ratio convert vmdump-0 "-"
 ratio zstd1 vmdump-zstd1 ">= 1.0"
 ratio "zstd$n" "vmdump-zstd$n" ">= 1.0"
