@@ -7,21 +7,22 @@ use std::collections::HashMap;
 const CHUNK_BITS: u64 = 32768; // 4 KiB of bitmap per chunk
 const WORDS: usize = (CHUNK_BITS / 64) as usize;
 
+type Chunk = [u64; WORDS];
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ClusterSet {
-    chunks: HashMap<u64, Box<[u64; WORDS]>>,
+    chunks: HashMap<u64, Box<Chunk>>,
+    /// The chunk used last, kept out of the map: clusters near each other (the usual order,
+    /// and every run of zero clusters) skip the hash lookup.
+    hot: Option<(u64, Box<Chunk>)>,
     len: u64,
 }
 
 impl ClusterSet {
     /// Insert; returns false if the cluster was already present.
     pub(crate) fn insert(&mut self, cluster: u64) -> bool {
-        let chunk = cluster / CHUNK_BITS;
         let bit = cluster % CHUNK_BITS;
-        let words = self
-            .chunks
-            .entry(chunk)
-            .or_insert_with(|| Box::new([0u64; WORDS]));
+        let words = self.chunk_mut(cluster / CHUNK_BITS);
         let w = &mut words[(bit / 64) as usize];
         let m = 1u64 << (bit % 64);
         if *w & m != 0 {
@@ -33,15 +34,35 @@ impl ClusterSet {
     }
 
     pub(crate) fn contains(&self, cluster: u64) -> bool {
-        let chunk = cluster / CHUNK_BITS;
         let bit = cluster % CHUNK_BITS;
-        self.chunks
-            .get(&chunk)
+        self.chunk(cluster / CHUNK_BITS)
             .is_some_and(|w| w[(bit / 64) as usize] & (1u64 << (bit % 64)) != 0)
     }
 
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The chunk `n`, if any cluster in it was inserted.
+    fn chunk(&self, n: u64) -> Option<&Chunk> {
+        match &self.hot {
+            Some((i, words)) if *i == n => Some(words),
+            _ => self.chunks.get(&n).map(|w| &**w),
+        }
+    }
+
+    /// The chunk `n`, created empty if needed, made the hot one.
+    fn chunk_mut(&mut self, n: u64) -> &mut Chunk {
+        if !matches!(&self.hot, Some((i, _)) if *i == n) {
+            let words = self
+                .chunks
+                .remove(&n)
+                .unwrap_or_else(|| Box::new([0u64; WORDS]));
+            if let Some((i, old)) = self.hot.replace((n, words)) {
+                self.chunks.insert(i, old);
+            }
+        }
+        &mut self.hot.as_mut().expect("the hot chunk was just set").1
     }
 
     /// Smallest cluster in `0..count` not in the set.
@@ -56,7 +77,7 @@ impl ClusterSet {
             if base >= count {
                 return None;
             }
-            match self.chunks.get(&chunk) {
+            match self.chunk(chunk) {
                 None => return Some(base),
                 Some(words) => {
                     for (i, w) in words.iter().enumerate() {
@@ -94,5 +115,35 @@ mod tests {
             full.insert(c);
         }
         assert_eq!(full.first_missing(CHUNK_BITS + 10), Some(CHUNK_BITS + 3));
+    }
+
+    /// Going back and forth between chunks (the hot one and those in the map) loses nothing.
+    #[test]
+    fn chunks_keep_their_bits_when_the_hot_one_changes() {
+        let mut s = ClusterSet::default();
+        let far = CHUNK_BITS * 9 + 100;
+        assert!(s.insert(5));
+        assert!(s.insert(far));
+        assert!(s.insert(CHUNK_BITS + 1));
+        // Chunk 0 is in the map now; chunk 1 is hot.
+        assert!(s.contains(5) && s.contains(far) && s.contains(CHUNK_BITS + 1));
+        assert!(!s.contains(6) && !s.contains(far + 1) && !s.contains(CHUNK_BITS));
+        assert!(!s.insert(5), "a duplicate in a chunk of the map");
+        assert!(!s.insert(CHUNK_BITS + 1), "a duplicate after a swap");
+        assert!(!s.insert(far), "a duplicate in a chunk swapped out twice");
+        assert_eq!(s.len(), 3);
+        // Fill chunk 0 (made hot) but for one cluster: first_missing reads the hot chunk.
+        for c in (0..CHUNK_BITS).filter(|&c| c != 5 && c != 4000) {
+            assert!(s.insert(c));
+        }
+        assert_eq!(s.first_missing(CHUNK_BITS * 10), Some(4000));
+        assert!(s.insert(4000));
+        // Chunk 0 is full and hot; chunk 1 (in the map) has only cluster CHUNK_BITS + 1.
+        assert_eq!(s.first_missing(CHUNK_BITS * 10), Some(CHUNK_BITS));
+        assert_eq!(s.first_missing(CHUNK_BITS), None);
+        assert_eq!(s.len(), CHUNK_BITS + 2);
+        // A clone has the same bits, hot chunk included.
+        let c = s.clone();
+        assert!(c.contains(4000) && c.contains(far) && !c.contains(far - 1));
     }
 }
