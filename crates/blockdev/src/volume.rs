@@ -209,7 +209,10 @@ mod tests {
         create_image(&off, "qcow2", 8 << 20, None).unwrap();
         for p in [&meta, &off] {
             let info = crate::qemu_img::info(p).unwrap();
-            assert_eq!((info.format.as_str(), info.virtual_size), ("qcow2", 8 << 20));
+            assert_eq!(
+                (info.format.as_str(), info.virtual_size),
+                ("qcow2", 8 << 20)
+            );
         }
         // Preallocated metadata maps every cluster: the file spans the disk; without, it
         // holds only the header and tables.
@@ -235,7 +238,10 @@ mod tests {
         assert_eq!(e.io_kind(), Some(IoKind::AlreadyExists), "{e}");
         remove(&path, Some(&sv)).unwrap();
         assert!(!sv.exists());
-        assert!(t.path().join("images/100").is_dir(), "the guest's directory stays");
+        assert!(
+            t.path().join("images/100").is_dir(),
+            "the guest's directory stays"
+        );
         // A container directory with contents goes as a whole.
         let ct = t.path().join("images/100/subvol-100-disk-1.subvol");
         create_subvolume(&ct).unwrap();
@@ -271,7 +277,10 @@ mod tests {
                 m = mnt.display()
             );
             let st = Command::new("sh").args(["-c", &sh]).status().unwrap();
-            assert!(st.success(), "mount a btrfs loop file (the test needs root)");
+            assert!(
+                st.success(),
+                "mount a btrfs loop file (the test needs root)"
+            );
             Btrfs { mnt }
         }
     }
@@ -294,7 +303,10 @@ mod tests {
         let path = sv.join("disk.raw");
         create(&path, Some(&sv), "raw", 4 << 20, None).unwrap();
         assert!(is_subvolume(&sv), "not a subvolume");
-        assert!(!is_subvolume(&fs.mnt.join("images/100")), "the guest's directory is plain");
+        assert!(
+            !is_subvolume(&fs.mnt.join("images/100")),
+            "the guest's directory is plain"
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
         // A container subvolume with contents, and an old plain directory on btrfs.
         let ct = fs.mnt.join("images/100/subvol-100-disk-1.subvol");
@@ -317,7 +329,11 @@ mod tests {
             .output()
             .unwrap();
         assert!(list.status.success());
-        assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "", "subvolumes left");
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout).trim(),
+            "",
+            "subvolumes left"
+        );
     }
 
     #[test]

@@ -355,7 +355,10 @@ mod tests {
         let sv = Path::new("/mnt/b/images/100/subvol-100-disk-3.subvol");
         assert_eq!((r.path.as_path(), r.subvolume.as_deref()), (sv, Some(sv)));
         // On dir storage, neither a raw image nor a container directory is a subvolume.
-        for name in ["local:100/vm-100-disk-1.raw", "local:100/subvol-100-disk-3.subvol"] {
+        for name in [
+            "local:100/vm-100-disk-1.raw",
+            "local:100/subvol-100-disk-3.subvol",
+        ] {
             let r = c.resolve(&VolumeId::parse(name).unwrap()).unwrap();
             assert_eq!(r.subvolume, None, "{name}");
         }
