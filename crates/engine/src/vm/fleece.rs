@@ -27,8 +27,9 @@
 //! storages that take it; raw on btrfs, `disk.raw` in its own subvolume as Proxmox's
 //! `vdisk_alloc` makes it; created and removed by `vmdump_blockdev::volume`), listed in the
 //! guest config's `[special:fleecing]` (`fleecing-images: <volid>,...`, as Proxmox records
-//! them) before they are created, and removed at the end; a killed run's images are removed by the next backup of the guest
-//! ([`remove_leftovers`]) and its QEMU nodes by [`clean_stale`].
+//! them) before they are created, and removed at the end; a killed run's images are removed
+//! by the next backup of the guest ([`remove_leftovers`]) and its QEMU nodes by
+//! [`clean_stale`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
