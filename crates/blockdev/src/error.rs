@@ -154,6 +154,15 @@ impl Error {
         }
     }
 
+    /// The kind of the file system error behind a failed operation on a file (`AlreadyExists`
+    /// when [`crate::volume`] finds the name taken), if that is what failed.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } | Error::IoAt { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(what: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io {
             what,

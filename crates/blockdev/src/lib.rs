@@ -20,6 +20,9 @@
 //!   cluster index: uncompressed, seekable zstd, or decompressed once into a cache file.
 //! - [`MemDisk`]: an in-memory disk for fast tests.
 //! - [`qemu_img`]: image info and creation.
+//! - [`volume`]: the files of image volumes on dir and btrfs storage: images of a size
+//!   (raw sparse, qcow2 with preallocation), btrfs subvolumes (a plain directory off btrfs),
+//!   removal.
 //!
 //! [`SourceExport`] serves any [`Source`] read-only over NBD (`vmdump map`).
 //!
@@ -51,6 +54,7 @@ pub mod memory;
 pub mod qemu_img;
 pub mod raw;
 pub mod snapshot;
+pub mod volume;
 
 use std::ops::Range;
 use std::path::Path;

@@ -3,7 +3,8 @@
 //! archives equal the disks at the backup instant under guest writes that straddle saved and
 //! unsaved clusters (qcow2 and raw, odd sizes, three disks); the fleecing images end near
 //! empty and are deleted; a fleecing storage that fills up fails the backup and no guest
-//! write; a SIGKILLed run leaves nothing attached after the next run.
+//! write; a SIGKILLed run leaves nothing attached after the next run; on a btrfs storage the
+//! image is `disk.raw` in its own subvolume, gone after the backup.
 
 mod backup_common;
 
@@ -73,6 +74,53 @@ fn assert_no_failed_guest_write(vm: &Qemu) {
         !log.contains("write failed"),
         "a guest write failed:\n{log}"
     );
+}
+
+/// A btrfs file system on a loop file, mounted at `<base>/btrfs` until dropped.
+struct Btrfs {
+    mnt: std::path::PathBuf,
+}
+
+impl Btrfs {
+    fn mount(base: &Path) -> Result<Self> {
+        let img = base.join("btrfs.img");
+        let mnt = base.join("btrfs");
+        std::fs::create_dir_all(&mnt)?;
+        run(Command::new("truncate").args(["-s", "256M"]).arg(&img))?;
+        run(Command::new("mkfs.btrfs").arg("-q").arg(&img))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))?;
+        Ok(Btrfs { mnt })
+    }
+
+    /// The subvolumes on it (paths relative to the top level).
+    fn subvolumes(&self) -> Result<Vec<String>> {
+        let out = Command::new("btrfs")
+            .args(["subvolume", "list"])
+            .arg(&self.mnt)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "btrfs subvolume list: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(" path ").nth(1).map(str::to_string))
+            .collect())
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-l", "-d"])
+            .arg(&self.mnt)
+            .status();
+    }
 }
 
 fn read_at(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -377,14 +425,52 @@ async fn fleecing_in_suspend_mode_and_of_a_stopped_vm() -> Result<()> {
         "memory: 256\nscsi0: local:100/vm-100-disk-0.raw,size=41947136\n",
     )?;
     let vm = env.paused_vm(100, "scsi0", "vm-100-disk-0.raw").await?;
-    let out = env.vmdump_backup(&["100", "--mode", "suspend", "--fleecing", "1"])?;
-    let stdout = expect_success(&out, "vmdump backup --mode suspend --fleecing 1");
+    // The fleecing image on a btrfs storage (a loop file): raw, `disk.raw` in its own
+    // subvolume as restored disks and Proxmox's `vdisk_alloc`, and gone after the backup.
+    let bt = Btrfs::mount(tmp.path())?;
+    let cfg = env.root.join("storage.cfg");
+    let mut storage = std::fs::read_to_string(&cfg)?;
+    storage.push_str(&format!(
+        "\nbtrfs: bt\n\tpath {}\n\tcontent images\n",
+        bt.mnt.display()
+    ));
+    std::fs::write(&cfg, storage)?;
+    let mut child = env
+        .vmdump_command(&["100", "--mode", "suspend"])
+        .args(["--fleecing", "enabled=1,storage=bt", "--bwlimit", "8192"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let seen = wait_export(&vm, &mut child).await?;
+    let sv = bt.mnt.join("images/100/vm-100-fleece-0");
+    // While vmdump reads: a subvolume (`btrfs subvolume show` fails on a plain directory).
+    let show = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(&sv)
+        .output()?;
+    let fl_size = std::fs::metadata(sv.join("disk.raw")).map(|m| m.len());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stdout = expect_success(&out, "vmdump backup --mode suspend --fleecing on btrfs");
+    assert!(seen, "vmdump ended before its fleecing export appeared");
+    assert!(
+        show.status.success(),
+        "{} is not a subvolume: {}",
+        sv.display(),
+        String::from_utf8_lossy(&show.stderr)
+    );
+    assert_eq!(
+        fl_size.ok(),
+        Some(size),
+        "fleecing image sized like the disk"
+    );
     assert!(
         stdout.contains(
-            "INFO: drive-scsi0: attaching fleecing image local:100/vm-100-fleece-0.qcow2 to QEMU"
+            "INFO: drive-scsi0: attaching fleecing image bt:100/vm-100-fleece-0.raw to QEMU"
         ),
         "{stdout}"
     );
+    assert!(!sv.exists(), "fleecing subvolume left");
+    assert_eq!(bt.subvolumes()?, Vec::<String>::new());
     assert_eq!(assert_clean(&vm).await?, "prelaunch");
     vm.quit().await?;
     let out = env.vmdump_backup(&["100", "--fleecing", "1", "--compress", "lzo"])?;

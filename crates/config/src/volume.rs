@@ -4,7 +4,9 @@
 //! - images: `<path>/images/<vmid>/<name>`; linked clones `<basevmid>/<basename>/<vmid>/<name>`
 //!   live at `<path>/images/<vmid>/<name>`;
 //! - on btrfs, raw images are subvolumes: volume `100/vm-100-disk-0.raw` is the file
-//!   `<path>/images/100/vm-100-disk-0/disk.raw`; other formats are plain files as on dir;
+//!   `<path>/images/100/vm-100-disk-0/disk.raw` in the subvolume `vm-100-disk-0`; container
+//!   volumes `subvol-<vmid>-disk-<N>.subvol` are subvolumes themselves; other formats are plain
+//!   files as on dir ([`ResolvedVolume::subvolume`]);
 //! - `iso/<f>` → `<path>/template/iso/<f>`, `vztmpl/<f>` → `<path>/template/cache/<f>`,
 //!   `backup/<f>` → `<path>/dump/<f>`, `snippets/<f>` → `<path>/snippets/<f>`,
 //!   `import/<f>` → `<path>/import/<f>`.
@@ -137,6 +139,11 @@ pub struct ResolvedVolume {
     pub path: PathBuf,
     /// The image format, from the name (or `raw` for plain paths without a known extension).
     pub format: String,
+    /// On btrfs, the volume's own subvolume: the directory `vm-<vmid>-disk-<N>` holding a raw
+    /// image's `disk.raw`, or a container's `subvol-<vmid>-disk-<N>.subvol` itself. `None`
+    /// on dir storage, for other formats and for paths outside a storage. Created and removed
+    /// by `vmdump_blockdev::volume`.
+    pub subvolume: Option<PathBuf>,
 }
 
 impl StorageConfig {
@@ -149,6 +156,7 @@ impl StorageConfig {
             msg: msg.to_string(),
         };
         let comps: Vec<&str> = vol.name.split('/').collect();
+        let mut subvolume = None;
         let path = match comps.as_slice() {
             ["iso", f] => base.join("template/iso").join(f),
             ["vztmpl", f] => base.join("template/cache").join(f),
@@ -160,15 +168,28 @@ impl StorageConfig {
                     return Err(bad("not an image volume of a known layout"));
                 }
                 let dir = base.join("images").join(vmid);
-                match (entry.kind(), f.strip_suffix(".raw")) {
-                    (StorageType::Btrfs, Some(stem)) => dir.join(stem).join("disk.raw"),
+                let btrfs = *entry.kind() == StorageType::Btrfs;
+                match f.strip_suffix(".raw") {
+                    Some(stem) if btrfs => {
+                        let sv = dir.join(stem);
+                        subvolume = Some(sv.clone());
+                        sv.join("disk.raw")
+                    }
+                    _ if btrfs && format_from_name(f) == Some("subvol") => {
+                        subvolume = Some(dir.join(f));
+                        dir.join(f)
+                    }
                     _ => dir.join(f),
                 }
             }
             _ => return Err(bad("not an image volume of a known layout")),
         };
         let format = vol.format_from_name().unwrap_or("raw").to_string();
-        Ok(ResolvedVolume { path, format })
+        Ok(ResolvedVolume {
+            path,
+            format,
+            subvolume,
+        })
     }
 
     /// Resolve a drive's volume reference: storage volumes via [`Self::resolve`], absolute
@@ -184,6 +205,7 @@ impl StorageConfig {
                     .unwrap_or("raw")
                     .to_string(),
                 path: p.clone(),
+                subvolume: None,
             })),
             VolumeRef::None | VolumeRef::HostCdrom => Ok(None),
         }
@@ -318,10 +340,28 @@ mod tests {
             r.path,
             Path::new("/mnt/b/images/100/vm-100-disk-1/disk.raw")
         );
+        assert_eq!(
+            r.subvolume.as_deref(),
+            Some(Path::new("/mnt/b/images/100/vm-100-disk-1"))
+        );
         let r = c
             .resolve(&VolumeId::parse("fast:100/vm-100-disk-2.qcow2").unwrap())
             .unwrap();
         assert_eq!(r.path, Path::new("/mnt/b/images/100/vm-100-disk-2.qcow2"));
+        assert_eq!(r.subvolume, None);
+        let r = c
+            .resolve(&VolumeId::parse("fast:100/subvol-100-disk-3.subvol").unwrap())
+            .unwrap();
+        let sv = Path::new("/mnt/b/images/100/subvol-100-disk-3.subvol");
+        assert_eq!((r.path.as_path(), r.subvolume.as_deref()), (sv, Some(sv)));
+        // On dir storage, neither a raw image nor a container directory is a subvolume.
+        for name in [
+            "local:100/vm-100-disk-1.raw",
+            "local:100/subvol-100-disk-3.subvol",
+        ] {
+            let r = c.resolve(&VolumeId::parse(name).unwrap()).unwrap();
+            assert_eq!(r.subvolume, None, "{name}");
+        }
     }
 
     #[test]

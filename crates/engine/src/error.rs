@@ -146,9 +146,11 @@ pub enum Error {
         #[source]
         source: Box<vmdump_blockdev::Error>,
     },
-    /// A fleecing image could not be created.
-    #[error("create fleecing image '{volume}'")]
+    /// A fleecing image could not be created or removed.
+    #[error("{what} fleecing image '{volume}'")]
     FleecingImage {
+        /// `create` or `remove`.
+        what: &'static str,
         /// The volume id.
         volume: String,
         /// The underlying error (boxed: it is large).

@@ -45,6 +45,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Creating or removing a volume's files (image, btrfs subvolume) failed.
+    #[error("{what} volume '{volume}'")]
+    Volume {
+        /// `create` or `remove`.
+        what: &'static str,
+        /// The volume id.
+        volume: String,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
+    },
     /// A file operation failed.
     #[error("{op} '{}'", path.display())]
     Io {
@@ -119,6 +130,18 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn volume(
+        what: &'static str,
+        vol: &crate::volume::CtVolume,
+        source: vmdump_blockdev::Error,
+    ) -> Self {
+        Error::Volume {
+            what,
+            volume: vol.volid.to_string(),
+            source: Box::new(source),
         }
     }
 

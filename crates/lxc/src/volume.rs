@@ -5,9 +5,14 @@
 //! - `btrfs` storage: a subvolume `<path>/images/<vmid>/subvol-<vmid>-disk-N.subvol` (any size;
 //!   its read-only snapshot is `<subvol>@<name>`), or a raw image inside a subvolume
 //!   (`vm-<vmid>-disk-N.raw` → `<path>/images/<vmid>/vm-<vmid>-disk-N/disk.raw`).
+//!
+//! The paths are `vmdump_config`'s layout (`StorageConfig::resolve`); images and subvolumes
+//! are made and removed by [`vmdump_blockdev::volume`], the one home of volume files (off
+//! btrfs a subvolume is a plain directory there).
 
 use std::path::{Path, PathBuf};
 
+use vmdump_blockdev::volume;
 use vmdump_config::{MountPoint, StorageConfig, StorageType, VolumeId, VolumeRef};
 
 use crate::error::{Error, Result};
@@ -90,17 +95,14 @@ pub fn resolve(
         VolumeRef::Path(p) => return Ok(Err(OtherMount::Bind(p))),
         _ => return Ok(Err(OtherMount::Bind(PathBuf::from(mp.volume())))),
     };
-    let entry = storage.storage(&volid.storage)?;
-    let file = volid.file_name().to_string();
-    let dir = storage.image_dir(&volid.storage, volid.owner().unwrap_or(0))?;
-    let (path, layout) = match (entry.kind(), file.strip_suffix(".raw")) {
-        (StorageType::Btrfs, Some(stem)) => {
-            (dir.join(stem).join("disk.raw"), Layout::ImageInSubvolume)
-        }
-        (StorageType::Btrfs, None) => (dir.join(&file), Layout::Subvolume),
-        (_, Some(_)) => (dir.join(&file), Layout::Image),
-        (_, None) => (dir.join(&file), Layout::Dir),
+    let resolved = storage.resolve(&volid)?;
+    let layout = match &resolved.subvolume {
+        Some(sv) if *sv == resolved.path => Layout::Subvolume,
+        Some(_) => Layout::ImageInSubvolume,
+        None if volid.file_name().ends_with(".raw") => Layout::Image,
+        None => Layout::Dir,
     };
+    let path = resolved.path;
     Ok(Ok(CtVolume {
         key: mp.key.clone(),
         mp: mp.path().to_string(),
@@ -163,105 +165,176 @@ pub fn wants_image(storage: &StorageConfig, id: &str, size: u64) -> vmdump_confi
 }
 
 /// Creates a new, empty volume: an image of `vol.size` bytes with ext4 (root directory owned
-/// by `root_owner`), or a directory/subvolume owned by `root_owner`.
+/// by `root_owner`), or a directory/subvolume owned by `root_owner`. A failed creation leaves
+/// nothing behind.
 pub fn create(vol: &CtVolume, root_owner: (u32, u32)) -> Result<()> {
     let (uid, gid) = root_owner;
+    if vol.layout.is_image() {
+        volume::create(&vol.path, vol.subvolume(), "raw", vol.size, None)
+            .map_err(|e| Error::volume("create", vol, e))?;
+        let mkfs = tool::run_args(
+            "mkfs.ext4",
+            [
+                "-q".into(),
+                "-F".into(),
+                "-E".into(),
+                format!("root_owner={uid}:{gid}"),
+                vol.path.display().to_string(),
+            ],
+        );
+        if let Err(e) = mkfs {
+            let _ = destroy(vol);
+            return Err(e);
+        }
+        return Ok(());
+    }
     if let Some(parent) = vol.path.parent() {
-        if vol.layout != Layout::ImageInSubvolume {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io("create directory", parent, e))?;
-        }
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     }
-    match vol.layout {
-        Layout::Image | Layout::ImageInSubvolume => {
-            if vol.layout == Layout::ImageInSubvolume {
-                let sv = vol
-                    .subvolume()
-                    .expect("an image in a subvolume has a parent");
-                if let Some(p) = sv.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))?;
-                }
-                tool::run_args(
-                    "btrfs",
-                    [
-                        std::ffi::OsStr::new("-q"),
-                        "subvolume".as_ref(),
-                        "create".as_ref(),
-                        sv.as_os_str(),
-                    ],
-                )?;
-            }
-            let f = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&vol.path)
-                .map_err(|e| Error::io("create image", &vol.path, e))?;
-            f.set_len(vol.size)
-                .map_err(|e| Error::io("size image", &vol.path, e))?;
-            drop(f);
-            tool::run_args(
-                "mkfs.ext4",
-                [
-                    "-q".into(),
-                    "-F".into(),
-                    "-E".into(),
-                    format!("root_owner={uid}:{gid}"),
-                    vol.path.display().to_string(),
-                ],
-            )?;
-        }
-        Layout::Dir => {
-            std::fs::create_dir(&vol.path)
-                .map_err(|e| Error::io("create directory", &vol.path, e))?;
-        }
-        Layout::Subvolume => {
-            tool::run_args(
-                "btrfs",
-                [
-                    std::ffi::OsStr::new("-q"),
-                    "subvolume".as_ref(),
-                    "create".as_ref(),
-                    vol.path.as_os_str(),
-                ],
-            )?;
-        }
+    if vol.layout == Layout::Subvolume {
+        volume::create_subvolume(&vol.path).map_err(|e| Error::volume("create", vol, e))?;
+    } else {
+        std::fs::create_dir(&vol.path).map_err(|e| Error::io("create directory", &vol.path, e))?;
     }
-    if !vol.layout.is_image() {
-        std::os::unix::fs::chown(&vol.path, Some(uid), Some(gid))
-            .map_err(|e| Error::io("chown", &vol.path, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&vol.path, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io("chmod", &vol.path, e))?;
+    let owned = std::os::unix::fs::chown(&vol.path, Some(uid), Some(gid))
+        .map_err(|e| Error::io("chown", &vol.path, e))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&vol.path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io("chmod", &vol.path, e))
+        });
+    if owned.is_err() {
+        let _ = destroy(vol);
     }
-    Ok(())
+    owned
 }
 
-/// Removes a volume and its data.
+/// Removes a volume and its data (an image with its subvolume, a directory or subvolume with
+/// everything in it); a missing one is fine.
 pub fn destroy(vol: &CtVolume) -> Result<()> {
     match vol.layout {
-        Layout::Image => {
-            std::fs::remove_file(&vol.path).map_err(|e| Error::io("remove", &vol.path, e))
-        }
-        Layout::Dir => {
-            std::fs::remove_dir_all(&vol.path).map_err(|e| Error::io("remove", &vol.path, e))
-        }
-        Layout::Subvolume | Layout::ImageInSubvolume => {
-            let sv = vol.subvolume().expect("subvolume layouts have one");
-            tool::run_args(
-                "btrfs",
-                [
-                    std::ffi::OsStr::new("-q"),
-                    "subvolume".as_ref(),
-                    "delete".as_ref(),
-                    sv.as_os_str(),
-                ],
-            )
-            .map(|_| ())
-        }
+        Layout::Image | Layout::ImageInSubvolume => volume::remove(&vol.path, vol.subvolume()),
+        Layout::Dir | Layout::Subvolume => volume::remove_dir(&vol.path),
     }
+    .map_err(|e| Error::volume("remove", vol, e))
 }
 
 /// Whether the volume's data exists on the host.
 pub fn exists(vol: &CtVolume) -> bool {
     vol.path.exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(dir: &Path) -> StorageConfig {
+        StorageConfig::parse(
+            &format!(
+                "dir: local\n\tpath {0}/d\n\tcontent rootdir\n\nbtrfs: bt\n\tpath {0}/b\n\tcontent rootdir\n",
+                dir.display()
+            ),
+            "storage.cfg",
+        )
+        .unwrap()
+    }
+
+    fn vol(storage: &StorageConfig, value: &str) -> CtVolume {
+        resolve(storage, &MountPoint::parse("rootfs", value).unwrap())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn layouts_are_the_storage_layout_of_the_volume() {
+        let t = tempfile::tempdir().unwrap();
+        let s = storage(t.path());
+        let cases = [
+            (
+                "local:100/vm-100-disk-0.raw,size=8M",
+                "d/images/100/vm-100-disk-0.raw",
+                Layout::Image,
+            ),
+            (
+                "local:100/subvol-100-disk-1.subvol,size=0",
+                "d/images/100/subvol-100-disk-1.subvol",
+                Layout::Dir,
+            ),
+            (
+                "bt:100/subvol-100-disk-2.subvol,size=8G",
+                "b/images/100/subvol-100-disk-2.subvol",
+                Layout::Subvolume,
+            ),
+            (
+                "bt:100/vm-100-disk-3.raw,size=8M",
+                "b/images/100/vm-100-disk-3/disk.raw",
+                Layout::ImageInSubvolume,
+            ),
+        ];
+        for (value, path, layout) in cases {
+            let v = vol(&s, value);
+            assert_eq!(
+                (v.path.as_path(), v.layout),
+                (t.path().join(path).as_path(), layout)
+            );
+        }
+        let v = vol(&s, "bt:100/vm-100-disk-3.raw,size=8M");
+        assert_eq!(
+            v.subvolume(),
+            Some(t.path().join("b/images/100/vm-100-disk-3").as_path())
+        );
+        let sv = vol(&s, "bt:100/subvol-100-disk-2.subvol");
+        assert_eq!(sv.subvolume(), Some(sv.path.as_path()));
+        assert_eq!(vol(&s, "local:100/vm-100-disk-0.raw").subvolume(), None);
+    }
+
+    #[test]
+    fn directory_volumes_are_created_owned_and_destroyed_with_their_contents() {
+        let t = tempfile::tempdir().unwrap();
+        let s = storage(t.path());
+        // Off btrfs a subvolume is a plain directory (the volume module's fallback).
+        for value in [
+            "local:100/subvol-100-disk-0.subvol,size=0",
+            "bt:100/subvol-100-disk-1.subvol,size=0",
+        ] {
+            let v = vol(&s, value);
+            create(&v, (0, 0)).unwrap();
+            let md = std::fs::metadata(&v.path).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            assert!(
+                md.is_dir() && md.permissions().mode() & 0o777 == 0o755,
+                "{value}"
+            );
+            std::fs::create_dir_all(v.path.join("etc")).unwrap();
+            std::fs::write(v.path.join("etc/hostname"), b"ct\n").unwrap();
+            assert!(
+                create(&v, (0, 0)).is_err(),
+                "an existing volume is not replaced"
+            );
+            assert!(v.path.join("etc/hostname").exists());
+            destroy(&v).unwrap();
+            assert!(!exists(&v), "{value}");
+            destroy(&v).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_image_in_a_subvolume_is_an_ext4_image_and_goes_with_its_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let s = storage(t.path());
+        let v = vol(&s, "bt:100/vm-100-disk-0.raw,size=16M");
+        create(&v, (0, 0)).unwrap();
+        assert_eq!(std::fs::metadata(&v.path).unwrap().len(), 16 << 20);
+        let out = tool::run_args(
+            "blkid",
+            ["-o", "value", "-s", "TYPE"]
+                .iter()
+                .map(std::ffi::OsStr::new)
+                .chain([v.path.as_os_str()]),
+        )
+        .unwrap();
+        assert_eq!(out.trim(), "ext4");
+        destroy(&v).unwrap();
+        assert!(!v.subvolume().unwrap().exists());
+    }
 }

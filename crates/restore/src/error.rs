@@ -112,13 +112,16 @@ pub enum Error {
     /// written.
     #[error("run session")]
     Session(#[from] vmdump_launch::Error),
-    /// An external tool (`qemu-img`, `qemu-storage-daemon`) failed.
-    #[error("{tool} failed: {detail}")]
-    Tool {
-        /// The command.
-        tool: String,
-        /// Exit status and stderr.
-        detail: String,
+    /// Creating or removing a volume's files (image, btrfs subvolume) failed.
+    #[error("{what} volume '{volume}'")]
+    VolumeFiles {
+        /// `create` or `remove`.
+        what: &'static str,
+        /// The volume id.
+        volume: String,
+        /// The underlying error (boxed: it is large).
+        #[source]
+        source: Box<vmdump_blockdev::Error>,
     },
     /// The VM's lock file could not be taken (run directory trouble).
     #[error("take the VM lock in '{}'", path.display())]
@@ -231,7 +234,7 @@ impl Error {
             | Error::Write { .. }
             | Error::Disk { .. }
             | Error::Session(_)
-            | Error::Tool { .. }
+            | Error::VolumeFiles { .. }
             | Error::LockFile { .. }
             | Error::Internal(_) => ErrorKind::Io,
             Error::Config(_)

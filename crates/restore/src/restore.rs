@@ -113,7 +113,11 @@ impl Drop for Allocated<'_> {
                 ),
                 Err(e) => self.progress.log(
                     Level::Warn,
-                    &format!("cannot remove temporary volume '{}': {e}", v.volid),
+                    &format!(
+                        "cannot remove temporary volume '{}': {}",
+                        v.volid,
+                        vmdump_task::one_line(&e)
+                    ),
                     false,
                 ),
             }
@@ -412,7 +416,10 @@ pub(crate) fn remove_old(
             }
             Err(e) => progress.log(
                 Level::Warn,
-                &format!("cannot remove old volume '{v}': {e}"),
+                &format!(
+                    "cannot remove old volume '{v}': {}",
+                    vmdump_task::one_line(&e)
+                ),
                 false,
             ),
         }

@@ -1,20 +1,18 @@
-//! Creating and removing image volumes on dir and btrfs storage.
+//! New image volumes of a restore on dir and btrfs storage, and the removal of old ones.
 //!
-//! Raw volumes are sparse files of the device's size (they read as zeros, so zero blocks are
-//! never written). qcow2 and vmdk volumes are created with `qemu-img create` (qcow2 with
+//! The files are made and removed by [`vmdump_blockdev::volume`] (the one home of volume
+//! files): raw volumes are sparse files of the device's size (they read as zeros, so zero
+//! blocks are never written); qcow2 and vmdk volumes come from `qemu-img create` (qcow2 with
 //! the storage's `preallocation`, Proxmox's default `metadata`); a fresh image reads as zeros
 //! too. On btrfs a raw volume `vm-<vmid>-disk-<N>.raw` is the file `disk.raw` inside the
-//! directory (a subvolume on a real btrfs) `vm-<vmid>-disk-<N>`.
+//! subvolume `vm-<vmid>-disk-<N>` (the layout of `StorageConfig::resolve`).
 
-use std::fs::{File, OpenOptions};
 use std::io::ErrorKind as IoKind;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use vmdump_config::{StorageConfig, StorageType, VolumeId};
-
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use vmdump_blockdev::volume;
+use vmdump_config::{StorageConfig, VolumeId};
 use vmdump_launch::{Session, VolumeRecord};
 
 use crate::error::{Error, Result};
@@ -28,7 +26,7 @@ pub struct Volume {
     pub path: PathBuf,
     /// Image format.
     pub format: String,
-    /// Btrfs: the per-volume directory that holds `disk.raw`.
+    /// Btrfs: the volume's own subvolume that holds `disk.raw`.
     pub subvol_dir: Option<PathBuf>,
     /// A qcow2 image created with its metadata preallocated (`preallocation` other than
     /// `off`): writes to it do not allocate.
@@ -50,56 +48,17 @@ pub fn allocate(
     session: &Arc<Session>,
 ) -> Result<(Volume, VolumeRecord)> {
     let entry = storage.storage(sid)?;
-    let btrfs = *entry.kind() == StorageType::Btrfs;
+    let prealloc = entry.preallocation().unwrap_or(DEFAULT_PREALLOCATION);
+    let size = vmdump_vma::round_to_sectors(size);
     let mut taken: Vec<String> = taken.to_vec();
     // Another process may create the same name between the choice and the creation: retry.
     for _ in 0..16 {
         let refs: Vec<&str> = taken.iter().map(String::as_str).collect();
         let volid = storage.allocate_image_name(sid, vmid, format, &refs)?;
         let resolved = storage.resolve(&volid)?;
-        let path = resolved.path;
-        let dir = path
-            .parent()
-            .expect("image paths have a parent directory")
-            .to_path_buf();
-        let subvol_dir = (btrfs && format == "raw").then(|| dir.clone());
-        let image_dir = if subvol_dir.is_some() {
-            dir.parent()
-                .expect("subvolume directories have a parent")
-                .to_path_buf()
-        } else {
-            dir.clone()
-        };
-        std::fs::create_dir_all(&image_dir).map_err(|source| Error::Volume {
-            what: "create image directory",
-            path: image_dir.clone(),
-            source,
-        })?;
+        let (path, subvol_dir) = (resolved.path, resolved.subvolume);
         let record = session.record_volume(&path, subvol_dir.as_deref())?;
-        if let Some(sv) = &subvol_dir {
-            match create_subvolume(sv) {
-                Ok(()) => {}
-                Err(e) if e.kind() == IoKind::AlreadyExists => {
-                    taken.push(volid.to_string());
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Error::Volume {
-                        what: "create subvolume",
-                        path: sv.clone(),
-                        source,
-                    })
-                }
-            }
-        }
-        let prealloc = entry.preallocation().unwrap_or(DEFAULT_PREALLOCATION);
-        let size = vmdump_vma::round_to_sectors(size);
-        let created = if format == "raw" {
-            create_raw(&path, size)
-        } else {
-            create_image(&path, format, size, prealloc)
-        };
-        match created {
+        match volume::create(&path, subvol_dir.as_deref(), format, size, Some(prealloc)) {
             Ok(()) => {
                 let volume = Volume {
                     volid,
@@ -110,14 +69,15 @@ pub fn allocate(
                 };
                 return Ok((volume, record));
             }
-            Err(Error::Volume { source, .. }) if source.kind() == IoKind::AlreadyExists => {
+            Err(e) if e.io_kind() == Some(IoKind::AlreadyExists) => {
                 taken.push(volid.to_string());
             }
-            Err(e) => {
-                if let Some(sv) = &subvol_dir {
-                    let _ = remove_subvolume(sv);
-                }
-                return Err(e);
+            Err(source) => {
+                return Err(Error::VolumeFiles {
+                    what: "create",
+                    volume: volid.to_string(),
+                    source: Box::new(source),
+                })
             }
         }
     }
@@ -127,145 +87,40 @@ pub fn allocate(
     })
 }
 
-fn create_raw(path: &Path, size: u64) -> Result<()> {
-    let verr = |source| Error::Volume {
-        what: "create volume",
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(verr)?;
-    if let Err(e) = f.set_len(size) {
-        let _ = std::fs::remove_file(path);
-        return Err(verr(e));
-    }
-    Ok(())
-}
-
 /// qcow2 `preallocation` when the storage sets none (Proxmox's default).
 const DEFAULT_PREALLOCATION: &str = "metadata";
 
-fn create_image(path: &Path, format: &str, size: u64, prealloc: &str) -> Result<()> {
-    // Reserve the name first so a concurrent allocation cannot take it.
-    File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|source| Error::Volume {
-            what: "create volume",
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let prealloc = (format == "qcow2").then_some(prealloc);
-    let result =
-        vmdump_blockdev::qemu_img::create(path, format, size, prealloc).map_err(|e| Error::Tool {
-            tool: "qemu-img create".into(),
-            detail: e.to_string(),
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    result
-}
-
-fn is_btrfs(dir: &Path) -> bool {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "btrfs")
-        .unwrap_or(false)
-}
-
-fn create_subvolume(dir: &Path) -> std::io::Result<()> {
-    if dir.exists() {
-        return Err(IoKind::AlreadyExists.into());
-    }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    if is_btrfs(parent) {
-        let st = Command::new("btrfs")
-            .args(["subvolume", "create"])
-            .arg(dir)
-            .output()?;
-        if !st.status.success() {
-            return Err(std::io::Error::other(format!(
-                "btrfs subvolume create: {}",
-                String::from_utf8_lossy(&st.stderr).trim()
-            )));
-        }
-        Ok(())
-    } else {
-        // Not a btrfs file system (tests): a plain directory has the same layout.
-        std::fs::create_dir(dir)
-    }
-}
-
-fn remove_subvolume(dir: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(dir.join("disk.raw"));
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == IoKind::NotFound => Ok(()),
-        Err(_) => {
-            let st = Command::new("btrfs")
-                .args(["subvolume", "delete"])
-                .arg(dir)
-                .output()?;
-            if st.status.success() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(format!(
-                    "btrfs subvolume delete: {}",
-                    String::from_utf8_lossy(&st.stderr).trim()
-                )))
-            }
-        }
-    }
-}
-
 impl Volume {
-    /// Delete the volume (file, and the btrfs volume directory).
+    /// Delete the volume (file, and the btrfs subvolume); a missing one is fine.
     pub fn remove(&self) -> Result<()> {
-        let verr = |source| Error::Volume {
-            what: "remove volume",
-            path: self.path.clone(),
-            source,
-        };
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::NotFound => {}
-            Err(e) => return Err(verr(e)),
-        }
-        if let Some(sv) = &self.subvol_dir {
-            remove_subvolume(sv).map_err(verr)?;
-        }
-        Ok(())
+        volume::remove(&self.path, self.subvol_dir.as_deref()).map_err(|source| {
+            Error::VolumeFiles {
+                what: "remove",
+                volume: self.volid.to_string(),
+                source: Box::new(source),
+            }
+        })
     }
 }
 
 /// Delete an existing storage volume by id (an old disk replaced by `--force`).
 pub fn remove_volid(storage: &StorageConfig, volid: &VolumeId) -> Result<PathBuf> {
-    let entry = storage.storage(&volid.storage)?;
-    let path = storage.resolve(volid)?.path;
-    let subvol_dir = (*entry.kind() == StorageType::Btrfs && volid.name.ends_with(".raw"))
-        .then(|| path.parent().map(Path::to_path_buf))
-        .flatten();
+    let resolved = storage.resolve(volid)?;
     Volume {
         volid: volid.clone(),
-        path: path.clone(),
-        format: String::new(),
-        subvol_dir,
+        path: resolved.path.clone(),
+        format: resolved.format,
+        subvol_dir: resolved.subvolume,
         preallocated: false,
     }
     .remove()?;
-    Ok(path)
+    Ok(resolved.path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn storage(dir: &Path) -> StorageConfig {
         StorageConfig::parse(

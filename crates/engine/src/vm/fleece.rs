@@ -24,10 +24,12 @@
 //!
 //! A full or failing fleecing image breaks the snapshot, never a guest write: the next read
 //! fails and so does the backup. Fleecing images are named `vm-<vmid>-fleece-<n>` (qcow2 on
-//! storages that take it, raw on btrfs), listed in the guest config's `[special:fleecing]`
-//! (`fleecing-images: <volid>,...`, as Proxmox records them) before they are created, and
-//! removed at the end; a killed run's images are removed by the next backup of the guest
-//! ([`remove_leftovers`]) and its QEMU nodes by [`clean_stale`].
+//! storages that take it; raw on btrfs, `disk.raw` in its own subvolume as Proxmox's
+//! `vdisk_alloc` makes it; created and removed by `vmdump_blockdev::volume`), listed in the
+//! guest config's `[special:fleecing]` (`fleecing-images: <volid>,...`, as Proxmox records
+//! them) before they are created, and removed at the end; a killed run's images are removed
+//! by the next backup of the guest ([`remove_leftovers`]) and its QEMU nodes by
+//! [`clean_stale`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use vmdump_blockdev::{SnapshotExport, SnapshotRules, SparsePiece};
+use vmdump_blockdev::{volume, SnapshotExport, SnapshotRules, SparsePiece};
 use vmdump_config::qmdump::BackupDisk;
 use vmdump_config::{Fleecing, QemuConfig, StorageConfig, StorageType, VolumeId, VolumeRef};
 use vmdump_guest::Hold;
@@ -113,8 +115,8 @@ struct Image {
     volid: VolumeId,
     path: PathBuf,
     format: &'static str,
-    /// Btrfs: the volume's own directory, holding `disk.raw`.
-    dir: Option<PathBuf>,
+    /// Btrfs: the volume's own subvolume, holding `disk.raw`.
+    subvolume: Option<PathBuf>,
 }
 
 fn fl_node(d: &SourceDisk) -> String {
@@ -170,19 +172,19 @@ fn choose_images(plan: &FleecingPlan, disks: &[SourceDisk]) -> Result<Vec<Image>
                 "{sid}:{vmid}/vm-{vmid}-fleece-{n}.{format}",
                 vmid = plan.vmid
             ))?;
-            let path = plan.storage.resolve(&volid)?.path;
-            let dir = (*entry.kind() == StorageType::Btrfs)
-                .then(|| path.parent().map(Path::to_path_buf))
-                .flatten();
+            let resolved = plan.storage.resolve(&volid)?;
+            let (path, subvolume) = (resolved.path, resolved.subvolume);
             let used = path.symlink_metadata().is_ok()
-                || dir.as_ref().is_some_and(|d| d.symlink_metadata().is_ok())
+                || subvolume
+                    .as_ref()
+                    .is_some_and(|d| d.symlink_metadata().is_ok())
                 || out.iter().any(|i| i.path == path);
             if !used {
                 break Image {
                     volid,
                     path,
                     format,
-                    dir,
+                    subvolume,
                 };
             }
             n += 1;
@@ -207,60 +209,36 @@ fn record(config_path: &Path, volids: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Creates an image (on btrfs: `disk.raw` in its own subvolume, as restored disks), without
+/// preallocation: it starts near empty.
 fn create(image: &Image, size: u64) -> Result<()> {
-    let dir = match &image.dir {
-        Some(d) => d.clone(),
-        None => image
-            .path
-            .parent()
-            .expect("image paths have a parent directory")
-            .to_path_buf(),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::file("create image directory", &dir, e))?;
-    vmdump_blockdev::qemu_img::create(&image.path, image.format, size, None).map_err(|source| {
-        Error::FleecingImage {
-            volume: image.volid.to_string(),
-            source: Box::new(source),
-        }
+    volume::create(
+        &image.path,
+        image.subvolume.as_deref(),
+        image.format,
+        size,
+        None,
+    )
+    .map_err(|source| Error::FleecingImage {
+        what: "create",
+        volume: image.volid.to_string(),
+        source: Box::new(source),
     })
 }
 
-/// Deletes an image file (and its btrfs volume directory); a missing one is fine.
-fn delete(path: &Path, dir: Option<&Path>) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    if let Some(d) = dir {
-        match std::fs::remove_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => {
-                let out = std::process::Command::new("btrfs")
-                    .args(["subvolume", "delete"])
-                    .arg(d)
-                    .output()?;
-                if !out.status.success() {
-                    return Err(std::io::Error::other(format!(
-                        "btrfs subvolume delete: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
+/// Deletes an image (and its btrfs subvolume); a missing one is fine.
+fn delete(volid: &VolumeId, path: &Path, subvolume: Option<&Path>) -> Result<()> {
+    volume::remove(path, subvolume).map_err(|source| Error::FleecingImage {
+        what: "remove",
+        volume: volid.to_string(),
+        source: Box::new(source),
+    })
 }
 
-fn delete_volid(storage: &StorageConfig, volid: &str) -> std::result::Result<(), String> {
-    let vol = VolumeId::parse(volid).map_err(|e| e.to_string())?;
-    let entry = storage.storage(&vol.storage).map_err(|e| e.to_string())?;
-    let path = storage.resolve(&vol).map_err(|e| e.to_string())?.path;
-    let dir = (*entry.kind() == StorageType::Btrfs)
-        .then(|| path.parent().map(Path::to_path_buf))
-        .flatten();
-    delete(&path, dir.as_deref()).map_err(|e| e.to_string())
+fn delete_volid(storage: &StorageConfig, volid: &str) -> Result<()> {
+    let vol = VolumeId::parse(volid)?;
+    let resolved = storage.resolve(&vol)?;
+    delete(&vol, &resolved.path, resolved.subvolume.as_deref())
 }
 
 /// Removes the fleecing images a killed earlier backup left (listed in the guest config's
@@ -287,7 +265,10 @@ pub(crate) fn remove_leftovers(
     for volid in list.split(',').map(str::trim).filter(|v| !v.is_empty()) {
         log.info(&format!("removing (old) fleecing image '{volid}'"));
         if let Err(e) = delete_volid(&storage, volid) {
-            log.warn(&format!("cannot remove fleecing image '{volid}': {e}"));
+            log.warn(&format!(
+                "cannot remove fleecing image '{volid}': {}",
+                vmdump_task::one_line(&e)
+            ));
             kept.push(volid.to_string());
         }
     }
@@ -307,8 +288,12 @@ fn remove_images(plan: &FleecingPlan, images: &[Image], log: &TaskLog<'_>) {
                 m.blocks() / 2
             ));
         }
-        if let Err(e) = delete(&i.path, i.dir.as_deref()) {
-            log.warn(&format!("cannot remove fleecing image '{}': {e}", i.volid));
+        if let Err(e) = delete(&i.volid, &i.path, i.subvolume.as_deref()) {
+            log.warn(&format!(
+                "cannot remove fleecing image '{}': {}",
+                i.volid,
+                vmdump_task::one_line(&e)
+            ));
             kept.push(i.volid.to_string());
         }
     }
@@ -1035,10 +1020,28 @@ mod tests {
             ]
         );
         assert_eq!(imgs[2].format, "raw");
+        let sv = tmp.path().join("b/images/100/vm-100-fleece-0");
+        assert_eq!(imgs[2].path, sv.join("disk.raw"));
+        assert_eq!(imgs[2].subvolume.as_deref(), Some(sv.as_path()));
+        assert_eq!(imgs[0].subvolume, None);
+        // Created as restored disks are (off btrfs the subvolume is a plain directory; the
+        // real btrfs case is in cli/tests/backup_fleecing.rs), removed with its directory.
+        create(&imgs[2], 3 << 20).expect("create");
         assert_eq!(
-            imgs[2].path,
-            tmp.path().join("b/images/100/vm-100-fleece-0/disk.raw")
+            std::fs::metadata(&imgs[2].path).expect("image").len(),
+            3 << 20
         );
+        create(&imgs[0], 3 << 20).expect("create");
+        let info = vmdump_blockdev::qemu_img::info(&imgs[0].path).expect("info");
+        assert_eq!(
+            (info.format.as_str(), info.virtual_size),
+            ("qcow2", 3 << 20)
+        );
+        delete_volid(&plan.storage, "fast:100/vm-100-fleece-0.raw").expect("delete");
+        assert!(!sv.exists());
+        delete_volid(&plan.storage, "fast:100/vm-100-fleece-0.raw").expect("gone is fine");
+        delete(&imgs[0].volid, &imgs[0].path, None).expect("delete");
+        assert!(!imgs[0].path.exists());
         let mut bad = plan.clone();
         bad.storages = vec![("scsi0".into(), "bk".into())];
         let e = choose_images(&bad, &[disk("scsi0")]).expect_err("no images content");
