@@ -195,7 +195,7 @@ impl Assembler {
                     data: part.has_data.then(|| Bytes::from(part.buf)),
                     len: self.cluster_len(n),
                 });
-                n += 1;
+                // Cluster n is done now: the next round steps over it.
                 continue;
             }
             let start = n;
