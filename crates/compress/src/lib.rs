@@ -711,5 +711,13 @@ mod tests {
         assert!(
             matches!(&e, Error::Io { codec: Codec::Lzo, source } if source.kind() == io::ErrorKind::InvalidData)
         );
+        // The reason reaches the caller as the source's text.
+        let reason = |e: Error| match e {
+            Error::Io { source, .. } => source.to_string(),
+            e => panic!("{e}"),
+        };
+        assert_eq!(reason(e), "input ends inside an lzo instruction");
+        let e = lzo1x_decompress(&packed, data.len() - 1).unwrap_err();
+        assert_eq!(reason(e), "lzo output exceeds the block size");
     }
 }
