@@ -417,16 +417,17 @@ mod tests {
         // The same instruction after a literal run of 4 or more (state 4) is a 3-byte match
         // 2049 + D + 4 * next byte back: 2100 literals (instruction 0, then 8 zero bytes and
         // 42: 15 + 8 * 255 + 42 + 3), then 3
-        // bytes from 2049 back and one literal.
+        // bytes from 2049 + D + 4 * next byte back and one literal.
         let lits: Vec<u8> = (0..2100u32).map(|i| (i % 251) as u8).collect();
         let mut s = vec![0u8; 10];
         s[9] = 42;
         s.extend_from_slice(&lits);
-        s.extend_from_slice(&[0b0001, 0, b'z', 0x11, 0, 0]);
+        s.extend_from_slice(&[0b1101, 1, b'z', 0x11, 0, 0]);
         let mut out = Vec::new();
         decompress(&s, &mut out, 2104).unwrap();
         let mut want = lits.clone();
-        want.extend_from_slice(&lits[51..54]);
+        // 2049 + 3 + 4 * 1 = 2056 back from 2100.
+        want.extend_from_slice(&lits[44..47]);
         want.push(b'z');
         assert_eq!(out, want);
         // Four literals first are state 4 too: a short distance is then out of reach.

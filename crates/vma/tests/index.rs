@@ -83,6 +83,12 @@ fn allocation_and_map_follow_the_blocks_to_the_byte() {
         let alloc_zeros: Vec<u64> = alloc.iter().filter(|r| r.1).map(|r| r.0).collect();
         assert_eq!(zeros, alloc_zeros, "{off}+{len}");
     }
+    assert!(Piece::Zero { len: 0 }.is_empty());
+    assert!(Piece::Data {
+        archive_offset: 9,
+        len: 0
+    }
+    .is_empty());
     assert!(matches!(idx.allocation(2, 0, 1), Err(Error::Usage(_))));
     assert!(matches!(idx.map(9, 0, 1), Err(Error::Usage(_))));
 }
@@ -240,4 +246,26 @@ fn a_header_may_announce_a_quarter_cluster_per_byte_of_file_and_a_mib_more() {
             limit + 1
         )
     );
+}
+
+#[test]
+fn an_archive_of_more_than_twenty_full_extents_is_indexed() {
+    // 1300 clusters of data: 23 extents of 3.7 MiB, 85 MB. The offset check against the
+    // 48-bit limit must add the extent's length to its data start, not multiply them
+    // (which passes 2^48 from the 21st extent on).
+    let img = vec![0x5Au8; 1300 * CS];
+    let a = write_images(
+        &["drive-scsi0"],
+        std::slice::from_ref(&img),
+        &[("a", b"b")],
+        8,
+    );
+    let idx = Index::build(&mut Cursor::new(&a)).unwrap();
+    assert_eq!(idx.extent_count(), 23);
+    let mut b = vec![0u8; 3 * BS];
+    let n = idx
+        .read_at(&mut Cursor::new(&a), 1, img.len() as u64 - 100, &mut b)
+        .unwrap();
+    assert_eq!(n, 100);
+    assert!(b[..100].iter().all(|&x| x == 0x5A));
 }
