@@ -474,3 +474,250 @@ mod block_api_tests {
         assert!(lzo1x_decompress(&[], 10).is_err());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Codec; 4] = [Codec::None, Codec::Zstd, Codec::Lzo, Codec::Gzip];
+
+    #[test]
+    fn names_extensions_paths_and_magic_agree() {
+        let names = ["none", "zstd", "lzo", "gzip"];
+        let exts = [".vma", ".vma.zst", ".vma.lzo", ".vma.gz"];
+        for ((c, name), ext) in ALL.into_iter().zip(names).zip(exts) {
+            assert_eq!(c.name(), name);
+            assert_eq!(c.to_string(), name);
+            assert_eq!(name.parse::<Codec>().unwrap(), c);
+            assert_eq!(Codec::from_name(name), Some(c));
+            assert_eq!(c.vma_extension(), ext);
+            assert_eq!(Codec::from_path(format!("/dump/vzdump-qemu-100{ext}")), c);
+        }
+        assert_eq!("0".parse::<Codec>().unwrap(), Codec::None);
+        assert_eq!("1".parse::<Codec>().unwrap(), Codec::Lzo);
+        assert_eq!(Codec::from_name("zst"), None);
+        let e = "lz4".parse::<Codec>().unwrap_err();
+        assert!(matches!(&e, Error::UnknownCodec(n) if n == "lz4"));
+        assert_eq!(
+            e.to_string(),
+            "'lz4' is not one of 0, 1, none, lzo, gzip, zstd"
+        );
+        assert_eq!(Codec::from_path("a.tar"), Codec::None);
+        assert_eq!(Codec::from_path("zst"), Codec::None);
+
+        assert_eq!(Codec::from_magic(&[0x28, 0xB5, 0x2F, 0xFD, 0]), Codec::Zstd);
+        assert_eq!(Codec::from_magic(&[0x1F, 0x8B]), Codec::Gzip);
+        assert_eq!(Codec::from_magic(&LZOP_MAGIC), Codec::Lzo);
+        for head in [
+            &b"VMA\0"[..],
+            &[0x28, 0xB5, 0x2F],
+            &[0x1F],
+            &LZOP_MAGIC[..8],
+            &[],
+        ] {
+            assert_eq!(Codec::from_magic(head), Codec::None, "{head:02x?}");
+        }
+    }
+
+    /// Hands out at most 3 bytes per read and an `Interrupted` error before every read.
+    struct Stutter<'a> {
+        data: &'a [u8],
+        interrupt: bool,
+    }
+
+    impl Read for Stutter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(3).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// Reads `d` to the end in reads of varying sizes (retrying `Interrupted`).
+    fn read_all(mut d: impl Read) -> Vec<u8> {
+        let mut out = Vec::new();
+        for size in [1usize, 7, 2, 4096, 5].iter().cycle() {
+            let mut b = vec![0u8; *size];
+            match d.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        out
+    }
+
+    /// Counts flushes of the output (in a cell the test keeps).
+    struct Flushes(Vec<u8>, std::rc::Rc<std::cell::Cell<usize>>);
+
+    impl Write for Flushes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.1.set(self.1.get() + 1);
+            Ok(())
+        }
+    }
+
+    fn flushes() -> (Flushes, std::rc::Rc<std::cell::Cell<usize>>) {
+        let count = std::rc::Rc::default();
+        (Flushes(Vec::new(), std::rc::Rc::clone(&count)), count)
+    }
+
+    fn encode(
+        codec: Codec,
+        make: impl FnOnce(Flushes) -> Encoder<Flushes>,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let (out, count) = flushes();
+        let mut e = make(out);
+        assert_eq!(e.codec(), codec);
+        let (a, rest) = data.split_at(1000);
+        let (b, rest) = rest.split_at(3000);
+        let n = e.write(a).unwrap();
+        e.write_all(&a[n..]).unwrap();
+        let mut rest_b = b;
+        while !rest_b.is_empty() {
+            // An empty slice first: the data is taken from the first non-empty one.
+            let slices = [io::IoSlice::new(&[]), io::IoSlice::new(rest_b)];
+            let n = e.write_vectored(&slices).unwrap();
+            assert!(n > 0 && n <= rest_b.len());
+            rest_b = &rest_b[n..];
+        }
+        e.write_all(rest).unwrap();
+        let before = count.get();
+        e.flush().unwrap();
+        assert!(count.get() > before, "{codec}: flush reaches the output");
+        let before = count.get();
+        let out = e.finish().unwrap();
+        assert!(count.get() > before, "{codec}: finish flushes the output");
+        out.0
+    }
+
+    #[test]
+    fn every_encoder_round_trips_through_detection() {
+        let mut data = b"VMA\0".to_vec();
+        for i in 0..20_000u32 {
+            data.extend_from_slice(format!("line {i}: the guest wrote this\n").as_bytes());
+        }
+        for codec in ALL {
+            let opts = EncoderOptions::default();
+            let bytes = encode(codec, |w| Encoder::new(codec, w, &opts).unwrap(), &data);
+            assert_eq!(Codec::from_magic(&bytes), codec);
+            if codec != Codec::None {
+                assert!(
+                    bytes.len() < data.len() / 2,
+                    "{codec}: {} bytes",
+                    bytes.len()
+                );
+            }
+            let d = Decoder::detect(Stutter {
+                data: &bytes,
+                interrupt: false,
+            })
+            .unwrap();
+            assert_eq!(d.codec(), codec);
+            assert!(read_all(d) == data, "{codec}");
+        }
+        for threads in [0, 2] {
+            let opts = EncoderOptions {
+                level: Some(1),
+                threads,
+            };
+            let bytes = encode(
+                Codec::Zstd,
+                |w| Encoder::zstd_stream(w, &opts).unwrap(),
+                &data,
+            );
+            let d = Decoder::detect(&bytes[..]).unwrap();
+            assert!(read_all(d) == data, "zstd stream, {threads} threads");
+        }
+    }
+
+    #[test]
+    fn pass_through_keeps_slices_and_short_streams() {
+        let mut e = Encoder::new(Codec::None, Vec::new(), &EncoderOptions::default()).unwrap();
+        let slices = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cde")];
+        assert_eq!(e.write_vectored(&slices).unwrap(), 5, "one writev for both");
+        assert_eq!(e.finish().unwrap(), b"abcde");
+        // Shorter than every magic: passed through as it is.
+        for len in 0..LZOP_MAGIC.len() {
+            let d = Decoder::detect(Stutter {
+                data: &LZOP_MAGIC[..len],
+                interrupt: true,
+            })
+            .unwrap();
+            assert_eq!(d.codec(), Codec::None);
+            assert_eq!(read_all(d), &LZOP_MAGIC[..len]);
+        }
+        let d = Decoder::with_codec(Codec::None, Peeked::new(&b"xyz"[..])).unwrap();
+        assert_eq!(read_all(d), b"xyz");
+    }
+
+    #[test]
+    fn gzip_levels_and_read_errors() {
+        let data = vec![7u8; 100_000];
+        let size = |level| {
+            let opts = EncoderOptions {
+                level: Some(level),
+                threads: 0,
+            };
+            let mut e = Encoder::new(Codec::Gzip, Vec::new(), &opts).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap().len()
+        };
+        assert!(size(0) > data.len(), "level 0 stores");
+        assert!(size(9) < 1000);
+        for level in [10, -1] {
+            let opts = EncoderOptions {
+                level: Some(level),
+                threads: 0,
+            };
+            let e = Encoder::new(Codec::Gzip, Vec::new(), &opts).err().unwrap();
+            assert_eq!(
+                e.to_string(),
+                format!("invalid gzip option: level {level} not in 0..=9")
+            );
+        }
+
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("gone"))
+            }
+        }
+        let e = Decoder::detect(Broken).err().unwrap();
+        assert!(
+            matches!(&e, Error::Io { codec: Codec::None, source } if source.to_string() == "gone")
+        );
+    }
+
+    #[test]
+    fn raw_lzo_blocks_are_checked() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let packed = lzo1x_compress(&data);
+        assert_eq!(lzo1x_decompress(&packed, data.len()).unwrap(), data);
+        assert_eq!(lzo1x_decompress(&lzo1x_compress(&[]), 0).unwrap(), b"");
+        assert_eq!(lzo1x_decompress(&lzo1x_compress(b"x"), 1).unwrap(), b"x");
+        let e = lzo1x_decompress(&packed[..packed.len() - 1], data.len()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Io { codec: Codec::Lzo, source } if source.kind() == io::ErrorKind::InvalidData)
+        );
+        // The reason reaches the caller as the source's text.
+        let reason = |e: Error| match e {
+            Error::Io { source, .. } => source.to_string(),
+            e => panic!("{e}"),
+        };
+        assert_eq!(reason(e), "input ends inside an lzo instruction");
+        let e = lzo1x_decompress(&packed, data.len() - 1).unwrap_err();
+        assert_eq!(reason(e), "lzo output exceeds the block size");
+    }
+}

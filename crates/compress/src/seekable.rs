@@ -684,3 +684,48 @@ impl Read for ParallelDecoder {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_pool_has_stopped_its_workers() {
+        // Each worker holds the work closure, and with it `probe`, until it ends.
+        let probe = Arc::new(());
+        let held = Arc::clone(&probe);
+        let mut pool = OrderedPool::new(3, "pool-test", move |x: u32| {
+            let _ = &held;
+            Ok(x * 2)
+        })
+        .unwrap();
+        for x in 0..5 {
+            pool.submit(x).unwrap();
+        }
+        assert_eq!(pool.next().unwrap().unwrap(), 0);
+        assert_eq!(pool.next().unwrap().unwrap(), 2);
+        drop(pool);
+        assert_eq!(Arc::strong_count(&probe), 1, "every worker has ended");
+    }
+
+    #[test]
+    fn frame_buffers_are_reused() {
+        // In the caller's thread: the one output buffer goes back to the spare list after
+        // each frame and is taken again for the next one.
+        let mut w = SeekableWriter::with_frame_size(Vec::new(), 3, 0, 1024).unwrap();
+        w.write_all(&[1u8; 5 * 1024]).unwrap();
+        assert_eq!(w.entries.len(), 5);
+        assert_eq!(w.spare.len(), 1);
+        assert!(w.spare[0].capacity() > 0, "a used buffer");
+        // On workers: the buffers of frames written come back, up to two per frame in
+        // flight and two more.
+        let mut w = SeekableWriter::with_frame_size(Vec::new(), 3, 2, 1024).unwrap();
+        for _ in 0..30 {
+            w.write_all(&[2u8; 1024]).unwrap();
+            assert!(w.spare.len() <= 2 * 4 + 2, "{}", w.spare.len());
+        }
+        assert!(!w.spare.is_empty());
+        let out = w.finish().unwrap();
+        assert_eq!(SeekTable::read(&out).unwrap().unwrap().frames().len(), 30);
+    }
+}

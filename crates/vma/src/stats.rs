@@ -178,6 +178,171 @@ pub fn format_g3(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Reader, Writer};
+
+    /// An archive of a 100000-byte disk (cluster 0 half data, cluster 1 one data block
+    /// then zeros to the end), a 3-cluster disk (a zero cluster, a full one, one with its
+    /// last block zero) and a 70000-byte vmstate (a full cluster, then one data block),
+    /// written in that order.
+    fn archive() -> Vec<u8> {
+        let mut w = Writer::with_identity(Vec::new(), [1; 16], Some(0));
+        w.add_config("qemu-server.conf", b"memory: 512\n").unwrap();
+        let a = w.register_device("drive-a", 100_000).unwrap();
+        let b = w
+            .register_device("drive-b", 3 * CLUSTER_SIZE as u64)
+            .unwrap();
+        let v = w.register_device("vmstate", 70_000).unwrap();
+        let mut c = vec![1u8; CLUSTER_SIZE];
+        c[CLUSTER_SIZE / 2..].fill(0);
+        w.write_cluster(a, 0, &c).unwrap();
+        let mut c = vec![0u8; 100_000 - CLUSTER_SIZE];
+        c[..BLOCK_SIZE].fill(2);
+        w.write_cluster(a, 1, &c).unwrap();
+        w.write_zero_cluster(b, 0).unwrap();
+        w.write_cluster(b, 1, &[3u8; CLUSTER_SIZE]).unwrap();
+        let mut c = vec![4u8; CLUSTER_SIZE];
+        c[15 * BLOCK_SIZE..].fill(0);
+        w.write_cluster(b, 2, &c).unwrap();
+        w.write_cluster(v, 0, &[5u8; CLUSTER_SIZE]).unwrap();
+        let mut c = vec![0u8; CLUSTER_SIZE];
+        c[..BLOCK_SIZE].fill(6);
+        w.write_cluster(v, 1, &c).unwrap();
+        w.finish().unwrap().0
+    }
+
+    /// Record every cluster; the percentages returned, and the tally.
+    fn tally(counted: impl Fn(&Device) -> bool) -> (Vec<Option<u64>>, ReadTally) {
+        let bytes = archive();
+        let r = Reader::new(&bytes[..]).unwrap();
+        let mut t = ReadTally::new(r.header(), counted);
+        let mut percents = Vec::new();
+        r.for_each_cluster(|h, c| {
+            let dev = h.device(c.dev_id).unwrap();
+            percents.push(t.record(&c, dev));
+            Ok::<_, crate::Error>(())
+        })
+        .unwrap();
+        (percents, t)
+    }
+
+    #[test]
+    fn figures_are_proxmoxs() {
+        // Whole clusters: 1 + 3 + 1 (vmstate counted) = 5, so 20% per cluster read.
+        let (percents, t) = tally(|_| true);
+        let want: Vec<Option<u64>> = [20, 40, 60, 80, 100, 120, 140].map(Some).to_vec();
+        assert_eq!(percents, want);
+        assert_eq!(t.bytes_read(), 7 * 65536);
+        // drive-a: 8 blocks of cluster 0; of cluster 1, 7 blocks and the 3 whole sectors
+        // of block 8 left before the end (sector 195); drive-b: cluster 0 whole and one
+        // block; vmstate: the 15 unset blocks of cluster 1, its size not clipping them.
+        let partial = 8 * 4096 + 7 * 4096 + 3 * 512 + 4096 + 15 * 4096;
+        assert_eq!(t.sparse_bytes(), partial + 65536);
+        assert_eq!(t.sparse_bytes(), 194_048);
+        assert_eq!(
+            t.summary(),
+            [
+                "total bytes read 458752, sparse bytes 194048 (42.3%)",
+                "space reduction due to 4K zero blocks 48.5%"
+            ]
+        );
+        let mut out = Vec::new();
+        t.write_summary(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "total bytes read 458752, sparse bytes 194048 (42.3%)\n\
+             space reduction due to 4K zero blocks 48.5%\n"
+        );
+        assert_eq!(
+            t.progress_line(40, 7),
+            "progress 40% (read 458752 bytes, duration 7 sec)"
+        );
+
+        // Without the vmstate: 4 whole clusters, 25% each; the vmstate's clusters still
+        // count as read and sparse.
+        let (percents, t2) = tally(|d| !d.is_vmstate());
+        let want: Vec<Option<u64>> = [25, 50, 75, 100, 125, 150, 175].map(Some).to_vec();
+        assert_eq!(percents, want);
+        assert_eq!(t2.sparse_bytes(), t.sparse_bytes());
+        // Only the 100000-byte disk counted: 1 whole cluster, 100% per cluster read.
+        let (percents, _) = tally(|d| d.name == "drive-a");
+        assert_eq!(percents[..2], [Some(100), Some(200)]);
+        // No whole cluster counted: no percentages at all.
+        let (percents, t3) = tally(|d| d.name == "nothing");
+        assert!(percents.iter().all(Option::is_none));
+        assert_eq!(t3.sparse_bytes(), t.sparse_bytes());
+    }
+
+    #[test]
+    fn a_percentage_is_returned_only_when_it_changes() {
+        // 200 whole clusters: a new percentage every second cluster.
+        let mut w = Writer::with_identity(Vec::new(), [1; 16], Some(0));
+        let d = w
+            .register_device("drive-a", 200 * CLUSTER_SIZE as u64)
+            .unwrap();
+        for c in 0..200 {
+            w.write_cluster(d, c, &[7u8; CLUSTER_SIZE]).unwrap();
+        }
+        let bytes = w.finish().unwrap().0;
+        let r = Reader::new(&bytes[..]).unwrap();
+        let mut t = ReadTally::new(r.header(), |_| true);
+        let mut percents = Vec::new();
+        r.for_each_cluster(|h, c| {
+            percents.push(t.record(&c, h.device(c.dev_id).unwrap()));
+            Ok::<_, crate::Error>(())
+        })
+        .unwrap();
+        let want: Vec<Option<u64>> = (1..=200u64)
+            .map(|k| (k % 2 == 0).then_some(k / 2))
+            .collect();
+        assert_eq!(percents, want);
+        // No zero block: no second summary line would divide by the data bytes.
+        assert_eq!(
+            t.summary(),
+            [
+                "total bytes read 13107200, sparse bytes 0 (0%)",
+                "space reduction due to 4K zero blocks 0%"
+            ]
+        );
+        assert_eq!(
+            ReadTally::default().summary(),
+            ["vma archive contains no image data"]
+        );
+    }
+
+    #[test]
+    fn all_sparse_has_no_reduction_line() {
+        let mut w = Writer::with_identity(Vec::new(), [1; 16], Some(0));
+        let d = w.register_device("drive-a", CLUSTER_SIZE as u64).unwrap();
+        w.write_zero_cluster(d, 0).unwrap();
+        let bytes = w.finish().unwrap().0;
+        let r = Reader::new(&bytes[..]).unwrap();
+        let mut t = ReadTally::new(r.header(), |_| true);
+        r.for_each_cluster(|h, c| {
+            t.record(&c, h.device(c.dev_id).unwrap());
+            Ok::<_, crate::Error>(())
+        })
+        .unwrap();
+        assert_eq!(
+            t.summary(),
+            ["total bytes read 65536, sparse bytes 65536 (100%)"]
+        );
+    }
+
+    #[test]
+    fn the_listing_is_qmrestores() {
+        let bytes = archive();
+        let r = Reader::new(&bytes[..]).unwrap();
+        let mut out = Vec::new();
+        write_listing(r.header(), "Thu Jan  1 00:00:00 1970", &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "CFG: size: 12 name: qemu-server.conf\n\
+             DEV: dev_id=1 size: 100000 devname: drive-a\n\
+             DEV: dev_id=2 size: 196608 devname: drive-b\n\
+             VMSTATE: dev_id=3 memory: 70000\n\
+             CTIME: Thu Jan  1 00:00:00 1970\n"
+        );
+    }
 
     #[test]
     fn g3_matches_printf() {
