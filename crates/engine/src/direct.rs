@@ -30,9 +30,8 @@ const ALIGN: usize = 4096;
 /// Bytes per direct write.
 const CHUNK: usize = 4 << 20;
 /// Direct writes in flight at once, each from its own I/O thread at its own offset: one
-/// write at a time leaves the device idle between writes (queue depth 1), and on a slow disk
-/// that QEMU's source reads share, two were not enough either (docs/benchmarks.md).
-const WRITERS: usize = 4;
+/// write at a time leaves the device idle between writes (queue depth 1).
+const WRITERS: usize = 2;
 /// Staging buffers: one being filled, one queued, the others being written.
 const BUFFERS: usize = WRITERS + 2;
 /// Buffer in front of a file written through the page cache.
