@@ -505,23 +505,8 @@ mod tests {
             .arg(&src))?;
 
         let dat = tmp.path().join("out.vma");
-        let out = ArchiveFile::create(&dat, vmdump_config::Codec::None, 1, 1)?;
-        let mut writer = vmdump_vma::Writer::new(out);
-        writer.add_config("qemu-server.conf", b"memory: 128\n")?;
-        let id = writer.register_device("drive-x", size)?;
-        let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
-        let thread = WriterThread::spawn(
-            writer,
-            rx,
-            Arc::clone(&shared),
-            vec!["drive-x".into()],
-            vec![id],
-        )?;
         let socket = tmp.path().join("t.sock");
-        let export = Arc::new(DiskExport::new("drive-x", id.get(), size));
-        let target =
-            NbdTarget::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
+        let (shared, export, target, thread) = one_disk(&dat, &socket, size).await?;
 
         let uri = format!("nbd+unix:///drive-x?socket={}", socket.display());
         let s = src.clone();
@@ -548,14 +533,16 @@ mod tests {
         Ok(())
     }
 
-    /// A target of one disk of `size` bytes with its writer thread, fed by our own NBD client
-    /// with exactly what a `sync=top` job sends: `clusters` (whole 64 KiB clusters, the last
-    /// one short), each filled with its number. The job "reports" `copied` bytes.
-    async fn top_job(size: u64, clusters: &[u64], copied: u64) -> Result<TopJob> {
-        let tmp = tempfile::tempdir()?;
-        let dat = tmp.path().join("out.vma");
-        let out = ArchiveFile::create(&dat, vmdump_config::Codec::None, 1, 1)?;
+    /// A target at `socket` exporting one disk `drive-x` of `size` bytes, its writer thread
+    /// writing the archive `dat` (uncompressed, with a config).
+    async fn one_disk(
+        dat: &std::path::Path,
+        socket: &std::path::Path,
+        size: u64,
+    ) -> Result<(Arc<Shared>, Arc<DiskExport>, NbdTarget, WriterThread)> {
+        let out = ArchiveFile::create(dat, vmdump_config::Codec::None, 1, 1)?;
         let mut writer = vmdump_vma::Writer::new(out);
+        writer.add_config("qemu-server.conf", b"memory: 128\n")?;
         let id = writer.register_device("drive-x", size)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(CHANNEL_CLUSTERS);
@@ -566,10 +553,20 @@ mod tests {
             vec!["drive-x".into()],
             vec![id],
         )?;
-        let socket = tmp.path().join("t.sock");
         let export = Arc::new(DiskExport::new("drive-x", id.get(), size));
         let target =
-            NbdTarget::start(&socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
+            NbdTarget::start(socket, vec![Arc::clone(&export)], tx, Arc::clone(&shared)).await?;
+        Ok((shared, export, target, thread))
+    }
+
+    /// A target of one disk of `size` bytes with its writer thread, fed by our own NBD client
+    /// with exactly what a `sync=top` job sends: `clusters` (whole 64 KiB clusters, the last
+    /// one short), each filled with its number. The job "reports" `copied` bytes.
+    async fn top_job(size: u64, clusters: &[u64], copied: u64) -> Result<TopJob> {
+        let tmp = tempfile::tempdir()?;
+        let dat = tmp.path().join("out.vma");
+        let socket = tmp.path().join("t.sock");
+        let (shared, export, target, thread) = one_disk(&dat, &socket, size).await?;
         let client = vmdump_nbd::Client::connect_unix(
             &socket,
             "drive-x",
