@@ -1,5 +1,5 @@
 //! The archive file written with `O_DIRECT`: the bytes go from aligned staging buffers
-//! straight to the device, on I/O threads (two writes in flight), instead of being copied into the page cache and
+//! straight to the device, on I/O threads (four writes in flight), instead of being copied into the page cache and
 //! written back later.
 //!
 //! Why: a live backup already copies every byte once out of the NBD socket. Writing it
@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, IoSlice, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -30,8 +30,9 @@ const ALIGN: usize = 4096;
 /// Bytes per direct write.
 const CHUNK: usize = 4 << 20;
 /// Direct writes in flight at once, each from its own I/O thread at its own offset: one
-/// write at a time leaves the device idle between writes (queue depth 1).
-const WRITERS: usize = 2;
+/// write at a time leaves the device idle between writes (queue depth 1), and a disk shared
+/// with QEMU's source reads keeps up best with four (docs/benchmarks.md).
+const WRITERS: usize = 4;
 /// Staging buffers: one being filled, one queued, the others being written.
 const BUFFERS: usize = WRITERS + 2;
 /// Buffer in front of a file written through the page cache.
@@ -201,16 +202,23 @@ impl DirectFile {
         })
     }
 
-    /// A buffer to fill: a new one while fewer than [`BUFFERS`] exist, else one an I/O
-    /// thread is done with (waiting for it: backpressure from the disk).
+    /// A buffer to fill: one an I/O thread is done with if there is one (so a failed write
+    /// shows at the next buffer, not only once all exist), else a new one while fewer than
+    /// [`BUFFERS`] exist, else the next one returned (waiting for it: backpressure from the
+    /// disk).
     fn next_buffer(&mut self) -> io::Result<Aligned> {
-        if self.allocated < BUFFERS {
-            self.allocated += 1;
-            return Ok(Aligned::new());
-        }
-        match self.free.recv() {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(_)) | Err(_) => Err(self.stopped()),
+        let returned = match self.free.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) if self.allocated < BUFFERS => {
+                self.allocated += 1;
+                return Ok(Aligned::new());
+            }
+            Err(TryRecvError::Empty) => self.free.recv().ok(),
+            Err(TryRecvError::Disconnected) => None,
+        };
+        match returned {
+            Some(Ok(b)) => Ok(b),
+            Some(Err(_)) | None => Err(self.stopped()),
         }
     }
 
@@ -386,6 +394,25 @@ mod tests {
         let path = dir.path().join("a");
         write_through(&path, &data, 65536).expect("write");
         assert!(std::fs::read(&path).expect("read") == data);
+    }
+
+    #[test]
+    fn a_failed_write_shows_at_the_next_buffer() {
+        // Not only once every buffer is allocated: with six 4 MiB buffers a small full file
+        // system would otherwise report its ENOSPC only at the last flush.
+        let file = File::options().write(true).open("/dev/full").expect("open");
+        let mut d = DirectFile::new(file).expect("direct");
+        d.write_all(&vec![1u8; CHUNK])
+            .expect("the first chunk is only queued");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let e = d
+            .write_all(&[2u8])
+            .expect_err("the next buffer brings the error");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::NOSPC.raw_os_error())
+        );
+        assert!(d.allocated < BUFFERS, "{} buffers allocated", d.allocated);
     }
 
     #[test]

@@ -212,6 +212,9 @@ pub enum Failure {
     /// Finishing the VMA stream failed.
     #[error("finishing the archive")]
     Finish(#[source] vmdump_vma::Error),
+    /// Writing out the archive file's last buffered bytes, or its fsync, failed.
+    #[error("writing out the archive file")]
+    WriteOut(#[source] std::io::Error),
     /// QEMU wrote past the end of a disk.
     #[error("device '{device}': write of {len} bytes at offset {offset:#x} goes past the end of the disk ({size} bytes)")]
     OutOfRange {
@@ -251,9 +254,10 @@ impl Failure {
     /// What kind of failure this is, in a few words (the source chain says the rest).
     pub fn summary(&self) -> &'static str {
         match self {
-            Failure::Write { .. } | Failure::Finish(_) | Failure::WriterStopped => {
-                "writing the archive failed"
-            }
+            Failure::Write { .. }
+            | Failure::Finish(_)
+            | Failure::WriteOut(_)
+            | Failure::WriterStopped => "writing the archive failed",
             Failure::OutOfRange { .. } => "QEMU sent data that does not fit the disk",
             Failure::Disconnected { .. } => "the NBD connection from QEMU broke",
             Failure::Lost { .. } => "data QEMU copied did not reach the archive",
@@ -296,9 +300,10 @@ impl Error {
                 ErrorKind::Io
             }
             Error::Transfer(f) => match **f {
-                Failure::Write { .. } | Failure::Finish(_) | Failure::WriterStopped => {
-                    ErrorKind::Io
-                }
+                Failure::Write { .. }
+                | Failure::Finish(_)
+                | Failure::WriteOut(_)
+                | Failure::WriterStopped => ErrorKind::Io,
                 _ => ErrorKind::Qemu,
             },
             Error::Incomplete { .. }

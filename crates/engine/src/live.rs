@@ -315,10 +315,7 @@ async fn run_inner(
     let Some(output) = output else {
         return Err(archive_failed(&shared));
     };
-    tokio::task::spawn_blocking(move || output.finish())
-        .await
-        .map_err(|e| Error::file("finish", dat, std::io::Error::other(e)))?
-        .map_err(|e| Error::file("finish", dat, e))?;
+    write_out(output).await?;
     Ok(LiveOutcome {
         transfer,
         uuid: uuid.to_string(),
@@ -517,6 +514,16 @@ async fn next_change(events: &mut vmdump_qmp::event::Events) {
 }
 
 /// The archive side's recorded failure as an error.
+/// Writes out the archive file's last bytes and fsyncs it: a failure there (a full disk
+/// found at the last write) is the archive's write failure like any other.
+pub(crate) async fn write_out(output: ArchiveFile) -> Result<()> {
+    tokio::task::spawn_blocking(move || output.finish())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| Error::Transfer(Arc::new(Failure::WriteOut(e))))
+}
+
 pub(crate) fn archive_failed(shared: &Shared) -> Error {
     Error::Transfer(
         shared

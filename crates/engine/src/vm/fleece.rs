@@ -48,8 +48,8 @@ use crate::cluster::Assembler;
 use crate::error::{Error, Result};
 use crate::job::{self, SourceDisk, PREFIX};
 use crate::live::{
-    archive_failed, freeze_marked, qemu_gone, set_hold, start_archive, ArchiveSide, LiveOptions,
-    LiveOutcome,
+    archive_failed, freeze_marked, qemu_gone, set_hold, start_archive, write_out, ArchiveSide,
+    LiveOptions, LiveOutcome,
 };
 use crate::log::TaskLog;
 use crate::pipeline::{Msg, Shared};
@@ -558,10 +558,7 @@ async fn with_images(
     if let Some(line) = lines.finish(&transfer) {
         log.line(Level::Info, &line, true);
     }
-    tokio::task::spawn_blocking(move || output.finish())
-        .await
-        .map_err(|e| Error::file("finish", dat, std::io::Error::other(e)))?
-        .map_err(|e| Error::file("finish", dat, e))?;
+    write_out(output).await?;
     Ok(LiveOutcome {
         transfer,
         uuid: uuid.to_string(),
