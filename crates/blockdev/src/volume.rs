@@ -178,6 +178,7 @@ fn btrfs(args: [&str; 2], dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use vmdump_testkit::loopfs::LoopFs;
 
     fn allocated(path: &Path) -> u64 {
         std::fs::metadata(path).unwrap().blocks() * 512
@@ -261,59 +262,27 @@ mod tests {
         assert!(!sv.exists());
     }
 
-    /// A btrfs file system on a loop file, mounted at `<dir>/mnt` until dropped (needs root).
-    struct Btrfs {
-        mnt: std::path::PathBuf,
-    }
-
-    impl Btrfs {
-        fn new(dir: &Path) -> Self {
-            let img = dir.join("btrfs.img");
-            let mnt = dir.join("mnt");
-            std::fs::create_dir(&mnt).unwrap();
-            let sh = format!(
-                "truncate -s 128M {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
-                i = img.display(),
-                m = mnt.display()
-            );
-            let st = Command::new("sh").args(["-c", &sh]).status().unwrap();
-            assert!(
-                st.success(),
-                "mount a btrfs loop file (the test needs root)"
-            );
-            Btrfs { mnt }
-        }
-    }
-
-    impl Drop for Btrfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount")
-                .args(["-l", "-d"])
-                .arg(&self.mnt)
-                .status();
-        }
-    }
-
     #[test]
     fn on_btrfs_volume_directories_are_subvolumes() {
         let t = tempfile::tempdir().unwrap();
-        let fs = Btrfs::new(t.path());
-        assert!(on_btrfs(&fs.mnt) && !on_btrfs(t.path()));
-        let sv = fs.mnt.join("images/100/vm-100-disk-0");
+        let fs = LoopFs::btrfs(&t.path().join("btrfs.img"), &t.path().join("mnt"), 128).unwrap();
+        let mnt = fs.path();
+        assert!(on_btrfs(mnt) && !on_btrfs(t.path()));
+        let sv = mnt.join("images/100/vm-100-disk-0");
         let path = sv.join("disk.raw");
         create(&path, Some(&sv), "raw", 4 << 20, None).unwrap();
         assert!(is_subvolume(&sv), "not a subvolume");
         assert!(
-            !is_subvolume(&fs.mnt.join("images/100")),
+            !is_subvolume(&mnt.join("images/100")),
             "the guest's directory is plain"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
         // A container subvolume with contents, and an old plain directory on btrfs.
-        let ct = fs.mnt.join("images/100/subvol-100-disk-1.subvol");
+        let ct = mnt.join("images/100/subvol-100-disk-1.subvol");
         create_subvolume(&ct).unwrap();
         std::fs::create_dir_all(ct.join("etc")).unwrap();
         std::fs::write(ct.join("etc/hostname"), b"ct\n").unwrap();
-        let plain = fs.mnt.join("images/100/vm-100-fleece-0");
+        let plain = mnt.join("images/100/vm-100-fleece-0");
         std::fs::create_dir(&plain).unwrap();
         std::fs::write(plain.join("disk.raw"), b"old").unwrap();
         assert!(is_subvolume(&ct) && !is_subvolume(&plain));
@@ -323,15 +292,9 @@ mod tests {
         for d in [&sv, &ct, &plain] {
             assert!(!d.exists(), "{} left", d.display());
         }
-        let list = Command::new("btrfs")
-            .args(["subvolume", "list", "-o"])
-            .arg(&fs.mnt)
-            .output()
-            .unwrap();
-        assert!(list.status.success());
         assert_eq!(
-            String::from_utf8_lossy(&list.stdout).trim(),
-            "",
+            fs.subvolumes().unwrap(),
+            Vec::<String>::new(),
             "subvolumes left"
         );
     }

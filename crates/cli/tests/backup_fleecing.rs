@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use backup_common::*;
+use vmdump_testkit::loopfs::LoopFs;
 
 /// Waits (up to 120 s) until QEMU has an NBD export named `vmdump-*` (the fleecing setup is
 /// complete and vmdump reads). Returns `false` instead when vmdump has already exited (a
@@ -74,53 +75,6 @@ fn assert_no_failed_guest_write(vm: &Qemu) {
         !log.contains("write failed"),
         "a guest write failed:\n{log}"
     );
-}
-
-/// A btrfs file system on a loop file, mounted at `<base>/btrfs` until dropped.
-struct Btrfs {
-    mnt: std::path::PathBuf,
-}
-
-impl Btrfs {
-    fn mount(base: &Path) -> Result<Self> {
-        let img = base.join("btrfs.img");
-        let mnt = base.join("btrfs");
-        std::fs::create_dir_all(&mnt)?;
-        run(Command::new("truncate").args(["-s", "256M"]).arg(&img))?;
-        run(Command::new("mkfs.btrfs").arg("-q").arg(&img))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt))?;
-        Ok(Btrfs { mnt })
-    }
-
-    /// The subvolumes on it (paths relative to the top level).
-    fn subvolumes(&self) -> Result<Vec<String>> {
-        let out = Command::new("btrfs")
-            .args(["subvolume", "list"])
-            .arg(&self.mnt)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "btrfs subvolume list: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(" path ").nth(1).map(str::to_string))
-            .collect())
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .args(["-l", "-d"])
-            .arg(&self.mnt)
-            .status();
-    }
 }
 
 fn read_at(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -427,12 +381,16 @@ async fn fleecing_in_suspend_mode_and_of_a_stopped_vm() -> Result<()> {
     let vm = env.paused_vm(100, "scsi0", "vm-100-disk-0.raw").await?;
     // The fleecing image on a btrfs storage (a loop file): raw, `disk.raw` in its own
     // subvolume as restored disks and Proxmox's `vdisk_alloc`, and gone after the backup.
-    let bt = Btrfs::mount(tmp.path())?;
+    let bt = LoopFs::btrfs(
+        &tmp.path().join("btrfs.img"),
+        &tmp.path().join("btrfs"),
+        256,
+    )?;
     let cfg = env.root.join("storage.cfg");
     let mut storage = std::fs::read_to_string(&cfg)?;
     storage.push_str(&format!(
         "\nbtrfs: bt\n\tpath {}\n\tcontent images\n",
-        bt.mnt.display()
+        bt.path().display()
     ));
     std::fs::write(&cfg, storage)?;
     let mut child = env
@@ -442,7 +400,7 @@ async fn fleecing_in_suspend_mode_and_of_a_stopped_vm() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     let seen = wait_export(&vm, &mut child).await?;
-    let sv = bt.mnt.join("images/100/vm-100-fleece-0");
+    let sv = bt.path().join("images/100/vm-100-fleece-0");
     // While vmdump reads: a subvolume (`btrfs subvolume show` fails on a plain directory).
     let show = Command::new("btrfs")
         .args(["subvolume", "show"])

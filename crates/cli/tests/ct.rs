@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use vmdump_testkit::loopfs::LoopFs;
+
 fn sh(script: &str) -> String {
     let o = Command::new("sh")
         .arg("-ec")
@@ -93,6 +95,9 @@ fn template_tar() -> &'static Path {
 
 /// A config root with a dir storage `local` and a btrfs storage `bt` on a loop file.
 struct Lab {
+    /// The btrfs storage's file system: unmounted after `Lab::drop` stopped the containers
+    /// and before the directory goes (fields drop in order).
+    _btrfs_fs: Option<LoopFs>,
     dir: tempfile::TempDir,
     btrfs: PathBuf,
     vmids: std::cell::RefCell<Vec<u32>>,
@@ -107,13 +112,8 @@ impl Lab {
         sh(&format!("chmod 755 {}", p.display()));
         let btrfs = p.join("btrfs");
         std::fs::create_dir_all(&btrfs).expect("mkdir");
-        if with_btrfs {
-            sh(&format!(
-            "truncate -s 300M {p}/btrfs.img && mkfs.btrfs -q {p}/btrfs.img && mount -o loop {p}/btrfs.img {b}",
-            p = p.display(),
-            b = btrfs.display()
-        ));
-        }
+        let btrfs_fs = with_btrfs
+            .then(|| LoopFs::btrfs(&p.join("btrfs.img"), &btrfs, 300).expect("btrfs loop file"));
         std::fs::create_dir_all(p.join("etc/lxc")).expect("mkdir");
         std::fs::write(
             p.join("etc/storage.cfg"),
@@ -125,6 +125,7 @@ impl Lab {
         )
         .expect("storage.cfg");
         Lab {
+            _btrfs_fs: btrfs_fs,
             dir,
             btrfs,
             vmids: Default::default(),
@@ -272,11 +273,6 @@ impl Drop for Lab {
                 .args(["-n", &vmid.to_string(), "-k"])
                 .output();
         }
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg("-d")
-            .arg(&self.btrfs)
-            .output();
     }
 }
 
