@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use vmdump_config::Codec;
-use vmdump_engine::{live_backup, Level, LiveOptions, Progress, TaskLog};
+use vmdump_engine::{live_backup, Level, LiveOptions, LiveOutcome, Progress, TaskLog};
 use vmdump_testkit::{dissect_devices, image_sha256, run, unpack, Disk, Qemu, Rng, MIB};
 
 /// Collects log lines for assertions.
@@ -55,40 +55,49 @@ fn make_disks(dir: &Path, seed: u64) -> Result<()> {
     Ok(())
 }
 
-async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
-    make_disks(dir, seed)?;
-    let raw = dir.join("a.raw");
-    let q = dir.join("b.qcow2");
-    let want_a = image_sha256(&raw, "raw", dir)?;
-    let want_b = image_sha256(&q, "qcow2", dir)?;
+/// One disk of a round: config key, image, format, virtual size.
+struct RoundDisk<'a> {
+    key: &'static str,
+    path: &'a Path,
+    format: &'static str,
+    size: u64,
+}
 
-    let qemu = Qemu::paused(
-        dir,
-        &[
-            Disk {
-                key: "virtio0",
-                path: &raw,
-                format: "raw",
-            },
-            Disk {
-                key: "virtio1",
-                path: &q,
-                format: "qcow2",
-            },
-        ],
-    )
-    .await?;
+/// A guest-path write: disk key, byte pattern, offset, length.
+type GuestWrite = (&'static str, u8, u64, u64);
 
+/// Backs up the `disks` of a paused QEMU at `speed` while guest-path writes from
+/// `round_writes(n)` go on (once every job runs, every 30 ms, at most 60 rounds, until the backup
+/// ends). Checks what every consistency round must hold: at least five write rounds ran during
+/// the backup, nothing of ours is left in QEMU, the writes reached every disk, and the archive
+/// holds each disk as it was when the jobs started. Returns the outcome and the log.
+async fn backup_under_writes(
+    dir: &Path,
+    disks: &[RoundDisk<'_>],
+    speed: u64,
+    compress: Codec,
+    mut round_writes: impl FnMut(u64) -> Vec<GuestWrite>,
+) -> Result<(LiveOutcome, String)> {
+    let mut want = Vec::new();
+    for d in disks {
+        want.push(image_sha256(d.path, d.format, dir)?);
+    }
+    let spec: Vec<Disk<'_>> = disks
+        .iter()
+        .map(|d| Disk {
+            key: d.key,
+            path: d.path,
+            format: d.format,
+        })
+        .collect();
+    let qemu = Qemu::paused(dir, &spec).await?;
     let mut opts = LiveOptions::new(100);
-    // 64 MiB at 16 MiB/s: about 4 s, so the writes below hit copied and uncopied regions.
-    opts.speed = 16 * MIB;
+    opts.speed = speed;
     opts.compress = compress;
     opts.socket_dir = dir.to_path_buf();
     let dat = dir.join("out.dat");
     let lines = Lines::default();
-    let keys = vec!["virtio0".to_string(), "virtio1".to_string()];
+    let keys: Vec<String> = disks.iter().map(|d| d.key.to_string()).collect();
     let configs = vec![("qemu-server.conf".to_string(), b"memory: 256\n".to_vec())];
 
     let writer_done = Arc::new(AtomicBool::new(false));
@@ -96,16 +105,12 @@ async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
         let qemu = &qemu;
         let done = Arc::clone(&writer_done);
         async move {
-            // Wait for the jobs, then write to both disks at once (one point in time means
-            // none of these may show up in the archive), then keep writing while it runs.
-            qemu.wait_jobs(2).await?;
-            let mut rng = Rng(seed | 1);
+            // The first round lands right after the jobs start (one point in time means none
+            // of these may show up in the archive), the rest while they run.
+            qemu.wait_jobs(disks.len()).await?;
             let mut n = 0;
             while !done.load(Ordering::Relaxed) && n < 60 {
-                for (key, size) in [("virtio0", 40 * MIB), ("virtio1", 24 * MIB)] {
-                    let off = rng.below(size / 512) * 512;
-                    let len = ((1 + rng.below(128)) * 512).min(size - off);
-                    let pat = 1 + rng.below(250) as u8;
+                for (key, pat, off, len) in round_writes(n) {
                     qemu.io_write(key, pat, off, len).await?;
                 }
                 n += 1;
@@ -127,25 +132,18 @@ async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
         n_writes >= 5,
         "only {n_writes} write rounds during the backup"
     );
-    assert_eq!(outcome.transfer.transferred, 64 * MIB + 12288);
-    assert!(outcome.transfer.zero > 0);
-
-    // Nothing of ours is left in QEMU.
     qemu.assert_clean().await?;
     qemu.quit().await?;
 
     // The guest writes landed on the disks...
-    assert_ne!(
-        image_sha256(&raw, "raw", dir)?,
-        want_a,
-        "writes did not reach virtio0"
-    );
-    assert_ne!(
-        image_sha256(&q, "qcow2", dir)?,
-        want_b,
-        "writes did not reach virtio1"
-    );
-
+    for (d, want) in disks.iter().zip(&want) {
+        assert_ne!(
+            &image_sha256(d.path, d.format, dir)?,
+            want,
+            "writes did not reach {}",
+            d.key
+        );
+    }
     // ...but the archive holds the disks as they were when the jobs started.
     let plain = dir.join("plain.vma");
     unpack(
@@ -153,15 +151,50 @@ async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
         compress.vma_extension().trim_start_matches(".vma"),
         &plain,
     )?;
-    let devs = dissect_devices(&plain)?;
-    assert_eq!(
-        devs,
-        vec![
-            ("drive-virtio0".to_string(), 40 * MIB, want_a),
-            ("drive-virtio1".to_string(), 24 * MIB + 12288, want_b),
-        ]
-    );
+    let expected: Vec<(String, u64, String)> = disks
+        .iter()
+        .zip(want)
+        .map(|(d, w)| (format!("drive-{}", d.key), d.size, w))
+        .collect();
+    assert_eq!(dissect_devices(&plain)?, expected);
     let text = lines.0.lock().expect("lock").join("\n");
+    Ok((outcome, text))
+}
+
+async fn consistency_round(seed: u64, compress: Codec) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    make_disks(dir, seed)?;
+    let (raw, q) = (dir.join("a.raw"), dir.join("b.qcow2"));
+    let disks = [
+        RoundDisk {
+            key: "virtio0",
+            path: &raw,
+            format: "raw",
+            size: 40 * MIB,
+        },
+        RoundDisk {
+            key: "virtio1",
+            path: &q,
+            format: "qcow2",
+            size: 24 * MIB + 12288,
+        },
+    ];
+    let mut rng = Rng(seed | 1);
+    // 64 MiB at 16 MiB/s: about 4 s, so the writes hit copied and uncopied regions of both.
+    let (outcome, text) = backup_under_writes(dir, &disks, 16 * MIB, compress, |_| {
+        [("virtio0", 40 * MIB), ("virtio1", 24 * MIB)]
+            .into_iter()
+            .map(|(key, size)| {
+                let off = rng.below(size / 512) * 512;
+                let len = ((1 + rng.below(128)) * 512).min(size - off);
+                (key, 1 + rng.below(250) as u8, off, len)
+            })
+            .collect()
+    })
+    .await?;
+    assert_eq!(outcome.transfer.transferred, 64 * MIB + 12288);
+    assert!(outcome.transfer.zero > 0);
     assert!(text.contains("starting backup via QMP command"), "{text}");
     assert!(text.contains("started backup task '"), "{text}");
     assert!(text.contains("100% (64.0 MiB of 64.0 MiB)"), "{text}");
@@ -233,79 +266,39 @@ async fn thin_qcow2_travels_allocated_clusters_only_and_a_backing_file_is_read()
         .collect();
     pieces.push((0x66, 512 * MIB, 12288));
     qemu_io(&thin, &pieces)?;
-    let want_clone = image_sha256(&clone, "qcow2", dir)?;
-    let want_thin = image_sha256(&thin, "qcow2", dir)?;
-
-    let qemu = Qemu::paused(
-        dir,
-        &[
-            Disk {
-                key: "virtio0",
-                path: &clone,
-                format: "qcow2",
-            },
-            Disk {
-                key: "virtio1",
-                path: &thin,
-                format: "qcow2",
-            },
-        ],
-    )
-    .await?;
-    let mut opts = LiveOptions::new(100);
+    let disks = [
+        RoundDisk {
+            key: "virtio0",
+            path: &clone,
+            format: "qcow2",
+            size: 64 * MIB,
+        },
+        RoundDisk {
+            key: "virtio1",
+            path: &thin,
+            format: "qcow2",
+            size,
+        },
+    ];
+    let mut rng = Rng(7);
     // 64 MiB (the clone, whole) and 48 MiB (the thin disk's data) at 24 MiB/s: 2-3 s.
-    opts.speed = 24 * MIB;
-    opts.socket_dir = dir.to_path_buf();
-    let dat = dir.join("out.dat");
-    let lines = Lines::default();
-    let keys = vec!["virtio0".to_string(), "virtio1".to_string()];
-    let configs = vec![("qemu-server.conf".to_string(), b"memory: 256\n".to_vec())];
-    let writer_done = Arc::new(AtomicBool::new(false));
-    let writes = {
-        let qemu = &qemu;
-        let done = Arc::clone(&writer_done);
-        async move {
-            qemu.wait_jobs(2).await?;
-            let mut rng = Rng(7);
-            let mut n = 0u64;
-            while !done.load(Ordering::Relaxed) && n < 60 {
-                let piece = rng.below(16);
-                // Never allocated, allocated (maybe not copied yet), the short last cluster.
-                let hole = (piece * 30 + 10 + rng.below(15)) * MIB + rng.below(64) * 4096;
-                let data = (piece * 30 + 1) * MIB + rng.below(3 * 256) * 4096;
-                qemu.io_write("virtio1", 0xa0, hole, 4096).await?;
-                qemu.io_write("virtio1", 0xa1, data, 4096).await?;
-                if n == 0 {
-                    qemu.io_write("virtio1", 0xa2, 512 * MIB, 4096).await?;
-                }
-                // The clone: base data, clone data, nothing anywhere.
-                for (pat, off) in [(0xb0, rng.below(256)), (0xb1, 5120 + rng.below(256))] {
-                    qemu.io_write("virtio0", pat, off * 4096, 4096).await?;
-                }
-                qemu.io_write("virtio0", 0xb2, 40 * MIB + rng.below(256) * 4096, 4096)
-                    .await?;
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            anyhow::Ok(n)
+    let (outcome, _) = backup_under_writes(dir, &disks, 24 * MIB, Codec::None, |n| {
+        let piece = rng.below(16);
+        // The thin disk: never allocated, allocated (maybe not copied yet), the short last
+        // cluster.
+        let hole = (piece * 30 + 10 + rng.below(15)) * MIB + rng.below(64) * 4096;
+        let data = (piece * 30 + 1) * MIB + rng.below(3 * 256) * 4096;
+        let mut w = vec![("virtio1", 0xa0, hole, 4096), ("virtio1", 0xa1, data, 4096)];
+        if n == 0 {
+            w.push(("virtio1", 0xa2, 512 * MIB, 4096));
         }
-    };
-    let log = TaskLog::new(&lines);
-    let backup = async {
-        let r = live_backup(&qemu.qmp, &keys, &configs, &dat, &opts, &log).await;
-        writer_done.store(true, Ordering::Relaxed);
-        r
-    };
-    let (outcome, n_writes) = tokio::join!(backup, writes);
-    let outcome = outcome?;
-    let n_writes = n_writes?;
-    assert!(
-        n_writes >= 5,
-        "only {n_writes} write rounds during the backup"
-    );
-    qemu.assert_clean().await?;
-    qemu.quit().await?;
-
+        // The clone: base data, clone data, nothing anywhere.
+        w.push(("virtio0", 0xb0, rng.below(256) * 4096, 4096));
+        w.push(("virtio0", 0xb1, (5120 + rng.below(256)) * 4096, 4096));
+        w.push(("virtio0", 0xb2, 40 * MIB + rng.below(256) * 4096, 4096));
+        w
+    })
+    .await?;
     assert_eq!(
         outcome.disks.iter().map(|d| d.top_only).collect::<Vec<_>>(),
         vec![false, true],
@@ -315,25 +308,6 @@ async fn thin_qcow2_travels_allocated_clusters_only_and_a_backing_file_is_read()
     // zero without QEMU sending it.
     assert_eq!(outcome.unallocated, size - 48 * MIB - 12288);
     assert_eq!(outcome.transfer.transferred, 64 * MIB + size);
-    assert_ne!(
-        image_sha256(&thin, "qcow2", dir)?,
-        want_thin,
-        "writes did not land"
-    );
-    assert_ne!(
-        image_sha256(&clone, "qcow2", dir)?,
-        want_clone,
-        "writes did not land"
-    );
-
-    let devs = dissect_devices(&dat)?;
-    assert_eq!(
-        devs,
-        vec![
-            ("drive-virtio0".to_string(), 64 * MIB, want_clone),
-            ("drive-virtio1".to_string(), size, want_thin),
-        ]
-    );
     Ok(())
 }
 
