@@ -10,6 +10,10 @@
 //!   <UPID>.status                   written once at the end: `<end time> OK|ERROR: <message>`
 //! ```
 //!
+//! The registry keeps the newest [`DEFAULT_KEEP`] tasks (`$VMDUMP_TASK_KEEP` says otherwise):
+//! starting a task removes the files of older ones that have ended. A running task is never
+//! removed, however old.
+//!
 //! A task id is Proxmox's UPID form, `UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`
 //! (pid, process start time and start time in upper-case hex). A task without a status file
 //! runs while its process (pid and start time) lives; once that process is gone the task
@@ -31,6 +35,13 @@ pub const DEFAULT_TASK_DIR: &str = "/var/log/vmdump/tasks";
 
 /// The environment variable naming the task directory.
 pub const TASK_DIR_ENV: &str = "VMDUMP_TASK_DIR";
+
+/// How many tasks the registry keeps unless `$VMDUMP_TASK_KEEP` says otherwise (Proxmox's
+/// task list shows about as many).
+pub const DEFAULT_KEEP: usize = 1000;
+
+/// The environment variable naming how many tasks to keep.
+pub const TASK_KEEP_ENV: &str = "VMDUMP_TASK_KEEP";
 
 /// The least time between two progress file updates.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -131,6 +142,7 @@ pub struct TaskInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskDir {
     dir: PathBuf,
+    keep: usize,
 }
 
 fn now_epoch() -> i64 {
@@ -169,17 +181,35 @@ fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
 
 impl TaskDir {
     /// The registry in `dir` (created on the first task).
+    /// The registry in `dir` (created on the first task), keeping [`DEFAULT_KEEP`] tasks.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        TaskDir { dir: dir.into() }
+        TaskDir {
+            dir: dir.into(),
+            keep: DEFAULT_KEEP,
+        }
     }
 
-    /// `$VMDUMP_TASK_DIR`, else [`DEFAULT_TASK_DIR`].
+    /// The same registry keeping the newest `keep` tasks (at least one: the new one).
+    pub fn keeping(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// `$VMDUMP_TASK_DIR`, else [`DEFAULT_TASK_DIR`]; keeping `$VMDUMP_TASK_KEEP` tasks, else
+    /// [`DEFAULT_KEEP`] (a value that is not a number is ignored).
     pub fn from_env() -> Self {
-        Self::new(
+        let dir = Self::new(
             std::env::var_os(TASK_DIR_ENV)
                 .filter(|v| !v.is_empty())
                 .map_or_else(|| PathBuf::from(DEFAULT_TASK_DIR), PathBuf::from),
-        )
+        );
+        match std::env::var(TASK_KEEP_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(keep) => dir.keeping(keep),
+            None => dir,
+        }
     }
 
     /// The directory.
@@ -224,6 +254,10 @@ impl TaskDir {
                 .open(self.log_path(&upid))
             {
                 Ok(file) => {
+                    // A registry that cannot be trimmed still takes the task.
+                    if let Err(e) = self.rotate() {
+                        tracing::warn!("trimming the task registry {}: {e}", self.dir.display());
+                    }
                     return Ok(TaskFile {
                         upid: upid.clone(),
                         progress_path: self.file(&upid, "progress"),
@@ -233,7 +267,7 @@ impl TaskDir {
                             last_progress: None,
                             ended: false,
                         }),
-                    })
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => upid.start += 1,
                 Err(e) => return Err(e),
@@ -275,8 +309,28 @@ impl TaskDir {
         })
     }
 
-    /// The tasks here, newest first, at most `limit`.
-    pub fn list(&self, limit: usize) -> io::Result<Vec<TaskInfo>> {
+    /// Removes the files of ended tasks beyond the newest `keep` ones.
+    fn rotate(&self) -> io::Result<()> {
+        for upid in self.ids()?.into_iter().skip(self.keep) {
+            match self.info(&upid) {
+                Ok(i) if i.status != TaskStatus::Running => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            // The log last: a task is listed by its log.
+            for ext in ["status", "progress", "log"] {
+                match std::fs::remove_file(self.file(&upid, ext)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of the tasks here, newest first.
+    fn ids(&self) -> io::Result<Vec<Upid>> {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -293,6 +347,12 @@ impl TaskDir {
             }
         }
         ids.sort_by_key(|u| std::cmp::Reverse((u.start, u.to_string())));
+        Ok(ids)
+    }
+
+    /// The tasks here, newest first, at most `limit`.
+    pub fn list(&self, limit: usize) -> io::Result<Vec<TaskInfo>> {
+        let mut ids = self.ids()?;
         ids.truncate(limit);
         let mut out = Vec::with_capacity(ids.len());
         for upid in ids {
@@ -505,6 +565,60 @@ mod tests {
             dir.info(&dead).unwrap().status,
             TaskStatus::Error(_)
         ));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn the_newest_tasks_are_kept_and_a_running_one_however_old() {
+        let tmp = std::env::temp_dir().join(format!("vmdump-task-keep-{}", std::process::id()));
+        let dir = TaskDir::new(&tmp).keeping(3);
+        std::fs::create_dir_all(&tmp).unwrap();
+        // Five ended tasks, a second apart, and an old one this (live) process still runs.
+        let ended: Vec<Upid> = (0..5)
+            .map(|i| {
+                let u = Upid {
+                    node: "host".into(),
+                    proc: ProcId {
+                        pid: u32::MAX - 1,
+                        start: 1,
+                    },
+                    start: 1000 + i,
+                    kind: "vzdump".into(),
+                    id: "100".into(),
+                    user: "root@cli".into(),
+                };
+                std::fs::write(dir.log_path(&u), "TASK OK\n").unwrap();
+                std::fs::write(dir.file(&u, "status"), "1 OK\n").unwrap();
+                std::fs::write(dir.file(&u, "progress"), "1 1\n").unwrap();
+                u
+            })
+            .collect();
+        let running = Upid {
+            proc: ProcId::current(),
+            start: 10,
+            ..ended[0].clone()
+        };
+        std::fs::write(dir.log_path(&running), "INFO: still here\n").unwrap();
+        assert_eq!(dir.list(100).unwrap().len(), 6);
+
+        let new = dir.start("vzdump", "101", "root@cli").unwrap();
+        let left: Vec<Upid> = dir.list(100).unwrap().into_iter().map(|t| t.upid).collect();
+        assert_eq!(
+            left,
+            vec![
+                new.upid().clone(),
+                ended[4].clone(),
+                ended[3].clone(),
+                running.clone()
+            ]
+        );
+        // Every file of a removed task is gone, not only its log.
+        for u in &ended[..3] {
+            for ext in ["log", "status", "progress"] {
+                assert!(!dir.file(u, ext).exists(), "{u}.{ext} left");
+            }
+        }
+        new.finish(Ok(()));
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
