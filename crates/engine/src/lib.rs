@@ -51,7 +51,6 @@
 mod backup;
 mod cluster;
 mod ct;
-mod direct;
 mod error;
 mod freeze;
 mod hook;
