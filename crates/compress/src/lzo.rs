@@ -455,6 +455,27 @@ mod tests {
         );
     }
 
+    /// The end marker is `0x11 0 0` exactly (a 3-byte M4 match of distance 0x4000) and the
+    /// last bytes of the block: a longer "marker" or a byte after it is refused.
+    #[test]
+    fn the_end_marker_is_exact_and_last() {
+        let mut d = Vec::new();
+        assert_eq!(decompress(&[18, b'a', 0x11, 0, 0], &mut d, 1), Ok(()));
+        assert_eq!(d, b"a");
+        for bad in [
+            &[18, b'a', 0x11, 0, 0, 0][..],
+            &[18, b'a', 0x12, 0, 0],
+            &[18, b'a', 0x17, 0, 0],
+        ] {
+            let mut d = Vec::new();
+            assert_eq!(
+                decompress(bad, &mut d, 10),
+                Err(LzoError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn hostile_input_is_an_error() {
         let mut d = Vec::new();
