@@ -338,6 +338,21 @@ mod tests {
         round(&mixed);
     }
 
+    /// A run of `n` zeros is one literal and a match of `n - 1` at distance 1, whose length
+    /// needs an extension of `n - 34`: every extension from 246 to 1066, across the lengths
+    /// where the final byte is 255 or 254 and a zero byte more is needed (254, 255, 256,
+    /// 509, 510, 764, 765, 1019, 1020).
+    #[test]
+    fn length_extensions_at_every_multiple_of_255() {
+        for n in 280..=1100 {
+            let c = round(&vec![0u8; n]);
+            // Literal (2 bytes), match opcode, the extension in as few bytes as it takes,
+            // distance (2), end marker (3).
+            let ext = (n - 34 - 1) / 255 + 1;
+            assert_eq!(c.len(), 2 + 1 + ext + 2 + 3, "{n}");
+        }
+    }
+
     /// The input of the `lzop` fixtures: short repeats after 1–3 literals, a 300-byte
     /// random run, 20000 zeros, the random run again (more than 16 KiB back), a repeated
     /// line, 400 random bytes and the random run split by one byte.
