@@ -338,18 +338,23 @@ mod tests {
         round(&mixed);
     }
 
-    /// A run of `n` zeros is one literal and a match of `n - 1` at distance 1, whose length
-    /// needs an extension of `n - 34`: every extension from 246 to 1066, across the lengths
-    /// where the final byte is 255 or 254 and a zero byte more is needed (254, 255, 256,
-    /// 509, 510, 764, 765, 1019, 1020).
+    /// A run of `n` zeros (8 or more) is one literal and a match of `n - 1` at distance 1:
+    /// a 2-byte M2 match up to 8 bytes, then a 3-byte M3 match up to 33, then M3 with a
+    /// length extension of `n - 34`: every extension up to 1066, across the lengths where
+    /// the final byte is 255 or 254 and a zero byte more is needed (254, 255, 256, 509,
+    /// 510, ...). Shorter inputs are literals only.
     #[test]
-    fn length_extensions_at_every_multiple_of_255() {
-        for n in 280..=1100 {
+    fn match_lengths_take_the_shortest_form_and_extension() {
+        for n in 1..=1100 {
             let c = round(&vec![0u8; n]);
-            // Literal (2 bytes), match opcode, the extension in as few bytes as it takes,
-            // distance (2), end marker (3).
-            let ext = (n - 34 - 1) / 255 + 1;
-            assert_eq!(c.len(), 2 + 1 + ext + 2 + 3, "{n}");
+            // Literal (2 bytes), the match, end marker (3).
+            let want = match n {
+                ..8 => 1 + n + 3,
+                8..=9 => 2 + 2 + 3,
+                10..=34 => 2 + 3 + 3,
+                _ => 2 + 3 + ((n - 34 - 1) / 255 + 1) + 3,
+            };
+            assert_eq!(c.len(), want, "{n}");
         }
     }
 
