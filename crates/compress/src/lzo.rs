@@ -338,6 +338,26 @@ mod tests {
         round(&mixed);
     }
 
+    /// A run of `n` zeros (8 or more) is one literal and a match of `n - 1` at distance 1:
+    /// a 2-byte M2 match up to 8 bytes, then a 3-byte M3 match up to 33, then M3 with a
+    /// length extension of `n - 34`: every extension up to 1066, across the lengths where
+    /// the final byte is 255 or 254 and a zero byte more is needed (254, 255, 256, 509,
+    /// 510, ...). Shorter inputs are literals only.
+    #[test]
+    fn match_lengths_take_the_shortest_form_and_extension() {
+        for n in 1..=1100 {
+            let c = round(&vec![0u8; n]);
+            // Literal (2 bytes), the match, end marker (3).
+            let want = match n {
+                ..8 => 1 + n + 3,
+                8..=9 => 2 + 2 + 3,
+                10..=34 => 2 + 3 + 3,
+                _ => 2 + 3 + ((n - 34 - 1) / 255 + 1) + 3,
+            };
+            assert_eq!(c.len(), want, "{n}");
+        }
+    }
+
     /// The input of the `lzop` fixtures: short repeats after 1–3 literals, a 300-byte
     /// random run, 20000 zeros, the random run again (more than 16 KiB back), a repeated
     /// line, 400 random bytes and the random run split by one byte.
@@ -453,6 +473,27 @@ mod tests {
             [7, 7, 7, b'a', b'a', b'a', b'a'],
             "1 back is inside the block"
         );
+    }
+
+    /// The end marker is `0x11 0 0` exactly (a 3-byte M4 match of distance 0x4000) and the
+    /// last bytes of the block: a longer "marker" or a byte after it is refused.
+    #[test]
+    fn the_end_marker_is_exact_and_last() {
+        let mut d = Vec::new();
+        assert_eq!(decompress(&[18, b'a', 0x11, 0, 0], &mut d, 1), Ok(()));
+        assert_eq!(d, b"a");
+        for bad in [
+            &[18, b'a', 0x11, 0, 0, 0][..],
+            &[18, b'a', 0x12, 0, 0],
+            &[18, b'a', 0x17, 0, 0],
+        ] {
+            let mut d = Vec::new();
+            assert_eq!(
+                decompress(bad, &mut d, 10),
+                Err(LzoError::Malformed),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -586,8 +586,10 @@ impl<W: Write> Write for SeekableWriter<W> {
         Ok(n)
     }
 
-    /// Writes through what is complete; a partial frame stays buffered (cutting it would
-    /// only cost compression).
+    /// Flushes the inner writer: the frames written to it so far reach their destination. A
+    /// partial frame stays buffered (cutting it would only cost compression), and with
+    /// worker threads up to `2 * threads` complete frames may still be compressing; they
+    /// are written by later writes or [`finish`](Self::finish), not by this call.
     fn flush(&mut self) -> io::Result<()> {
         self.out().flush()
     }

@@ -29,7 +29,10 @@ pub trait DiskSource: Sync {
     }
 }
 
-/// Where a disk's data lies. Queried with ascending, non-overlapping ranges.
+/// Where a disk's data lies. Queried with non-empty ranges of at most one cluster, inside the
+/// disk, in ascending order of their start; the same range may come twice in a row (the
+/// cluster that ends a run of one kind is asked again as the first of the next run), never
+/// a range before the last one.
 pub trait DataMap {
     /// True if all of `[start, end)` is known to read as zeros.
     fn is_hole(&mut self, start: u64, end: u64) -> bool;

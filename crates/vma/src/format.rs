@@ -160,6 +160,18 @@ mod tests {
         assert_eq!(b.block_count(), 0xABCDu16.count_ones());
     }
 
+    /// The sizes in numbers, as the format reference (`vma-format.md`, Proxmox's `vma.h`)
+    /// states them, not in terms of each other; and our own bound on hostile headers, as
+    /// documented.
+    #[test]
+    fn sizes_are_the_formats_in_numbers() {
+        assert_eq!(BLOCKS_PER_CLUSTER, 16);
+        assert_eq!(WRITER_CLUSTERS_PER_EXTENT, 58);
+        assert_eq!(MAX_EXTENT_SIZE, 3_867_136);
+        assert_eq!(MAX_WRITER_HEADER_SIZE, 524_288);
+        assert_eq!(MAX_READER_HEADER_SIZE, 33_554_432);
+    }
+
     #[test]
     fn cluster_counts() {
         assert_eq!(cluster_count(1), 1);

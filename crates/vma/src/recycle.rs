@@ -75,6 +75,7 @@ mod tests {
         r.hold(a);
         assert!(r.reclaim().is_none(), "a slice is still out");
         assert_eq!(r.len(), 1);
+        assert!(!r.is_empty());
         drop(slice);
         let free = r.reclaim().expect("free now");
         assert_eq!(free.len(), 1024);

@@ -201,22 +201,24 @@ fn truncation_is_found_where_it_is_and_missing_runs_are_counted() {
         // Which clusters are missing: those of the last extent, counted as runs.
         let missing: Vec<u64> = (0..150).filter(|&c| idx.cluster(1, c).is_none()).collect();
         assert!(!missing.is_empty() && missing.len() < 58);
-        let first = missing[0];
-        let run = missing
-            .iter()
-            .zip(first..)
-            .take_while(|(m, c)| *m == c)
-            .count() as u64;
-        match idx.read_at(&mut Cursor::new(part), 1, first * CS as u64, &mut [0u8; 10]) {
-            Err(Error::MissingCluster {
-                dev_id,
-                first: f,
-                missing: n,
-                cluster_count,
-                ..
-            }) => assert_eq!((dev_id, f, n, cluster_count), (1, first, run, 150)),
-            other => panic!("{other:?}"),
+        // From each missing cluster, the run of missing clusters it starts (the clusters
+        // were written shuffled: some runs are longer than one).
+        let mut longest = 0;
+        for &first in &missing {
+            let run = (first..150).take_while(|c| missing.contains(c)).count() as u64;
+            longest = longest.max(run);
+            match idx.read_at(&mut Cursor::new(part), 1, first * CS as u64, &mut [0u8; 10]) {
+                Err(Error::MissingCluster {
+                    dev_id,
+                    first: f,
+                    missing: n,
+                    cluster_count,
+                    ..
+                }) => assert_eq!((dev_id, f, n, cluster_count), (1, first, run, 150)),
+                other => panic!("{other:?}"),
+            }
         }
+        assert!(longest > 1, "no run of missing clusters to count");
     }
     // Cut at the boundary: no truncated extent, but clusters missing.
     let idx = Index::build_partial(&mut Cursor::new(&a[..last as usize])).unwrap();

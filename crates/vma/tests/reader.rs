@@ -153,7 +153,22 @@ fn corrupt_header_md5() {
     a[12288 + 5] ^= 1;
     let e = expect_err(&a);
     assert!(matches!(e, Error::HeaderChecksum { .. }), "{e}");
-    assert!(e.to_string().starts_with("vma header checksum mismatch"));
+    // Both sums in hex: the stored field, and the MD5 of the header with that field zeroed.
+    let hs = header_size(&a);
+    let mut h = a[..hs].to_vec();
+    h[32..48].fill(0);
+    let computed: [u8; 16] = {
+        use md5::Digest;
+        md5::Md5::digest(&h).into()
+    };
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "vma header checksum mismatch (stored {}, computed {})",
+            hex::encode(&a[32..48]),
+            hex::encode(computed)
+        )
+    );
     let (_, mut a) = sample();
     a[0] = b'X';
     assert!(matches!(expect_err(&a), Error::BadMagic { .. }));
