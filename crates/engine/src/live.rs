@@ -513,9 +513,8 @@ async fn next_change(events: &mut vmdump_qmp::event::Events) {
     let _ = tokio::time::timeout(POLL, change).await;
 }
 
-/// The archive side's recorded failure as an error.
 /// Writes out the archive file's last bytes and fsyncs it: a failure there (a full disk
-/// found at the last write) is the archive's write failure like any other.
+/// found at the last write, a failed fsync) is the archive's write failure like any other.
 pub(crate) async fn write_out(output: ArchiveFile) -> Result<()> {
     tokio::task::spawn_blocking(move || output.finish())
         .await
@@ -524,6 +523,7 @@ pub(crate) async fn write_out(output: ArchiveFile) -> Result<()> {
         .map_err(|e| Error::Transfer(Arc::new(Failure::WriteOut(e))))
 }
 
+/// The archive side's recorded failure as an error.
 pub(crate) fn archive_failed(shared: &Shared) -> Error {
     Error::Transfer(
         shared

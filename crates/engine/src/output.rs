@@ -6,9 +6,9 @@
 //! Why the page cache and not `O_DIRECT`: the archive usually shares a disk with the guest's
 //! reads (QEMU's and everyone else's). The kernel's writeback throttling holds buffered
 //! writeback back while reads wait, and direct writes bypass it; on a disk that is the
-//! limit, the direct writer left QEMU's source reads waiting (docs/benchmarks.md: 0.56-0.67x
-//! QEMU's own push under load, against 0.93-1.00x through the page cache). It costs about
-//! 1 s more CPU per 2 GiB (the copy into the page cache).
+//! limit, the direct writer left QEMU's source reads waiting (docs/benchmarks.md: 0.56-0.74x
+//! QEMU's own push, against 0.83-1.08x through the page cache, in interleaved sets). It costs
+//! about 0.4-1 s more CPU per 2 GiB (the copy into the page cache).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -33,7 +33,10 @@ pub struct ArchiveFile {
     codec: Codec,
     written: u64,
     next_sync: u64,
-    syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
+    syncer: Option<(
+        std::sync::mpsc::SyncSender<()>,
+        std::thread::JoinHandle<io::Result<()>>,
+    )>,
 }
 
 impl std::fmt::Debug for ArchiveFile {
@@ -96,18 +99,16 @@ impl ArchiveFile {
                 .name("archive-sync".into())
                 .spawn(move || {
                     while rx.recv().is_ok() {
-                        // Errors show up again at the final fsync.
-                        if background.sync_data().is_ok() {
-                            // Written back: nobody reads the archive back, so its clean pages
-                            // need not crowd the host's page cache.
-                            let _ = rustix::fs::fadvise(
-                                &background,
-                                0,
-                                None,
-                                rustix::fs::Advice::DontNeed,
-                            );
-                        }
+                        // A writeback error is reported once, to whichever fsync of the open
+                        // file comes first: this one. It is kept for `finish`, never
+                        // dropped (the final fsync would not see it again).
+                        background.sync_data()?;
+                        // Written back: nobody reads the archive back, so its clean pages
+                        // need not crowd the host's page cache.
+                        let _ =
+                            rustix::fs::fadvise(&background, 0, None, rustix::fs::Advice::DontNeed);
                     }
+                    Ok(())
                 })?;
             Some((tx, syncer))
         } else {
@@ -123,21 +124,28 @@ impl ArchiveFile {
         })
     }
 
-    fn stop_syncer(&mut self) {
-        if let Some((tx, handle)) = self.syncer.take() {
-            drop(tx);
-            let _ = handle.join();
+    /// Stops the background syncer; the error of a background fsync, if one failed.
+    fn stop_syncer(&mut self) -> io::Result<()> {
+        match self.syncer.take() {
+            Some((tx, handle)) => {
+                drop(tx);
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the archive syncer panicked")))
+            }
+            None => Ok(()),
         }
     }
 
-    /// Ends the compressed stream and fsyncs the file; a failed fsync says so (the data may
-    /// not be on disk although every write succeeded).
+    /// Ends the compressed stream and fsyncs the file; a failed fsync, in the background or
+    /// now, says so (the data may not be on disk although every write succeeded).
     pub fn finish(mut self) -> io::Result<()> {
-        self.stop_syncer();
+        let background = self.stop_syncer();
         let Some(enc) = self.enc.take() else {
             return Ok(());
         };
         enc.finish().map_err(io::Error::other)?.flush()?;
+        background.map_err(|e| io::Error::new(e.kind(), format!("fsync failed: {e}")))?;
         // A pipe (`--stdout`) has nothing to sync.
         if !self.file.metadata()?.is_file() {
             return Ok(());
@@ -149,13 +157,13 @@ impl ArchiveFile {
 
     /// Gives up on the archive (the file is deleted by the caller).
     pub fn abort(mut self) {
-        self.stop_syncer();
+        let _ = self.stop_syncer();
     }
 }
 
 impl Drop for ArchiveFile {
     fn drop(&mut self) {
-        self.stop_syncer();
+        let _ = self.stop_syncer();
     }
 }
 
@@ -259,5 +267,32 @@ mod tests {
             ArchiveFile::create(&path, Codec::None, 0, 1).is_err(),
             "never replaced"
         );
+    }
+
+    #[test]
+    fn a_failed_background_fsync_fails_the_finish() {
+        // The background fsync at 128 MiB fails; the final one succeeds. The first failure
+        // is the only report of a writeback error, so `finish` must not succeed.
+        let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let (backing, mnt) = (tmp.path().join("b"), tmp.path().join("m"));
+        std::fs::create_dir_all(&backing).expect("mkdir");
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        let fs = vmdump_testkit::faultfs::FaultFs::mount(&backing, &mnt).expect("faultfs");
+        fs.faults().fail_fsync(Some("*.dat"));
+        let mut f = ArchiveFile::create(&mnt.join("a.dat"), Codec::None, 0, 1).expect("create");
+        let piece = vec![7u8; 1 << 20];
+        for _ in 0..160 {
+            f.write_all(&piece).expect("write");
+        }
+        // Until the background fsync has been tried.
+        let t0 = std::time::Instant::now();
+        while fs.faults().fsync_failures() == 0 {
+            assert!(t0.elapsed().as_secs() < 30, "no background fsync");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        fs.faults().fail_fsync(None);
+        let e = f.finish().expect_err("a background fsync failed");
+        assert!(e.to_string().starts_with("fsync failed: "), "{e}");
+        drop(fs);
     }
 }

@@ -180,7 +180,6 @@ fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
 }
 
 impl TaskDir {
-    /// The registry in `dir` (created on the first task).
     /// The registry in `dir` (created on the first task), keeping [`DEFAULT_KEEP`] tasks.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         TaskDir {
@@ -312,11 +311,11 @@ impl TaskDir {
     /// Removes the files of ended tasks beyond the newest `keep` ones.
     fn rotate(&self) -> io::Result<()> {
         for upid in self.ids()?.into_iter().skip(self.keep) {
+            // A task that cannot be read (gone meanwhile, an unreadable status) is left
+            // alone; the others are still trimmed.
             match self.info(&upid) {
                 Ok(i) if i.status != TaskStatus::Running => {}
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                _ => continue,
             }
             // The log last: a task is listed by its log.
             for ext in ["status", "progress", "log"] {
@@ -356,11 +355,10 @@ impl TaskDir {
         ids.truncate(limit);
         let mut out = Vec::with_capacity(ids.len());
         for upid in ids {
-            match self.info(&upid) {
-                Ok(i) => out.push(i),
-                // Removed while listing.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            // A task removed while listing, or one that cannot be read, is not listed; the
+            // others are.
+            if let Ok(i) = self.info(&upid) {
+                out.push(i);
             }
         }
         Ok(out)
@@ -619,6 +617,34 @@ mod tests {
             }
         }
         new.finish(Ok(()));
+
+        // A task whose status cannot be read is left alone; older ones are still trimmed.
+        let odd = Upid {
+            start: 2000,
+            ..ended[0].clone()
+        };
+        std::fs::write(dir.log_path(&odd), "x\n").unwrap();
+        std::fs::create_dir(dir.file(&odd, "status")).unwrap();
+        let dir = dir.keeping(1);
+        let last = dir.start("vzdump", "102", "root@cli").unwrap();
+        let left: Vec<Upid> = dir.list(100).unwrap().into_iter().map(|t| t.upid).collect();
+        assert_eq!(left, vec![last.upid().clone(), running], "the odd one is not listed");
+        assert!(dir.log_path(&odd).exists(), "the odd one is kept");
+        assert!(!dir.log_path(&ended[4]).exists(), "an older readable one is trimmed");
+        last.finish(Ok(()));
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn the_number_kept_comes_from_the_environment() {
+        // The only test of this process that reads the variable.
+        std::env::set_var(TASK_KEEP_ENV, "7");
+        assert_eq!(TaskDir::from_env().keep, 7);
+        std::env::set_var(TASK_KEEP_ENV, "0");
+        assert_eq!(TaskDir::from_env().keep, 1, "the new task is always kept");
+        std::env::set_var(TASK_KEEP_ENV, "many");
+        assert_eq!(TaskDir::from_env().keep, DEFAULT_KEEP);
+        std::env::remove_var(TASK_KEEP_ENV);
+        assert_eq!(TaskDir::from_env().keep, DEFAULT_KEEP);
     }
 }
