@@ -178,7 +178,7 @@ fn btrfs(args: [&str; 2], dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use vmdump_testkit::loopfs::LoopFs;
+    use vmdump_testkit::mount::TestMount;
 
     fn allocated(path: &Path) -> u64 {
         std::fs::metadata(path).unwrap().blocks() * 512
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn on_btrfs_volume_directories_are_subvolumes() {
         let t = tempfile::tempdir().unwrap();
-        let fs = LoopFs::btrfs(&t.path().join("btrfs.img"), &t.path().join("mnt"), 128).unwrap();
+        let fs = TestMount::btrfs(&t.path().join("btrfs.img"), &t.path().join("mnt"), 128).unwrap();
         let mnt = fs.path();
         assert!(on_btrfs(mnt) && !on_btrfs(t.path()));
         let sv = mnt.join("images/100/vm-100-disk-0");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use backup_common::*;
-use vmdump_testkit::loopfs::LoopFs;
+use vmdump_testkit::mount::TestMount;
 
 /// Waits (up to 120 s) until QEMU has an NBD export named `vmdump-*` (the fleecing setup is
 /// complete and vmdump reads). Returns `false` instead when vmdump has already exited (a
@@ -262,10 +262,7 @@ async fn full_fleecing_storage_fails_the_backup_and_a_killed_run_is_cleaned() ->
     env.setup_guest(32)?;
     // A 1 MiB fleecing storage: the two empty qcow2 images take half of it.
     let small = tmp.path().join("fleece");
-    std::fs::create_dir_all(&small)?;
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small))?;
+    let _small = TestMount::tmpfs(&small, 1)?;
     let cfg = env.root.join("storage.cfg");
     let mut storage = std::fs::read_to_string(&cfg)?;
     storage.push_str(&format!(
@@ -273,9 +270,7 @@ async fn full_fleecing_storage_fails_the_backup_and_a_killed_run_is_cleaned() ->
         small.display()
     ));
     std::fs::write(&cfg, storage)?;
-    let res = full_then_killed(&env, &small).await;
-    let _ = Command::new("umount").arg(&small).status();
-    res
+    full_then_killed(&env, &small).await
 }
 
 async fn full_then_killed(env: &Env, small: &Path) -> Result<()> {
@@ -381,7 +376,7 @@ async fn fleecing_in_suspend_mode_and_of_a_stopped_vm() -> Result<()> {
     let vm = env.paused_vm(100, "scsi0", "vm-100-disk-0.raw").await?;
     // The fleecing image on a btrfs storage (a loop file): raw, `disk.raw` in its own
     // subvolume as restored disks and Proxmox's `vdisk_alloc`, and gone after the backup.
-    let bt = LoopFs::btrfs(
+    let bt = TestMount::btrfs(
         &tmp.path().join("btrfs.img"),
         &tmp.path().join("btrfs"),
         256,

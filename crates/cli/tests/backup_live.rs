@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use backup_common::*;
+use vmdump_testkit::mount::TestMount;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_backup_of_a_writing_guest_is_consistent() -> Result<()> {
@@ -90,16 +91,13 @@ async fn failures_leave_no_archive_and_a_running_guest() -> Result<()> {
 
     // 1. Target storage full: a 16 MiB tmpfs for a ~30 MiB archive.
     let small = tmp.path().join("small");
-    std::fs::create_dir_all(&small)?;
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&small))?;
+    let small_fs = TestMount::tmpfs(&small, 16)?;
     let res = env.vmdump_backup(&["100", "--dumpdir", small.to_str().expect("utf-8")]);
     let listing: Vec<String> = std::fs::read_dir(&small)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let _ = Command::new("umount").arg(&small).status();
+    drop(small_fs);
     let out = res?;
     let stdout = expect_exit(&out, 1, "vmdump backup");
     assert!(

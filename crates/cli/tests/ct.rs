@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use vmdump_testkit::loopfs::LoopFs;
+use vmdump_testkit::mount::TestMount;
 
 fn sh(script: &str) -> String {
     let o = Command::new("sh")
@@ -97,7 +97,7 @@ fn template_tar() -> &'static Path {
 struct Lab {
     /// The btrfs storage's file system: unmounted after `Lab::drop` stopped the containers
     /// and before the directory goes (fields drop in order).
-    _btrfs_fs: Option<LoopFs>,
+    _btrfs_fs: Option<TestMount>,
     dir: tempfile::TempDir,
     btrfs: PathBuf,
     vmids: std::cell::RefCell<Vec<u32>>,
@@ -113,7 +113,7 @@ impl Lab {
         let btrfs = p.join("btrfs");
         std::fs::create_dir_all(&btrfs).expect("mkdir");
         let btrfs_fs = with_btrfs
-            .then(|| LoopFs::btrfs(&p.join("btrfs.img"), &btrfs, 300).expect("btrfs loop file"));
+            .then(|| TestMount::btrfs(&p.join("btrfs.img"), &btrfs, 300).expect("btrfs loop file"));
         std::fs::create_dir_all(p.join("etc/lxc")).expect("mkdir");
         std::fs::write(
             p.join("etc/storage.cfg"),

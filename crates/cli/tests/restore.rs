@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use vmdump_testkit::mount::TestMount;
 use vmdump_testkit::{expect_success, sha256_file, Rng};
 use vmdump_vma::{Writer, CLUSTER_SIZE};
 
@@ -799,29 +800,13 @@ fn help_names_the_options() {
     let _ = std::io::stdout().flush();
 }
 
-/// Unmounts the small tmpfs on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_full_removes_new_volumes() {
     let env = Env::new();
     let (archive, _, _) = two_disks(&env);
     // A 1 MiB file system: the disks hold about 3 MiB of data.
     let small = env.path("small");
-    fs::create_dir_all(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs (the test needs root)");
-    let _mount = Mount(small.clone());
+    let _mount = TestMount::tmpfs(&small, 1).expect("mount a tmpfs (the test needs root)");
     let cfg = env.root().join("storage.cfg");
     let mut text = fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(

@@ -628,9 +628,16 @@ mod tests {
         let dir = dir.keeping(1);
         let last = dir.start("vzdump", "102", "root@cli").unwrap();
         let left: Vec<Upid> = dir.list(100).unwrap().into_iter().map(|t| t.upid).collect();
-        assert_eq!(left, vec![last.upid().clone(), running], "the odd one is not listed");
+        assert_eq!(
+            left,
+            vec![last.upid().clone(), running],
+            "the odd one is not listed"
+        );
         assert!(dir.log_path(&odd).exists(), "the odd one is kept");
-        assert!(!dir.log_path(&ended[4]).exists(), "an older readable one is trimmed");
+        assert!(
+            !dir.log_path(&ended[4]).exists(),
+            "an older readable one is trimmed"
+        );
         last.finish(Ok(()));
         std::fs::remove_dir_all(&tmp).unwrap();
     }

@@ -22,7 +22,7 @@
 //! * [`faultfs`]: a FUSE passthrough to a backing directory whose faults a test switches at
 //!   run time: failing `fsync`/`flush` for matching names, a disk that fills up, a write
 //!   throughput cap (also as the `faultfs` binary, for benchmark scripts).
-//! * [`loopfs`]: a btrfs on a loop file, mounted until dropped (storages with subvolumes).
+//! * [`mount`]: a btrfs on a loop file or a small tmpfs, mounted until dropped.
 //!
 //! Helpers return `anyhow::Result` so tests can use `?`; a missing tool is an error, never a
 //! skipped test. What only one suite needs stays in that suite.
@@ -30,7 +30,7 @@
 
 pub mod digest;
 pub mod faultfs;
-pub mod loopfs;
+pub mod mount;
 pub mod oracle;
 pub mod pattern;
 pub mod process;

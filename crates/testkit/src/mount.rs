@@ -1,5 +1,6 @@
-//! File systems on loop files, mounted for a test and unmounted (lazily, with the loop
-//! device detached) when dropped: btrfs for subvolume storages. Needs root, as CI runs.
+//! Small file systems mounted for a test and unmounted (lazily, a loop device detached) when
+//! dropped, even when the test panics: a btrfs on a loop file for subvolume storages, a
+//! tmpfs of a few MiB for a disk that fills up. Needs root, as CI runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,13 +9,13 @@ use anyhow::Result;
 
 use crate::process::run;
 
-/// A file system on `<image>`, mounted at [`path`](Self::path) until dropped.
+/// A file system mounted at [`path`](Self::path) until dropped.
 #[derive(Debug)]
-pub struct LoopFs {
+pub struct TestMount {
     mnt: PathBuf,
 }
 
-impl LoopFs {
+impl TestMount {
     /// A fresh btrfs of `mib` MiB in the file `image` (created), mounted at `mnt` (created).
     pub fn btrfs(image: &Path, mnt: &Path, mib: u64) -> Result<Self> {
         std::fs::create_dir_all(mnt)?;
@@ -26,7 +27,18 @@ impl LoopFs {
             .args(["-o", "loop"])
             .arg(image)
             .arg(mnt))?;
-        Ok(LoopFs {
+        Ok(TestMount {
+            mnt: mnt.to_path_buf(),
+        })
+    }
+
+    /// A tmpfs of `mib` MiB mounted at `mnt` (created).
+    pub fn tmpfs(mnt: &Path, mib: u64) -> Result<Self> {
+        std::fs::create_dir_all(mnt)?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(mnt))?;
+        Ok(TestMount {
             mnt: mnt.to_path_buf(),
         })
     }
@@ -48,7 +60,7 @@ impl LoopFs {
     }
 }
 
-impl Drop for LoopFs {
+impl Drop for TestMount {
     fn drop(&mut self) {
         let _ = Command::new("umount")
             .args(["-l", "-d"])
@@ -65,7 +77,7 @@ mod tests {
     fn a_btrfs_is_mounted_until_dropped() {
         let t = tempfile::tempdir().unwrap();
         let mnt = t.path().join("mnt");
-        let fs = LoopFs::btrfs(&t.path().join("b.img"), &mnt, 128).unwrap();
+        let fs = TestMount::btrfs(&t.path().join("b.img"), &mnt, 128).unwrap();
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         let line = mounts
             .lines()
@@ -80,5 +92,16 @@ mod tests {
         drop(fs);
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(!mounts.contains(mnt.to_str().unwrap()), "{mounts}");
+    }
+
+    #[test]
+    fn a_tmpfs_fills_at_its_size() {
+        let t = tempfile::tempdir().unwrap();
+        let mnt = t.path().join("small");
+        let fs = TestMount::tmpfs(&mnt, 1).unwrap();
+        let e = std::fs::write(mnt.join("f"), vec![0u8; 2 << 20]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28), "{e}");
+        drop(fs);
+        assert!(std::fs::write(mnt.join("f"), vec![0u8; 2 << 20]).is_ok());
     }
 }
