@@ -9,6 +9,8 @@
 #    (push) backup, during a backup with --fleecing. Throughput and p50/p99 latency.
 #    Targets: fleecing keeps >= 80% of the no-backup throughput and p99 <= 2x no-backup;
 #    without fleecing the guest drops towards the target's speed.
+#    And the floor of fleecing: the same writes through QEMU's copy-before-write filter over an
+#    empty fleecing image, with no backup reading ("filter alone").
 # 2. Backup time on a fast target (local dump dir), no guest writes: push vs fleecing, best of
 #    ROUNDS (default 3). Target: fleecing <= 1.10x push.
 #
@@ -61,12 +63,14 @@ qemu-system-x86_64 -nodefaults -display none -m 256 -S -machine q35,accel=kvm:tc
 qemu_pid=$!
 for _ in $(seq 100); do [ -S "$work/ctl.sock" ] && break; sleep 0.1; done
 
-# guest_writes: WRITES timed 1 MiB guest-path writes from the end of the data half downwards;
-# prints "MiB/s p50_ms p99_ms".
+# guest_writes [FLEECING-IMAGE]: WRITES timed 1 MiB guest-path writes from the end of the data
+# half downwards; prints "MiB/s p50_ms p99_ms". With an image (an empty qcow2), the writes go
+# through a copy-before-write filter over it that nothing reads from (attached as vmdump
+# attaches it, removed after): QEMU's own cost of copy-before-write, the floor of fleecing.
 guest_writes() {
-  python3 - "$work/ctl.sock" "$size" "$writes" <<'PY'
+  python3 - "$work/ctl.sock" "$size" "$writes" "${1:-}" <<'PY'
 import json, socket, sys, time
-path, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, size, n, image = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rwb")
 def cmd(c, a=None):
     f.write(json.dumps({"execute": c, **({"arguments": a} if a else {})}).encode() + b"\n"); f.flush()
@@ -75,6 +79,18 @@ def cmd(c, a=None):
         if "return" in r or "error" in r:
             return r
 json.loads(f.readline()); cmd("qmp_capabilities")
+dev = "/machine/peripheral/scsi0/virtio-backend"
+def must(c, a):
+    r = cmd(c, a)
+    if "error" in r:
+        sys.exit(f"{c} failed: {r}")
+if image:
+    must("blockdev-add", {"driver": "qcow2", "node-name": "bench-fl", "discard": "unmap",
+        "file": {"driver": "file", "filename": image, "discard": "unmap"}})
+    must("blockdev-add", {"driver": "copy-before-write", "node-name": "bench-cbw",
+        "file": "drive-scsi0", "target": "bench-fl", "on-cbw-error": "break-snapshot",
+        "cbw-timeout": 45})
+    must("qom-set", {"path": dev, "property": "drive", "value": "bench-cbw"})
 lat = []
 t0 = time.monotonic()
 for i in range(n):
@@ -86,6 +102,10 @@ for i in range(n):
     if r.get("return", "x") != "":
         sys.exit(f"write failed: {r}")
 total = time.monotonic() - t0
+if image:
+    must("qom-set", {"path": dev, "property": "drive", "value": "drive-scsi0"})
+    must("blockdev-del", {"node-name": "bench-cbw"})
+    must("blockdev-del", {"node-name": "bench-fl"})
 lat.sort()
 pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
 print(f"{n / total:.1f} {pick(0.5):.2f} {pick(0.99):.2f}")
@@ -117,6 +137,10 @@ during() {
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r none_tp none_p50 none_p99 < <(guest_writes)
 echo "bench: guest writes without a backup: $none_tp $none_p50 $none_p99 (MiB/s p50 p99)" >&2
+qemu-img create -q -f qcow2 "$work/filter.qcow2" "$size"
+read -r cbw_tp cbw_p50 cbw_p99 < <(guest_writes "$work/filter.qcow2")
+rm -f "$work/filter.qcow2"
+echo "bench: guest writes through a copy-before-write filter alone: $cbw_tp $cbw_p50 $cbw_p99 (MiB/s p50 p99)" >&2
 read -r push_tp push_p50 push_p99 < <(during)
 read -r fl_tp fl_p50 fl_p99 < <(during --fleecing 1)
 load_mid=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -149,6 +173,7 @@ slow target: faultfs --write-rate $rate; $writes guest writes of 1 MiB to unsave
 load average: $load_before (start), $load_mid (after the guest-write runs), $load_end (end)
 guest writes          MiB/s   of none   p50 ms   p99 ms   p99 vs none
 no backup          $(printf '%8s %9s %8s %8s %12s' "$none_tp" 100% "$none_p50" "$none_p99" 1.00x)
+filter alone       $(printf '%8s %9s %8s %8s %12s' "$cbw_tp" "$(pct "$cbw_tp" "$none_tp")" "$cbw_p50" "$cbw_p99" "$(x "$cbw_p99" "$none_p99")")
 push backup        $(printf '%8s %9s %8s %8s %12s' "$push_tp" "$(pct "$push_tp" "$none_tp")" "$push_p50" "$push_p99" "$(x "$push_p99" "$none_p99")")
 fleecing backup    $(printf '%8s %9s %8s %8s %12s' "$fl_tp" "$(pct "$fl_tp" "$none_tp")" "$fl_p50" "$fl_p99" "$(x "$fl_p99" "$none_p99")")
 targets: fleecing >= 80% of none, p99 <= 2.00x none

@@ -65,6 +65,10 @@ const CBW_TIMEOUT: u64 = 45;
 const WINDOW: u64 = 4 << 20;
 /// Windows in flight per disk.
 const DEPTH: usize = 4;
+/// NBD connections per disk export, windows spread over them in turn. QEMU's NBD server
+/// works on at most 16 requests of a connection at once, and under the 7.2 rules every
+/// request is 64 KiB: four connections keep 64 in progress (docs/benchmarks.md, fleecing).
+const CONNECTIONS: usize = 4;
 
 /// Where the fleecing images of a backup go (`LiveOptions::fleecing`).
 #[derive(Debug, Clone)]
@@ -764,16 +768,21 @@ async fn transfer(
     let pull = async move {
         let res = async {
             for (d, &dev) in disks.iter().zip(devs) {
-                let snap = SnapshotExport::connect(socket, &d.drive, rules)
-                    .await
-                    .map_err(|source| Error::Fleecing {
-                        device: d.drive.clone(),
-                        source: Box::new(source),
-                    })?;
-                let snap = Arc::new(snap);
-                let res = pull_disk(&snap, d, dev, &tx, shared, cancel, pace).await;
-                if let Ok(snap) = Arc::try_unwrap(snap) {
-                    let _ = snap.close().await;
+                let mut snaps = Vec::with_capacity(CONNECTIONS);
+                for _ in 0..CONNECTIONS {
+                    let snap = SnapshotExport::connect(socket, &d.drive, rules)
+                        .await
+                        .map_err(|source| Error::Fleecing {
+                            device: d.drive.clone(),
+                            source: Box::new(source),
+                        })?;
+                    snaps.push(Arc::new(snap));
+                }
+                let res = pull_disk(&snaps, d, dev, &tx, shared, cancel, pace).await;
+                for snap in snaps {
+                    if let Ok(snap) = Arc::try_unwrap(snap) {
+                        let _ = snap.close().await;
+                    }
                 }
                 res?;
             }
@@ -879,10 +888,10 @@ async fn fetch(
     Ok(out)
 }
 
-/// One disk: windows fetched [`DEPTH`] at a time, assembled into whole clusters in order and
+/// One disk: windows fetched [`DEPTH`] at a time, over the export's connections in turn, assembled into whole clusters in order and
 /// handed to the writer.
 async fn pull_disk(
-    snap: &Arc<SnapshotExport>,
+    snaps: &[Arc<SnapshotExport>],
     d: &SourceDisk,
     dev: u8,
     tx: &mpsc::Sender<Msg>,
@@ -898,9 +907,12 @@ async fn pull_disk(
     let mut ready = Vec::new();
     let mut queue = std::collections::VecDeque::new();
     let mut next = 0;
+    let mut turn = 0;
     let res = loop {
         while queue.len() < DEPTH && next < d.size {
             let end = (next + WINDOW).min(d.size);
+            let snap = &snaps[turn % snaps.len()];
+            turn += 1;
             let task = tokio::spawn(fetch(Arc::clone(snap), next, end));
             queue.push_back((end - next, task));
             next = end;
