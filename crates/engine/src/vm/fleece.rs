@@ -31,13 +31,14 @@
 //! by the next backup of the guest ([`remove_leftovers`]) and its QEMU nodes by
 //! [`clean_stale`].
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use vmdump_blockdev::{volume, SnapshotExport, SnapshotRules, SparsePiece};
+use vmdump_blockdev::{volume, BlockStatus, Extent, SnapshotExport, SnapshotRules, SparsePiece};
 use vmdump_config::qmdump::BackupDisk;
 use vmdump_config::{Fleecing, QemuConfig, StorageConfig, StorageType, VolumeId, VolumeRef};
 use vmdump_guest::Hold;
@@ -493,7 +494,7 @@ async fn with_images(
     let mut frozen = None;
     let mut down = None;
     let res = async {
-        attach(
+        let maps = attach(
             qmp,
             disks,
             images,
@@ -516,6 +517,7 @@ async fn with_images(
             &devs,
             &socket,
             rules,
+            &maps,
             tx,
             &shared,
             &opts.cancel,
@@ -588,7 +590,7 @@ async fn attach(
     graph: &mut Graph,
     frozen: &mut Option<Duration>,
     down: &mut Option<Duration>,
-) -> Result<()> {
+) -> Result<Vec<Option<Vec<Extent>>>> {
     for (d, i) in disks.iter().zip(images) {
         log.info(&format!(
             "{}: attaching fleecing image {} to QEMU",
@@ -659,6 +661,12 @@ async fn attach(
         crate::vm::stall("fleece-paused");
     }
     let inserted = insert(qmp, disks, graph, &qdev).await;
+    // The guest is held (or does not run): the images are as at the instant.
+    let maps = if inserted.is_ok() && (paused || !running) {
+        instant_maps(qmp, disks, log).await
+    } else {
+        vec![None; disks.len()]
+    };
     if paused {
         if let Err(e) = qmp.cont().await {
             log.warn(&format!("cannot resume the guest: {e}"));
@@ -696,7 +704,67 @@ async fn attach(
     } else if opts.was_running {
         log.info("resuming VM again");
     }
-    Ok(())
+    Ok(maps)
+}
+
+/// Most extents a map may have; a more fragmented image is read whole (the guest waits
+/// while the map is taken).
+const MAP_EXTENTS: usize = 1 << 16;
+
+/// The allocation map of each disk at the backup instant, where QEMU's node is a raw image
+/// over a plain file (the file's holes are the disk's, as `SEEK_HOLE` sees them after QEMU
+/// drained and flushed at `stop`); `None` for any other node, which is read whole. Under the
+/// 7.2 rules the pull asks QEMU once per 64 KiB, holes too: a map lets it skip them.
+/// It must be taken while the guest cannot write: after the instant a hole may be a range
+/// the guest discarded, whose old data is in the fleecing image.
+async fn instant_maps(
+    qmp: &Client,
+    disks: &[SourceDisk],
+    log: &TaskLog<'_>,
+) -> Vec<Option<Vec<Extent>>> {
+    let nodes = match qmp.query_named_block_nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            log.warn(&format!("cannot map the disks at the instant: {e}"));
+            return vec![None; disks.len()];
+        }
+    };
+    disks
+        .iter()
+        .map(|d| {
+            let n = nodes.iter().find(|n| n.node_name == d.node)?;
+            let path = Path::new(&n.file);
+            if n.drv != "raw" || !path.is_absolute() {
+                return None;
+            }
+            let meta = std::fs::metadata(path).ok()?;
+            // A raw node with an offset or a size shows neither in a plain file name, but
+            // its size differs from the file's.
+            if !meta.is_file() || meta.len() != d.size {
+                return None;
+            }
+            let file = vmdump_blockdev::RawFile::open(path).ok()?;
+            let mut map: Vec<Extent> = Vec::new();
+            let mut pos = 0;
+            while pos < d.size {
+                let got = file.extents(pos..d.size).ok()?;
+                let last = got.last()?.end();
+                map.extend(got);
+                if last <= pos || map.len() > MAP_EXTENTS {
+                    return None;
+                }
+                pos = last;
+            }
+            let data: u64 = map.iter().filter(|e| !e.zero).map(|e| e.length).sum();
+            log.info(&format!(
+                "{}: {} of {} allocated at the backup instant, holes skipped",
+                d.drive,
+                crate::progress::render_bytes(data as f64, 2),
+                crate::progress::render_bytes(d.size as f64, 2),
+            ));
+            Some(map)
+        })
+        .collect()
 }
 
 /// The filters and snapshot-access nodes (the guest is paused or not running).
@@ -750,6 +818,7 @@ async fn transfer(
     devs: &[u8],
     socket: &Path,
     rules: SnapshotRules,
+    maps: &[Option<Vec<Extent>>],
     tx: mpsc::Sender<Msg>,
     shared: &Shared,
     cancel: &Cancel,
@@ -767,7 +836,7 @@ async fn transfer(
     let mut lines = ProgressLines::new();
     let pull = async move {
         let res = async {
-            for (d, &dev) in disks.iter().zip(devs) {
+            for ((d, &dev), map) in disks.iter().zip(devs).zip(maps) {
                 let mut snaps = Vec::with_capacity(CONNECTIONS);
                 for _ in 0..CONNECTIONS {
                     let snap = SnapshotExport::connect(socket, &d.drive, rules)
@@ -778,7 +847,8 @@ async fn transfer(
                         })?;
                     snaps.push(Arc::new(snap));
                 }
-                let res = pull_disk(&snaps, d, dev, &tx, shared, cancel, pace).await;
+                let map = map.as_deref();
+                let res = pull_disk(&snaps, map, d, dev, &tx, shared, cancel, pace).await;
                 for snap in snaps {
                     if let Ok(snap) = Arc::try_unwrap(snap) {
                         let _ = snap.close().await;
@@ -868,30 +938,68 @@ enum Piece {
 }
 
 /// One window: a sparse read (data, and the holes QEMU reports, in one request per 64 KiB
-/// under the 7.2 rules), then its discard (the data is ours once read: QEMU may drop the old
-/// data and stop copying guest writes there).
+/// under the 7.2 rules) of the whole window, or only of its `data` ranges when the disk's map
+/// at the instant is known (the rest reads as zeros); then its discard (the data is ours once
+/// read: QEMU may drop the old data and stop copying guest writes there).
 async fn fetch(
     snap: Arc<SnapshotExport>,
     pos: u64,
     end: u64,
+    data: Option<Vec<Range<u64>>>,
 ) -> vmdump_blockdev::Result<Vec<Piece>> {
-    let out = snap
-        .read_sparse(pos, end - pos)
-        .await?
-        .into_iter()
-        .map(|p| match p {
-            SparsePiece::Zero { offset, len } => Piece::Zero(offset, len),
-            SparsePiece::Data { offset, data } => Piece::Data(offset, data),
-        })
-        .collect();
+    // One range: the whole window.
+    #[allow(clippy::single_range_in_vec_init)]
+    let data = data.unwrap_or_else(|| vec![pos..end]);
+    let mut out = Vec::new();
+    let mut at = pos;
+    for r in data {
+        if r.start > at {
+            out.push(Piece::Zero(at, r.start - at));
+        }
+        out.extend(
+            snap.read_sparse(r.start, r.end - r.start)
+                .await?
+                .into_iter()
+                .map(|p| match p {
+                    SparsePiece::Zero { offset, len } => Piece::Zero(offset, len),
+                    SparsePiece::Data { offset, data } => Piece::Data(offset, data),
+                }),
+        );
+        at = r.end;
+    }
+    if end > at {
+        out.push(Piece::Zero(at, end - at));
+    }
     snap.discard(pos, end - pos).await?;
     Ok(out)
 }
 
+/// The ranges of `pos..end` to read, given the disk's map at the instant: its data extents,
+/// widened to whole 64 KiB clusters (the 7.2 request rule), merged and clipped to the window.
+fn window_data(map: &[Extent], pos: u64, end: u64) -> Vec<Range<u64>> {
+    const CLUSTER: u64 = 64 << 10;
+    let first = map.partition_point(|e| e.end() <= pos);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for e in map[first..].iter().take_while(|e| e.offset < end) {
+        if e.zero {
+            continue;
+        }
+        let start = (e.offset.max(pos) / CLUSTER * CLUSTER).max(pos);
+        let stop = e.end().min(end).next_multiple_of(CLUSTER).min(end);
+        match out.last_mut() {
+            Some(last) if last.end >= start => last.end = last.end.max(stop),
+            _ => out.push(start..stop),
+        }
+    }
+    out
+}
+
 /// One disk: windows fetched [`DEPTH`] at a time, over the export's connections in turn, assembled into whole clusters in order and
 /// handed to the writer.
+#[allow(clippy::too_many_arguments)]
 async fn pull_disk(
     snaps: &[Arc<SnapshotExport>],
+    map: Option<&[Extent]>,
     d: &SourceDisk,
     dev: u8,
     tx: &mpsc::Sender<Msg>,
@@ -913,7 +1021,8 @@ async fn pull_disk(
             let end = (next + WINDOW).min(d.size);
             let snap = &snaps[turn % snaps.len()];
             turn += 1;
-            let task = tokio::spawn(fetch(Arc::clone(snap), next, end));
+            let data = map.map(|m| window_data(m, next, end));
+            let task = tokio::spawn(fetch(Arc::clone(snap), next, end, data));
             queue.push_back((end - next, task));
             next = end;
         }
@@ -986,6 +1095,54 @@ async fn pull_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ext(offset: u64, length: u64, zero: bool) -> Extent {
+        Extent {
+            offset,
+            length,
+            zero,
+        }
+    }
+
+    #[test]
+    fn a_window_reads_the_data_of_the_map_in_whole_clusters() {
+        const K: u64 = 1024;
+        const M: u64 = 1024 * K;
+        let map = [
+            ext(0, 4 * K, false),
+            ext(4 * K, 200 * K, true),
+            ext(204 * K, 8 * K, false),
+            ext(212 * K, 4 * M - 212 * K, true),
+            ext(4 * M, 3 * M, false),
+            ext(7 * M, 5 * M + 512, true),
+        ];
+        // 0-4K and 204K-212K widen to 0-64K and 192K-256K.
+        assert_eq!(
+            window_data(&map, 0, 4 * M),
+            vec![0..64 * K, 192 * K..256 * K]
+        );
+        // An extent across windows is clipped to each.
+        assert_eq!(window_data(&map, 4 * M, 8 * M), vec![4 * M..7 * M]);
+        // All holes: nothing to read; the disk's short tail too.
+        assert!(window_data(&map, 8 * M, 12 * M).is_empty());
+        assert!(window_data(&map, 12 * M, 12 * M + 512).is_empty());
+        // Neighbouring data widened into one cluster merges.
+        let map = [
+            ext(0, 10 * K, false),
+            ext(10 * K, 10 * K, true),
+            ext(20 * K, 100 * K, false),
+            ext(120 * K, 8 * K, true),
+            ext(128 * K, 1, false),
+            ext(128 * K + 1, 64 * K - 1, true),
+        ];
+        assert_eq!(window_data(&map, 0, 192 * K), vec![0..192 * K]);
+        // A data tail of a disk that is not a cluster multiple ends at the disk's end.
+        let map = [ext(0, 64 * K, true), ext(64 * K, 1000, false)];
+        assert_eq!(
+            window_data(&map, 0, 64 * K + 1000),
+            vec![64 * K..64 * K + 1000]
+        );
+    }
 
     fn disk(key: &str) -> SourceDisk {
         SourceDisk {
