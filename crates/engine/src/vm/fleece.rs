@@ -15,10 +15,13 @@
 //!
 //! The filters of all disks are inserted while the guest is paused for a moment (`stop`,
 //! then `cont`; inside the fs-freeze when the agent runs), so every disk shares one instant,
-//! as the one transaction of the push path does. vmdump then reads each disk's export in
-//! windows: block status to skip zero ranges, reads (64 KiB pieces on QEMU 7.2, larger from
-//! 8.0: `vmdump_blockdev::SnapshotRules`), and a discard of every window once read, which
-//! frees its old data in the fleecing image and stops further copies there. The data goes
+//! as the one transaction of the push path does. While the guest is still held, QEMU also
+//! gives each disk's allocation map at that instant (a read-only export of the disk's own
+//! node). vmdump then reads each disk's export over four connections in windows: sparse
+//! reads of the map's data (64 KiB pieces on QEMU 7.2, larger from 8.0:
+//! `vmdump_blockdev::SnapshotRules`), a hole as one window with no read, and a discard of
+//! every window once read, which frees its old data in the fleecing image and stops further
+//! copies there. The data goes
 //! through the push path's cluster assembler, channel and VMA writer thread, and the archive
 //! is committed as there.
 //!
