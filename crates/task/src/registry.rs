@@ -317,8 +317,9 @@ impl TaskDir {
                 Ok(i) if i.status != TaskStatus::Running => {}
                 _ => continue,
             }
-            // The log last: a task is listed by its log.
-            for ext in ["status", "progress", "log"] {
+            // The log last: a task is listed by its log. A `.tmp` is what a process killed
+            // while replacing the file left.
+            for ext in ["status", "status.tmp", "progress", "progress.tmp", "log"] {
                 match std::fs::remove_file(self.file(&upid, ext)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
@@ -588,6 +589,8 @@ mod tests {
                 std::fs::write(dir.log_path(&u), "TASK OK\n").unwrap();
                 std::fs::write(dir.file(&u, "status"), "1 OK\n").unwrap();
                 std::fs::write(dir.file(&u, "progress"), "1 1\n").unwrap();
+                std::fs::write(dir.file(&u, "status.tmp"), "1 O").unwrap();
+                std::fs::write(dir.file(&u, "progress.tmp"), "1").unwrap();
                 u
             })
             .collect();
@@ -612,7 +615,7 @@ mod tests {
         );
         // Every file of a removed task is gone, not only its log.
         for u in &ended[..3] {
-            for ext in ["log", "status", "progress"] {
+            for ext in ["log", "status", "progress", "status.tmp", "progress.tmp"] {
                 assert!(!dir.file(u, ext).exists(), "{u}.{ext} left");
             }
         }
