@@ -922,8 +922,9 @@ async fn transfer(
     })
 }
 
-/// The rate limit (`bwlimit`) of the reads, zero ranges included (as QEMU's job counts
-/// them in push mode).
+/// The rate limit (`bwlimit`) of the reads. The holes of a disk's map at the instant are not
+/// read and do not count, as QEMU's `sync=top` push skips unallocated clusters uncounted;
+/// without a map every byte counts, zero ranges QEMU reports included.
 struct Pace {
     speed: u64,
     start: Instant,
@@ -1078,8 +1079,12 @@ async fn pull_disk(
                     end = end.max(hole_end(m, next, d.size));
                 }
             }
+            // What the rate limit counts: the reads (every byte without a map).
+            let paced = data
+                .as_ref()
+                .map_or(end - next, |d| d.iter().map(|r| r.end - r.start).sum());
             let task = tokio::spawn(fetch(Arc::clone(snap), next, end, data));
-            queue.push_back((end - next, task));
+            queue.push_back((paced, task));
             next = end;
         }
         let Some((len, task)) = queue.pop_front() else {
