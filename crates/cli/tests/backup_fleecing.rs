@@ -17,12 +17,16 @@ use anyhow::{bail, Result};
 use backup_common::*;
 use vmdump_testkit::mount::TestMount;
 
-/// Waits (up to 120 s) until QEMU has an NBD export named `vmdump-*` (the fleecing setup is
-/// complete and vmdump reads). Returns `false` instead when vmdump has already exited (a
+/// Waits (up to 120 s) until QEMU has a snapshot export `vmdump-exp-*` (the fleecing setup
+/// is complete and vmdump reads; the `vmdump-map-*` exports of the disks' maps come first). Returns `false` instead when vmdump has already exited (a
 /// backup that failed during or right after the setup); the caller checks its output.
 async fn wait_export(vm: &Qemu, child: &mut std::process::Child) -> Result<bool> {
     for _ in 0..1200 {
-        if !exports(vm).await?.is_empty() {
+        if exports(vm)
+            .await?
+            .iter()
+            .any(|e| e.starts_with("vmdump-exp-"))
+        {
             return Ok(true);
         }
         if child.try_wait()?.is_some() {

@@ -243,8 +243,21 @@ pub async fn plan(job: &BackupJob, _lock: &JobLock, vmid: VmId) -> Result<Backup
     }
     let dump_dir = job.dump_dir()?;
     let qmp_path = job.vm_run_dir(vmid).qmp_socket();
-    let running = match Client::connect_with_timeout(&qmp_path, Duration::from_secs(10)).await {
+    let timeout = Duration::from_secs(10);
+    let running = match Client::connect_with_timeout(&qmp_path, timeout).await {
         Ok(c) => Some(c),
+        // EAGAIN: QEMU listens but its monitor's backlog is full (it has not yet dropped a
+        // killed run's connection). The VM runs: wait for the monitor, never start a second
+        // QEMU on its disks.
+        Err(vmdump_qmp::Error::Connect { source, .. })
+            if source.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            Some(
+                Client::connect_retry(&qmp_path, timeout, timeout)
+                    .await
+                    .map_err(|e| Error::qmp(format!("connect {}", qmp_path.display()), e))?,
+            )
+        }
         Err(vmdump_qmp::Error::Connect { .. }) => None,
         Err(e) => return Err(Error::qmp(format!("connect {}", qmp_path.display()), e)),
     };

@@ -114,7 +114,8 @@ impl Client {
     }
 
     /// Connects like [`Client::connect_with_timeout`], retrying while the socket does not
-    /// exist yet or refuses connections (QEMU still starting), for at most `wait`.
+    /// exist yet, refuses connections (QEMU still starting) or has a full backlog (QEMU has not
+    /// yet taken a closed connection off its monitor), for at most `wait`.
     pub async fn connect_retry(
         path: impl AsRef<Path>,
         timeout: Duration,
@@ -128,7 +129,9 @@ impl Client {
                     if tokio::time::Instant::now() < deadline
                         && matches!(
                             source.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                            std::io::ErrorKind::NotFound
+                                | std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::WouldBlock
                         ) =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -795,7 +795,19 @@ async fn instant_map(
         .map_err(fleecing)?;
     let map = disk.extents(0..d.size).await;
     let _ = disk.close().await;
-    map.map_err(fleecing)
+    let map = map.map_err(fleecing)?;
+    let at = covered(&map);
+    if at != d.size {
+        return Err(Error::Fleecing {
+            device: d.drive.clone(),
+            source: Box::new(vmdump_blockdev::Error::Tool {
+                tool: "qemu nbd export",
+                path: socket.to_path_buf(),
+                detail: format!("block status of '{id}' covers 0..{at} of {} bytes", d.size),
+            }),
+        });
+    }
+    Ok(map)
 }
 
 /// The filters and snapshot-access nodes (the guest is paused or not running).
@@ -1006,6 +1018,19 @@ async fn fetch(
     Ok(out)
 }
 
+/// How far `map` covers the disk from 0 without a gap. What a map leaves out would be taken
+/// for a hole: it must cover the disk, in order.
+fn covered(map: &[Extent]) -> u64 {
+    let mut at = 0;
+    for e in map {
+        if e.offset != at {
+            break;
+        }
+        at = e.end();
+    }
+    at
+}
+
 /// Where the hole at `pos` (a window boundary) ends, for one window over all of it: the next
 /// window boundary at or before the next data, at most [`HOLE_WINDOW`] on, or the disk's end.
 fn hole_end(map: &[Extent], pos: u64, size: u64) -> u64 {
@@ -1046,8 +1071,8 @@ fn window_data(map: &[Extent], pos: u64, end: u64) -> Vec<Range<u64>> {
     out
 }
 
-/// One disk: windows fetched [`DEPTH`] at a time, over the export's connections in turn, assembled into whole clusters in order and
-/// handed to the writer.
+/// One disk: windows fetched [`DEPTH`] at a time, over the export's connections in turn,
+/// assembled into whole clusters in order and handed to the writer.
 #[allow(clippy::too_many_arguments)]
 async fn pull_disk(
     snaps: &[Arc<SnapshotExport>],
@@ -1203,6 +1228,15 @@ mod tests {
             window_data(&map, 0, 64 * K + 1000),
             vec![64 * K..64 * K + 1000]
         );
+    }
+
+    #[test]
+    fn a_map_with_a_gap_or_out_of_order_covers_only_up_to_it() {
+        let whole = [ext(0, 10, false), ext(10, 90, true)];
+        assert_eq!(covered(&whole), 100);
+        assert_eq!(covered(&[ext(0, 10, false), ext(20, 80, true)]), 10);
+        assert_eq!(covered(&[ext(10, 90, true), ext(0, 10, false)]), 0);
+        assert_eq!(covered(&[]), 0);
     }
 
     #[test]
