@@ -1054,7 +1054,7 @@ fn hole_end(map: &[Extent], pos: u64, size: u64) -> u64 {
 /// The ranges of `pos..end` to read, given the disk's map at the instant: its data extents,
 /// widened to whole 64 KiB clusters (the 7.2 request rule), merged and clipped to the window.
 fn window_data(map: &[Extent], pos: u64, end: u64) -> Vec<Range<u64>> {
-    const CLUSTER: u64 = 64 << 10;
+    const CLUSTER: u64 = vmdump_nbd::client::ALIGN_64K;
     let first = map.partition_point(|e| e.end() <= pos);
     let mut out: Vec<Range<u64>> = Vec::new();
     for e in map[first..].iter().take_while(|e| e.offset < end) {
