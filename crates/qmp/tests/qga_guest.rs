@@ -47,7 +47,11 @@ async fn freeze_blocks_guest_writes_until_thaw_and_paused_vm_resyncs() {
         FreezeStatus::Thawed
     );
 
-    // The writer is ticking.
+    // The writer is ticking: the agent may answer before its first tick under load, so
+    // wait for tick 1 on the console (printed after /mnt/tick is renamed in place).
+    common::wait_until(Duration::from_secs(30), "the writer's first tick", || {
+        qemu.last_tick() >= 1
+    });
     let out = ga.run_shell("cat /mnt/tick", T).await.expect("guest-exec");
     assert_eq!(out.exit_code, Some(0), "{out:?}");
     let tick: u64 = String::from_utf8_lossy(&out.stdout)
