@@ -45,6 +45,9 @@ pub struct MemExport {
     pub allocated: Mutex<Vec<bool>>,
     pub log: Mutex<Vec<Op>>,
     pub caps: Capabilities,
+    /// At most this many extents in one block status reply (a server may describe less of
+    /// the range than asked); `None`: the whole range.
+    pub status_extents: Option<usize>,
 }
 
 pub const GRANULE: u64 = 65536;
@@ -61,6 +64,7 @@ impl MemExport {
                 fua: true,
                 ..Capabilities::default()
             },
+            status_extents: None,
         }
     }
 
@@ -158,6 +162,9 @@ impl Export for MemExport {
                 _ => out.push(Extent { length: n, flags }),
             }
             pos = next;
+        }
+        if let Some(n) = self.status_extents {
+            out.truncate(n);
         }
         Ok(out)
     }
