@@ -129,6 +129,9 @@ fn stopped_backup_whose_final_fsync_fails_leaves_no_archive() -> Result<()> {
         let out = env.vmdump_backup(&dumpdir_args(compress, fs.mountpoint()))?;
         let text = assert_failed(&out, "backup with a failing fsync", "fsync");
         assert!(text.contains("ERROR: Backup of VM 100 failed"), "{text}");
+        // The error names the file whose write-out failed.
+        let named = format!("writing out the archive '{}/", fs.mountpoint().display());
+        assert!(text.contains(&named) && text.contains(".dat':"), "{text}");
         assert!(faults.fsync_failures() > before, "the fault was never hit");
         assert_only_log(fs.backing());
         let log = file_names(fs.backing());

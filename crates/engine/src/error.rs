@@ -213,8 +213,14 @@ pub enum Failure {
     #[error("finishing the archive")]
     Finish(#[source] vmdump_vma::Error),
     /// Writing out the archive file's last buffered bytes, or its fsync, failed.
-    #[error("writing out the archive file")]
-    WriteOut(#[source] std::io::Error),
+    #[error("writing out the archive '{target}'")]
+    WriteOut {
+        /// The archive file's path, or "standard output".
+        target: String,
+        /// The write's or the fsync's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU wrote past the end of a disk.
     #[error("device '{device}': write of {len} bytes at offset {offset:#x} goes past the end of the disk ({size} bytes)")]
     OutOfRange {
@@ -256,7 +262,7 @@ impl Failure {
         match self {
             Failure::Write { .. }
             | Failure::Finish(_)
-            | Failure::WriteOut(_)
+            | Failure::WriteOut { .. }
             | Failure::WriterStopped => "writing the archive failed",
             Failure::OutOfRange { .. } => "QEMU sent data that does not fit the disk",
             Failure::Disconnected { .. } => "the NBD connection from QEMU broke",
@@ -302,7 +308,7 @@ impl Error {
             Error::Transfer(f) => match **f {
                 Failure::Write { .. }
                 | Failure::Finish(_)
-                | Failure::WriteOut(_)
+                | Failure::WriteOut { .. }
                 | Failure::WriterStopped => ErrorKind::Io,
                 _ => ErrorKind::Qemu,
             },

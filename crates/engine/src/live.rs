@@ -516,11 +516,12 @@ async fn next_change(events: &mut vmdump_qmp::event::Events) {
 /// Writes out the archive file's last bytes and fsyncs it: a failure there (a full disk
 /// found at the last write, a failed fsync) is the archive's write failure like any other.
 pub(crate) async fn write_out(output: ArchiveFile) -> Result<()> {
+    let target = output.target().to_owned();
     tokio::task::spawn_blocking(move || output.finish())
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map_err(|e| Error::Transfer(Arc::new(Failure::WriteOut(e))))
+        .map_err(|source| Error::Transfer(Arc::new(Failure::WriteOut { target, source })))
 }
 
 /// The archive side's recorded failure as an error.

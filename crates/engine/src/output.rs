@@ -26,6 +26,8 @@ const SYNC_EVERY: u64 = 128 << 20;
 
 /// The archive file being written: the encoder chain plus a background syncer.
 pub struct ArchiveFile {
+    /// What the bytes go to, for messages: the file's path, or "standard output".
+    target: String,
     /// `None` once finished.
     enc: Option<Encoder<BufWriter<File>>>,
     /// A second handle on the archive file, for the final fsync.
@@ -67,7 +69,13 @@ impl ArchiveFile {
         zstd_level: i32,
     ) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(path)?;
-        Self::on(file, codec, zstd_threads, zstd_level)
+        Self::on(
+            path.display().to_string(),
+            file,
+            codec,
+            zstd_threads,
+            zstd_level,
+        )
     }
 
     /// [`create`](Self::create)s `path`, or with `stream` (vzdump's `--stdout`: a pipe or a
@@ -80,13 +88,25 @@ impl ArchiveFile {
         zstd_level: i32,
     ) -> io::Result<Self> {
         match stream {
-            Some(f) => Self::on(f.try_clone()?, codec, zstd_threads, zstd_level),
+            Some(f) => Self::on(
+                "standard output".into(),
+                f.try_clone()?,
+                codec,
+                zstd_threads,
+                zstd_level,
+            ),
             None => Self::create(path, codec, zstd_threads, zstd_level),
         }
     }
 
-    /// The encoder for `codec` over `file`.
-    fn on(file: File, codec: Codec, zstd_threads: u32, zstd_level: i32) -> io::Result<Self> {
+    /// The encoder for `codec` over `file` (named `target` in messages).
+    fn on(
+        target: String,
+        file: File,
+        codec: Codec,
+        zstd_threads: u32,
+        zstd_level: i32,
+    ) -> io::Result<Self> {
         let opts = encoder_options(codec, zstd_threads, zstd_level);
         let sync = file.try_clone()?;
         let enc = Encoder::new(codec, BufWriter::with_capacity(BUF, file), &opts)
@@ -115,6 +135,7 @@ impl ArchiveFile {
             None
         };
         Ok(ArchiveFile {
+            target,
             enc: Some(enc),
             file: sync,
             codec,
@@ -122,6 +143,11 @@ impl ArchiveFile {
             next_sync: SYNC_EVERY,
             syncer,
         })
+    }
+
+    /// What the bytes go to: the file's path, or "standard output" (`--stdout`).
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     /// Stops the background syncer; the error of a background fsync, if one failed.
