@@ -192,7 +192,7 @@ contenders=${ONLY:-$all}
 
 # verify NAME OUT: the output of contender NAME (round 1, untimed) holds the source's bytes.
 verify() {
-  local name=$1 out=$2 x="$work/verify" disk
+  local name=$1 out=$2 x="$work/verify" disk i
   rm -rf "$x"
   case $name in
     vmdump-*)
@@ -203,7 +203,12 @@ verify() {
         { cat "$work/restore.log" >&2; return 1; }
       disk="$x/disk.$format"
       if [ "$format" = qcow2 ]; then
-        qemu-img convert -f qcow2 -O raw "$disk" "$x/disk.raw"
+        # The qemu-nbd that virtnbdrestore wrote through may still be exiting (its lock).
+        for ((i = 0; i < 50; i++)); do
+          qemu-img convert -f qcow2 -O raw "$disk" "$x/disk.raw" 2>/dev/null && break
+          sleep 0.2
+        done
+        [ -e "$x/disk.raw" ] || qemu-img convert -f qcow2 -O raw "$disk" "$x/disk.raw"
         disk="$x/disk.raw"
       fi ;;
   esac
