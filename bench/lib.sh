@@ -91,9 +91,13 @@ bench_vm_check_direct() {
 
 # bench_qemu_cpu VMID: CPU seconds (user+system) QEMU of VM VMID has used so far.
 bench_qemu_cpu() {
-  local pid
-  pid=$(cat "$work/run/$1/qemu.pid")
-  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$pid/stat"
+  bench_pid_cpu "$(cat "$work/run/$1/qemu.pid")"
+}
+
+# bench_pid_cpu PID: CPU seconds (user+system) process PID has used so far (a QEMU that
+# `vmdump vm start` did not start: bench/virtnbd.sh's libvirt domain).
+bench_pid_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
 # bench_drop_cache FILE...: drops the page cache of FILEs (posix_fadvise DONTNEED), so the
