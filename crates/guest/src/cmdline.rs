@@ -524,6 +524,22 @@ fn add_drive(
     if write_cache_off {
         opts.push_str(",write-cache=off");
     }
+    // What the device does when a read or write of its disk fails (Proxmox passes them on as
+    // given; QEMU's defaults: rerror=report, werror=enospc). A CD-ROM keeps the defaults.
+    for (prop, allowed) in [
+        ("rerror", &["ignore", "report", "stop"][..]),
+        ("werror", &["enospc", "ignore", "report", "stop"][..]),
+    ] {
+        if let Some(v) = drive.get(prop).filter(|_| !cdrom) {
+            if !allowed.contains(&v) {
+                return Err(b.unsupported(format!(
+                    "{key}: {prop} '{v}' is not one of {}",
+                    allowed.join(", ")
+                )));
+            }
+            opts.push_str(&format!(",{prop}={v}"));
+        }
+    }
     if let Some(serial) = drive.get("serial") {
         opts.push_str(&format!(",serial={serial}"));
     }
@@ -637,6 +653,52 @@ mod tests {
             machine_type(&QemuConfig::parse("name: a\n", "x").unwrap()),
             "pc"
         );
+    }
+
+    #[test]
+    fn read_and_write_error_actions_reach_the_device_and_bad_ones_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let storage = StorageConfig::parse(
+            &format!(
+                "dir: local\n\tpath {}\n\tcontent images\n",
+                t.path().display()
+            ),
+            "storage.cfg",
+        )
+        .unwrap();
+        std::fs::create_dir_all(t.path().join("images/202")).unwrap();
+        std::fs::write(t.path().join("images/202/vm-202-disk-0.raw"), b"").unwrap();
+        let run = RunDir::new(&t.path().join("run"), 202);
+        let input = BuildInput {
+            vmid: 202,
+            run: &run,
+            accel: Accel::Tcg,
+            paused: true,
+            daemonize: false,
+            only: None,
+            overlays: &[],
+        };
+        let args = |opts: &str| {
+            let cfg = QemuConfig::parse(
+                &format!("memory: 256\nvirtio0: local:202/vm-202-disk-0.raw,size=1M{opts}\n"),
+                "202.conf",
+            )
+            .unwrap();
+            build(&cfg, &storage, &input).map(|p| p.args.join(" "))
+        };
+        let ok = args(",werror=stop,rerror=stop").unwrap();
+        assert!(
+            ok.contains("virtio-blk-pci,drive=drive-virtio0,id=virtio0,rerror=stop,werror=stop"),
+            "{ok}"
+        );
+        let default = args("").unwrap();
+        assert!(!default.contains("error="), "{default}");
+        let err = args(",werror=panic").unwrap_err().to_string();
+        assert!(
+            err.contains("virtio0: werror 'panic' is not one of enospc, ignore, report, stop"),
+            "{err}"
+        );
+        assert!(args(",rerror=enospc").is_err());
     }
 
     #[test]

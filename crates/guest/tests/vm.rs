@@ -571,11 +571,11 @@ async fn i440fx_ide_units_lsi_controllers_and_cdrom() {
     env.config(
         216,
         "memory: 64\nsockets: 2\ncores: 2\nvcpus: 3\n\
-         ide0: local:216/vm-216-disk-0.raw\n\
+         ide0: local:216/vm-216-disk-0.raw,werror=stop,rerror=stop\n\
          ide1: local:216/vm-216-disk-1.raw\n\
          ide2: local:iso/tools.iso,media=cdrom\n\
          ide3: local:216/vm-216-disk-2.raw,cache=unsafe\n\
-         scsi0: local:216/vm-216-disk-3.raw\n\
+         scsi0: local:216/vm-216-disk-3.raw,werror=enospc,rerror=ignore\n\
          scsi7: local:216/vm-216-disk-4.raw,ro=1\n\
          sata5: local:216/vm-216-disk-5.raw,discard=on\n",
     );
@@ -594,6 +594,15 @@ async fn i440fx_ide_units_lsi_controllers_and_cdrom() {
         "{args}"
     );
     assert!(args.contains("lsi53c895a,id=scsihw1"), "{args}");
+    // The error actions reach the devices (and QEMU, which started, accepted them).
+    assert!(
+        args.contains("ide-hd,drive=drive-ide0,id=ide0,bus=ide.0,unit=0,rerror=stop,werror=stop"),
+        "{args}"
+    );
+    assert!(
+        args.contains("scsi-hd,drive=drive-scsi0,id=scsi0,bus=scsihw0.0,scsi-id=0,rerror=ignore,werror=enospc"),
+        "{args}"
+    );
     assert!(
         args.contains("scsi-hd,drive=drive-scsi7,id=scsi7,bus=scsihw1.0,scsi-id=0"),
         "{args}"
