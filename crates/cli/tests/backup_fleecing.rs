@@ -18,8 +18,9 @@ use backup_common::*;
 use vmdump_testkit::mount::TestMount;
 
 /// Waits (up to 120 s) until QEMU has a snapshot export `vmdump-exp-*` (the fleecing setup
-/// is complete and vmdump reads; the `vmdump-map-*` exports of the disks' maps come first). Returns `false` instead when vmdump has already exited (a
-/// backup that failed during or right after the setup); the caller checks its output.
+/// is complete and vmdump reads; the `vmdump-map-*` exports of the disks' maps come first).
+/// Returns `false` instead when vmdump has already exited (a backup that failed during or
+/// right after the setup); the caller checks its output.
 async fn wait_export(vm: &Qemu, child: &mut std::process::Child) -> Result<bool> {
     for _ in 0..1200 {
         if exports(vm)

@@ -655,37 +655,62 @@ mod tests {
         );
     }
 
-    #[test]
-    fn read_and_write_error_actions_reach_the_device_and_bad_ones_are_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let storage = StorageConfig::parse(
-            &format!(
-                "dir: local\n\tpath {}\n\tcontent images\n",
-                t.path().display()
-            ),
-            "storage.cfg",
-        )
-        .unwrap();
-        std::fs::create_dir_all(t.path().join("images/202")).unwrap();
-        std::fs::write(t.path().join("images/202/vm-202-disk-0.raw"), b"").unwrap();
-        let run = RunDir::new(&t.path().join("run"), 202);
-        let input = BuildInput {
-            vmid: 202,
-            run: &run,
-            accel: Accel::Tcg,
-            paused: true,
-            daemonize: false,
-            only: None,
-            overlays: &[],
-        };
-        let args = |opts: &str| {
-            let cfg = QemuConfig::parse(
-                &format!("memory: 256\nvirtio0: local:202/vm-202-disk-0.raw,size=1M{opts}\n"),
-                "202.conf",
+    /// A VM with one empty raw `virtio0` on a `dir` storage in a temporary directory.
+    struct OneDisk {
+        vmid: u32,
+        storage: StorageConfig,
+        run: RunDir,
+        _dir: tempfile::TempDir,
+    }
+
+    impl OneDisk {
+        fn new(vmid: u32) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = StorageConfig::parse(
+                &format!(
+                    "dir: local\n\tpath {}\n\tcontent images\n",
+                    dir.path().display()
+                ),
+                "storage.cfg",
             )
             .unwrap();
-            build(&cfg, &storage, &input).map(|p| p.args.join(" "))
-        };
+            let images = dir.path().join(format!("images/{vmid}"));
+            std::fs::create_dir_all(&images).unwrap();
+            std::fs::write(images.join(format!("vm-{vmid}-disk-0.raw")), b"").unwrap();
+            let run = RunDir::new(&dir.path().join("run"), vmid);
+            OneDisk {
+                vmid,
+                storage,
+                run,
+                _dir: dir,
+            }
+        }
+
+        /// The command line (joined) of the VM with `opts` appended to its drive.
+        fn args(&self, opts: &str, overlays: &[DiskOverlay]) -> Result<String> {
+            let vmid = self.vmid;
+            let cfg = QemuConfig::parse(
+                &format!("memory: 256\nvirtio0: local:{vmid}/vm-{vmid}-disk-0.raw,size=1M{opts}\n"),
+                &format!("{vmid}.conf"),
+            )
+            .unwrap();
+            let input = BuildInput {
+                vmid,
+                run: &self.run,
+                accel: Accel::Tcg,
+                paused: true,
+                daemonize: false,
+                only: None,
+                overlays,
+            };
+            build(&cfg, &self.storage, &input).map(|p| p.args.join(" "))
+        }
+    }
+
+    #[test]
+    fn read_and_write_error_actions_reach_the_device_and_bad_ones_are_refused() {
+        let vm = OneDisk::new(202);
+        let args = |opts: &str| vm.args(opts, &[]);
         let ok = args(",werror=stop,rerror=stop").unwrap();
         assert!(
             ok.contains("virtio-blk-pci,drive=drive-virtio0,id=virtio0,rerror=stop,werror=stop"),
@@ -703,42 +728,14 @@ mod tests {
 
     #[test]
     fn a_live_restore_overlay_takes_the_device_and_the_volume_keeps_its_nodes() {
-        let t = tempfile::tempdir().unwrap();
-        let storage = StorageConfig::parse(
-            &format!(
-                "dir: local\n\tpath {}\n\tcontent images\n",
-                t.path().display()
-            ),
-            "storage.cfg",
-        )
-        .unwrap();
-        std::fs::create_dir_all(t.path().join("images/201")).unwrap();
-        std::fs::write(t.path().join("images/201/vm-201-disk-0.raw"), b"").unwrap();
-        let cfg = QemuConfig::parse(
-            "memory: 256\nvirtio0: local:201/vm-201-disk-0.raw,size=1M\n",
-            "201.conf",
-        )
-        .unwrap();
-        let run = RunDir::new(&t.path().join("run"), 201);
+        let vm = OneDisk::new(201);
         let overlays = [DiskOverlay {
             key: "virtio0".into(),
             overlay: "/s/o.qcow2".into(),
             socket: "/r/live.nbd".into(),
             export: "drive-virtio0".into(),
         }];
-        let input = |overlays| BuildInput {
-            vmid: 201,
-            run: &run,
-            accel: Accel::Tcg,
-            paused: true,
-            daemonize: false,
-            only: None,
-            overlays,
-        };
-        let args = build(&cfg, &storage, &input(&overlays))
-            .unwrap()
-            .args
-            .join(" ");
+        let args = vm.args("", &overlays).unwrap();
         assert!(
             args.contains("virtio-blk-pci,drive=vmdump-lr-ovl-virtio0,id=virtio0"),
             "{args}"
@@ -750,7 +747,7 @@ mod tests {
         );
         assert!(args.contains(r#""export":"drive-virtio0""#), "{args}");
         assert!(args.contains("/r/live.nbd") && args.contains("/s/o.qcow2"));
-        let plain = build(&cfg, &storage, &input(&[])).unwrap().args.join(" ");
+        let plain = vm.args("", &[]).unwrap();
         assert!(plain.contains("virtio-blk-pci,drive=drive-virtio0,id=virtio0"));
         assert!(!plain.contains("vmdump-lr-"), "{plain}");
     }
