@@ -89,47 +89,20 @@ run() {
 }
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-set -- $contenders
-for ((r = 1; r <= rounds; r++)); do
-  for ((i = 0; i < $#; i++)); do
-    k=$(((i + r - 1) % $# + 1))
-    run "${!k}"
-  done
-done
+# shellcheck disable=SC2086 # one contender a word
+bench_rounds "$rounds" run $contenders
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 echo
 echo "Live backup, $(date -u '+%Y-%m-%d %H:%M') UTC: ${size_gib} GiB raw disk ($((size_gib * 512)) MiB data), VM by \`vmdump vm start --paused\`,"
 echo "$n CPUs, $rounds interleaved rounds, load average $load_start at the start, $load_end at the end."
 echo
-echo "| contender | best s | median s | worst s | MiB/s (best) | CPU user+sys s (median) | QEMU CPU s (median) | minor faults | context switches | peak RSS MiB | output MiB |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for c in $contenders; do
-  f="$work/$c"
-  read -r best med worst < <(bench_stats "$f" 1)
-  cpu=$(awk '{ print $2 + $3 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-  qcpu=$(bench_stats "$f" 8 | cut -d' ' -f2)
-  faults=$(bench_stats "$f" 5 | cut -d' ' -f2)
-  cs=$(awk '{ print $6 + $7 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-  rss=$(bench_stats "$f" 4 | cut -d' ' -f3)
-  outb=$(tail -1 "$f" | awk '{ print $9 }')
-  echo "| $c | $best | $med | $worst | $(awk -v s="$size" -v t="$best" 'BEGIN { printf "%.0f", s / 1048576 / t }') | $cpu | $qcpu | $faults | $cs | $(mib "$rss") | $((outb >> 20)) |"
-done
-
-# ratio PEER VMDUMP TARGET: best(PEER) / best(VMDUMP) and the spread of the per-round ratios.
-ratio() {
-  [ -s "$work/$1" ] && [ -s "$work/$2" ] || return 0
-  paste -d' ' <(awk '{ print $1 }' "$work/$1") <(awk '{ print $1 }' "$work/$2") |
-    awk -v p="$1" -v v="$2" -v t="$3" -v bp="$(bench_stats "$work/$1" 1 | cut -d' ' -f1)" \
-      -v bv="$(bench_stats "$work/$2" 1 | cut -d' ' -f1)" '
-      { r = $1 / $2; if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r }
-      END { printf "- %s vs %s: **%.2f** (per round %.2f-%.2f; target %s)\n", v, p, bp / bv, lo, hi, t }'
-}
+# shellcheck disable=SC2086 # one contender a word
+bench_backup_table "output MiB" $contenders
 echo
-ratio qemu-qcow2 vmdump-0 ">= 0.95"
-ratio qemu-null vmdump-0 ">= 0.90"
-ratio qemu-null vmdump-0-tmpfs ">= 0.90 (without the archive's disk writes)"
-ratio convert vmdump-0 "-"
-ratio zstd1 vmdump-zstd1 ">= 1.0"
-ratio "zstd$n" "vmdump-zstd$n" ">= 1.0"
+bench_ratio qemu-qcow2 vmdump-0 "target >= 0.95"
+bench_ratio qemu-null vmdump-0 "target >= 0.90"
+bench_ratio qemu-null vmdump-0-tmpfs "target >= 0.90 (without the archive's disk writes)"
+bench_ratio convert vmdump-0 "target -"
+bench_ratio zstd1 vmdump-zstd1 "target >= 1.0"
+bench_ratio "zstd$n" "vmdump-zstd$n" "target >= 1.0"

@@ -121,3 +121,48 @@ bench_stats() {
   awk -v c="$2" '{ print $c }' "$1" | sort -g |
     awk '{ a[NR] = $1 } END { printf "%s %s %s\n", a[1], a[int((NR + 1) / 2)], a[NR] }'
 }
+
+# bench_rounds ROUNDS FUNC NAME...: calls `FUNC NAME` for every contender in each of ROUNDS
+# rounds, the order rotating from round to round; FUNC sees the round number (from 1) in $r.
+bench_rounds() {
+  local rounds=$1 fn=$2 i k
+  shift 2
+  for ((r = 1; r <= rounds; r++)); do
+    for ((i = 0; i < $#; i++)); do
+      k=$(((i + r - 1) % $# + 1))
+      "$fn" "${!k}"
+    done
+  done
+}
+
+# bench_backup_table OUTPUT-TITLE NAME...: the markdown table of backup contenders, from their
+# bench_timed lines in $work/NAME with QEMU's CPU seconds and the output bytes appended
+# (columns 8 and 9); MiB/s over $size bytes.
+bench_backup_table() {
+  local title=$1 c f best med worst cpu qcpu faults cs rss outb
+  shift
+  echo "| contender | best s | median s | worst s | MiB/s (best) | CPU user+sys s (median) | QEMU CPU s (median) | minor faults | context switches | peak RSS MiB | $title |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for c in "$@"; do
+    f="$work/$c"
+    read -r best med worst < <(bench_stats "$f" 1)
+    cpu=$(awk '{ print $2 + $3 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    qcpu=$(bench_stats "$f" 8 | cut -d' ' -f2)
+    faults=$(bench_stats "$f" 5 | cut -d' ' -f2)
+    cs=$(awk '{ print $6 + $7 }' "$f" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    rss=$(bench_stats "$f" 4 | cut -d' ' -f3)
+    outb=$(tail -1 "$f" | awk '{ print $9 }')
+    echo "| $c | $best | $med | $worst | $(awk -v s="$size" -v t="$best" 'BEGIN { printf "%.0f", s / 1048576 / t }') | $cpu | $qcpu | $faults | $cs | $(awk -v k="$rss" 'BEGIN { printf "%.0f", k / 1024 }') | $((outb >> 20)) |"
+  done
+}
+
+# bench_ratio PEER VMDUMP NOTE: "- VMDUMP vs PEER: **best(PEER) / best(VMDUMP)** (per round
+# LO-HI; NOTE)", the spread of the per-round ratios; nothing when either has no lines.
+bench_ratio() {
+  [ -s "$work/$1" ] && [ -s "$work/$2" ] || return 0
+  paste -d' ' <(awk '{ print $1 }' "$work/$1") <(awk '{ print $1 }' "$work/$2") |
+    awk -v p="$1" -v v="$2" -v t="$3" -v bp="$(bench_stats "$work/$1" 1 | cut -d' ' -f1)" \
+      -v bv="$(bench_stats "$work/$2" 1 | cut -d' ' -f1)" '
+      { r = $1 / $2; if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r }
+      END { printf "- %s vs %s: **%.2f** (per round %.2f-%.2f; %s)\n", v, p, bp / bv, lo, hi, t }'
+}
